@@ -4,12 +4,17 @@ A template holds ``{text}`` (and ``{text2}`` for sentence-pair tasks) and ends w
 whitespace may follow ``{label}``. The text before ``{label}`` is the query prompt; the verbaliser is
 scored as its continuation, e.g. ``"Review: {text}\\nSentiment: {label}"`` scores ``" positive"``
 after ``"...\\nSentiment:"``.
+
+Built-in specs (see :data:`BUILTIN_TASKS`): ``sst2``, ``agnews``, ``trec``, ``subj``, ``rte``, ``cb``
+(offline copies exist in ``shared/data``) and the hub-only ``amazon``, ``mr``, ``cr``, ``dbpedia``.
+A user's own task is a JSON or TOML file read by :func:`load_task_spec`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from rl_select.errors import TaskError
@@ -65,21 +70,39 @@ class TaskSpec:
     hf: HFSource | None = None
 
     def __post_init__(self) -> None:
-        if not self.labels:
-            raise TaskError(f"task {self.name!r} has no labels; expected at least two")
+        if len(self.labels) < 2:
+            raise TaskError(f"task {self.name!r} has labels {list(self.labels)}; expected at least two")
+        if len(set(self.labels)) != len(self.labels):
+            raise TaskError(f"task {self.name!r}: labels {list(self.labels)} contain duplicates")
         missing = [lab for lab in self.labels if lab not in self.verbalizers]
         if missing:
             raise TaskError(f"task {self.name!r}: labels {missing} have no verbaliser")
-        if "{label}" not in self.template or self.template.rstrip().endswith("{label}") is False:
+        if "{label}" not in self.template or not self.template.rstrip().endswith("{label}"):
             raise TaskError(
                 f"task {self.name!r}: template {self.template!r} must end with '{{label}}'"
             )
         if "{text}" not in self.template:
             raise TaskError(f"task {self.name!r}: template {self.template!r} lacks '{{text}}'")
-        if len(self.input_fields) == 2 and "{text2}" not in self.template:
-            raise TaskError(f"task {self.name!r}: a pair task's template needs '{{text2}}'")
         if not 1 <= len(self.input_fields) <= 2:
             raise TaskError(f"task {self.name!r}: input_fields {self.input_fields} must be 1 or 2 names")
+        if len(self.input_fields) == 2 and "{text2}" not in self.template:
+            raise TaskError(f"task {self.name!r}: a pair task's template needs '{{text2}}'")
+        if self.hf is not None:
+            self._check_hf(self.hf)
+
+    def _check_hf(self, hf: HFSource) -> None:
+        if len(hf.text_columns) != len(self.input_fields):
+            raise TaskError(
+                f"task {self.name!r}: hf.text_columns {list(hf.text_columns)} must name "
+                f"{len(self.input_fields)} column(s), one per input field {list(self.input_fields)}"
+            )
+        if hf.label_names is not None:
+            unknown = [lab for lab in hf.label_names if lab not in self.labels]
+            if unknown:
+                raise TaskError(
+                    f"task {self.name!r}: hf.label_names {unknown} are not labels; "
+                    f"expected names from {list(self.labels)}"
+                )
 
     @property
     def is_pair(self) -> bool:
@@ -91,21 +114,30 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskSpec:
+        """Build a spec from :meth:`to_dict`'s output (lists are accepted for tuples).
+
+        Raises:
+            TaskError: A key is unknown or missing, or the spec is inconsistent.
+        """
+        if not isinstance(d, dict):
+            raise TaskError(f"bad task spec {d!r:.200}: expected a mapping of fields")
         d = dict(d)
         hf = d.pop("hf", None)
         for key in ("labels", "input_fields"):
             if key in d:
-                d[key] = tuple(d[key])
-        if hf is not None:
-            hf = dict(hf)
-            for key in ("text_columns", "label_names"):
-                if hf.get(key) is not None:
-                    hf[key] = tuple(hf[key])
-            hf = HFSource(**hf)
+                d[key] = _as_tuple(key, d[key])
         try:
+            if hf is not None:
+                if not isinstance(hf, dict):
+                    raise TypeError(f"'hf' must be a mapping, got {hf!r:.80}")
+                hf = dict(hf)
+                for key in ("text_columns", "label_names"):
+                    if hf.get(key) is not None:
+                        hf[key] = _as_tuple(f"hf.{key}", hf[key])
+                hf = HFSource(**hf)
             return cls(hf=hf, **d)
         except TypeError as exc:
-            raise TaskError(f"bad task spec {json.dumps(d)[:200]}: {exc}") from None
+            raise TaskError(f"bad task spec {json.dumps(d, default=str)[:200]}: {exc}") from None
 
     def digest_fields(self) -> dict[str, Any]:
         """The fields that change the prompt (part of every cache key)."""
@@ -116,6 +148,13 @@ class TaskSpec:
             "separator": self.separator,
             "instruction": self.instruction,
         }
+
+
+def _as_tuple(key: str, value: Any) -> tuple[str, ...]:
+    """A list/tuple field as a tuple; a bare string is refused (it would split into characters)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise TaskError(f"task spec field {key!r} is {value!r:.80}; expected a list of strings")
+    return tuple(value)
 
 
 BUILTIN_TASKS: dict[str, TaskSpec] = {}
@@ -137,17 +176,205 @@ def get_task(name: str) -> TaskSpec:
         ) from None
 
 
+def load_task_spec(path: str | Path) -> TaskSpec:
+    """Read a user's task spec from a ``.json`` or ``.toml`` file.
+
+    The file holds :meth:`TaskSpec.to_dict`'s fields at the top level, or under a ``task`` table.
+    A TOML example::
+
+        name = "spam"
+        labels = ["ham", "spam"]
+        template = "Message: {text}\\nType: {label}"
+        [verbalizers]
+        ham = "normal"
+        spam = "spam"
+
+    Args:
+        path: The spec file.
+
+    Returns:
+        The validated spec (not registered; call :func:`register_task` to add it).
+
+    Raises:
+        TaskError: The file is missing, unparsable, or holds a bad spec (one line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"task spec file {str(path)!r} not found; expected a .json or .toml file")
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".toml"):
+        raise TaskError(f"task spec file {str(path)!r} has suffix {suffix!r}; expected .json or .toml")
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if suffix == ".json" else _parse_toml(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise TaskError(f"cannot parse task spec file {str(path)!r}: {exc}") from None
+    if isinstance(raw, dict) and set(raw) == {"task"} and isinstance(raw["task"], dict):
+        raw = raw["task"]
+    if not isinstance(raw, dict):
+        raise TaskError(f"task spec file {str(path)!r} holds {type(raw).__name__}; expected an object")
+    try:
+        return TaskSpec.from_dict(raw)
+    except TaskError as exc:
+        raise TaskError(f"task spec file {str(path)!r}: {exc}") from None
+
+
+def _parse_toml(text: str) -> dict[str, Any]:
+    """Parse TOML with ``tomllib`` (Python >= 3.11) or its backport ``tomli``."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise TaskError("reading a TOML task spec needs Python >= 3.11 or `pip install tomli`") from None
+    return tomllib.loads(text)  # TOMLDecodeError is a ValueError
+
+
 # --- built-in specs -------------------------------------------------------------------------------
+
+_SENTIMENT = ("negative", "positive")
+_SENTIMENT_WORDS = {"negative": "negative", "positive": "positive"}
+_REVIEW = "Review: {text}\nSentiment: {label}"
+_PAIR = "Premise: {text}\nHypothesis: {text2}\nAnswer: {label}"
 
 register_task(
     TaskSpec(
         name="sst2",
-        labels=("negative", "positive"),
-        verbalizers={"negative": "negative", "positive": "positive"},
-        template="Review: {text}\nSentiment: {label}",
+        labels=_SENTIMENT,
+        verbalizers=dict(_SENTIMENT_WORDS),
+        template=_REVIEW,
         hf=HFSource(
             path="stanfordnlp/sst2", test_split="validation", text_columns=("sentence",),
-            label_names=("negative", "positive"),
+            label_names=_SENTIMENT,
         ),
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="agnews",
+        labels=("World", "Sports", "Business", "Sci/Tech"),
+        verbalizers={"World": "World", "Sports": "Sports", "Business": "Business", "Sci/Tech": "Technology"},
+        template="Article: {text}\nTopic: {label}",
+        hf=HFSource(path="fancyzhx/ag_news", label_names=("World", "Sports", "Business", "Sci/Tech")),
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="trec",
+        labels=("abbreviation", "description", "entity", "human", "location", "number"),
+        verbalizers={
+            "abbreviation": "Abbreviation",
+            "description": "Description",
+            "entity": "Entity",
+            "human": "Person",
+            "location": "Location",
+            "number": "Number",
+        },
+        template="Question: {text}\nAnswer type: {label}",
+        # The hub's ClassLabel order is ABBR, ENTY, DESC, HUM, LOC, NUM.
+        hf=HFSource(
+            path="CogComp/trec", label_column="coarse_label",
+            label_names=("abbreviation", "entity", "description", "human", "location", "number"),
+        ),
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="subj",
+        labels=("subjective", "objective"),
+        verbalizers={"subjective": "subjective", "objective": "objective"},
+        template="Input: {text}\nType: {label}",
+        hf=HFSource(path="SetFit/subj", label_column="label_text"),
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="rte",
+        labels=("entailment", "not_entailment"),
+        verbalizers={"entailment": "yes", "not_entailment": "no"},
+        template=_PAIR,
+        input_fields=("text", "text2"),
+        hf=HFSource(
+            path="nyu-mll/glue", name="rte", test_split="validation",
+            text_columns=("sentence1", "sentence2"), label_names=("entailment", "not_entailment"),
+        ),
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="cb",
+        labels=("entailment", "contradiction", "neutral"),
+        verbalizers={"entailment": "yes", "contradiction": "no", "neutral": "maybe"},
+        template=_PAIR,
+        input_fields=("text", "text2"),
+        hf=HFSource(
+            path="aps/super_glue", name="cb", test_split="validation",
+            text_columns=("premise", "hypothesis"), label_names=("entailment", "contradiction", "neutral"),
+        ),
+    )
+)
+
+# --- hub-only specs (no offline copy) --------------------------------------------------------------
+
+register_task(
+    TaskSpec(
+        name="amazon",
+        labels=_SENTIMENT,
+        verbalizers=dict(_SENTIMENT_WORDS),
+        template=_REVIEW,
+        hf=HFSource(path="fancyzhx/amazon_polarity", text_columns=("content",), label_names=_SENTIMENT),
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="mr",
+        labels=_SENTIMENT,
+        verbalizers=dict(_SENTIMENT_WORDS),
+        template=_REVIEW,
+        hf=HFSource(path="cornell-movie-review-data/rotten_tomatoes", label_names=_SENTIMENT),
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="cr",
+        labels=_SENTIMENT,
+        verbalizers=dict(_SENTIMENT_WORDS),
+        template=_REVIEW,
+        hf=HFSource(path="SetFit/CR", label_column="label_text"),
+    )
+)
+
+_DBPEDIA = {
+    "Company": "Company",
+    "EducationalInstitution": "School",
+    "Artist": "Artist",
+    "Athlete": "Athlete",
+    "OfficeHolder": "Politician",
+    "MeanOfTransportation": "Transportation",
+    "Building": "Building",
+    "NaturalPlace": "Nature",
+    "Village": "Village",
+    "Animal": "Animal",
+    "Plant": "Plant",
+    "Album": "Album",
+    "Film": "Film",
+    "WrittenWork": "Book",
+}
+
+register_task(
+    TaskSpec(
+        name="dbpedia",
+        labels=tuple(_DBPEDIA),
+        verbalizers=dict(_DBPEDIA),
+        template="Article: {text}\nCategory: {label}",
+        hf=HFSource(path="fancyzhx/dbpedia_14", text_columns=("content",), label_names=tuple(_DBPEDIA)),
     )
 )

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from rl_select.lm.cache import ScoreCache, prefix_digest, query_key
+from rl_select.lm.calibration import calibrate
+from rl_select.prompts import content_free_queries
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
@@ -63,3 +68,75 @@ class Scorer(Protocol):
 
     def logprobs(self, *, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
         ...
+
+
+class CachedScorer(ABC):
+    """Shared front half of every LM backend: the disk cache, calibration and spend counters.
+
+    Subclasses implement :meth:`_compute` (raw label log-probs of queries under an ordered demo list)
+    and :attr:`fingerprint`. :meth:`logprobs` looks every query up in the cache first, computes only
+    the misses (in one ``_compute`` call, so a prefix is encoded once), stores them, and applies
+    contextual calibration on top when ``calibrate`` is set (the content-free queries ride in the
+    same call, so they are cached too).
+
+    Args:
+        spec: The task (labels, verbalisers, template).
+        cache: A :class:`~rl_select.lm.cache.ScoreCache`, or ``None`` for no memo.
+        calibrate: Apply contextual calibration to the returned log-probs.
+    """
+
+    spec: TaskSpec
+
+    def __init__(self, spec: TaskSpec, *, cache: ScoreCache | None = None, calibrate: bool = False) -> None:
+        self.spec = spec
+        self.cache = cache
+        self.calibrate = calibrate
+        self.stats = ScorerStats()
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Content hash of model weights, dtype and scoring options."""
+
+    @abstractmethod
+    def _compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
+        """Raw label log-probs, ``(len(queries), n_labels)``, straight from the LM."""
+
+    def raw_logprobs(self, *, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
+        """Uncalibrated label log-probs, ``(len(queries), n_labels)``, through the cache."""
+        n_labels = len(self.spec.labels)
+        self.stats.queries += len(queries)
+        if not queries:
+            return np.zeros((0, n_labels))
+        if self.cache is None:
+            self.stats.cache_misses += len(queries)
+            return self._timed_compute(demos, queries)
+        prefix = prefix_digest(self.fingerprint, self.spec.digest_fields(), demos)
+        keys = [query_key(prefix, q) for q in queries]
+        found = self.cache.get_many(list(dict.fromkeys(keys)), n_labels)
+        todo: dict[str, Example] = {}
+        for key, q in zip(keys, queries):
+            if key not in found and key not in todo:
+                todo[key] = q
+        self.stats.cache_hits += len(queries) - sum(1 for k in keys if k in todo)
+        self.stats.cache_misses += sum(1 for k in keys if k in todo)
+        if todo:
+            fresh = self._timed_compute(demos, list(todo.values()))
+            computed = dict(zip(todo.keys(), fresh))
+            self.cache.put_many(computed.items())
+            found.update(computed)
+        return np.stack([found[k] for k in keys])
+
+    def _timed_compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self._compute(demos, queries)
+        self.stats.seconds += time.perf_counter() - t0
+        return out
+
+    def logprobs(self, *, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
+        """Label log-probs, ``(len(queries), n_labels)``; calibrated if the scorer was built so."""
+        if not self.calibrate:
+            return self.raw_logprobs(demos=demos, queries=queries)
+        cf = content_free_queries(self.spec)
+        raw = self.raw_logprobs(demos=demos, queries=list(queries) + cf)
+        return calibrate(raw[: len(queries)], raw[len(queries):])

@@ -1,0 +1,101 @@
+"""Persistent memo of scorer results in SQLite, keyed by content.
+
+A key is a hash of (scorer fingerprint, the prompt-defining task fields, the ordered demonstrations'
+contents, the query's content): so the same prompt is free in any run, split or ablation. Values are
+the raw (uncalibrated) label log-probs of one query, stored as float64 bytes. The database runs in WAL
+mode and every ``put_many`` is one transaction: a crash loses at most the batch being written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rl_select.errors import CacheError
+from rl_select.types import Example
+
+DEFAULT_CACHE_ENV = "RL_SELECT_CACHE"
+
+
+def default_cache_path() -> Path:
+    """``$RL_SELECT_CACHE``, else ``~/.cache/rl_select/scores.sqlite``."""
+    env = os.environ.get(DEFAULT_CACHE_ENV)
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "rl_select" / "scores.sqlite"
+
+
+def prefix_digest(fingerprint: str, task_fields: dict, demos: Sequence[Example]) -> str:
+    """Hash of everything before the query: model, prompt format and ordered demos."""
+    payload = json.dumps([fingerprint, task_fields, [d.content() for d in demos]], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def query_key(prefix: str, query: Example) -> str:
+    """Cache key of one query under a prefix digest."""
+    payload = json.dumps([prefix, query.content()], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class ScoreCache:
+    """SQLite key -> float64 vector store.
+
+    Args:
+        path: Database file (created with its folder if missing).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.hits = 0
+        self.misses = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+            self._db.execute("SELECT count(*) FROM scores LIMIT 1").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise CacheError(
+                f"score cache {str(self.path)!r} is not a readable SQLite database ({exc}); "
+                f"move it aside or pass another --cache path (nothing was overwritten)"
+            ) from None
+
+    def get_many(self, keys: Sequence[str], n_labels: int) -> dict[str, np.ndarray]:
+        """Cached vectors for the keys that are present (entries of another length are ignored)."""
+        found: dict[str, np.ndarray] = {}
+        try:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                for key, blob in self._db.execute(f"SELECT key, value FROM scores WHERE key IN ({marks})", chunk):
+                    vec = np.frombuffer(blob, dtype=np.float64)
+                    if vec.shape == (n_labels,):
+                        found[key] = vec.copy()
+        except sqlite3.DatabaseError as exc:
+            raise CacheError(f"score cache {str(self.path)!r} is corrupt ({exc}); move it aside") from None
+        self.hits += len(found)
+        self.misses += len(keys) - len(found)
+        return found
+
+    def put_many(self, items: Iterable[tuple[str, np.ndarray]]) -> None:
+        """Store vectors in one transaction."""
+        rows = [(k, np.asarray(v, dtype=np.float64).tobytes()) for k, v in items]
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR REPLACE INTO scores (key, value) VALUES (?, ?)", rows)
+        except sqlite3.DatabaseError as exc:
+            raise CacheError(f"cannot write score cache {str(self.path)!r} ({exc})") from None
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM scores").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()

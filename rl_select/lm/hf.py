@@ -1,0 +1,354 @@
+"""The transformers backend: fast label scoring with a shared prefix KV cache.
+
+For one ordered demonstration list and a batch of queries, :class:`HFScorer`
+
+1. encodes the demonstration prefix once (LM body only, no logits) and keeps its KV cache;
+2. runs the queries as one left-padded batch on top of that cache (the cache is broadcast, not
+   copied), and applies the LM head to the last position of each row only: that gives the first token
+   of every label's verbaliser at once;
+3. only when a verbaliser has more than one token, runs those remaining tokens as a second batch on the
+   query cache, with the LM head applied only at the positions read.
+
+Queries are sorted by length before batching, so padding stays small. Channel scoring reuses the
+same two stages with the roles swapped: the label lines are the contexts and the query inputs are
+the scored continuations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+
+from rl_select.errors import ModelError
+from rl_select.lm.base import CachedScorer
+from rl_select.lm.bundled import BUNDLED_ID, ensure_plain_copy, is_bundled
+from rl_select.lm.cache import ScoreCache
+from rl_select.prompts import (
+    channel_contexts,
+    channel_target,
+    label_continuations,
+    render_prefix,
+    render_query,
+)
+from rl_select.tasks import TaskSpec
+from rl_select.types import Example
+
+Mode = Literal["direct", "channel"]
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``"auto"``: bf16 on CUDA and on CPUs with native bf16, else fp32. Also ``"bf16"``/``"fp32"``/``"fp16"``."""
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
+             "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
+    if dtype == "auto":
+        fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+        return torch.bfloat16 if fast else torch.float32
+    if dtype not in names:
+        raise ModelError(f"unknown dtype {dtype!r}; expected one of auto, bf16, fp32, fp16")
+    return names[dtype]
+
+
+def load_causal_lm(model_id: str, *, dtype: str = "auto", device: str = "auto"):
+    """Load ``(model, tokenizer)`` in eval mode: the bundled SmolLM2, a local folder or a hub id.
+
+    Raises:
+        ModelError: with one line naming the id when it cannot be loaded (no network, no such folder).
+    """
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    source = str(ensure_plain_copy()) if is_bundled(model_id) else model_id
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "" if os.path.isdir(model_id) else " (no local folder of that name, and the hub is unreachable?)"
+        raise ModelError(
+            f"cannot load model {model_id!r}{hint}: {first[:200]}; expected a local folder, a reachable "
+            f"Hugging Face id, or {BUNDLED_ID!r}"
+        ) from None
+    model.to(dev).eval()
+    return model, tokenizer
+
+
+def model_fingerprint(model: PreTrainedModel) -> str:
+    """Content hash of a model: class, dtype, and every parameter's name, shape, sum and first values."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    h.update(str(next(model.parameters()).dtype).encode())
+    with torch.inference_mode():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            h.update(name.encode())
+            h.update(str(tuple(p.shape)).encode())
+            h.update(np.float64(flat.double().sum().item()).tobytes())
+            h.update(flat[:32].double().cpu().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+# --- tokenisation shared with the reference scorer -------------------------------------------------
+
+
+class Tokens:
+    """Batched encoding without special tokens, plus the BOS id when the tokenizer would add one."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        probe = tokenizer("a").input_ids
+        bos = tokenizer.bos_token_id
+        self.bos: list[int] = [bos] if bos is not None and probe and probe[0] == bos else []
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad: int = int(pad if pad is not None else 0)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def prefix(self, text: str) -> list[int]:
+        return self.bos + (self.encode([text])[0] if text else [])
+
+    def split_shared(self, prefix: str, contexts: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+        """Token ids of ``prefix + context`` for each context, cut into one shared prefix and the rest.
+
+        BPE tokenisers merge across the boundary (``"\\n\\n"`` ends a string as one token but is two
+        before ``"Review"``), so each full string is tokenised as one and the shared part is the longest
+        token prefix common to all of them: the LM then sees exactly the ids of the joined text.
+
+        Returns:
+            ``(shared_ids, [rest_ids per context])``; ``shared_ids`` starts with BOS if the model uses one.
+        """
+        if not prefix:
+            return list(self.bos), self.encode(contexts)
+        pre = self.encode([prefix])[0]
+        joint = self.encode([prefix + c for c in contexts])
+        n = len(pre)
+        for ids in joint:
+            while n and ids[:n] != pre[:n]:
+                n -= 1
+        return self.bos + pre[:n], [ids[n:] for ids in joint]
+
+
+def context_window(model: PreTrainedModel, tokenizer) -> int:
+    """Longest sequence the model accepts."""
+    n = getattr(model.config, "max_position_embeddings", None)
+    if n is None:
+        n = getattr(tokenizer, "model_max_length", 2048)
+    return int(min(n, 10**7))
+
+
+def check_length(n_prefix: int, n_context: int, n_cont: int, limit: int, model_id: str) -> None:
+    total = n_prefix + n_context + n_cont
+    if total > limit:
+        raise ModelError(
+            f"prompt of {total} tokens (demonstrations {n_prefix} + query {n_context} + label {n_cont}) exceeds "
+            f"the context window of {model_id!r} ({limit} tokens); use a smaller k or shorter demonstrations"
+        )
+
+
+# --- the fast scorer ------------------------------------------------------------------------------
+
+
+class HFScorer(CachedScorer):
+    """Label log-probs from a transformers causal LM with a shared prefix KV cache.
+
+    Args:
+        model: A causal LM in eval mode.
+        tokenizer: Its tokenizer.
+        spec: Task specification.
+        model_id: Name used in messages and run records.
+        mode: ``"direct"`` (P(label | input)) or ``"channel"`` (P(input | label)).
+        length_norm: Divide each summed log-prob by its token count.
+        batch_size: Rows per forward pass.
+        cache: Optional on-disk :class:`ScoreCache`.
+        calibrate: Apply contextual calibration.
+        fingerprint: Precomputed :func:`model_fingerprint` (else computed here).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        spec: TaskSpec,
+        *,
+        model_id: str = "model",
+        mode: Mode = "direct",
+        length_norm: bool = False,
+        batch_size: int = 32,
+        cache: ScoreCache | None = None,
+        calibrate: bool = False,
+        fingerprint: str | None = None,
+    ) -> None:
+        super().__init__(spec, cache=cache, calibrate=calibrate)
+        if mode not in ("direct", "channel"):
+            raise ModelError(f"unknown scoring mode {mode!r}; expected 'direct' or 'channel'")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.mode = mode
+        self.length_norm = length_norm
+        self.batch_size = int(batch_size)
+        self.tokens = Tokens(tokenizer)
+        self.max_length = context_window(model, tokenizer)
+        self.device = next(model.parameters()).device
+        self.model_fingerprint = fingerprint or model_fingerprint(model)
+        self._body = model.base_model
+        self._head = model.get_output_embeddings()
+
+    @classmethod
+    def from_pretrained(
+        cls, model_id: str = BUNDLED_ID, *, spec: TaskSpec, dtype: str = "auto", device: str = "auto", **kwargs
+    ) -> HFScorer:
+        """Load the model (bundled SmolLM2 by default) and wrap it."""
+        model, tokenizer = load_causal_lm(model_id, dtype=dtype, device=device)
+        return cls(model, tokenizer, spec, model_id=model_id, **kwargs)
+
+    @property
+    def fingerprint(self) -> str:
+        return f"hf:{self.model_fingerprint}:{self.mode}:{int(self.length_norm)}"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # -- public extras ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Mean-pooled last hidden states, L2-normalised. Shape ``(len(texts), hidden)``, float32."""
+        ids = self.tokens.encode(texts)
+        out = np.zeros((len(ids), self.model.config.hidden_size), dtype=np.float32)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = [ids[i][: self.max_length] or [self.tokens.pad] for i in rows]
+            width = max(len(b) for b in batch)
+            x = torch.full((len(batch), width), self.tokens.pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, b in enumerate(batch):
+                x[r, : len(b)] = torch.tensor(b)
+                mask[r, : len(b)] = 1
+            h = self._body(input_ids=x.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+            m = mask.to(self.device).unsqueeze(-1).to(h.dtype)
+            pooled = ((h * m).sum(1) / m.sum(1)).float()
+            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        return out
+
+    # -- scoring ------------------------------------------------------------------------------------
+
+    def _compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
+        channel = self.mode == "channel"
+        prefix_text = render_prefix(self.spec, demos, channel=channel)
+        if channel:
+            prefix, contexts = self.tokens.split_shared(prefix_text, channel_contexts(self.spec))
+            conts = self.tokens.encode([channel_target(self.spec, q) for q in queries])
+            return self._score(prefix, contexts, conts).T
+        prefix, contexts = self.tokens.split_shared(prefix_text, [render_query(self.spec, q) for q in queries])
+        conts = self.tokens.encode(label_continuations(self.spec))
+        return self._score(prefix, contexts, conts)
+
+    @torch.inference_mode()
+    def _score(self, prefix: list[int], contexts: list[list[int]], conts: list[list[int]]) -> np.ndarray:
+        """Summed log P(cont | prefix + context) for every (context, cont) pair. Shape ``(n_ctx, n_cont)``."""
+        if any(len(c) == 0 for c in conts) or any(len(c) == 0 for c in contexts):
+            raise ModelError("a label continuation or query rendered to zero tokens; check the template")
+        check_length(len(prefix), max(map(len, contexts)), max(map(len, conts)), self.max_length, self.model_id)
+        prefix_kv = self._encode_prefix(prefix)
+        first = torch.tensor([c[0] for c in conts], device=self.device)
+        result = np.zeros((len(contexts), len(conts)))
+        order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            ids, mask, pos = self._left_pad([contexts[i] for i in rows], len(prefix))
+            cache = DynamicCache(
+                ddp_cache_data=[(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1)) for k, v in prefix_kv]
+            ) if prefix_kv else DynamicCache()
+            out = self._body(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+            self.stats.forward_tokens += int(mask[:, len(prefix):].sum())
+            logp = torch.log_softmax(self._head(out.last_hidden_state[:, -1]).float(), dim=-1)  # (B, V)
+            scores = logp[:, first]  # (B, n_cont)
+            if any(len(c) > 1 for c in conts):
+                kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+                scores = scores + self._continue(kv, mask, pos[:, -1], conts)
+            result[rows] = scores.double().cpu().numpy()
+        if self.length_norm:
+            result /= np.array([len(c) for c in conts], dtype=np.float64)[None, :]
+        return result
+
+    def _encode_prefix(self, prefix: list[int]) -> KV:
+        """KV cache of the prefix, one tensor pair per layer, each ``(1, kv_heads, P, head_dim)``."""
+        if not prefix:
+            return []
+        ids = torch.tensor([prefix], device=self.device)
+        out = self._body(input_ids=ids, use_cache=True)
+        self.stats.prefix_forwards += 1
+        self.stats.forward_tokens += len(prefix)
+        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+
+    def _left_pad(self, seqs: list[list[int]], n_prefix: int):
+        """Left-padded ids ``(B, L)``, mask over prefix + ids ``(B, P + L)``, positions ``(B, L)``."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.tokens.pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), n_prefix + width), dtype=torch.long)
+        mask[:, :n_prefix] = 1
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s):] = torch.tensor(s)
+            mask[r, n_prefix + width - len(s):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_prefix:]
+        return ids.to(self.device), mask.to(self.device), pos.to(self.device)
+
+    def _continue(self, kv: KV, mask: torch.Tensor, last_pos: torch.Tensor, conts: list[list[int]]) -> torch.Tensor:
+        """Log-probs of every continuation's tokens after the first. Shape ``(B, n_cont)``."""
+        B = mask.shape[0]
+        extra = torch.zeros((B, len(conts)), device=self.device)
+        pairs = [(b, j) for b in range(B) for j, c in enumerate(conts) if len(c) > 1]
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            width = max(len(conts[j]) - 1 for _, j in chunk)
+            inp = torch.full((len(chunk), width), self.tokens.pad, dtype=torch.long)
+            tgt = torch.full((len(chunk), width), -1, dtype=torch.long)
+            for r, (_, j) in enumerate(chunk):
+                c = conts[j]
+                inp[r, : len(c) - 1] = torch.tensor(c[:-1])
+                tgt[r, : len(c) - 1] = torch.tensor(c[1:])
+            inp, tgt = inp.to(self.device), tgt.to(self.device)
+            bidx = torch.tensor([b for b, _ in chunk], device=self.device)
+            cache = DynamicCache(ddp_cache_data=[(k[bidx], v[bidx]) for k, v in kv])
+            mask2 = torch.cat([mask[bidx], torch.ones((len(chunk), width), dtype=mask.dtype, device=self.device)], 1)
+            pos2 = last_pos[bidx][:, None] + 1 + torch.arange(width, device=self.device)[None, :]
+            h = self._body(input_ids=inp, attention_mask=mask2, position_ids=pos2, past_key_values=cache).last_hidden_state
+            valid = tgt >= 0
+            self.stats.forward_tokens += int(valid.sum())
+            logp = torch.log_softmax(self._head(h[valid]).float(), dim=-1)  # (n_valid, V)
+            picked = logp.gather(1, tgt[valid][:, None]).squeeze(1)
+            row_of = torch.arange(len(chunk), device=self.device)[:, None].expand_as(tgt)[valid]
+            sums = torch.zeros(len(chunk), device=self.device).index_add_(0, row_of, picked)
+            jidx = torch.tensor([j for _, j in chunk], device=self.device)
+            extra[bidx, jidx] += sums
+        return extra

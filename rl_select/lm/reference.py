@@ -1,0 +1,79 @@
+"""The plain, slow reference scorer: one full fp32 forward per (query, label), every logit computed.
+
+Kept for tests (the fast :class:`~rl_select.lm.hf.HFScorer` must agree with it) and for the scorer
+benchmark's speed ratio. It tokenises the whole prompt text as one string, so agreement also checks
+that the fast scorer's piecewise tokenisation (prefix | query | label) matches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from rl_select.lm.base import CachedScorer
+from rl_select.lm.cache import ScoreCache
+from rl_select.lm.hf import Mode, Tokens, check_length, context_window, model_fingerprint
+from rl_select.prompts import (
+    channel_contexts,
+    channel_target,
+    label_continuations,
+    render_prefix,
+    render_query,
+)
+from rl_select.tasks import TaskSpec
+from rl_select.types import Example
+
+
+class ReferenceScorer(CachedScorer):
+    """Label log-probs by brute force (see the module docstring). Same arguments as ``HFScorer``."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        spec: TaskSpec,
+        *,
+        model_id: str = "model",
+        mode: Mode = "direct",
+        length_norm: bool = False,
+        cache: ScoreCache | None = None,
+        calibrate: bool = False,
+    ) -> None:
+        super().__init__(spec, cache=cache, calibrate=calibrate)
+        self.model = model
+        self.model_id = model_id
+        self.mode = mode
+        self.length_norm = length_norm
+        self.tokens = Tokens(tokenizer)
+        self.max_length = context_window(model, tokenizer)
+        self.device = next(model.parameters()).device
+        self.model_fingerprint = model_fingerprint(model)
+
+    @property
+    def fingerprint(self) -> str:
+        return f"ref:{self.model_fingerprint}:{self.mode}:{int(self.length_norm)}"
+
+    @torch.inference_mode()
+    def _compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
+        out = np.zeros((len(queries), len(self.spec.labels)))
+        for i, q in enumerate(queries):
+            for j in range(len(self.spec.labels)):
+                if self.mode == "channel":
+                    context = render_prefix(self.spec, demos, channel=True) + channel_contexts(self.spec)[j]
+                    cont = channel_target(self.spec, q)
+                else:
+                    context = render_prefix(self.spec, demos) + render_query(self.spec, q)
+                    cont = label_continuations(self.spec)[j]
+                ctx_ids = self.tokens.bos + self.tokens.encode([context])[0]
+                cont_ids = self.tokens.encode([cont])[0]
+                check_length(0, len(ctx_ids), len(cont_ids), self.max_length, self.model_id)
+                ids = torch.tensor([ctx_ids + cont_ids], device=self.device)
+                logits = self.model(input_ids=ids).logits[0].float()  # (T, V): every position
+                self.stats.forward_tokens += ids.shape[1]
+                logp = torch.log_softmax(logits[len(ctx_ids) - 1 : -1], dim=-1)
+                total = logp.gather(1, torch.tensor(cont_ids, device=self.device)[:, None]).sum().item()
+                out[i, j] = total / len(cont_ids) if self.length_norm else total
+        return out

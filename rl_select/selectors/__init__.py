@@ -1,0 +1,37 @@
+"""Non-RL demonstration selectors behind one interface (:class:`Selector`), and their registry.
+
+Importing this package registers every built-in selector in :data:`SELECTORS`, so
+``make_selector("greedy", max_candidates=16)`` works from anywhere.
+"""
+
+from rl_select.selectors.base import (
+    SELECTORS,
+    SelectionContext,
+    Selector,
+    check_k,
+    check_val,
+    make_selector,
+    register_selector,
+)
+from rl_select.selectors.greedy import GreedySelector
+from rl_select.selectors.knn import KNNSelector
+from rl_select.selectors.max_entropy import MaxEntropySelector
+from rl_select.selectors.random_search import RandomSearchSelector
+from rl_select.selectors.random_selector import RandomSelector
+from rl_select.selectors.zero_shot import ZeroShotSelector
+
+__all__ = [
+    "SELECTORS",
+    "GreedySelector",
+    "KNNSelector",
+    "MaxEntropySelector",
+    "RandomSearchSelector",
+    "RandomSelector",
+    "SelectionContext",
+    "Selector",
+    "ZeroShotSelector",
+    "check_k",
+    "check_val",
+    "make_selector",
+    "register_selector",
+]

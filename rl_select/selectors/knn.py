@@ -1,0 +1,119 @@
+"""kNN demonstrations per query (Liu et al. 2022, "What Makes Good In-Context Examples for GPT-3?").
+
+For each test query, the ``k`` pool examples nearest by cosine similarity of sentence embeddings,
+ordered from least to most similar, so the most similar demonstration sits right before the query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rl_select.embeddings import Embedder, MiniLMEmbedder, ScorerEmbedder, embed_examples, example_text
+from rl_select.errors import SelectionError
+from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
+from rl_select.types import Example
+
+# Below any cosine similarity: a pool item identical to the query is only used when nothing else is left.
+_SAME_TEXT_SIM = -2.0
+
+
+@register_selector
+class KNNSelector(Selector):
+    """Nearest pool examples to each query, most similar last.
+
+    Args:
+        embedder: An :class:`~rl_select.embeddings.Embedder`; ``None`` or ``"minilm"`` for the bundled
+            all-MiniLM-L6-v2; ``"scorer"`` for the LM's own embeddings (``ctx.scorer.embed``); any
+            other string is a sentence-transformers model id or folder.
+        exclude_same_text: Rank pool items whose input text equals the query's last, so a query that
+            is also in the pool does not see its own answer.
+    """
+
+    name = "knn"
+    per_query = True
+
+    def __init__(
+        self, embedder: Embedder | str | Path | None = None, *, exclude_same_text: bool = True
+    ) -> None:
+        if embedder is not None and not isinstance(embedder, (str, Path, Embedder)):
+            raise SelectionError(
+                f"embedder {embedder!r} has no encode(texts) method; "
+                "expected an Embedder, 'minilm' or 'scorer'"
+            )
+        self.embedder = embedder
+        self.exclude_same_text = exclude_same_text
+        self._minilm: MiniLMEmbedder | None = None
+
+    def _embedder(self, ctx: SelectionContext) -> Embedder:
+        if self.embedder == "scorer":
+            return ScorerEmbedder(ctx.scorer)
+        if self.embedder is None or isinstance(self.embedder, (str, Path)):
+            if self._minilm is None:
+                model = None if self.embedder in (None, "minilm") else self.embedder
+                self._minilm = MiniLMEmbedder(model)
+            return self._minilm
+        return self.embedder
+
+    @staticmethod
+    def _rank(sims: np.ndarray, k: int) -> np.ndarray:
+        """Indices of the ``k`` most similar pool items per row, least similar first.
+
+        Args:
+            sims: ``(n_queries, n_pool)`` similarities.
+            k: Number kept per row.
+
+        Returns:
+            ``(n_queries, k)`` int array; among equal similarities the lower pool index ranks higher.
+        """
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # most similar first
+        return order[:, ::-1]
+
+    def select_for(self, ctx: SelectionContext, queries: Sequence[Example]) -> list[list[Example]]:
+        """The ``k`` nearest pool examples for each query, most similar last.
+
+        Returns:
+            ``len(queries)`` lists of ``ctx.k`` distinct pool items.
+        """
+        check_k(ctx)
+        if ctx.k == 0 or not queries:
+            return [[] for _ in queries]
+        emb = self._embedder(ctx)
+        pool_emb = embed_examples(emb, ctx.pool)
+        query_emb = embed_examples(emb, queries)
+        if pool_emb.shape[1] != query_emb.shape[1]:
+            raise SelectionError(
+                f"pool and query embeddings differ in width ({pool_emb.shape[1]} vs {query_emb.shape[1]})"
+            )
+        sims = (query_emb @ pool_emb.T).astype(np.float64)  # (n_queries, n_pool)
+        if self.exclude_same_text:
+            pool_texts = [example_text(e) for e in ctx.pool]
+            for i, q in enumerate(queries):
+                qt = example_text(q)
+                for j, pt in enumerate(pool_texts):
+                    if pt == qt:
+                        sims[i, j] = _SAME_TEXT_SIM
+        idx = self._rank(sims, ctx.k)
+        return [[ctx.pool[int(j)] for j in row] for row in idx]
+
+    def select(self, ctx: SelectionContext) -> list[Example]:
+        """Global fallback: the ``k`` pool examples nearest the centroid of ``ctx.val``, most similar last.
+
+        kNN is meant to be used per query through :meth:`select_for`; this gives one list for callers
+        that need a single prompt, using the validation split as a stand-in for the test distribution.
+        """
+        check_k(ctx)
+        if ctx.k == 0:
+            return []
+        if len(ctx.val) == 0:
+            raise SelectionError("knn's global select() needs a non-empty validation split; got 0 examples")
+        emb = self._embedder(ctx)
+        centroid = embed_examples(emb, ctx.val).mean(axis=0, keepdims=True)  # (1, d)
+        pool_emb = embed_examples(emb, ctx.pool)
+        idx = self._rank((centroid @ pool_emb.T).astype(np.float64), ctx.k)[0]
+        return [ctx.pool[int(j)] for j in idx]
+
+    def __repr__(self) -> str:
+        return f"KNNSelector(embedder={self.embedder!r})"
