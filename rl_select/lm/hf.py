@@ -137,22 +137,24 @@ class Tokens:
     def split_shared(self, prefix: str, contexts: Sequence[str]) -> tuple[list[int], list[list[int]]]:
         """Token ids of ``prefix + context`` for each context, cut into one shared prefix and the rest.
 
-        BPE tokenisers merge across the boundary (``"\\n\\n"`` ends a string as one token but is two
-        before ``"Review"``), so each full string is tokenised as one and the shared part is the longest
-        token prefix common to all of them: the LM then sees exactly the ids of the joined text.
+        Each full string is tokenised as one, because BPE tokenisers merge across the boundary
+        (``"\\n\\n"`` ends a string as one token but is two before ``"Review"``); the shared part is
+        the longest token prefix common to all of them (the demonstrations plus any template text that
+        every query starts with, such as ``"Review:"``), keeping at least one token per context. The LM
+        then sees exactly the ids of the joined text, and encodes the shared part once.
 
         Returns:
             ``(shared_ids, [rest_ids per context])``; ``shared_ids`` starts with BOS if the model uses one.
         """
-        if not prefix:
-            return list(self.bos), self.encode(contexts)
-        pre = self.encode([prefix])[0]
         joint = self.encode([prefix + c for c in contexts])
-        n = len(pre)
-        for ids in joint:
-            while n and ids[:n] != pre[:n]:
+        if not joint:
+            return list(self.bos), []
+        first = joint[0]
+        n = min(len(ids) for ids in joint) - 1
+        for ids in joint[1:]:
+            while n > 0 and ids[:n] != first[:n]:
                 n -= 1
-        return self.bos + pre[:n], [ids[n:] for ids in joint]
+        return self.bos + first[:n], [ids[n:] for ids in joint]
 
 
 def context_window(model: PreTrainedModel, tokenizer) -> int:
@@ -200,7 +202,7 @@ class HFScorer(CachedScorer):
         model_id: str = "model",
         mode: Mode = "direct",
         length_norm: bool = False,
-        batch_size: int = 32,
+        batch_size: int = 16,
         cache: ScoreCache | None = None,
         calibrate: bool = False,
         fingerprint: str | None = None,

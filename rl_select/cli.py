@@ -1,0 +1,267 @@
+"""``rl-select``: the command line.
+
+Commands: ``tasks`` (list built-in tasks), ``evaluate`` (one selector or an explicit ordered demo list
+over seeds), ``baselines`` (every selector on a task, as a table in a run folder), ``bench scorer``.
+Errors a user can fix print one line (``error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from rl_select.errors import ConfigError, RLSelectError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Choose few-shot demonstrations for a frozen LLM.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (ratios measured side by side in one run).")
+app.add_typer(bench_app, name="bench")
+console = Console(stderr=True)
+out = Console()
+
+
+def _friendly(fn):
+    """Turn RLSelectError into one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RLSelectError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("interrupted: results measured so far are in the run folder and the score cache")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _quiet_libraries() -> None:
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML run config; flags override it.")]
+TaskOpt = Annotated[str | None, typer.Option(help="Built-in task name or a JSON/TOML task spec file.")]
+DataOpt = Annotated[str | None, typer.Option(help="Folder with train/test files (default: ../shared/data/TASK, else hub).")]
+ModelOpt = Annotated[str | None, typer.Option(help="'bundled' (SmolLM2-135M-Instruct), a folder, or a hub id.")]
+DtypeOpt = Annotated[str | None, typer.Option(help="auto | bf16 | fp32 | fp16 (auto: bf16 only where the CPU has it).")]
+KOpt = Annotated[int | None, typer.Option("-k", "--k", help="Number of demonstrations.")]
+SeedsOpt = Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2.")]
+PoolOpt = Annotated[int | None, typer.Option(help="Candidate pool size per seed.")]
+ValOpt = Annotated[int | None, typer.Option(help="Reward-validation size per seed.")]
+TestOpt = Annotated[int | None, typer.Option(help="Test rows (0: the whole test file).")]
+CalOpt = Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Contextual calibration.")]
+ModeOpt = Annotated[str | None, typer.Option(help="direct | channel.")]
+CacheOpt = Annotated[str | None, typer.Option(help="Score cache file ('none' disables; default ~/.cache/rl_select).")]
+OutOpt = Annotated[str | None, typer.Option(help="Parent folder of run folders.")]
+
+
+def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
+    """Load data and model, run the grid with a progress bar, write the run folder, print the table."""
+    from rl_select.experiments.harness import TaskData, build_scorer, run_grid, summarise
+    from rl_select.experiments.report import plot_summary, summary_table
+    from rl_select.experiments.rundir import RunDir
+
+    _quiet_libraries()
+    data = TaskData.load(cfg)
+    if demos is not None:
+        demos = demos(data)
+    run = RunDir.create(cfg, command)
+    console.print(f"run folder: {run.path}")
+    with console.status(f"loading model {cfg.model!r} ..."):
+        scorer = build_scorer(cfg, data.spec)
+    console.print(
+        f"model {cfg.model} ({scorer.model_id}, {str(scorer.dtype).removeprefix('torch.')}, {scorer.device}); "
+        f"task {data.spec.name}: train {len(data.train)}, test {len(data.test)}"
+    )
+    n_jobs = len(cfg.seeds) * (1 if demos is not None else len(cfg.selectors))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("selectors x seeds", total=n_jobs)
+
+        def on_row(row: dict[str, Any]) -> None:
+            run.add_row(row)
+            progress.update(bar, advance=1, description=f"{row['selector']} seed {row['seed']}: "
+                            f"test {100 * row['test_acc']:.1f}")
+
+        rows = run_grid(cfg, data, scorer, on_row=on_row, demos=demos, label=label)
+    summary = summarise(rows)
+    cache = scorer.cache
+    extra = {
+        "config": cfg.to_dict(), "lm_calls": scorer.stats.as_dict(),
+        "cache": None if cache is None else {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses},
+        "model_fingerprint": scorer.fingerprint,
+    }
+    run.finish(summary, extra)
+    title = (f"{data.spec.name}, k={cfg.k}, pool {cfg.n_pool}, val {cfg.n_val}, test {rows[0]['n_test']}, "
+             f"seeds {cfg.seeds}, {cfg.model}{' calibrated' if cfg.calibrate else ''}")
+    plot_summary(summary, rows, run.path / "test_accuracy.png", title)
+    out.print(summary_table(summary, title))
+    s = scorer.stats
+    out.print(
+        f"LM: {s.queries} query rows ({s.cache_hits} cache hits, {s.cache_misses} misses), "
+        f"{s.prefix_forwards} prefixes, {s.forward_tokens} tokens, {s.seconds:.1f} s in the LM"
+    )
+    out.print(f"results: {run.path}/summary.csv, results.json, test_accuracy.png")
+    return run.path
+
+
+@app.command("tasks")
+@_friendly
+def tasks_cmd() -> None:
+    """List the built-in tasks, their labels, verbalisers and templates."""
+    from rl_select.tasks import BUILTIN_TASKS
+
+    table = Table(title="built-in tasks")
+    for col in ("task", "labels -> words", "template", "hub"):
+        table.add_column(col)
+    for spec in BUILTIN_TASKS.values():
+        words = ", ".join(f"{lab}->{spec.verbalizers[lab]}" for lab in spec.labels)
+        table.add_row(spec.name, words, repr(spec.template), spec.hf.path if spec.hf else "-")
+    out.print(table)
+
+
+@app.command("baselines")
+@_friendly
+def baselines_cmd(
+    config: ConfigOpt = None, task: TaskOpt = None, data: DataOpt = None, model: ModelOpt = None,
+    dtype: DtypeOpt = None, k: KOpt = None, seeds: SeedsOpt = None, n_pool: PoolOpt = None, n_val: ValOpt = None,
+    n_test: TestOpt = None, calibrate: CalOpt = None, mode: ModeOpt = None, cache: CacheOpt = None,
+    out_dir: Annotated[str | None, typer.Option("--out", help="Parent folder of run folders.")] = None,
+    selectors: Annotated[str | None, typer.Option(help="Comma-separated selector names.")] = None,
+) -> None:
+    """Every baseline selector on a task over seeds: a table, saved as CSV/JSON (+ a plot) in a run folder."""
+    from rl_select.experiments.config import load_config
+
+    cfg = load_config(config, dict(
+        task=task, data=data, model=model, dtype=dtype, k=k, seeds=_seeds(seeds), n_pool=n_pool, n_val=n_val,
+        n_test=n_test, calibrate=calibrate, mode=mode, cache=cache, out=out_dir, selectors=_names(selectors),
+    ))
+    _run(cfg, "baselines")
+
+
+@app.command("evaluate")
+@_friendly
+def evaluate_cmd(
+    config: ConfigOpt = None, task: TaskOpt = None, data: DataOpt = None, model: ModelOpt = None,
+    dtype: DtypeOpt = None, k: KOpt = None, seeds: SeedsOpt = None, n_pool: PoolOpt = None, n_val: ValOpt = None,
+    n_test: TestOpt = None, calibrate: CalOpt = None, mode: ModeOpt = None, cache: CacheOpt = None,
+    out_dir: Annotated[str | None, typer.Option("--out", help="Parent folder of run folders.")] = None,
+    selector: Annotated[str | None, typer.Option(help="A selector name (see `baselines`).")] = None,
+    demos: Annotated[str | None, typer.Option(
+        help="Explicit ordered demos: a JSONL/CSV file of examples, or comma-separated row numbers of the "
+             "train file (1-based, as in uids 'train.jsonl:N').")] = None,
+) -> None:
+    """Test accuracy (mean ± std over seeds) of one selector, or of an explicit ordered demo list."""
+    from rl_select.experiments.config import load_config
+
+    if (selector is None) == (demos is None):
+        raise typer.BadParameter("give exactly one of --selector NAME or --demos FILE|ROWS")
+    cfg = load_config(config, dict(
+        task=task, data=data, model=model, dtype=dtype, k=k, seeds=_seeds(seeds), n_pool=n_pool, n_val=n_val,
+        n_test=n_test, calibrate=calibrate, mode=mode, cache=cache, out=out_dir,
+        selectors=[selector] if selector else None,
+    ))
+    if demos is None:
+        _run(cfg, "evaluate")
+        return
+
+    def pick(data) -> list:
+        from rl_select.data import load_examples
+
+        if Path(demos).suffix in (".jsonl", ".csv", ".parquet") or Path(demos).is_file():
+            return load_examples(demos, spec=data.spec)
+        try:
+            rows = [int(s) for s in demos.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--demos {demos!r} is neither a file nor comma-separated row numbers") from None
+        bad = [r for r in rows if not 1 <= r <= len(data.train)]
+        if bad:
+            raise ConfigError(f"--demos rows {bad} are outside the train file's rows 1..{len(data.train)}")
+        return [data.train[r - 1] for r in rows]
+
+    cfg.k = len(demos.split(",")) if "," in demos or demos.isdigit() else cfg.k
+    _run(cfg, "evaluate", demos=pick, label="explicit")
+
+
+@bench_app.command("scorer")
+@_friendly
+def bench_scorer_cmd(
+    task: Annotated[str, typer.Option(help="Task.")] = "sst2",
+    data: DataOpt = None,
+    model: Annotated[str, typer.Option(help="Model id.")] = "bundled",
+    dtype: Annotated[str, typer.Option(help="Fast scorer dtype (the reference is always fp32).")] = "auto",
+    k: Annotated[int, typer.Option("-k", "--k")] = 4,
+    n_queries: Annotated[int, typer.Option(help="Validation queries scored.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Fast scorer batch size.")] = 16,
+    seed: int = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+) -> None:
+    """Fast scorer vs the plain reference scorer, side by side: speed ratio, agreement, throughput."""
+    from rl_select.experiments.bench_scorer import bench_scorer
+    from rl_select.experiments.harness import resolve_spec
+
+    _quiet_libraries()
+    spec = resolve_spec(task)
+    with console.status("benchmarking (the reference scorer takes a while) ...") as status:
+        res = bench_scorer(spec=spec, data=data, model_id=model, dtype=dtype, k=k, n_queries=n_queries,
+                           batch_size=batch_size, seed=seed, progress=lambda s: status.update(s))
+    table = Table(title=f"scorer benchmark: {res['task']}, k={k}, {res['n_queries']} queries, {model} "
+                        f"({res['dtype']}, {res['threads']} threads)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("reference scorer (fp32, 1 forward per query x label)", f"{res['reference_seconds']:.2f} s"),
+        ("fast scorer (prefix KV cache, batched)", f"{res['fast_seconds']:.2f} s"),
+        ("speed-up", f"{res['speedup']:.1f}x"),
+        ("prediction agreement", f"{100 * res['agreement']:.1f}%"),
+        ("max |log-prob difference|", f"{res['max_abs_logprob_diff']:.2e}"),
+        ("fast: LM tokens run / s", f"{res['fast_lm_tokens_per_s']:.0f}"),
+        ("fast: prompt tokens answered / s", f"{res['prompt_tokens_answered_per_s']:.0f}"),
+        ("raw model forward, last-position logits, tok/s", f"{res['raw_forward_tokens_per_s_last_logits']:.0f}"),
+        ("raw model forward, fp32, all logits, batch 1, tok/s",
+         f"{res['raw_forward_tokens_per_s_all_logits_fp32_batch1']:.0f}"),
+        ("fast scorer / raw forward throughput", f"{100 * res['fraction_of_raw_throughput']:.0f}%"),
+    ]
+    for r in rows:
+        table.add_row(*r)
+    out.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(res, indent=2))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

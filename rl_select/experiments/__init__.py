@@ -1,0 +1,1 @@
+"""Run configs, run folders, the selector evaluation harness, tables and plots."""

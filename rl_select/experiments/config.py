@@ -1,0 +1,105 @@
+"""Run configuration: every run is a function of one :class:`RunConfig`.
+
+A config comes from defaults, then an optional TOML file (``[run]`` table or top-level keys), then
+command-line overrides; the resolved config is written into the run folder as ``config.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import tomllib
+
+from rl_select.errors import ConfigError
+
+
+@dataclass
+class RunConfig:
+    """All knobs of an evaluation or baselines run.
+
+    Attributes:
+        task: Built-in task name, or a path to a JSON/TOML task spec.
+        data: Folder with train/test files (``None``: ``../shared/data/<task>`` or the hub).
+        model: ``"bundled"`` (SmolLM2-135M-Instruct), a local folder or a hub id.
+        dtype: ``auto`` | ``bf16`` | ``fp32`` | ``fp16``.
+        device: ``auto`` | ``cpu`` | ``cuda`` ...
+        mode: ``direct`` or ``channel`` scoring.
+        calibrate: Contextual calibration of label probabilities.
+        length_norm: Divide label log-probs by their token count.
+        batch_size: Query rows per forward pass.
+        k: Number of demonstrations.
+        n_pool / n_val / n_test: Split sizes (``n_test = 0`` keeps the whole test file).
+        stratify: Balance labels in pool and val.
+        seeds: Seeds; each gives its own splits and selector randomness.
+        selectors: Selector names (see ``rl_select.selectors.SELECTORS``).
+        selector_args: Per-selector keyword arguments, e.g. ``{"random_search": {"n_candidates": 8}}``.
+        cache: SQLite score cache path (``""``: the default path; ``"none"``: no cache).
+        out: Parent folder of run folders.
+    """
+
+    task: str = "sst2"
+    data: str | None = None
+    model: str = "bundled"
+    dtype: str = "auto"
+    device: str = "auto"
+    mode: str = "direct"
+    calibrate: bool = False
+    length_norm: bool = False
+    batch_size: int = 16
+    k: int = 4
+    n_pool: int = 16
+    n_val: int = 32
+    n_test: int = 200
+    stratify: bool = True
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    selectors: list[str] = field(
+        default_factory=lambda: ["zero_shot", "random", "knn", "max_entropy", "random_search", "greedy"]
+    )
+    selector_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache: str = ""
+    out: str = "runs"
+
+    def validate(self) -> RunConfig:
+        """Check values; raise :class:`ConfigError` naming the bad one."""
+        if self.k < 0:
+            raise ConfigError(f"k={self.k} is negative; expected k >= 0")
+        for name in ("n_pool", "n_val", "n_test", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
+                raise ConfigError(f"{name}={value!r}; expected a non-negative integer")
+        if self.mode not in ("direct", "channel"):
+            raise ConfigError(f"mode={self.mode!r}; expected 'direct' or 'channel'")
+        if not self.seeds:
+            raise ConfigError("seeds is empty; expected at least one seed")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def dump(self, path: Path) -> None:
+        """Write the resolved config as TOML."""
+        path.write_text(tomli_w.dumps(self.to_dict()))
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults < TOML file < overrides (``None`` values in overrides are ignored)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist; expected a TOML file")
+        try:
+            doc = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+        values.update(doc.get("run", doc))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown}; expected some of {sorted(known)}")
+    return RunConfig(**values).validate()

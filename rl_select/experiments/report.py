@@ -1,0 +1,53 @@
+"""Tables (rich) and plots (matplotlib) of a run's summary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+
+def summary_table(summary: Sequence[dict[str, Any]], title: str) -> Table:
+    """Selector | test acc mean ± std | val acc | selection LM queries (misses) | cache hit rate | seconds."""
+    table = Table(title=title)
+    for col in ("selector", "test acc (mean ± std)", "val acc", "select LM queries", "LM misses", "hit rate", "sec"):
+        table.add_column(col, justify="left" if col == "selector" else "right")
+    for s in summary:
+        table.add_row(
+            s["selector"],
+            f"{100 * s['test_acc_mean']:.1f} ± {100 * s['test_acc_std']:.1f}",
+            "-" if s["val_acc_mean"] is None else f"{100 * s['val_acc_mean']:.1f}",
+            f"{s['select_lm_queries']:.0f}",
+            f"{s['select_lm_misses']:.0f}",
+            "-" if s["select_cache_hit_rate"] is None else f"{100 * s['select_cache_hit_rate']:.0f}%",
+            f"{s['select_seconds']:.1f}",
+        )
+    return table
+
+
+def plot_summary(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """Bar chart of test accuracy (mean ± std over seeds) with each seed as a dot. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["selector"] for s in summary]
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 4))
+    means = [100 * s["test_acc_mean"] for s in summary]
+    stds = [100 * s["test_acc_std"] for s in summary]
+    ax.bar(names, means, yerr=stds, capsize=4, color="#7aa6c2", edgecolor="#2b5d7d")
+    for i, name in enumerate(names):
+        pts = [100 * r["test_acc"] for r in rows if r["selector"] == name]
+        ax.scatter([i] * len(pts), pts, color="black", s=10, zorder=3)
+    low = min(min(means) - max(stds + [0]) - 10, 100)
+    ax.set_ylim(max(0, low), 100)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
