@@ -71,7 +71,8 @@ def _quiet_libraries() -> None:
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML run config; flags override it.")]
 TaskOpt = Annotated[str | None, typer.Option(help="Built-in task name or a JSON/TOML task spec file.")]
-DataOpt = Annotated[str | None, typer.Option(help="Folder with train/test files (default: ../shared/data/TASK, else hub).")]
+DataOpt = Annotated[str | None, typer.Option(
+    help="Folder with train/test files (default: ../shared/data/TASK, else the hub).")]
 ModelOpt = Annotated[str | None, typer.Option(help="'bundled' (SmolLM2-135M-Instruct), a folder, or a hub id.")]
 DtypeOpt = Annotated[str | None, typer.Option(help="auto | bf16 | fp32 | fp16 (auto: bf16 only where the CPU has it).")]
 KOpt = Annotated[int | None, typer.Option("-k", "--k", help="Number of demonstrations.")]
@@ -87,7 +88,7 @@ OutOpt = Annotated[str | None, typer.Option(help="Parent folder of run folders."
 
 def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
     """Load data and model, run the grid with a progress bar, write the run folder, print the table."""
-    from rl_select.experiments.harness import TaskData, build_scorer, run_grid, summarise
+    from rl_select.experiments.harness import TaskData, build_scorer, check_plan, run_grid, summarise
     from rl_select.experiments.report import plot_summary, summary_table
     from rl_select.experiments.rundir import RunDir
 
@@ -95,6 +96,7 @@ def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
     data = TaskData.load(cfg)
     if demos is not None:
         demos = demos(data)
+    check_plan(cfg, data, demos=demos)  # bad input fails here, before the model loads
     run = RunDir.create(cfg, command)
     console.print(f"run folder: {run.path}")
     with console.status(f"loading model {cfg.model!r} ..."):

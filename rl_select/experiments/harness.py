@@ -21,7 +21,7 @@ from rl_select.experiments.config import RunConfig
 from rl_select.lm.base import CachedScorer, ScorerStats
 from rl_select.lm.cache import ScoreCache, default_cache_path
 from rl_select.reward import accuracy, label_ids
-from rl_select.selectors import SelectionContext, Selector, make_selector
+from rl_select.selectors import SelectionContext, Selector, ZeroShotSelector, make_selector
 from rl_select.tasks import TaskSpec, get_task, load_task_spec
 from rl_select.types import Example
 
@@ -124,27 +124,45 @@ def run_one(
     }
 
 
+def make_jobs(cfg: RunConfig) -> list[tuple[str, Selector]]:
+    """``(name, selector)`` for every configured selector; raises on unknown names or arguments."""
+    if not cfg.selectors:
+        raise ConfigError("selectors is empty; expected at least one selector name")
+    unknown = set(cfg.selector_args) - set(cfg.selectors)
+    if unknown:
+        raise ConfigError(f"selector_args names {sorted(unknown)}, which are not in selectors {cfg.selectors}")
+    return [(name, make_selector(name, **cfg.selector_args.get(name, {}))) for name in cfg.selectors]
+
+
+def check_plan(cfg: RunConfig, data: TaskData, *, demos: Sequence[Example] | None = None) -> None:
+    """Refuse, before any model is loaded, a run that :func:`run_grid` would refuse part-way.
+
+    Checks the selector names and arguments, that every seed's splits fit the data, and that ``k``
+    fits the pool for every selector that draws demonstrations from it.
+
+    Raises:
+        ConfigError, SelectionError, DataError: One line naming the bad value.
+    """
+    jobs = [] if demos is not None else make_jobs(cfg)
+    for seed in cfg.seeds:
+        data.splits(cfg, seed)
+    if any(not isinstance(sel, ZeroShotSelector) for _, sel in jobs) and cfg.k > cfg.n_pool:
+        raise SelectionError(f"k={cfg.k} is larger than the pool size n_pool={cfg.n_pool}; expected k <= {cfg.n_pool}")
+
+
 def run_grid(
     cfg: RunConfig, data: TaskData, scorer: CachedScorer, *, on_row: Callable[[dict[str, Any]], None] | None = None,
     demos: Sequence[Example] | None = None, label: str = "explicit",
 ) -> list[dict[str, Any]]:
     """Every configured selector (or the explicit ``demos``) on every seed."""
     rows: list[dict[str, Any]] = []
-    jobs: list[tuple[str, Selector | None]]
-    if demos is not None:
-        jobs = [(label, None)]
-    else:
-        if not cfg.selectors:
-            raise ConfigError("selectors is empty; expected at least one selector name")
-        unknown = set(cfg.selector_args) - set(cfg.selectors)
-        if unknown:
-            raise ConfigError(f"selector_args names {sorted(unknown)}, which are not in selectors {cfg.selectors}")
-        jobs = [(name, make_selector(name, **cfg.selector_args.get(name, {}))) for name in cfg.selectors]
+    jobs: list[tuple[str, Selector | None]] = [(label, None)] if demos is not None else make_jobs(cfg)
     for seed in cfg.seeds:
         splits = data.splits(cfg, seed)
         for name, selector in jobs:
             row = run_one(name, selector, scorer, splits, k=cfg.k, seed=seed, demos=demos)
-            log.info("%s seed=%d test_acc=%.4f select_misses=%d", name, seed, row["test_acc"], row["select_cache_misses"])
+            log.info("%s seed=%d test_acc=%.4f select_misses=%d", name, seed, row["test_acc"],
+                     row["select_cache_misses"])
             rows.append(row)
             if on_row is not None:
                 on_row(row)

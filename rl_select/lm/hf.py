@@ -17,6 +17,7 @@ the scored continuations.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from collections.abc import Sequence
 from typing import Literal
@@ -222,6 +223,9 @@ class HFScorer(CachedScorer):
         self.model_fingerprint = fingerprint or model_fingerprint(model)
         self._body = model.base_model
         self._head = model.get_output_embeddings()
+        # transformers 5.x renamed the forward argument and output field `past_key_values` to `cache`
+        params = inspect.signature(self._body.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
     def from_pretrained(
@@ -288,20 +292,25 @@ class HFScorer(CachedScorer):
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
             ids, mask, pos = self._left_pad([contexts[i] for i in rows], len(prefix))
-            cache = DynamicCache(
-                ddp_cache_data=[(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1)) for k, v in prefix_kv]
-            ) if prefix_kv else DynamicCache()
-            out = self._body(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+            # broadcast (not copy) the prefix cache to every row of the batch
+            n = len(rows)
+            shared = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix_kv]
+            cache = DynamicCache(ddp_cache_data=shared)
+            out = self._body(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                             **{self._cache_kw: cache})
             self.stats.forward_tokens += int(mask[:, len(prefix):].sum())
             logp = torch.log_softmax(self._head(out.last_hidden_state[:, -1]).float(), dim=-1)  # (B, V)
             scores = logp[:, first]  # (B, n_cont)
             if any(len(c) > 1 for c in conts):
-                kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+                kv = [(layer.keys, layer.values) for layer in self._cache_of(out).layers]
                 scores = scores + self._continue(kv, mask, pos[:, -1], conts)
             result[rows] = scores.double().cpu().numpy()
         if self.length_norm:
             result /= np.array([len(c) for c in conts], dtype=np.float64)[None, :]
         return result
+
+    def _cache_of(self, out) -> DynamicCache:
+        return getattr(out, self._cache_kw)
 
     def _encode_prefix(self, prefix: list[int]) -> KV:
         """KV cache of the prefix, one tensor pair per layer, each ``(1, kv_heads, P, head_dim)``."""
@@ -311,7 +320,7 @@ class HFScorer(CachedScorer):
         out = self._body(input_ids=ids, use_cache=True)
         self.stats.prefix_forwards += 1
         self.stats.forward_tokens += len(prefix)
-        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return [(layer.keys, layer.values) for layer in self._cache_of(out).layers]
 
     def _left_pad(self, seqs: list[list[int]], n_prefix: int):
         """Left-padded ids ``(B, L)``, mask over prefix + ids ``(B, P + L)``, positions ``(B, L)``."""
@@ -344,7 +353,8 @@ class HFScorer(CachedScorer):
             cache = DynamicCache(ddp_cache_data=[(k[bidx], v[bidx]) for k, v in kv])
             mask2 = torch.cat([mask[bidx], torch.ones((len(chunk), width), dtype=mask.dtype, device=self.device)], 1)
             pos2 = last_pos[bidx][:, None] + 1 + torch.arange(width, device=self.device)[None, :]
-            h = self._body(input_ids=inp, attention_mask=mask2, position_ids=pos2, past_key_values=cache).last_hidden_state
+            kw = {self._cache_kw: cache}
+            h = self._body(input_ids=inp, attention_mask=mask2, position_ids=pos2, **kw).last_hidden_state
             valid = tgt >= 0
             self.stats.forward_tokens += int(valid.sum())
             logp = torch.log_softmax(self._head(h[valid]).float(), dim=-1)  # (n_valid, V)

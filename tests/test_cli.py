@@ -1,0 +1,170 @@
+"""The ``rl-select`` command line: listing, help, and bad input refused in one line before any model loads."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rl_select.cli import app
+from rl_select.experiments import harness
+
+runner = CliRunner()
+
+ROWS = [
+    {"text": f"{word} film number {i}", "label": label}
+    for i in range(12)
+    for word, label in (("good", "positive"), ("bad", "negative"))
+]
+
+
+class ModelLoadReached(AssertionError):
+    """Raised if a test reaches the model load: every refusal here must come before it."""
+
+
+@pytest.fixture(autouse=True)
+def no_model_load(monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise ModelLoadReached("build_scorer was called: the bad input was not caught before loading the model")
+
+    monkeypatch.setattr(harness, "build_scorer", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RL_SELECT_CACHE", str(tmp_path / "cache.sqlite"))
+    monkeypatch.chdir(tmp_path)  # run folders, if any, land in tmp_path/runs
+
+
+def write_jsonl(path: Path, rows: list[dict] | list[str]) -> Path:
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def task_dir(tmp_path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", ROWS)
+    write_jsonl(folder / "test.jsonl", ROWS[:6])
+    return folder
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def assert_one_line_error(result, *needles: str) -> str:
+    """Exit status 2, ``error: ...`` on one line naming every needle, and no traceback."""
+    assert not isinstance(result.exception, ModelLoadReached), result.exception
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    text = result.output.strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    error_lines = [ln for ln in lines if ln.startswith("error:")]
+    assert len(error_lines) == 1, text
+    assert "Traceback" not in text
+    msg = error_lines[0]
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+    return msg
+
+
+def baselines(task_dir: Path, *extra: str):
+    return run("baselines", "--task", "sst2", "--data", str(task_dir), "--n-pool", "4", "--n-val", "4",
+               "--n-test", "4", "--seeds", "0", "--cache", "none", *extra)
+
+
+# --- commands that work ---------------------------------------------------------------------------
+
+
+def test_help():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("tasks", "evaluate", "baselines", "bench"):
+        assert command in result.output
+
+
+def test_tasks_lists_builtin_tasks():
+    result = run("tasks")
+    assert result.exit_code == 0, result.output
+    for name in ("sst2", "agnews", "rte", "trec"):
+        assert name in result.output
+    assert "positive" in result.output
+
+
+# --- bad input: refused before the model loads --------------------------------------------------------
+
+
+def test_missing_data_folder(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = run("baselines", "--task", "sst2", "--data", str(missing), "--cache", "none")
+    assert_one_line_error(result, str(missing))
+
+
+def test_malformed_jsonl_line_names_the_line(task_dir):
+    write_jsonl(task_dir / "train.jsonl", [json.dumps(r) for r in ROWS[:3]] + ['{"text": "oops", "label": '])
+    msg = assert_one_line_error(baselines(task_dir), "line 4", "train.jsonl")
+    assert "JSON" in msg
+
+
+def test_missing_column(task_dir):
+    write_jsonl(task_dir / "train.jsonl", [*ROWS[:2], {"sentence": "no text column", "label": "positive"}])
+    assert_one_line_error(baselines(task_dir), "line 3", "'text'")
+
+
+def test_unknown_label(task_dir):
+    write_jsonl(task_dir / "test.jsonl", [*ROWS[:2], {"text": "meh", "label": "neutral"}])
+    assert_one_line_error(baselines(task_dir), "'neutral'", "test.jsonl", "positive")
+
+
+def test_bad_seeds(task_dir):
+    assert_one_line_error(run("baselines", "--data", str(task_dir), "--seeds", "a,b"), "'a,b'")
+
+
+def test_unknown_task(task_dir):
+    assert_one_line_error(run("baselines", "--task", "no_such_task", "--data", str(task_dir)), "'no_such_task'", "sst2")
+
+
+def test_unknown_selector(task_dir):
+    msg = assert_one_line_error(baselines(task_dir, "--selectors", "random,psychic"), "'psychic'")
+    assert "random_search" in msg  # the known names are listed
+
+
+def test_evaluate_unknown_selector(task_dir):
+    result = run("evaluate", "--task", "sst2", "--data", str(task_dir), "--selector", "psychic", "--n-pool", "4",
+                 "--n-val", "4", "--n-test", "4", "--seeds", "0", "--cache", "none")
+    assert_one_line_error(result, "'psychic'")
+
+
+def test_config_with_unknown_key(tmp_path, task_dir):
+    config = tmp_path / "run.toml"
+    config.write_text('[run]\ntask = "sst2"\nbogus_knob = 3\n')
+    assert_one_line_error(run("baselines", "--config", str(config), "--data", str(task_dir)), "bogus_knob")
+
+
+def test_config_file_missing(tmp_path):
+    assert_one_line_error(run("baselines", "--config", str(tmp_path / "nope.toml")), "nope.toml")
+
+
+def test_config_bad_value(tmp_path, task_dir):
+    config = tmp_path / "run.toml"
+    config.write_text('mode = "sideways"\n')
+    assert_one_line_error(run("baselines", "--config", str(config), "--data", str(task_dir)), "'sideways'")
+
+
+def test_k_larger_than_pool(task_dir):
+    msg = assert_one_line_error(baselines(task_dir, "--k", "50", "--selectors", "random"), "k=50")
+    assert re.search(r"\b4\b", msg), msg  # the pool size
+
+
+def test_pool_larger_than_data(task_dir):
+    result = run("baselines", "--task", "sst2", "--data", str(task_dir), "--n-pool", "100", "--n-val", "4",
+                 "--seeds", "0", "--cache", "none")
+    assert_one_line_error(result, "100", str(len(ROWS)))
+
+
+def test_evaluate_needs_exactly_one_of_selector_or_demos(task_dir):
+    result = run("evaluate", "--task", "sst2", "--data", str(task_dir))
+    assert result.exit_code == 2
+    assert "--selector" in result.output

@@ -1,0 +1,271 @@
+"""The fast HFScorer against the brute-force ReferenceScorer on a tiny random Llama (fp32, no download).
+
+The tokenizer is a small byte-level BPE trained here in well under a second, wrapped in
+``PreTrainedTokenizerFast``; one variant adds a BOS token like SmolLM2's does not, one does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from rl_select.errors import ModelError
+from rl_select.lm.hf import HFScorer, Tokens, load_causal_lm, model_fingerprint
+from rl_select.lm.reference import ReferenceScorer
+from rl_select.tasks import TaskSpec, get_task
+from rl_select.types import Example
+
+SST2 = get_task("sst2")
+RTE = get_task("rte")
+MULTI = replace(SST2, name="sst2-multi", verbalizers={"negative": "rather bad", "positive": "quite good"})
+MIXED = TaskSpec(
+    name="mixed",
+    labels=("a", "b", "c"),
+    verbalizers={"a": "yes", "b": "no way", "c": "maybe some other day"},
+    template="{text}\nAnswer: {label}",  # no shared template text before the query
+)
+
+CORPUS = [
+    "Review: great fun\nSentiment: positive\n\nReview: dull\nSentiment: negative\n\n",
+    "Premise: A man sleeps.\nHypothesis: A person rests.\nAnswer: yes\n\nAnswer: no\n",
+    "the quick brown fox jumps over the lazy dog; a quiet gem, a loud mess. N/A [MASK]",
+] * 10
+
+# Label log-probs are sums over up to ~200 tokens (channel mode scores the whole query): fp32 rounding of
+# such a sum is about 1e-6 of its size, so agreement is 1e-4 absolute plus that relative slack.
+RTOL = 2e-6
+SHORT = "ok"
+LONG = " ".join(["an utterly sprawling, meandering and yet oddly gripping tale of foxes and dogs"] * 3)
+POOL = [
+    Example(text="great fun", label="positive", uid="p:1"),
+    Example(text="dull and slow", label="negative", uid="p:2"),
+    Example(text="a quiet gem", label="positive", uid="p:3"),
+]
+QUERIES = [
+    Example(text=SHORT, label="positive", uid="q:1"),
+    Example(text=LONG, label="negative", uid="q:2"),
+    Example(text="a loud mess", label="negative", uid="q:3"),
+    Example(text="the lazy dog sleeps", label="positive", uid="q:4"),
+    Example(text="quick!", label="negative", uid="q:5"),
+]
+
+
+def _pair(e: Example) -> Example:
+    return replace(e, text2=e.text[::-1] or "x", label="entailment" if e.label == "positive" else "not_entailment")
+
+
+def _mixed(e: Example) -> Example:
+    return replace(e, label={"positive": "a", "negative": "b"}[e.label] if len(e.text) % 3 else "c")
+
+
+EXAMPLES = {
+    "sst2": (SST2, POOL, QUERIES),
+    "multi": (MULTI, POOL, QUERIES),
+    "rte": (RTE, [_pair(e) for e in POOL], [_pair(e) for e in QUERIES]),
+    "mixed": (MIXED, [_mixed(e) for e in POOL], [_mixed(e) for e in QUERIES]),
+}
+
+
+def make_tokenizer(*, bos: bool) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<s>", "</s>", "<pad>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def make_model(tokenizer, *, max_positions: int = 1024, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+        initializer_range=0.1,  # a spread-out random model, so disagreements would show
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A model this small runs fastest on one thread (and does not fight other processes for cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=["bos", "no_bos"])
+def lm(request):
+    tokenizer = make_tokenizer(bos=request.param == "bos")
+    return make_model(tokenizer), tokenizer
+
+
+def _both(lm, spec, **kwargs):
+    model, tokenizer = lm
+    batch_size = kwargs.pop("batch_size", 16)
+    fast = HFScorer(model, tokenizer, spec, batch_size=batch_size, **kwargs)
+    ref = ReferenceScorer(model, tokenizer, spec, **kwargs)
+    return fast, ref
+
+
+# --- the tokenizer and model are what the tests claim ----------------------------------------------
+
+
+def test_tokenizer_fixture_properties():
+    with_bos, without = make_tokenizer(bos=True), make_tokenizer(bos=False)
+    assert Tokens(with_bos).bos == [with_bos.bos_token_id]
+    assert Tokens(without).bos == []
+    enc = Tokens(without).encode
+    assert len(enc([" positive"])[0]) == 1  # single-token verbaliser: first stage only
+    assert len(enc([" quite good"])[0]) >= 2  # multi-token verbaliser: second stage too
+    assert len(enc([" maybe some other day"])[0]) > len(enc([" no way"])[0]) >= 2
+    assert len(enc([LONG])[0]) > 10 * len(enc([SHORT])[0])
+
+
+def test_random_model_is_not_flat(lm):
+    fast, _ = _both(lm, SST2)
+    lp = fast.logprobs(demos=POOL[:2], queries=QUERIES)
+    assert np.ptp(lp[:, 0] - lp[:, 1]) > 0.05
+
+
+# --- agreement with the reference ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", sorted(EXAMPLES))
+@pytest.mark.parametrize("mode", ["direct", "channel"])
+@pytest.mark.parametrize("k", [0, 2])
+def test_fast_matches_reference(lm, task, mode, k):
+    spec, pool, queries = EXAMPLES[task]
+    fast, ref = _both(lm, spec, mode=mode, batch_size=3)
+    got = fast.logprobs(demos=pool[:k], queries=queries)
+    want = ref.logprobs(demos=pool[:k], queries=queries)
+    assert got.shape == (len(queries), len(spec.labels))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=RTOL)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+@pytest.mark.parametrize("mode", ["direct", "channel"])
+def test_batch_size_and_padding_do_not_change_scores(lm, batch_size, mode):
+    fast, ref = _both(lm, MIXED, mode=mode, batch_size=batch_size)
+    _, pool, queries = EXAMPLES["mixed"]
+    want = ref.logprobs(demos=pool[:2], queries=queries)
+    np.testing.assert_allclose(fast.logprobs(demos=pool[:2], queries=queries), want, atol=1e-4, rtol=RTOL)
+
+
+@pytest.mark.parametrize("task", ["multi", "mixed"])
+@pytest.mark.parametrize("mode", ["direct", "channel"])
+def test_length_norm_matches_reference(lm, task, mode):
+    spec, pool, queries = EXAMPLES[task]
+    fast, ref = _both(lm, spec, mode=mode, length_norm=True, batch_size=3)
+    got = fast.logprobs(demos=pool[:1], queries=queries)
+    np.testing.assert_allclose(got, ref.logprobs(demos=pool[:1], queries=queries), atol=1e-4, rtol=RTOL)
+    plain, _ = _both(lm, spec, mode=mode, length_norm=False, batch_size=3)
+    assert not np.allclose(got, plain.logprobs(demos=pool[:1], queries=queries))
+
+
+def test_single_query_and_query_order(lm):
+    fast, ref = _both(lm, SST2, batch_size=2)
+    all_rows = fast.logprobs(demos=POOL, queries=QUERIES)
+    reversed_rows = fast.logprobs(demos=POOL, queries=QUERIES[::-1])
+    np.testing.assert_allclose(reversed_rows[::-1], all_rows, atol=1e-5, rtol=0)
+    one = fast.logprobs(demos=POOL, queries=[QUERIES[1]])
+    np.testing.assert_allclose(one[0], all_rows[1], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(one, ref.logprobs(demos=POOL, queries=[QUERIES[1]]), atol=1e-4, rtol=RTOL)
+
+
+def test_calibrated_fast_matches_calibrated_reference(lm):
+    fast, ref = _both(lm, SST2, calibrate=True, batch_size=3)
+    got = fast.logprobs(demos=POOL[:2], queries=QUERIES)
+    np.testing.assert_allclose(got, ref.logprobs(demos=POOL[:2], queries=QUERIES), atol=1e-4, rtol=RTOL)
+    np.testing.assert_allclose(np.exp(got).sum(axis=1), 1.0)
+
+
+def test_prefix_is_encoded_once_per_call(lm):
+    fast, _ = _both(lm, MULTI, batch_size=2)
+    fast.logprobs(demos=POOL, queries=QUERIES)
+    assert fast.stats.prefix_forwards == 1
+    assert fast.stats.cache_misses == len(QUERIES)
+    assert fast.stats.forward_tokens > 0
+
+
+# --- errors and extras ----------------------------------------------------------------------------
+
+
+def test_prompt_longer_than_window_raises_model_error():
+    tokenizer = make_tokenizer(bos=True)
+    model = make_model(tokenizer, max_positions=48)
+    long_query = [Example(text=LONG, label="positive", uid="q")]
+    fast = HFScorer(model, tokenizer, SST2, model_id="tiny-llama")
+    with pytest.raises(ModelError, match=r"prompt of \d+ tokens .*tiny-llama.*\(48 tokens\)") as info:
+        fast.logprobs(demos=POOL, queries=long_query)
+    total = int(str(info.value).split("prompt of ")[1].split()[0])
+    assert total > 48
+    ref = ReferenceScorer(model, tokenizer, SST2, model_id="tiny-llama")
+    with pytest.raises(ModelError, match=r"\(48 tokens\)"):
+        ref.logprobs(demos=POOL, queries=long_query)
+    # A prompt that fits still works on the same scorer.
+    assert fast.logprobs(demos=[], queries=[QUERIES[0]]).shape == (1, 2)
+
+
+def test_unknown_mode_is_refused(lm):
+    model, tokenizer = lm
+    with pytest.raises(ModelError, match="'sideways'"):
+        HFScorer(model, tokenizer, SST2, mode="sideways")
+
+
+def test_load_missing_model_offline_names_the_id(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelError) as info:
+        load_causal_lm("no-such-org/no-such-model", dtype="fp32", device="cpu")
+    msg = str(info.value)
+    assert "'no-such-org/no-such-model'" in msg
+    assert "\n" not in msg
+    assert "Traceback" not in msg and 'File "' not in msg
+
+
+def test_unknown_dtype_is_refused():
+    with pytest.raises(ModelError, match="'fp8'"):
+        load_causal_lm("no-such-org/no-such-model", dtype="fp8", device="cpu")
+
+
+def test_embed_unit_norm_rows(lm):
+    model, tokenizer = lm
+    texts = ["great fun", LONG, "ok", "a quiet gem"]
+    emb = HFScorer(model, tokenizer, SST2, batch_size=3).embed(texts)
+    assert emb.shape == (len(texts), model.config.hidden_size)
+    assert emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    one_by_one = HFScorer(model, tokenizer, SST2, batch_size=1).embed(texts)
+    np.testing.assert_allclose(emb, one_by_one, atol=1e-5)
+    assert not np.allclose(emb[0], emb[3])
+    # An empty text is embedded as the pad token (here a zero embedding, so a zero row): no crash, no NaN.
+    empty = HFScorer(model, tokenizer, SST2).embed([""])
+    assert empty.shape == (1, model.config.hidden_size) and np.all(np.isfinite(empty))
+
+
+def test_fingerprint_depends_on_weights_and_options(lm):
+    model, tokenizer = lm
+    same = make_model(tokenizer)
+    other = make_model(tokenizer, seed=1)
+    assert model_fingerprint(model) == model_fingerprint(same)
+    assert model_fingerprint(model) != model_fingerprint(other)
+    direct = HFScorer(model, tokenizer, SST2).fingerprint
+    assert HFScorer(model, tokenizer, SST2, mode="channel").fingerprint != direct
+    assert HFScorer(model, tokenizer, SST2, length_norm=True).fingerprint != direct
