@@ -153,9 +153,16 @@ def test_config_bad_value(tmp_path, task_dir):
     assert_one_line_error(run("baselines", "--config", str(config), "--data", str(task_dir)), "'sideways'")
 
 
-def test_k_larger_than_pool(task_dir):
+def test_k_larger_than_pool(task_dir, tmp_path):
     msg = assert_one_line_error(baselines(task_dir, "--k", "50", "--selectors", "random"), "k=50")
     assert re.search(r"\b4\b", msg), msg  # the pool size
+    assert not (tmp_path / "runs").exists()  # refused before a run folder is made
+
+
+def test_evaluate_demo_rows_out_of_range(task_dir):
+    result = run("evaluate", "--task", "sst2", "--data", str(task_dir), "--demos", "1,999", "--n-pool", "4",
+                 "--n-val", "4", "--n-test", "4", "--seeds", "0", "--cache", "none")
+    assert_one_line_error(result, "[999]", f"1..{len(ROWS)}")
 
 
 def test_pool_larger_than_data(task_dir):

@@ -7,12 +7,12 @@ command-line overrides; the resolved config is written into the run folder as ``
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-import tomllib
 
 from rl_select.errors import ConfigError
 

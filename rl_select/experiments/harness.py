@@ -73,7 +73,7 @@ class TaskData:
         )
 
 
-def test_accuracy(scorer: CachedScorer, demo_lists: Sequence[Sequence[Example]], test: Sequence[Example]) -> float:
+def grouped_accuracy(scorer: CachedScorer, demo_lists: Sequence[Sequence[Example]], test: Sequence[Example]) -> float:
     """Accuracy when query ``i`` is prompted with ``demo_lists[i]``; queries sharing a list share a prefix."""
     groups: dict[tuple, list[int]] = {}
     for i, demos in enumerate(demo_lists):
@@ -109,7 +109,7 @@ def run_one(
     fixed = all(lst is lists[0] or lst == lists[0] for lst in lists)
     before = scorer.stats.copy()
     val_acc = accuracy(scorer, demos=lists[0], examples=splits.val) if fixed and splits.val else None
-    test_acc = test_accuracy(scorer, lists, splits.test)
+    test_acc = grouped_accuracy(scorer, lists, splits.test)
     eval_stats = scorer.stats - before
     return {
         "selector": name,

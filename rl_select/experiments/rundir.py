@@ -13,6 +13,10 @@ import pandas as pd
 from rl_select.experiments.config import RunConfig
 
 
+class _RunLogHandler(logging.FileHandler):
+    """The ``log.txt`` handler of the current run folder (one at a time on the ``rl_select`` logger)."""
+
+
 class RunDir:
     """One run's folder.
 
@@ -37,10 +41,13 @@ class RunDir:
             path = base.with_name(f"{base.name}-{n}")
         path.mkdir(parents=True)
         cfg.dump(path / "config.toml")
-        handler = logging.FileHandler(path / "log.txt")
+        handler = _RunLogHandler(path / "log.txt")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger = logging.getLogger("rl_select")
         logger.setLevel(logging.INFO)
+        for earlier in [h for h in logger.handlers if isinstance(h, _RunLogHandler)]:
+            logger.removeHandler(earlier)  # a later run in the same process must not log into an earlier folder
+            earlier.close()
         logger.addHandler(handler)
         return cls(path)
 

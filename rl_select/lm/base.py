@@ -118,8 +118,9 @@ class CachedScorer(ABC):
         for key, q in zip(keys, queries):
             if key not in found and key not in todo:
                 todo[key] = q
-        self.stats.cache_hits += len(queries) - sum(1 for k in keys if k in todo)
-        self.stats.cache_misses += sum(1 for k in keys if k in todo)
+        # a miss is a row the LM must compute; repeats of it within this call are free
+        self.stats.cache_misses += len(todo)
+        self.stats.cache_hits += len(queries) - len(todo)
         if todo:
             fresh = self._timed_compute(demos, list(todo.values()))
             computed = dict(zip(todo.keys(), fresh))
