@@ -176,8 +176,9 @@ def test_check_plan_refuses_bad_plans(cfg, data):
     check_plan(cfg, data)  # the good plan passes
     with pytest.raises(SelectionError, match="'psychic'"):
         check_plan(only(cfg, "psychic"), data)
-    with pytest.raises(ConfigError, match="greedy"):
-        check_plan(replace(only(cfg, "random"), selector_args={"greedy": {}}), data)
+    with pytest.raises(ConfigError, match="'oracle'"):
+        check_plan(replace(only(cfg, "random"), selector_args={"oracle": {}}), data)
+    check_plan(replace(only(cfg, "random"), selector_args={"greedy": {"max_candidates": 2}}), data)  # unused: fine
     with pytest.raises(SelectionError, match="n_candidates=0"):
         check_plan(replace(cfg, selector_args={"random_search": {"n_candidates": 0}}), data)
     with pytest.raises(DataError, match="60 train"):

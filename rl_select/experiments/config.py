@@ -36,7 +36,8 @@ class RunConfig:
         stratify: Balance labels in pool and val.
         seeds: Seeds; each gives its own splits and selector randomness.
         selectors: Selector names (see ``rl_select.selectors.SELECTORS``).
-        selector_args: Per-selector keyword arguments, e.g. ``{"random_search": {"n_candidates": 8}}``.
+        selector_args: Per-selector keyword arguments, e.g. ``{"random_search": {"n_candidates": 8}}``;
+            by default greedy tries 8 seeded candidates per step (k * 8 prompts on val) to bound its cost.
         cache: SQLite score cache path (``""``: the default path; ``"none"``: no cache).
         out: Parent folder of run folders.
     """
@@ -59,7 +60,7 @@ class RunConfig:
     selectors: list[str] = field(
         default_factory=lambda: ["zero_shot", "random", "knn", "max_entropy", "random_search", "greedy"]
     )
-    selector_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    selector_args: dict[str, dict[str, Any]] = field(default_factory=lambda: {"greedy": {"max_candidates": 8}})
     cache: str = ""
     out: str = "runs"
 

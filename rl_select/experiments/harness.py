@@ -21,7 +21,7 @@ from rl_select.experiments.config import RunConfig
 from rl_select.lm.base import CachedScorer, ScorerStats
 from rl_select.lm.cache import ScoreCache, default_cache_path
 from rl_select.reward import accuracy, label_ids
-from rl_select.selectors import SelectionContext, Selector, ZeroShotSelector, make_selector
+from rl_select.selectors import SELECTORS, SelectionContext, Selector, ZeroShotSelector, make_selector
 from rl_select.tasks import TaskSpec, get_task, load_task_spec
 from rl_select.types import Example
 
@@ -128,9 +128,10 @@ def make_jobs(cfg: RunConfig) -> list[tuple[str, Selector]]:
     """``(name, selector)`` for every configured selector; raises on unknown names or arguments."""
     if not cfg.selectors:
         raise ConfigError("selectors is empty; expected at least one selector name")
-    unknown = set(cfg.selector_args) - set(cfg.selectors)
+    unknown = set(cfg.selector_args) - set(SELECTORS)
     if unknown:
-        raise ConfigError(f"selector_args names {sorted(unknown)}, which are not in selectors {cfg.selectors}")
+        raise ConfigError(f"selector_args names {sorted(unknown)}, which are not selectors; expected some of "
+                          f"{sorted(SELECTORS)}")
     return [(name, make_selector(name, **cfg.selector_args.get(name, {}))) for name in cfg.selectors]
 
 
