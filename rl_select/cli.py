@@ -215,6 +215,32 @@ def evaluate_cmd(
     _run(cfg, "evaluate", demos=pick, label="explicit")
 
 
+@app.command("report")
+@_friendly
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `baselines` or `evaluate`.")],
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table instead.")] = False,
+) -> None:
+    """Print the summary table of a finished run from its folder (no model needed)."""
+    from rl_select.errors import DataError
+    from rl_select.experiments.report import summary_markdown, summary_table
+
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise DataError(f"{str(run_dir)!r} has no results.json; expected a finished run folder")
+    try:
+        doc = json.loads(path.read_text())
+        summary, cfg = doc["summary"], doc["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{str(path)!r} is not a run result ({exc}); expected results.json from rl-select") from None
+    if markdown:
+        print(summary_markdown(summary))
+        return
+    n_test = doc["rows"][0]["n_test"] if doc.get("rows") else "?"
+    out.print(summary_table(summary, f"{cfg['task']}, k={cfg['k']}, pool {cfg['n_pool']}, val {cfg['n_val']}, "
+                                     f"test {n_test}, seeds {cfg['seeds']}"))
+
+
 @bench_app.command("scorer")
 @_friendly
 def bench_scorer_cmd(

@@ -11,9 +11,10 @@ from rich.table import Table
 
 def summary_table(summary: Sequence[dict[str, Any]], title: str) -> Table:
     """Selector | test acc mean ± std | val acc | selection LM queries (misses) | cache hit rate | seconds."""
-    table = Table(title=title)
-    for col in ("selector", "test acc (mean ± std)", "val acc", "select LM queries", "LM misses", "hit rate", "sec"):
-        table.add_column(col, justify="left" if col == "selector" else "right")
+    table = Table(title=title, caption="test/val: accuracy %, mean ± std over seeds; queries, misses, "
+                  "hits, sec: LM spend of the selection phase, mean per seed")
+    for col in ("selector", "test", "val", "queries", "misses", "hits", "sec"):
+        table.add_column(col, justify="left" if col == "selector" else "right", no_wrap=col != "selector")
     for s in summary:
         table.add_row(
             s["selector"],
@@ -25,6 +26,17 @@ def summary_table(summary: Sequence[dict[str, Any]], title: str) -> Table:
             f"{s['select_seconds']:.1f}",
         )
     return table
+
+
+def summary_markdown(summary: Sequence[dict[str, Any]]) -> str:
+    """The summary as a Markdown table (the README's tables come from this)."""
+    lines = ["| selector | test acc (%) | val acc (%) | LM queries to select | LM misses | sec to select |",
+             "|---|---|---|---|---|---|"]
+    for s in summary:
+        val = "-" if s["val_acc_mean"] is None else f"{100 * s['val_acc_mean']:.1f}"
+        lines.append(f"| {s['selector']} | {100 * s['test_acc_mean']:.1f} ± {100 * s['test_acc_std']:.1f} | {val} | "
+                     f"{s['select_lm_queries']:.0f} | {s['select_lm_misses']:.0f} | {s['select_seconds']:.1f} |")
+    return "\n".join(lines)
 
 
 def plot_summary(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
