@@ -96,6 +96,7 @@ def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
     data = TaskData.load(cfg)
     if demos is not None:
         demos = demos(data)
+        cfg.k = len(demos)
     check_plan(cfg, data, demos=demos)  # bad input fails here, before the model loads
     run = RunDir.create(cfg, command)
     console.print(f"run folder: {run.path}")
@@ -211,7 +212,6 @@ def evaluate_cmd(
             raise ConfigError(f"--demos rows {bad} are outside the train file's rows 1..{len(data.train)}")
         return [data.train[r - 1] for r in rows]
 
-    cfg.k = len(demos.split(",")) if "," in demos or demos.isdigit() else cfg.k
     _run(cfg, "evaluate", demos=pick, label="explicit")
 
 

@@ -324,13 +324,13 @@ class HFScorer(CachedScorer):
 
     def _left_pad(self, seqs: list[list[int]], n_prefix: int):
         """Left-padded ids ``(B, L)``, mask over prefix + ids ``(B, P + L)``, positions ``(B, L)``."""
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.tokens.pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), n_prefix + width), dtype=torch.long)
-        mask[:, :n_prefix] = 1
-        for r, s in enumerate(seqs):
-            ids[r, width - len(s):] = torch.tensor(s)
-            mask[r, n_prefix + width - len(s):] = 1
+        lengths = torch.tensor([len(s) for s in seqs])
+        width = int(lengths.max())
+        ids = torch.nn.utils.rnn.pad_sequence(
+            [torch.tensor(s) for s in seqs], batch_first=True, padding_value=self.tokens.pad, padding_side="left"
+        )
+        real = torch.arange(width)[None, :] >= (width - lengths)[:, None]  # (B, L) True on real tokens
+        mask = torch.cat([torch.ones((len(seqs), n_prefix), dtype=torch.long), real.long()], dim=1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_prefix:]
         return ids.to(self.device), mask.to(self.device), pos.to(self.device)
 
@@ -341,13 +341,10 @@ class HFScorer(CachedScorer):
         pairs = [(b, j) for b in range(B) for j, c in enumerate(conts) if len(c) > 1]
         for start in range(0, len(pairs), self.batch_size):
             chunk = pairs[start : start + self.batch_size]
-            width = max(len(conts[j]) - 1 for _, j in chunk)
-            inp = torch.full((len(chunk), width), self.tokens.pad, dtype=torch.long)
-            tgt = torch.full((len(chunk), width), -1, dtype=torch.long)
-            for r, (_, j) in enumerate(chunk):
-                c = conts[j]
-                inp[r, : len(c) - 1] = torch.tensor(c[:-1])
-                tgt[r, : len(c) - 1] = torch.tensor(c[1:])
+            pad = torch.nn.utils.rnn.pad_sequence
+            inp = pad([torch.tensor(conts[j][:-1]) for _, j in chunk], batch_first=True, padding_value=self.tokens.pad)
+            tgt = pad([torch.tensor(conts[j][1:]) for _, j in chunk], batch_first=True, padding_value=-1)
+            width = inp.shape[1]
             inp, tgt = inp.to(self.device), tgt.to(self.device)
             bidx = torch.tensor([b for b, _ in chunk], device=self.device)
             cache = DynamicCache(ddp_cache_data=[(k[bidx], v[bidx]) for k, v in kv])
