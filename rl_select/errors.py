@@ -35,3 +35,7 @@ class CacheError(RLSelectError):
 
 class ConfigError(RLSelectError):
     """A run configuration holds an unknown key or a bad value."""
+
+
+class PolicyError(RLSelectError):
+    """An exported selector policy file is missing, corrupt, tampered with, or for another LM / feature set."""

@@ -1,0 +1,408 @@
+"""Rollout collection and the append-only on-disk rollout store.
+
+File format: JSON Lines, one line per FINISHED episode (keys sorted, so equal episodes are equal
+bytes)::
+
+    {"actions": [3, 0, 5], "candidates": [[[...C]...N]...T+1], "chosen": [3, 0], "env_seed": 123,
+     "episode": 0, "format_version": 1, "lm_queries": 96, "masks": [[0, 1, ...]...T+1],
+     "policy": "random", "return": 0.05, "rewards": [...T], "seed": [7, 0],
+     "states": [[...S]...T+1], "terminated": true, "truncated": false, "val_acc": [...T+1]}
+
+``states`` / ``candidates`` / ``masks`` hold the observation at every step INCLUDING the final one
+(``T + 1`` rows for ``T`` actions), so an offline learner gets ``(s, a, r, s', mask')`` with no env.
+Float32 features are written as the exact decimal of their value and read back bit-identical.
+
+Durability: each episode is one ``write`` of its whole line followed by ``flush`` and ``os.fsync``.
+A writer killed mid-episode leaves nothing; killed mid-write, it leaves a last line without its
+newline. Readers skip that line with a warning; the next append cuts it off first. A bad line that is
+NOT the last is corruption and raises :class:`~rl_select.errors.DataError`. One writer at a time.
+
+Collection (:func:`collect_random`) is resumable: episode ``i`` draws everything from
+``SeedSequence([seed, i])``, so rerunning after a kill continues at the first missing episode and
+produces the same file as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rl_select.errors import DataError
+
+STORE_VERSION = 1
+
+
+@dataclass
+class Episode:
+    """One logged episode of ``T`` actions.
+
+    Attributes:
+        episode: Index within its store (0, 1, ...).
+        seed: ``[collection seed, episode index]``.
+        env_seed: The seed passed to ``env.reset``.
+        policy: Name of the behaviour policy (``"random"``).
+        actions: int, length ``T`` (``N`` is STOP).
+        rewards: float, length ``T``.
+        states: float32, shape ``(T + 1, S)``.
+        candidates: float32, shape ``(T + 1, N, C)``.
+        masks: bool, shape ``(T + 1, N + 1)``; the last row is the terminal mask (may be all False).
+        chosen: ``info["chosen"]`` at the end.
+        terminated: Whether the last step terminated the episode.
+        truncated: Whether it was truncated instead.
+        lm_queries: ``info["lm_queries"]`` at the end (0 if the env does not report it).
+        val_acc: ``info["val_acc"]`` after reset and after each step, when reported.
+    """
+
+    episode: int
+    seed: list[int]
+    env_seed: int
+    policy: str
+    actions: list[int]
+    rewards: list[float]
+    states: np.ndarray
+    candidates: np.ndarray
+    masks: np.ndarray
+    chosen: list[int] = field(default_factory=list)
+    terminated: bool = True
+    truncated: bool = False
+    lm_queries: int = 0
+    val_acc: list[float] | None = None
+
+    @property
+    def ret(self) -> float:
+        """Sum of rewards."""
+        return float(sum(self.rewards))
+
+    def to_json(self) -> str:
+        """The store line (without the newline); keys sorted."""
+        doc = {
+            "format_version": STORE_VERSION,
+            "episode": int(self.episode),
+            "seed": [int(s) for s in self.seed],
+            "env_seed": int(self.env_seed),
+            "policy": self.policy,
+            "actions": [int(a) for a in self.actions],
+            "rewards": [float(r) for r in self.rewards],
+            "return": self.ret,
+            "states": np.asarray(self.states, dtype=np.float32).tolist(),
+            "candidates": np.asarray(self.candidates, dtype=np.float32).tolist(),
+            "masks": np.asarray(self.masks).astype(np.int8).tolist(),
+            "chosen": [int(i) for i in self.chosen],
+            "terminated": bool(self.terminated),
+            "truncated": bool(self.truncated),
+            "lm_queries": int(self.lm_queries),
+            "val_acc": None if self.val_acc is None else [float(v) for v in self.val_acc],
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str | Mapping[str, Any]) -> Episode:
+        """Parse a store line (or its decoded dict)."""
+        d = json.loads(line) if isinstance(line, str) else line
+        if d.get("format_version") != STORE_VERSION:
+            raise DataError(f"rollout line has format_version {d.get('format_version')!r}; expected {STORE_VERSION}")
+        t = len(d["actions"])
+        ep = cls(
+            episode=int(d["episode"]),
+            seed=[int(s) for s in d["seed"]],
+            env_seed=int(d["env_seed"]),
+            policy=str(d["policy"]),
+            actions=[int(a) for a in d["actions"]],
+            rewards=[float(r) for r in d["rewards"]],
+            states=np.asarray(d["states"], dtype=np.float32),
+            candidates=np.asarray(d["candidates"], dtype=np.float32),
+            masks=np.asarray(d["masks"], dtype=np.int8).astype(bool),
+            chosen=[int(i) for i in d["chosen"]],
+            terminated=bool(d["terminated"]),
+            truncated=bool(d["truncated"]),
+            lm_queries=int(d["lm_queries"]),
+            val_acc=d.get("val_acc"),
+        )
+        if len(ep.rewards) != t or ep.states.shape[0] != t + 1 or ep.masks.shape[0] != t + 1 or (
+            ep.candidates.ndim != 3 or ep.candidates.shape[0] != t + 1
+        ):
+            raise DataError(f"rollout episode {ep.episode} has inconsistent lengths for {t} actions")
+        return ep
+
+
+class RolloutStore:
+    """Append-only JSONL store of finished episodes (see the module docstring for the format).
+
+    Args:
+        path: The ``.jsonl`` file; created (with its folder) by the first :meth:`append`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # ---------------------------------------------------------------------------------- reading
+
+    def _scan(self) -> tuple[list[bytes], int, bool]:
+        """``(complete lines, byte offset after the last complete line, torn tail?)``."""
+        if not self.path.exists():
+            return [], 0, False
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1  # 0 if no newline at all
+        lines = data[:end].splitlines()
+        return lines, end, end < len(data)
+
+    def _warn_torn(self, tail_bytes: int) -> None:
+        warnings.warn(
+            f"rollout store {str(self.path)!r}: ignoring a truncated last line ({tail_bytes} bytes; "
+            "a writer was killed mid-episode)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def episodes(self) -> Iterator[Episode]:
+        """Every finished episode, in order; a torn last line is skipped with a warning.
+
+        Raises:
+            DataError: A complete line that is not valid JSON (corruption, not a killed writer).
+        """
+        lines, end, torn = self._scan()
+        if torn:
+            self._warn_torn(self.path.stat().st_size - end)
+        for no, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            try:
+                doc = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise DataError(f"rollout store {str(self.path)!r} line {no} is not valid JSON: {e}") from e
+            yield Episode.from_json(doc)
+
+    def load(self) -> list[Episode]:
+        """All finished episodes as a list."""
+        return list(self.episodes())
+
+    def __len__(self) -> int:
+        lines, _, _ = self._scan()
+        return sum(1 for raw in lines if raw.strip())
+
+    def resume(self) -> int:
+        """Prepare to continue writing: cut off a torn last line (warning) and count finished episodes.
+
+        Returns:
+            The number of finished episodes (the index the next episode gets).
+        """
+        lines, end, torn = self._scan()
+        if torn:
+            self._warn_torn(self.path.stat().st_size - end)
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+                f.flush()
+                os.fsync(f.fileno())
+        return sum(1 for raw in lines if raw.strip())
+
+    # ---------------------------------------------------------------------------------- writing
+
+    def append(self, episode: Episode) -> None:
+        """Write one finished episode durably (one write of the line, flush, fsync).
+
+        The caller is expected to have called :meth:`resume` once after opening an existing store;
+        as a safety net, a file that does not end in a newline is repaired first.
+        """
+        line = (episode.to_json() + "\n").encode()
+        new = not self.path.exists()
+        if new:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif self.path.stat().st_size > 0:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    self.resume()
+        with open(self.path, "ab") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        if new:
+            _fsync_dir(self.path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------ collection
+
+ChooseFn = Callable[[Mapping[str, Any], np.ndarray, np.random.Generator], int]
+
+
+def random_valid_action(obs: Mapping[str, Any], mask: np.ndarray, rng: np.random.Generator) -> int:
+    """A uniform draw among the valid actions (the random behaviour policy of Zhang et al. 2022)."""
+    valid = np.flatnonzero(mask)
+    if valid.size == 0:
+        raise DataError("no valid action: the action mask is all False before the episode ended")
+    return int(valid[rng.integers(valid.size)])
+
+
+def episode_seeds(seed: int, index: int) -> tuple[int, np.random.Generator]:
+    """``(env reset seed, action generator)`` of episode ``index``, both from ``SeedSequence([seed, index])``."""
+    env_ss, act_ss = np.random.SeedSequence([int(seed), int(index)]).spawn(2)
+    return int(env_ss.generate_state(1, dtype=np.uint32)[0]), np.random.default_rng(act_ss)
+
+
+def run_logged_episode(
+    env: Any, *, index: int, seed: int, choose: ChooseFn = random_valid_action, policy: str = "random",
+    max_steps: int = 10_000,
+) -> Episode:
+    """Roll out episode ``index`` of a collection and record everything the store keeps.
+
+    Args:
+        env: A Gymnasium env following ``docs/mdp_interfaces.md``.
+        index: Episode index (with ``seed``, fixes every random draw).
+        seed: Collection seed.
+        choose: ``choose(obs, mask, rng) -> action``; must return a valid action.
+        policy: Name recorded in the store.
+        max_steps: Safety limit.
+
+    Returns:
+        The :class:`Episode`.
+    """
+    env_seed, rng = episode_seeds(seed, index)
+    obs, info = env.reset(seed=env_seed)
+    states, cands, masks = [obs["state"]], [obs["candidates"]], [obs["action_mask"]]
+    val_acc = [info["val_acc"]] if "val_acc" in info else None
+    actions: list[int] = []
+    rewards: list[float] = []
+    terminated = truncated = False
+    for _ in range(max_steps):
+        mask = np.asarray(obs["action_mask"]).astype(bool)
+        a = int(choose(obs, mask, rng))
+        if not mask[a]:
+            raise DataError(f"behaviour policy {policy!r} chose masked action {a}")
+        obs, r, terminated, truncated, info = env.step(a)
+        actions.append(a)
+        rewards.append(float(r))
+        states.append(obs["state"])
+        cands.append(obs["candidates"])
+        masks.append(obs["action_mask"])
+        if val_acc is not None and "val_acc" in info:
+            val_acc.append(float(info["val_acc"]))
+        if terminated or truncated:
+            break
+    return Episode(
+        episode=index,
+        seed=[int(seed), int(index)],
+        env_seed=env_seed,
+        policy=policy,
+        actions=actions,
+        rewards=rewards,
+        states=np.stack(states).astype(np.float32),
+        candidates=np.stack(cands).astype(np.float32),
+        masks=np.stack(masks).astype(bool),
+        chosen=[int(i) for i in info.get("chosen", [])],
+        terminated=bool(terminated),
+        truncated=bool(truncated),
+        lm_queries=int(info.get("lm_queries", 0)),
+        val_acc=val_acc,
+    )
+
+
+def collect(
+    env: Any, store: RolloutStore, n_episodes: int, seed: int, *, choose: ChooseFn = random_valid_action,
+    policy: str = "random", progress: Callable[[int], None] | None = None,
+) -> int:
+    """Fill ``store`` up to ``n_episodes`` episodes, continuing after the last finished one.
+
+    Args:
+        env: The env.
+        store: The store; episodes already there are kept (a torn tail is cut off).
+        n_episodes: Total number of episodes the store should hold.
+        seed: Collection seed; must match the seed of the episodes already in the store.
+        choose: Behaviour policy ``choose(obs, mask, rng) -> action``.
+        policy: Its name (recorded; must match the stored episodes).
+        progress: Called with each new episode's index after it is written.
+
+    Returns:
+        The number of episodes written by this call.
+    """
+    start = store.resume()
+    if start:
+        last = None
+        for ep in store.episodes():
+            last = ep
+        assert last is not None
+        if last.seed != [int(seed), start - 1] or last.policy != policy:
+            raise DataError(
+                f"rollout store {str(store.path)!r} holds episodes of seed {last.seed[0]} / policy {last.policy!r}; "
+                f"asked for seed {seed} / policy {policy!r} (use another path)"
+            )
+    for i in range(start, n_episodes):
+        store.append(run_logged_episode(env, index=i, seed=seed, choose=choose, policy=policy))
+        if progress is not None:
+            progress(i)
+    return max(0, n_episodes - start)
+
+
+def collect_random(env: Any, store: RolloutStore, n_episodes: int, seed: int) -> int:
+    """Random valid-action rollouts (Zhang et al. 2022), resumable; see :func:`collect`."""
+    return collect(env, store, n_episodes, seed, choose=random_valid_action, policy="random")
+
+
+def stack_episodes(episodes: Sequence[Episode]) -> dict[str, np.ndarray]:
+    """Flatten episodes into transitions, padding the candidate axis to the largest pool.
+
+    Pools of different sizes N are padded to ``N_max`` with zero features and masked; STOP stays the
+    LAST column (``N_max``), so a stored STOP action ``N`` is remapped to ``N_max``.
+
+    Args:
+        episodes: The episodes.
+
+    Returns:
+        Dict with ``M`` transitions: ``state`` (M, S), ``cands`` (M, N_max, C), ``mask`` (M, N_max + 1)
+        bool, ``action`` (M,) int64, ``reward`` (M,) float32, ``done`` (M,) float32 (terminated),
+        ``next_state``, ``next_cands``, ``next_mask`` (as above), ``episode`` (M,) int64 (its index
+        in ``episodes``), ``rtg`` (M,) float32 (return-to-go, undiscounted).
+    """
+    if not episodes:
+        raise DataError("no episodes to train on: the rollout store is empty")
+    n_max = max(ep.candidates.shape[1] for ep in episodes)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "state", "cands", "mask", "action", "reward", "done", "next_state", "next_cands", "next_mask", "episode", "rtg"
+    )}
+    for j, ep in enumerate(episodes):
+        t, n = len(ep.actions), ep.candidates.shape[1]
+        if t == 0:
+            continue
+        cands = np.zeros((t + 1, n_max, ep.candidates.shape[2]), dtype=np.float32)
+        cands[:, :n] = ep.candidates
+        mask = np.zeros((t + 1, n_max + 1), dtype=bool)
+        mask[:, :n] = ep.masks[:, :n]
+        mask[:, n_max] = ep.masks[:, n]
+        actions = np.asarray(ep.actions, dtype=np.int64)
+        actions = np.where(actions == n, n_max, actions)
+        rewards = np.asarray(ep.rewards, dtype=np.float32)
+        done = np.zeros(t, dtype=np.float32)
+        done[-1] = float(ep.terminated)
+        cols["state"].append(ep.states[:-1])
+        cols["next_state"].append(ep.states[1:])
+        cols["cands"].append(cands[:-1])
+        cols["next_cands"].append(cands[1:])
+        cols["mask"].append(mask[:-1])
+        cols["next_mask"].append(mask[1:])
+        cols["action"].append(actions)
+        cols["reward"].append(rewards)
+        cols["done"].append(done)
+        cols["episode"].append(np.full(t, j, dtype=np.int64))
+        cols["rtg"].append(np.cumsum(rewards[::-1])[::-1].astype(np.float32))
+    if not cols["action"]:
+        raise DataError("no transitions to train on: every stored episode is empty")
+    return {k: np.concatenate(v) for k, v in cols.items()}

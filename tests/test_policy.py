@@ -1,0 +1,343 @@
+"""SelectorPolicy: save/load round trip, refusal of bad files, greedy selection with STOP, prompts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from rl_select.errors import PolicyError, SelectionError
+from rl_select.features import FeatureSpec
+from rl_select.lm.testing import ToyScorer
+from rl_select.policy import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    PolicyWarning,
+    SelectorPolicy,
+    fingerprint_model_part,
+    tensors_sha256,
+)
+from rl_select.qnet import CandidateQNet
+from rl_select.tasks import get_task
+from rl_select.types import Example
+
+_WORDS = ("film", "plot", "actor", "scene", "story", "music", "ending", "pace", "cast", "script", "dull", "fun")
+
+
+def _examples(n: int, seed: int) -> list[Example]:
+    """Synthetic sst2-like reviews; about half hold their label word (ToyScorer's learnable hint)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        label = ("negative", "positive")[i % 2]
+        words = list(rng.choice(_WORDS, size=5))
+        if rng.random() < 0.5:
+            words.insert(int(rng.integers(0, 5)), label)
+        out.append(Example(text=" ".join(words) + f" #{seed}-{i}", label=label, uid=f"syn:{seed}:{i}"))
+    return out
+
+
+@pytest.fixture
+def task():
+    return get_task("sst2")
+
+
+@pytest.fixture
+def pool():
+    return _examples(10, seed=1)
+
+
+@pytest.fixture
+def val():
+    return _examples(6, seed=2)
+
+
+def _policy(task, kind: str = "active", *, k: int = 4, allow_stop: bool = False, min_len: int = 0,
+            hidden: tuple[int, ...] = (16, 8), seed: int = 0) -> SelectorPolicy:
+    spec = FeatureSpec(kind)
+    torch.manual_seed(seed)
+    qnet = CandidateQNet(spec.state_dim, spec.cand_dim, hidden)
+    return SelectorPolicy(
+        qnet, feature_spec=spec, k=k, task=task, lm_id="toy", lm_fingerprint=ToyScorer(task).fingerprint,
+        training={"agent": "dqn", "total_timesteps": 123, "seed": seed}, allow_stop=allow_stop, min_len=min_len,
+    )
+
+
+def _data_start(path: Path) -> int:
+    """Offset of the tensor data region in a safetensors file (after the 8-byte length and the header)."""
+    return 8 + int.from_bytes(path.read_bytes()[:8], "little")
+
+
+def _rewrite_metadata(src: Path, dst: Path, edit) -> None:
+    """Copy ``src`` to ``dst`` with the same tensors and ``edit(doc)`` applied to the metadata document."""
+    with safe_open(str(src), framework="pt") as f:
+        doc = json.loads(f.metadata()[METADATA_KEY])
+    edit(doc)
+    save_file(load_file(str(src)), str(dst), metadata={METADATA_KEY: json.dumps(doc)})
+
+
+def _refused(path: Path, *words: str, **kwargs) -> str:
+    with pytest.raises(PolicyError) as info:
+        SelectorPolicy.load(path, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg, msg
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+# --------------------------------------------------------------------------------------------- round trip
+
+
+@pytest.mark.parametrize("kind", ["active", "labelled"])
+def test_round_trip_same_tensors_and_choices(tmp_path, task, pool, val, kind):
+    policy = _policy(task, kind)
+    path = policy.save(tmp_path / "sub" / "policy.safetensors")
+    assert path.is_file() and sorted(os.listdir(path.parent)) == ["policy.safetensors"]  # no temp file left
+
+    loaded = SelectorPolicy.load(path, expect_lm_fingerprint=ToyScorer(task).fingerprint, expect_feature_set=kind)
+    a, b = policy.qnet.state_dict(), loaded.qnet.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    assert loaded.describe() == policy.describe()
+    assert (loaded.k, loaded.allow_stop, loaded.min_len, loaded.task, loaded.feature_spec) == (
+        4, False, 0, task, FeatureSpec(kind))
+
+    first = policy.select(pool, scorer=ToyScorer(task), val=val)
+    again = loaded.select(pool, scorer=ToyScorer(task), val=val)
+    assert first == again and len(first) == 4 and len(set(first)) == 4
+    assert policy.last_selection_info["chosen"] == loaded.last_selection_info["chosen"]
+    info = loaded.last_selection_info
+    assert len(info["steps"]) == 4 and not info["stopped"]
+    assert all(len(s["q"]) == len(pool) + 1 for s in info["steps"])
+    # each step scores the pool and val as queries under the current prompt
+    assert info["lm_queries"] == 4 * (len(pool) + len(val)) == info["scorer_stats"]["queries"]
+
+
+def test_file_holds_one_json_document(tmp_path, task):
+    policy = _policy(task)
+    path = policy.save(tmp_path / "p.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        names = sorted(f.keys())
+    assert list(meta) == [METADATA_KEY]
+    doc = json.loads(meta[METADATA_KEY])
+    assert doc["format"] == FORMAT_NAME and doc["format_version"] == FORMAT_VERSION == 1
+    assert doc["qnet"] == {"class": "CandidateQNet", "state_dim": 6, "cand_dim": 6, "hidden": [16, 8],
+                           "n_parameters": sum(p.numel() for p in policy.qnet.parameters())}
+    assert doc["feature_spec"]["kind"] == "active" and doc["task"]["name"] == "sst2"
+    assert doc["lm_id"] == "toy" and doc["lm_fingerprint"] == ToyScorer(task).fingerprint
+    assert doc["training"] == {"agent": "dqn", "total_timesteps": 123, "seed": 0}
+    assert doc["tensors_sha256"] == tensors_sha256(load_file(str(path)))
+    assert names == sorted(policy.qnet.state_dict())
+    assert doc == policy.describe()
+
+
+def test_save_overwrites_atomically(tmp_path, task):
+    path = tmp_path / "p.safetensors"
+    _policy(task, seed=0).save(path)
+    second = _policy(task, seed=1)
+    second.save(path)
+    assert SelectorPolicy.load(path).describe()["tensors_sha256"] == second.describe()["tensors_sha256"]
+    assert sorted(os.listdir(tmp_path)) == ["p.safetensors"]
+
+
+# --------------------------------------------------------------------------------------------- refusals
+
+
+def test_refuses_missing_file(tmp_path):
+    _refused(tmp_path / "nope.safetensors", "not found")
+
+
+def test_refuses_truncated_file(tmp_path, task):
+    path = _policy(task).save(tmp_path / "p.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    _refused(path, "not a readable safetensors file")
+
+
+def test_refuses_non_safetensors_file(tmp_path):
+    path = tmp_path / "p.safetensors"
+    path.write_bytes(b"\x80\x04\x95 this is a pickle, honest" * 4)
+    _refused(path, "not a readable safetensors file")
+
+
+def test_refuses_missing_or_bad_metadata(tmp_path, task):
+    weights = dict(_policy(task).qnet.state_dict())
+    bare = tmp_path / "bare.safetensors"
+    save_file(weights, str(bare))
+    _refused(bare, METADATA_KEY, "metadata")
+    garbled = tmp_path / "garbled.safetensors"
+    save_file(weights, str(garbled), metadata={METADATA_KEY: "{not json"})
+    _refused(garbled, "not valid JSON")
+
+
+def test_refuses_flipped_tensor_byte(tmp_path, task):
+    path = _policy(task).save(tmp_path / "p.safetensors")
+    data = bytearray(path.read_bytes())
+    pos = _data_start(path) + 37
+    assert pos < len(data)
+    data[pos] ^= 0x40
+    path.write_bytes(bytes(data))
+    _refused(path, "sha256", "tampered")
+
+
+def test_refuses_unknown_format_and_newer_version(tmp_path, task):
+    src = _policy(task).save(tmp_path / "p.safetensors")
+    newer = tmp_path / "newer.safetensors"
+    _rewrite_metadata(src, newer, lambda d: d.update(format_version=99))
+    _refused(newer, "format_version 99", "expected <= 1")
+    other = tmp_path / "other.safetensors"
+    _rewrite_metadata(src, other, lambda d: d.update(format="someone.else"))
+    _refused(other, "'someone.else'", FORMAT_NAME)
+
+
+def test_refuses_architecture_that_does_not_match_tensors(tmp_path, task):
+    src = _policy(task).save(tmp_path / "p.safetensors")
+    wider = tmp_path / "wider.safetensors"
+    _rewrite_metadata(src, wider, lambda d: d["qnet"].update(hidden=[32, 8]))  # hash still matches the tensors
+    _refused(wider, "architecture", "hidden=[32, 8]")
+    deeper = tmp_path / "deeper.safetensors"
+    _rewrite_metadata(src, deeper, lambda d: d["qnet"].update(hidden=[16, 8, 8]))
+    _refused(deeper, "architecture")
+    relabelled = tmp_path / "labelled.safetensors"  # feature set swapped: dims no longer match
+    _rewrite_metadata(src, relabelled, lambda d: d.update(feature_spec=FeatureSpec("labelled").to_dict()))
+    _refused(relabelled, "do not match feature set 'labelled'")
+
+
+def test_refuses_unexpected_lm_or_feature_set(tmp_path, task):
+    path = _policy(task).save(tmp_path / "p.safetensors")
+    _refused(path, "'hf:abc123:direct:0'", "toy:sst2", expect_lm_fingerprint="hf:abc123:direct:0")
+    _refused(path, "feature set 'active'", "expected 'labelled'", expect_feature_set="labelled")
+
+
+def test_expected_fingerprint_matches_by_model_part(tmp_path, task):
+    policy = _policy(task)
+    policy.lm_fingerprint = "hf:abc123:direct:0"
+    path = policy.save(tmp_path / "p.safetensors")
+    assert SelectorPolicy.load(path, expect_lm_fingerprint="hf:abc123:direct:1").lm_fingerprint == "hf:abc123:direct:0"
+    assert SelectorPolicy.load(path, expect_lm_fingerprint="abc123").lm_id == "toy"
+    assert fingerprint_model_part("hf:abc123:channel:1") == "abc123"
+    assert fingerprint_model_part("toy:sst2:1.5:1.0") == "toy:sst2:1.5:1.0"
+
+
+def test_constructor_refuses_mismatched_qnet(task):
+    torch.manual_seed(0)
+    with pytest.raises(PolicyError, match="do not match feature set 'labelled'"):
+        SelectorPolicy(CandidateQNet(6, 6, (4,)), feature_spec=FeatureSpec("labelled"), k=2, task=task,
+                       lm_id="toy", lm_fingerprint="toy")
+    with pytest.raises(PolicyError, match="min_len=3"):
+        _policy(task, k=2, min_len=3)
+
+
+# --------------------------------------------------------------------------------------------- selection
+
+
+def _stop_dominates(policy: SelectorPolicy) -> SelectorPolicy:
+    with torch.no_grad():
+        policy.qnet.stop_mlp[-1].bias.fill_(1e6)
+    return policy
+
+
+def test_stop_ends_selection_early(task, pool, val):
+    policy = _stop_dominates(_policy(task, allow_stop=True, min_len=0))
+    assert policy.select(pool, scorer=ToyScorer(task), val=val) == []
+    info = policy.last_selection_info
+    assert info["stopped"] and info["chosen"] == [] and info["steps"][0]["action"] == "STOP"
+
+
+def test_min_len_respected_before_stop(task, pool, val):
+    policy = _stop_dominates(_policy(task, k=5, allow_stop=True, min_len=2))
+    chosen = policy.select(pool, scorer=ToyScorer(task), val=val)
+    assert len(chosen) == 2 and len(set(chosen)) == 2 and policy.last_selection_info["stopped"]
+    # a smaller k at select time caps min_len
+    assert len(policy.select(pool, scorer=ToyScorer(task), val=val, k=1)) == 1
+
+
+def test_stop_masked_when_not_allowed(task, pool, val):
+    policy = _stop_dominates(_policy(task, k=3, allow_stop=False))
+    chosen = policy.select(pool, scorer=ToyScorer(task), val=val)
+    assert len(chosen) == 3 and not policy.last_selection_info["stopped"]
+
+
+def test_select_is_greedy_in_q(task, pool, val):
+    policy = _policy(task, k=3)
+    policy.select(pool, scorer=ToyScorer(task), val=val)
+    info = policy.last_selection_info
+    taken: list[int] = []
+    for step in info["steps"]:
+        q = np.array(step["q"][:-1])
+        q[taken] = -np.inf
+        assert step["action"] == int(np.argmax(q))
+        taken.append(step["action"])
+    assert taken == info["chosen"]
+
+
+def test_k_larger_than_pool(task, pool, val):
+    with pytest.raises(SelectionError, match=r"k=11 is larger than the pool of 10 candidates"):
+        _policy(task).select(pool, scorer=ToyScorer(task), val=val, k=11)
+    with pytest.raises(SelectionError, match="k=0"):
+        _policy(task).select(pool, scorer=ToyScorer(task), val=val, k=0)
+
+
+def test_other_lm_warns_or_raises(task, pool, val):
+    policy = _policy(task, k=2)
+    other = ToyScorer(task, hint=0.5)  # another "model"
+    with pytest.warns(PolicyWarning, match="trained on LM 'toy'"):
+        assert len(policy.select(pool, scorer=other, val=val)) == 2
+    with pytest.raises(PolicyError, match="fingerprint"):
+        policy.select(pool, scorer=other, val=val, strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy.select(pool, scorer=ToyScorer(task), val=val)  # the training LM: no warning
+
+
+# --------------------------------------------------------------------------------------------- prompts
+
+
+def test_build_prompt(task, pool, val):
+    policy = _policy(task, k=3)
+    demos = policy.select(pool, scorer=ToyScorer(task), val=val)
+    prompt = policy.build_prompt("a fun film with a great cast", demos)
+    assert prompt.endswith("Review: a fun film with a great cast\nSentiment:")
+    for d in demos:
+        assert f"Review: {d.text}\nSentiment: {d.label}" in prompt
+    assert policy.build_prompt(Example(text="a fun film with a great cast", label="negative"), demos) == prompt
+    assert policy.build_prompt(("a fun film with a great cast",), demos) == prompt
+    assert policy.build_prompt("plain", []) == "Review: plain\nSentiment:"
+    with pytest.raises(SelectionError, match="not labels of task 'sst2'"):
+        policy.build_prompt("x", [Example(text="y", label="neutral")])
+
+
+def test_build_prompt_pair_task():
+    rte = get_task("rte")
+    policy = _policy(rte, k=1)
+    demo = Example(text="A man sleeps.", text2="A person rests.", label=rte.labels[0])
+    prompt = policy.build_prompt(("It rains.", "The street is wet."), [demo])
+    assert "A man sleeps." in prompt and "A person rests." in prompt
+    assert prompt.endswith("It rains.\nHypothesis: The street is wet.\nAnswer:")
+    with pytest.raises(SelectionError, match="pair of inputs"):
+        policy.build_prompt("only one text", [demo])
+
+
+# --------------------------------------------------------------------------------------------- imports
+
+
+def test_import_needs_no_rl_libraries():
+    code = (
+        "import rl_select.policy, sys; "
+        "assert 'gymnasium' not in sys.modules and 'stable_baselines3' not in sys.modules, "
+        "sorted(m for m in sys.modules if m.startswith(('gymnasium', 'stable_baselines3')))"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
