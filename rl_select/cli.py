@@ -84,6 +84,7 @@ CalOpt = Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help=
 ModeOpt = Annotated[str | None, typer.Option(help="direct | channel.")]
 CacheOpt = Annotated[str | None, typer.Option(help="Score cache file ('none' disables; default ~/.cache/rl_select).")]
 OutOpt = Annotated[str | None, typer.Option(help="Parent folder of run folders.")]
+PolicyOpt = Annotated[str | None, typer.Option(help="A trained policy (.safetensors) to add as selector 'policy'.")]
 
 
 def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
@@ -93,6 +94,10 @@ def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
     from rl_select.experiments.rundir import RunDir
 
     _quiet_libraries()
+    if cfg.policy and demos is None:
+        if "policy" not in cfg.selectors:
+            cfg.selectors = [*cfg.selectors, "policy"]
+        cfg.selector_args = {**cfg.selector_args, "policy": {"path": cfg.policy}}
     data = TaskData.load(cfg)
     if demos is not None:
         demos = demos(data)
@@ -161,6 +166,7 @@ def baselines_cmd(
     n_test: TestOpt = None, calibrate: CalOpt = None, mode: ModeOpt = None, cache: CacheOpt = None,
     out_dir: Annotated[str | None, typer.Option("--out", help="Parent folder of run folders.")] = None,
     selectors: Annotated[str | None, typer.Option(help="Comma-separated selector names.")] = None,
+    policy: PolicyOpt = None,
 ) -> None:
     """Every baseline selector on a task over seeds: a table, saved as CSV/JSON (+ a plot) in a run folder."""
     from rl_select.experiments.config import load_config
@@ -168,6 +174,7 @@ def baselines_cmd(
     cfg = load_config(config, dict(
         task=task, data=data, model=model, dtype=dtype, k=k, seeds=_seeds(seeds), n_pool=n_pool, n_val=n_val,
         n_test=n_test, calibrate=calibrate, mode=mode, cache=cache, out=out_dir, selectors=_names(selectors),
+        policy=policy,
     ))
     _run(cfg, "baselines")
 
@@ -180,6 +187,7 @@ def evaluate_cmd(
     n_test: TestOpt = None, calibrate: CalOpt = None, mode: ModeOpt = None, cache: CacheOpt = None,
     out_dir: Annotated[str | None, typer.Option("--out", help="Parent folder of run folders.")] = None,
     selector: Annotated[str | None, typer.Option(help="A selector name (see `baselines`).")] = None,
+    policy: PolicyOpt = None,
     demos: Annotated[str | None, typer.Option(
         help="Explicit ordered demos: a JSONL/CSV file of examples, or comma-separated row numbers of the "
              "train file (1-based, as in uids 'train.jsonl:N').")] = None,
@@ -187,12 +195,12 @@ def evaluate_cmd(
     """Test accuracy (mean ± std over seeds) of one selector, or of an explicit ordered demo list."""
     from rl_select.experiments.config import load_config
 
-    if (selector is None) == (demos is None):
-        raise typer.BadParameter("give exactly one of --selector NAME or --demos FILE|ROWS")
+    if sum(x is not None for x in (selector, demos, policy)) != 1:
+        raise typer.BadParameter("give exactly one of --selector NAME, --policy FILE or --demos FILE|ROWS")
     cfg = load_config(config, dict(
         task=task, data=data, model=model, dtype=dtype, k=k, seeds=_seeds(seeds), n_pool=n_pool, n_val=n_val,
         n_test=n_test, calibrate=calibrate, mode=mode, cache=cache, out=out_dir,
-        selectors=[selector] if selector else None,
+        selectors=[selector] if selector else ([] if policy else None), policy=policy,
     ))
     if demos is None:
         _run(cfg, "evaluate")
@@ -213,6 +221,170 @@ def evaluate_cmd(
         return [data.train[r - 1] for r in rows]
 
     _run(cfg, "evaluate", demos=pick, label="explicit")
+
+
+RL_HELP = "Selection-MDP settings (also config keys): see `rl_select.experiments.config.RunConfig`."
+
+
+def _rl_config(config, **overrides):
+    from rl_select.experiments.config import load_config
+
+    overrides["seeds"] = _seeds(overrides.get("seeds"))
+    overrides["train_tasks"] = _names(overrides.get("train_tasks"))
+    if overrides.get("hidden") is not None:
+        try:
+            overrides["hidden"] = [int(h) for h in overrides["hidden"].split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"--hidden {overrides['hidden']!r}; expected comma-separated widths, e.g. 64,64") from None
+    return load_config(config, overrides)
+
+
+def _task_envs(cfg, *, fixed_pool: bool = False):
+    from agents.pipeline import build_task_envs
+    from rl_select.experiments.harness import scorer_factory
+
+    _quiet_libraries()
+    with console.status(f"loading model {cfg.model!r} ..."):
+        make = scorer_factory(cfg)
+    return build_task_envs(cfg, make, fixed_pool=fixed_pool)
+
+
+TrainTasksOpt = Annotated[str | None, typer.Option(help="Comma-separated tasks to train on at once (transfer).")]
+FeatOpt = Annotated[str | None, typer.Option("--feature-set", help="active (label-free) | labelled.")]
+RewardOpt = Annotated[str | None, typer.Option(help="marginal | terminal.")]
+NCandOpt = Annotated[int | None, typer.Option(help="Candidates N per episode (default: --n-pool).")]
+EpisodesOpt = Annotated[int | None, typer.Option(help="Rollouts to collect (offline) / episodes (tabular).")]
+StoreOpt = Annotated[str | None, typer.Option(help="Rollout store (.jsonl); default under <out>/rollouts/.")]
+StopOpt = Annotated[bool | None, typer.Option("--allow-stop/--no-stop", help="Offer a STOP action.")]
+
+
+@app.command("collect")
+@_friendly
+def collect_cmd(
+    config: ConfigOpt = None, task: TaskOpt = None, train_tasks: TrainTasksOpt = None, data: DataOpt = None,
+    model: ModelOpt = None, dtype: DtypeOpt = None, k: KOpt = None, n_val: ValOpt = None, seeds: SeedsOpt = None,
+    n_candidates: NCandOpt = None, feature_set: FeatOpt = None, reward: RewardOpt = None,
+    allow_stop: StopOpt = None, episodes: EpisodesOpt = None, store: StoreOpt = None, calibrate: CalOpt = None,
+    cache: CacheOpt = None, out_dir: Annotated[str | None, typer.Option("--out")] = None,
+) -> None:
+    """Random-policy rollouts of the selection MDP into a store (resumable: rerun to continue)."""
+    import time
+
+    from agents.pipeline import collect_rollouts
+
+    cfg = _rl_config(config, task=task, train_tasks=train_tasks, data=data, model=model, dtype=dtype, k=k,
+                     n_val=n_val, seeds=seeds, n_candidates=n_candidates, feature_set=feature_set, reward=reward,
+                     allow_stop=allow_stop, episodes=episodes, store=store, calibrate=calibrate, cache=cache,
+                     out=out_dir)
+    task_envs = _task_envs(cfg)
+    t0 = time.perf_counter()
+    with console.status("collecting ...") as status:
+        reports = collect_rollouts(cfg, task_envs, progress=status.update)
+    table = Table(title=f"rollouts ({time.perf_counter() - t0:.0f} s)")
+    for col in ("task", "store", "episodes", "new", "LM queries", "misses", "forward tokens", "LM sec"):
+        table.add_column(col)
+    for r in reports:
+        table.add_row(r["task"], r["store"], str(r["episodes"]), str(r["written"]), str(r["lm_queries"]),
+                      str(r["lm_cache_misses"]), str(r["lm_forward_tokens"]), f"{r['lm_seconds']:.1f}")
+    out.print(table)
+
+
+@app.command("train")
+@_friendly
+def train_cmd(
+    config: ConfigOpt = None, task: TaskOpt = None, train_tasks: TrainTasksOpt = None, data: DataOpt = None,
+    model: ModelOpt = None, dtype: DtypeOpt = None, k: KOpt = None, n_val: ValOpt = None, seeds: SeedsOpt = None,
+    agent: Annotated[str | None, typer.Option(help="tabular | dqn | offline.")] = None,
+    n_candidates: NCandOpt = None, feature_set: FeatOpt = None, reward: RewardOpt = None,
+    allow_stop: StopOpt = None, episodes: EpisodesOpt = None, store: StoreOpt = None, calibrate: CalOpt = None,
+    train_steps: Annotated[int | None, typer.Option(help="Gradient steps (offline) / env steps (dqn).")] = None,
+    hidden: Annotated[str | None, typer.Option(help="Q-network hidden widths, e.g. 64,64.")] = None,
+    cache: CacheOpt = None, out_dir: Annotated[str | None, typer.Option("--out")] = None,
+) -> None:
+    """Train an agent; export the policy (policy.safetensors) and a learning curve into a run folder."""
+    import time
+
+    from agents.pipeline import plot_curve, train_agent
+    from rl_select.experiments.rundir import RunDir
+
+    cfg = _rl_config(config, task=task, train_tasks=train_tasks, data=data, model=model, dtype=dtype, k=k,
+                     n_val=n_val, seeds=seeds, agent=agent, n_candidates=n_candidates, feature_set=feature_set,
+                     reward=reward, allow_stop=allow_stop, episodes=episodes, store=store, calibrate=calibrate,
+                     train_steps=train_steps, hidden=hidden, cache=cache, out=out_dir)
+    task_envs = _task_envs(cfg, fixed_pool=cfg.agent == "tabular")
+    run = RunDir.create(cfg, f"train-{cfg.agent}")
+    console.print(f"run folder: {run.path}")
+    scorer = task_envs[0].scorer
+    t0 = time.perf_counter()
+    with console.status(f"training {cfg.agent} ..."):
+        res = train_agent(cfg, task_envs, lm_id=cfg.model, lm_fingerprint=scorer.fingerprint)
+    seconds = time.perf_counter() - t0
+    res.agent.save(run.path / f"agent-{cfg.agent}.safetensors")
+    if res.policy is not None:
+        res.policy.save(run.path / "policy.safetensors")
+    plot_curve(res.curve, run.path / "learning_curve.png", ylabel=res.curve_label,
+               title=f"{cfg.agent} on {', '.join(te.task for te in task_envs)}: k={cfg.k}, "
+                     f"N={task_envs[0].env.n_candidates}")
+    run.finish([], {"config": cfg.to_dict(), "training": res.summary, "lm_calls": res.lm.as_dict(),
+                    "seconds": seconds, "curve": res.curve})
+    out.print(f"trained {cfg.agent} in {seconds:.0f} s; LM: {res.lm.queries} query rows "
+              f"({res.lm.cache_hits} hits, {res.lm.cache_misses} misses), {res.lm.forward_tokens} tokens")
+    if res.policy is not None:
+        out.print(f"policy: {run.path / 'policy.safetensors'}  (use with --policy)")
+    out.print(f"learning curve: {run.path / 'learning_curve.png'}")
+
+
+def _policy_demos(policy_path: str, task: str | None, seed: int, n_pool: int | None, n_val: int | None,
+                  model: str | None):
+    """Load a policy, the task's seeded pool/val and the scorer; return (policy, demos, splits, scorer)."""
+    from rl_select.experiments.config import load_config
+    from rl_select.experiments.harness import TaskData, build_scorer
+    from rl_select.policy import SelectorPolicy
+
+    _quiet_libraries()
+    policy = SelectorPolicy.load(policy_path)
+    cfg = load_config(None, dict(task=task or policy.task.name, model=model or policy.lm_id, seeds=[seed],
+                                 n_pool=n_pool, n_val=n_val, n_test=1))
+    data = TaskData.load(cfg)
+    splits = data.splits(cfg, seed)
+    with console.status(f"loading model {cfg.model!r} ..."):
+        scorer = build_scorer(cfg, data.spec)
+    demos = policy.select(splits.pool, scorer=scorer, val=splits.val)
+    return policy, demos, splits, scorer
+
+
+@app.command("select")
+@_friendly
+def select_cmd(
+    policy: Annotated[str, typer.Option(help="A trained policy (.safetensors).")],
+    task: TaskOpt = None, seed: int = 0, n_pool: PoolOpt = None, n_val: ValOpt = None, model: ModelOpt = None,
+) -> None:
+    """Choose demonstrations from a task's seeded pool with a policy; print them and the prompt."""
+    pol, demos, splits, scorer = _policy_demos(policy, task, seed, n_pool, n_val, model)
+    table = Table(title=f"{len(demos)} demonstrations chosen from a pool of {len(splits.pool)} (seed {seed})")
+    for col in ("#", "uid", "label", "text"):
+        table.add_column(col)
+    for i, d in enumerate(demos):
+        table.add_row(str(i + 1), d.uid, d.label, d.text[:90])
+    out.print(table)
+    out.print(f"LM queries spent selecting: {pol.last_selection_info.get('lm_queries')}")
+    out.print("prompt (for a query):")
+    print(pol.build_prompt(splits.test[0], demos))
+
+
+@app.command("prompt")
+@_friendly
+def prompt_cmd(
+    queries: Annotated[list[str], typer.Argument(help="Query texts.")],
+    policy: Annotated[str, typer.Option(help="A trained policy (.safetensors).")],
+    task: TaskOpt = None, seed: int = 0, n_pool: PoolOpt = None, n_val: ValOpt = None, model: ModelOpt = None,
+) -> None:
+    """Print the prompt the policy builds for each query (demonstrations chosen from the task's seeded pool)."""
+    pol, demos, _, _ = _policy_demos(policy, task, seed, n_pool, n_val, model)
+    for q in queries:
+        print(pol.build_prompt(q, demos))
+        print("-" * 40)
 
 
 @app.command("report")

@@ -40,6 +40,18 @@ class RunConfig:
             by default greedy tries 8 seeded candidates per step (k * 8 prompts on val) to bound its cost.
         cache: SQLite score cache path (``""``: the default path; ``"none"``: no cache).
         out: Parent folder of run folders.
+        n_candidates: Candidates N per MDP episode (0: ``n_pool``).
+        train_pool: Size of the candidate split that training episodes draw their N candidates from.
+        feature_set: ``active`` (label-free) or ``labelled`` MDP features.
+        reward: ``marginal`` (per-step gain in val accuracy) or ``terminal``.
+        allow_stop / min_len: Offer a STOP action after at least ``min_len`` demos.
+        agent: ``tabular`` | ``dqn`` | ``offline``.
+        episodes: Rollouts to collect (offline) or episodes to learn (tabular).
+        train_steps: Gradient steps (offline) or environment steps (dqn).
+        hidden: Hidden widths of the candidate-scoring Q-network.
+        train_tasks: Tasks to train on at once (transfer); empty: ``[task]``.
+        store: Rollout store path (``""``: ``<out>/rollouts/<task>-<env settings>.jsonl``).
+        policy: A trained ``.safetensors`` policy; ``evaluate``/``baselines`` add it as selector ``policy``.
     """
 
     task: str = "sst2"
@@ -63,6 +75,20 @@ class RunConfig:
     selector_args: dict[str, dict[str, Any]] = field(default_factory=lambda: {"greedy": {"max_candidates": 8}})
     cache: str = ""
     out: str = "runs"
+    # --- the selection MDP and its agents (collect / train / policy) ---
+    n_candidates: int = 0
+    train_pool: int = 512
+    feature_set: str = "active"
+    reward: str = "marginal"
+    allow_stop: bool = False
+    min_len: int = 0
+    agent: str = "offline"
+    episodes: int = 64
+    train_steps: int = 2000
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    train_tasks: list[str] = field(default_factory=list)
+    store: str = ""
+    policy: str = ""
 
     def validate(self) -> RunConfig:
         """Check values; raise :class:`ConfigError` naming the bad one."""
@@ -76,6 +102,11 @@ class RunConfig:
             raise ConfigError(f"mode={self.mode!r}; expected 'direct' or 'channel'")
         if not self.seeds:
             raise ConfigError("seeds is empty; expected at least one seed")
+        if self.agent not in ("tabular", "dqn", "offline"):
+            raise ConfigError(f"agent={self.agent!r}; expected 'tabular', 'dqn' or 'offline'")
+        for name in ("episodes", "train_steps", "train_pool"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r}; expected a positive integer")
         return self
 
     def to_dict(self) -> dict[str, Any]:

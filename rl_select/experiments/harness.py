@@ -42,14 +42,29 @@ def open_cache(path: str) -> ScoreCache | None:
     return ScoreCache(path or default_cache_path())
 
 
+def scorer_factory(cfg: RunConfig) -> Callable[[TaskSpec], CachedScorer]:
+    """Load the configured LM once; the returned function wraps it in a scorer for any task spec."""
+    from rl_select.lm.hf import HFScorer, load_causal_lm
+
+    model, tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    cache = open_cache(cfg.cache)
+    fingerprint: list[str] = []
+
+    def make(spec: TaskSpec) -> CachedScorer:
+        scorer = HFScorer(
+            model, tokenizer, spec, model_id=cfg.model, mode=cfg.mode, calibrate=cfg.calibrate,
+            length_norm=cfg.length_norm, batch_size=cfg.batch_size, cache=cache,
+            fingerprint=fingerprint[0] if fingerprint else None,
+        )
+        fingerprint[:] = [scorer.model_fingerprint]
+        return scorer
+
+    return make
+
+
 def build_scorer(cfg: RunConfig, spec: TaskSpec) -> CachedScorer:
     """The HF scorer the config asks for (loads the model)."""
-    from rl_select.lm.hf import HFScorer
-
-    return HFScorer.from_pretrained(
-        cfg.model, spec=spec, dtype=cfg.dtype, device=cfg.device, mode=cfg.mode, calibrate=cfg.calibrate,
-        length_norm=cfg.length_norm, batch_size=cfg.batch_size, cache=open_cache(cfg.cache),
-    )
+    return scorer_factory(cfg)(spec)
 
 
 @dataclass

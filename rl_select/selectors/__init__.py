@@ -1,4 +1,6 @@
-"""Non-RL demonstration selectors behind one interface (:class:`Selector`), and their registry.
+"""Demonstration selectors behind one interface (:class:`Selector`), and their registry.
+
+The non-RL baselines, and ``policy``: a trained :class:`~rl_select.policy.SelectorPolicy`.
 
 Importing this package registers every built-in selector in :data:`SELECTORS`, so
 ``make_selector("greedy", max_candidates=16)`` works from anywhere.
@@ -16,6 +18,7 @@ from rl_select.selectors.base import (
 from rl_select.selectors.greedy import GreedySelector
 from rl_select.selectors.knn import KNNSelector
 from rl_select.selectors.max_entropy import MaxEntropySelector
+from rl_select.selectors.policy_selector import PolicySelector
 from rl_select.selectors.random_search import RandomSearchSelector
 from rl_select.selectors.random_selector import RandomSelector
 from rl_select.selectors.zero_shot import ZeroShotSelector
@@ -25,6 +28,7 @@ __all__ = [
     "GreedySelector",
     "KNNSelector",
     "MaxEntropySelector",
+    "PolicySelector",
     "RandomSearchSelector",
     "RandomSelector",
     "SelectionContext",
