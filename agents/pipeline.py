@@ -178,7 +178,7 @@ def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, lm_id: str, lm_
         if not episodes:
             raise ConfigError("no rollouts to learn from; run `rl-select collect` with the same settings first")
         agent = OfflineCQLAgent(hidden=cfg.hidden, gradient_steps=cfg.train_steps, seed=seed,
-                                eval_interval=max(1, cfg.train_steps // 10), eval_episodes=4)
+                                eval_interval=max(1, cfg.train_steps // 8), eval_episodes=3)
         agent.learn(episodes, env=task_envs[0].env)
         curve = [(h["step"], h["score"]) for h in agent.summary["history"]]
         label = "greedy validation return"

@@ -84,7 +84,8 @@ CalOpt = Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help=
 ModeOpt = Annotated[str | None, typer.Option(help="direct | channel.")]
 CacheOpt = Annotated[str | None, typer.Option(help="Score cache file ('none' disables; default ~/.cache/rl_select).")]
 OutOpt = Annotated[str | None, typer.Option(help="Parent folder of run folders.")]
-PolicyOpt = Annotated[str | None, typer.Option(help="A trained policy (.safetensors) to add as selector 'policy'.")]
+PolicyOpt = Annotated[str | None, typer.Option(
+    help="Trained policies (.safetensors, comma-separated) to add as selectors 'policy:<agent>'.")]
 
 
 def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
@@ -95,9 +96,16 @@ def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
 
     _quiet_libraries()
     if cfg.policy and demos is None:
-        if "policy" not in cfg.selectors:
-            cfg.selectors = [*cfg.selectors, "policy"]
-        cfg.selector_args = {**cfg.selector_args, "policy": {"path": cfg.policy}}
+        from rl_select.policy import SelectorPolicy
+
+        for path in _names(cfg.policy):  # one row per policy, named after the agent that trained it
+            agent = SelectorPolicy.load(path).training.get("agent", "policy")
+            name = f"policy:{agent}"
+            while name in cfg.selectors and cfg.selector_args.get(name, {}).get("path") != path:
+                name += "'"
+            if name not in cfg.selectors:
+                cfg.selectors = [*cfg.selectors, name]
+            cfg.selector_args = {**cfg.selector_args, name: {"path": path}}
     data = TaskData.load(cfg)
     if demos is not None:
         demos = demos(data)

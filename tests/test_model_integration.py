@@ -126,3 +126,34 @@ def test_cli_evaluate_twice_second_run_hits_cache(data_root, tmp_path):
     assert [r["test_acc"] for r in docs[0]["rows"]] == [r["test_acc"] for r in docs[1]["rows"]]
     for name in ("config.toml", "results.csv", "summary.csv", "test_accuracy.png", "log.txt"):
         assert (runs[0] / name).is_file()
+
+
+def test_mdp_smoke_with_real_model(smollm2, data_root, tmp_path):
+    """The selection MDP on SmolLM2: pool 8, k 2, a few random episodes, offline training, export, select."""
+    from agents.pipeline import build_task_envs, collect_rollouts, train_agent
+    from rl_select.experiments.config import RunConfig
+    from rl_select.policy import SelectorPolicy
+
+    model, tok = smollm2
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    cfg = RunConfig(task="sst2", data=str(data_root / "sst2"), k=2, n_pool=8, n_val=8, seeds=[0], train_pool=24,
+                    episodes=3, train_steps=20, hidden=[16], out=str(tmp_path / "runs"))
+    fp: list[str] = []
+
+    def scorer_for(spec):
+        s = HFScorer(model, tok, spec, cache=cache, fingerprint=fp[0] if fp else None)
+        fp[:] = [s.model_fingerprint]
+        return s
+
+    envs = build_task_envs(cfg, scorer_for)
+    report = collect_rollouts(cfg, envs)[0]
+    assert report["episodes"] == 3 and report["lm_cache_misses"] > 0
+    res = train_agent(cfg, envs, lm_id="bundled", lm_fingerprint=envs[0].scorer.fingerprint)
+    pol = SelectorPolicy.load(res.policy.save(tmp_path / "policy.safetensors"),
+                              expect_lm_fingerprint=envs[0].scorer.fingerprint)
+    pool = list(envs[0].env.candidates[:8])
+    demos = pol.select(pool, scorer=envs[0].scorer, val=list(envs[0].env.val))
+    assert len(demos) == 2 and all(d in pool for d in demos)
+    assert pol.build_prompt("a charming film", demos).endswith("Review: a charming film\nSentiment:")
+    again = collect_rollouts(cfg, envs)[0]  # resumable: nothing to do, no LM call
+    assert again["written"] == 0 and again["lm_queries"] == 0

@@ -140,14 +140,19 @@ def run_one(
 
 
 def make_jobs(cfg: RunConfig) -> list[tuple[str, Selector]]:
-    """``(name, selector)`` for every configured selector; raises on unknown names or arguments."""
+    """``(name, selector)`` for every configured selector; raises on unknown names or arguments.
+
+    A name may carry a label after a colon (``"policy:dqn"``): the part before it picks the selector,
+    the whole name its ``selector_args`` entry and its row in the tables, so one selector can appear
+    several times with different arguments.
+    """
     if not cfg.selectors:
         raise ConfigError("selectors is empty; expected at least one selector name")
-    unknown = set(cfg.selector_args) - set(SELECTORS)
+    unknown = {name for name in cfg.selector_args if name.split(":")[0] not in SELECTORS}
     if unknown:
         raise ConfigError(f"selector_args names {sorted(unknown)}, which are not selectors; expected some of "
                           f"{sorted(SELECTORS)}")
-    return [(name, make_selector(name, **cfg.selector_args.get(name, {}))) for name in cfg.selectors]
+    return [(name, make_selector(name.split(":")[0], **cfg.selector_args.get(name, {}))) for name in cfg.selectors]
 
 
 def check_plan(cfg: RunConfig, data: TaskData, *, demos: Sequence[Example] | None = None) -> None:
