@@ -421,6 +421,32 @@ def report_cmd(
                                      f"test {n_test}, seeds {cfg['seeds']}"))
 
 
+@bench_app.command("env")
+@_friendly
+def bench_env_cmd(
+    config: ConfigOpt = None, task: TaskOpt = None, k: KOpt = None, n_val: ValOpt = None,
+    n_candidates: NCandOpt = None, feature_set: FeatOpt = None, calibrate: CalOpt = None, cache: CacheOpt = None,
+    episodes: Annotated[int, typer.Option(help="Episodes run cold, then replayed warm.")] = 3,
+) -> None:
+    """Time an env step with the real scorer: cold (LM runs) and warm (every score from the cache)."""
+    from envs.bench import time_env_steps
+
+    cfg = _rl_config(config, task=task, k=k, n_val=n_val, n_candidates=n_candidates, feature_set=feature_set,
+                     calibrate=calibrate, cache=cache)
+    env = _task_envs(cfg)[0].env
+    with console.status("running episodes cold, then warm ..."):
+        res = time_env_steps(env, episodes=episodes, seed=cfg.seeds[0])
+    table = Table(title=f"env step: {cfg.task}, N={res['n_candidates']}, k={res['k']}, val {res['n_val']}, "
+                        f"{res['feature_set']} features, {res['steps']} steps")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, key in (("cold step (LM runs), mean", "cold_step_ms_mean"), ("warm step, mean", "warm_step_ms_mean"),
+                      ("warm step, median", "warm_step_ms_median"), ("warm step, max", "warm_step_ms_max")):
+        table.add_row(name, f"{res[key]:.2f} ms")
+    table.add_row("LM misses while warm", str(res["warm_lm_misses"]))
+    out.print(table)
+
+
 @bench_app.command("scorer")
 @_friendly
 def bench_scorer_cmd(

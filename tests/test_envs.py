@@ -307,3 +307,11 @@ def test_constructor_validation():
         with pytest.raises(exc, match=pattern) as info:
             DemoSelectionEnv(**{**base, **override})
         assert "\n" not in str(info.value)
+
+
+def test_env_step_timing_replays_from_cache():
+    from envs.bench import time_env_steps
+
+    env = DemoSelectionEnv.toy(k=3, n_candidates=8)
+    res = time_env_steps(env, episodes=2, seed=0)
+    assert res["steps"] == 6 and res["warm_step_ms_mean"] > 0

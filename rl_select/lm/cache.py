@@ -50,10 +50,14 @@ class ScoreCache:
         path: Database file (created with its folder if missing).
     """
 
+    #: Entries kept in memory in front of SQLite (a warm env step then never touches the disk).
+    MEMO_SIZE = 500_000
+
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.hits = 0
         self.misses = 0
+        self._memo: dict[str, np.ndarray] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
@@ -69,30 +73,40 @@ class ScoreCache:
 
     def get_many(self, keys: Sequence[str], n_labels: int) -> dict[str, np.ndarray]:
         """Cached vectors for the keys that are present (entries of another length are ignored)."""
-        found: dict[str, np.ndarray] = {}
+        found = {k: self._memo[k] for k in keys if k in self._memo and self._memo[k].shape == (n_labels,)}
+        missing = [k for k in keys if k not in found]
         try:
-            for start in range(0, len(keys), 500):
-                chunk = list(keys[start : start + 500])
+            for start in range(0, len(missing), 500):
+                chunk = missing[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 for key, blob in self._db.execute(f"SELECT key, value FROM scores WHERE key IN ({marks})", chunk):
                     vec = np.frombuffer(blob, dtype=np.float64)
                     if vec.shape == (n_labels,):
-                        found[key] = vec.copy()
+                        found[key] = self._remember(key, vec.copy())
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"score cache {str(self.path)!r} is corrupt ({exc}); move it aside") from None
         self.hits += len(found)
         self.misses += len(keys) - len(found)
         return found
 
+    def _remember(self, key: str, vec: np.ndarray) -> np.ndarray:
+        if len(self._memo) >= self.MEMO_SIZE:
+            self._memo.clear()
+        self._memo[key] = vec
+        return vec
+
     def put_many(self, items: Iterable[tuple[str, np.ndarray]]) -> None:
-        """Store vectors in one transaction."""
-        rows = [(k, np.asarray(v, dtype=np.float64).tobytes()) for k, v in items]
+        """Store vectors in one transaction (and in the in-memory memo)."""
+        items = [(k, np.asarray(v, dtype=np.float64)) for k, v in items]
+        rows = [(k, v.tobytes()) for k, v in items]
         try:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany("INSERT OR REPLACE INTO scores (key, value) VALUES (?, ?)", rows)
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"cannot write score cache {str(self.path)!r} ({exc})") from None
+        for k, v in items:
+            self._remember(k, v.copy())
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM scores").fetchone()[0])
