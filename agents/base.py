@@ -15,10 +15,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +25,9 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
+from rl_select.artifacts import tensors_sha256, write_safetensors
 from rl_select.errors import RLSelectError, SelectionError
 from rl_select.qnet import CandidateQNet, masked_q
 
@@ -199,15 +196,6 @@ def masked_td_target(
 # ------------------------------------------------------------------------------------------------- artifacts
 
 
-def _tensor_digest(tensors: Mapping[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(name.encode() + b"\0" + str(t.dtype).encode() + b"\0" + str(tuple(t.shape)).encode() + b"\0")
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def save_artifact(path: str | Path, *, agent: str, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Path:
     """Write tensors and a JSON document to one safetensors file, atomically (temp file + rename).
 
@@ -220,26 +208,14 @@ def save_artifact(path: str | Path, *, agent: str, tensors: Mapping[str, Tensor]
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cpu = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     doc = {
         "format": ARTIFACT_FORMAT,
         "format_version": ARTIFACT_VERSION,
         "agent": agent,
-        "sha256": _tensor_digest(cpu),
+        "sha256": tensors_sha256(tensors),
         **dict(meta),
     }
-    metadata = {"format": ARTIFACT_FORMAT, "rl_select": json.dumps(doc, sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(cpu, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_safetensors(path, tensors, {"format": ARTIFACT_FORMAT, "rl_select": json.dumps(doc, sort_keys=True)})
 
 
 def read_artifact_meta(path: str | Path) -> dict[str, Any]:
@@ -286,7 +262,7 @@ def load_artifact(path: str | Path, *, agent: str) -> tuple[dict[str, Tensor], d
         raise ArtifactError(f"{str(path)!r} holds a {doc.get('agent')!r} agent; expected {agent!r}")
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if _tensor_digest(tensors) != doc.get("sha256"):
+    if tensors_sha256(tensors) != doc.get("sha256"):
         raise ArtifactError(f"{str(path)!r}: tensor bytes do not match the recorded sha256; the file is corrupt")
     return tensors, doc
 

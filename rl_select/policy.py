@@ -27,9 +27,7 @@ whose parameters have exactly the stored names and shapes; anything else is refu
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,9 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
+from rl_select.artifacts import tensors_sha256, write_safetensors
 from rl_select.embeddings import Embedder
 from rl_select.errors import ConfigError, PolicyError, SelectionError, TaskError
 from rl_select.features import FeatureSpec, Featurizer
@@ -65,24 +63,6 @@ _REQUIRED = ("feature_spec", "k", "allow_stop", "min_len", "task", "lm_id", "lm_
 
 class PolicyWarning(UserWarning):
     """A policy is used with an LM other than the one it was trained with."""
-
-
-def tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
-    """SHA-256 over the tensors in name order: each name, dtype, shape, byte count and raw bytes.
-
-    Args:
-        tensors: Name -> tensor (any device; read as contiguous CPU memory).
-
-    Returns:
-        The hex digest.
-    """
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous().reshape(-1)
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        h.update(f"{name}\0{t.dtype}\0{list(tensors[name].shape)}\0{len(raw)}\0".encode())
-        h.update(raw)
-    return h.hexdigest()
 
 
 def fingerprint_model_part(fingerprint: str) -> str:
@@ -210,17 +190,8 @@ class SelectorPolicy:
         Returns:
             The path written.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = self._tensors()
-        metadata = {METADATA_KEY: json.dumps(self._document(tensors), sort_keys=True)}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_safetensors(path, tensors, {METADATA_KEY: json.dumps(self._document(tensors), sort_keys=True)})
 
     @classmethod
     def load(
