@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from agents.base import (
     Agent,
@@ -193,6 +194,7 @@ class OfflineCQLAgent(Agent):
         *,
         env: Any = None,
         seed: int | None = None,
+        progress: bool = False,
     ) -> Self:
         """Train from logged episodes; keep the best checkpoint by the validation score.
 
@@ -200,6 +202,7 @@ class OfflineCQLAgent(Agent):
             store: A :class:`RolloutStore`, its path, or a list of :class:`Episode`.
             env: Optional env for the validation score (greedy episodes); see the module docstring.
             seed: Overrides the constructor's seed.
+            progress: Show a tqdm bar over gradient steps.
 
         Returns:
             ``self`` with :attr:`qnet` set to the best checkpoint.
@@ -243,7 +246,7 @@ class OfflineCQLAgent(Agent):
 
             best_score, best_step, best_state = -float("inf"), 0, copy.deepcopy(qnet.state_dict())
             history: list[dict[str, float]] = []
-            for step in range(1, self.gradient_steps + 1):
+            for step in tqdm(range(1, self.gradient_steps + 1), desc="offline CQL-DQN steps", disable=not progress):
                 idx = torch.randint(n_train, (self.batch_size,), generator=gen).to(self.device)
                 batch = {k: v[idx] for k, v in train.items()}
                 loss, td, cql = cql_dqn_loss(qnet, target_net, batch, gamma=self.gamma, cql_alpha=self.cql_alpha,

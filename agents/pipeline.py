@@ -152,7 +152,8 @@ class TrainResult:
     lm: ScorerStats
 
 
-def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, lm_id: str, lm_fingerprint: str) -> TrainResult:
+def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, lm_id: str, lm_fingerprint: str,
+                progress: bool = False) -> TrainResult:
     """Train ``cfg.agent`` and export a :class:`SelectorPolicy` (not for tabular: its table is tied to pool indices)."""
     from agents.dqn import DQNAgent
     from agents.offline import OfflineCQLAgent
@@ -164,13 +165,14 @@ def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, lm_id: str, lm_
         if len(task_envs) != 1:
             raise ConfigError("the tabular agent learns one fixed pool of one task; expected a single task")
         env = Monitor(task_envs[0].env)
-        agent = TabularQAgent().learn(env, episodes=cfg.episodes, seed=seed)
+        agent = TabularQAgent().learn(env, episodes=cfg.episodes, seed=seed, progress=progress)
         curve = [(i + 1, r) for i, r in enumerate(env.get_episode_rewards())]
         label = "episode return"
     elif cfg.agent == "dqn":
         env = Monitor(RoundRobinEnv([te.env for te in task_envs]))
         agent = DQNAgent(hidden=cfg.hidden, seed=seed,
-                         learning_starts=min(200, cfg.train_steps // 4)).learn(env, total_timesteps=cfg.train_steps)
+                         learning_starts=min(200, cfg.train_steps // 4)).learn(env, total_timesteps=cfg.train_steps,
+                                                                              progress_bar=progress)
         curve = [(i + 1, r) for i, r in enumerate(env.get_episode_rewards())]
         label = "episode return"
     else:
@@ -179,7 +181,7 @@ def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, lm_id: str, lm_
             raise ConfigError("no rollouts to learn from; run `rl-select collect` with the same settings first")
         agent = OfflineCQLAgent(hidden=cfg.hidden, gradient_steps=cfg.train_steps, seed=seed,
                                 eval_interval=max(1, cfg.train_steps // 8), eval_episodes=3)
-        agent.learn(episodes, env=task_envs[0].env)
+        agent.learn(episodes, env=task_envs[0].env, progress=progress)
         curve = [(h["step"], h["score"]) for h in agent.summary["history"]]
         label = "greedy validation return"
     lm = ScorerStats()

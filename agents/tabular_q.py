@@ -19,6 +19,7 @@ from typing import Any, Self
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from agents.base import Agent, check_mask, load_artifact, save_artifact
 from rl_select.errors import SelectionError
@@ -109,8 +110,8 @@ class TabularQAgent(Agent):
             self.q[state] = np.full(self.n_actions, self.q_init, dtype=np.float64)
         return self.q[state]
 
-    def learn(self, env: Any, episodes: int, seed: int = 0) -> Self:
-        """Run ``episodes`` epsilon-greedy Q-learning episodes in ``env``.
+    def learn(self, env: Any, episodes: int, seed: int = 0, *, progress: bool = False) -> Self:
+        """Run ``episodes`` epsilon-greedy Q-learning episodes in ``env`` (``progress``: a tqdm bar).
 
         Args:
             env: A fixed-pool env following ``docs/mdp_interfaces.md`` (``DemoSelectionEnv(fixed_pool=True)``);
@@ -130,7 +131,7 @@ class TabularQAgent(Agent):
         rng = np.random.default_rng(seed)
         returns: list[float] = []
         eps = self.epsilon_start
-        for ep in range(episodes):
+        for ep in tqdm(range(episodes), desc="tabular Q episodes", disable=not progress):
             eps = self.epsilon(ep, episodes)
             obs, info = env.reset(seed=seed if ep == 0 else None)
             state: State = tuple(int(i) for i in info.get("chosen", ()))

@@ -287,8 +287,10 @@ def collect_cmd(
                      out=out_dir)
     task_envs = _task_envs(cfg)
     t0 = time.perf_counter()
-    with console.status("collecting ...") as status:
-        reports = collect_rollouts(cfg, task_envs, progress=status.update)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        job = bar.add_task("episodes", total=cfg.episodes * len(task_envs))
+        reports = collect_rollouts(cfg, task_envs, progress=lambda text: bar.update(job, advance=1, description=text))
     table = Table(title=f"rollouts ({time.perf_counter() - t0:.0f} s)")
     for col in ("task", "store", "episodes", "new", "LM queries", "misses", "forward tokens", "LM sec"):
         table.add_column(col)
@@ -325,8 +327,8 @@ def train_cmd(
     console.print(f"run folder: {run.path}")
     scorer = task_envs[0].scorer
     t0 = time.perf_counter()
-    with console.status(f"training {cfg.agent} ..."):
-        res = train_agent(cfg, task_envs, lm_id=cfg.model, lm_fingerprint=scorer.fingerprint)
+    console.print(f"training {cfg.agent} ...")
+    res = train_agent(cfg, task_envs, lm_id=cfg.model, lm_fingerprint=scorer.fingerprint, progress=True)
     seconds = time.perf_counter() - t0
     res.agent.save(run.path / f"agent-{cfg.agent}.safetensors")
     if res.policy is not None:
