@@ -10,7 +10,7 @@
 * :func:`greedy_action`, :func:`obs_to_tensors`, :func:`masked_td_target` — the masked greedy choice
   and the masked TD target shared by the DQN and offline agents.
 * :func:`run_episode` / :func:`evaluate` — roll a policy out in an env that follows
-  ``docs/mdp_interfaces.md`` (Dict observation with ``"state"``, ``"candidates"``, ``"action_mask"``).
+  ``docs/mdp.md`` (Dict observation with ``"state"``, ``"candidates"``, ``"action_mask"``).
 """
 
 from __future__ import annotations

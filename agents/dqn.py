@@ -58,7 +58,7 @@ def _check_obs_space(space: spaces.Space) -> tuple[int, int, int]:
     """``(state_dim, n_candidates, cand_dim)`` of a contract-conforming Dict space, else a clear error."""
     if not isinstance(space, spaces.Dict) or any(k not in space.spaces for k in OBS_KEYS):
         raise SelectionError(
-            f"MaskedDQN needs a Dict observation with keys {list(OBS_KEYS)} (see docs/mdp_interfaces.md); got {space}"
+            f"MaskedDQN needs a Dict observation with keys {list(OBS_KEYS)} (see docs/mdp.md); got {space}"
         )
     state, cands, mask = space["state"], space["candidates"], space["action_mask"]
     if len(state.shape or ()) != 1 or len(cands.shape or ()) != 2:

@@ -266,7 +266,7 @@ def run_logged_episode(
     """Roll out episode ``index`` of a collection and record everything the store keeps.
 
     Args:
-        env: A Gymnasium env following ``docs/mdp_interfaces.md``.
+        env: A Gymnasium env following ``docs/mdp.md``.
         index: Episode index (with ``seed``, fixes every random draw).
         seed: Collection seed.
         choose: ``choose(obs, mask, rng) -> action``; must return a valid action.

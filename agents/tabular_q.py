@@ -114,7 +114,7 @@ class TabularQAgent(Agent):
         """Run ``episodes`` epsilon-greedy Q-learning episodes in ``env`` (``progress``: a tqdm bar).
 
         Args:
-            env: A fixed-pool env following ``docs/mdp_interfaces.md`` (``DemoSelectionEnv(fixed_pool=True)``);
+            env: A fixed-pool env following ``docs/mdp.md`` (``DemoSelectionEnv(fixed_pool=True)``);
                 ``Discrete(N + 1)`` actions, ``obs["action_mask"]``, ``info["chosen"]``.
             episodes: Number of training episodes.
             seed: Seeds the exploration generator and the first ``env.reset``.

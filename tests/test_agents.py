@@ -1,7 +1,7 @@
 """Agents: candidate-scoring Q-net, masks in exploration / greedy choice / TD target, tabular oracle,
 masked SB3 DQN, offline CQL determinism, and the safetensors artifacts.
 
-Runs against a small self-contained fake env that follows docs/mdp_interfaces.md exactly (Dict
+Runs against a small self-contained fake env that follows docs/mdp.md exactly (Dict
 observation ``state`` / ``candidates`` / ``action_mask``, ``Discrete(N + 1)`` with STOP = N,
 ``action_masks()``, ``info["action_mask"]`` int8, ``info["chosen"]``, marginal rewards) and RAISES on
 a masked action.
