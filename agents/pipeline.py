@@ -217,7 +217,7 @@ def plot_curve(curve: Sequence[tuple[float, float]], path: Path, *, title: str, 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if curve:
         x, y = np.array(curve, dtype=float).T
-        ax.plot(x, y, ".", alpha=0.4 if len(x) > 30 else 1.0, label=ylabel)
+        ax.plot(x, y, "." if len(x) > 30 else "o-", alpha=0.4 if len(x) > 30 else 1.0, label=ylabel)
         if len(y) > 30:
             w = max(5, len(y) // 20)
             ax.plot(x[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), "-", label=f"moving mean ({w})")
