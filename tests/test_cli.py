@@ -28,9 +28,10 @@ class ModelLoadReached(AssertionError):
 @pytest.fixture(autouse=True)
 def no_model_load(monkeypatch, tmp_path):
     def refuse(*args, **kwargs):
-        raise ModelLoadReached("build_scorer was called: the bad input was not caught before loading the model")
+        raise ModelLoadReached("the model load was reached: the bad input was not caught before it")
 
     monkeypatch.setattr(harness, "build_scorer", refuse)
+    monkeypatch.setattr(harness, "scorer_factory", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("RL_SELECT_CACHE", str(tmp_path / "cache.sqlite"))
     monkeypatch.chdir(tmp_path)  # run folders, if any, land in tmp_path/runs
@@ -175,3 +176,24 @@ def test_evaluate_needs_exactly_one_of_selector_or_demos(task_dir):
     result = run("evaluate", "--task", "sst2", "--data", str(task_dir))
     assert result.exit_code == 2
     assert "--selector" in result.output
+
+
+# --- the MDP commands: bad input is refused before any model load ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train", "--agent", "sarsa"], "'sarsa'"),
+        (["train", "--feature-set", "psychic"], "'psychic'"),
+        (["collect", "--reward", "sometimes"], "'sometimes'"),
+        (["train", "--hidden", "64,x"], "'64,x'"),
+        (["collect", "--episodes", "0"], "episodes=0"),
+        (["select", "--policy", "no/such/policy.safetensors"], "no/such/policy.safetensors"),
+        (["prompt", "--policy", "no/such/policy.safetensors", "a query"], "no/such/policy.safetensors"),
+        (["baselines", "--policy", "no/such/policy.safetensors"], "no/such/policy.safetensors"),
+        (["report", "no/such/run"], "no/such/run"),
+    ],
+)
+def test_mdp_commands_refuse_bad_input(args, needle):
+    assert_one_line_error(CliRunner().invoke(app, args), needle)

@@ -102,6 +102,10 @@ class RunConfig:
             raise ConfigError(f"mode={self.mode!r}; expected 'direct' or 'channel'")
         if not self.seeds:
             raise ConfigError("seeds is empty; expected at least one seed")
+        if self.feature_set not in ("active", "labelled"):
+            raise ConfigError(f"feature_set={self.feature_set!r}; expected 'active' or 'labelled'")
+        if self.reward not in ("marginal", "terminal"):
+            raise ConfigError(f"reward={self.reward!r}; expected 'marginal' or 'terminal'")
         if self.agent not in ("tabular", "dqn", "offline"):
             raise ConfigError(f"agent={self.agent!r}; expected 'tabular', 'dqn' or 'offline'")
         for name in ("episodes", "train_steps", "train_pool"):
