@@ -73,7 +73,11 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML run confi
 TaskOpt = Annotated[str | None, typer.Option(help="Built-in task name or a JSON/TOML task spec file.")]
 DataOpt = Annotated[str | None, typer.Option(
     help="Folder with train/test files (default: ../shared/data/TASK, else the hub).")]
-ModelOpt = Annotated[str | None, typer.Option(help="'bundled' (SmolLM2-135M-Instruct), a folder, or a hub id.")]
+ModelOpt = Annotated[str | None, typer.Option(
+    help="'bundled' (SmolLM2-135M-Instruct), a folder, a hub id, or with --backend openai the served model name.")]
+BackendOpt = Annotated[str | None, typer.Option(
+    help="hf (in process) | openai (a /v1/completions server; key from RL_SELECT_API_KEY or OPENAI_API_KEY).")]
+BaseUrlOpt = Annotated[str | None, typer.Option(help="The OpenAI-compatible server, e.g. http://127.0.0.1:8000.")]
 DtypeOpt = Annotated[str | None, typer.Option(help="auto | bf16 | fp32 | fp16 (auto: bf16 only where the CPU has it).")]
 KOpt = Annotated[int | None, typer.Option("-k", "--k", help="Number of demonstrations.")]
 SeedsOpt = Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2.")]
@@ -116,7 +120,8 @@ def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
     with console.status(f"loading model {cfg.model!r} ..."):
         scorer = build_scorer(cfg, data.spec)
     console.print(
-        f"model {cfg.model} ({scorer.model_id}, {str(scorer.dtype).removeprefix('torch.')}, {scorer.device}); "
+        f"model {cfg.model} ({cfg.backend}, {str(getattr(scorer, 'dtype', '-')).removeprefix('torch.')}, "
+        f"{getattr(scorer, 'device', cfg.base_url or '-')}); "
         f"task {data.spec.name}: train {len(data.train)}, test {len(data.test)}"
     )
     n_jobs = len(cfg.seeds) * (1 if demos is not None else len(cfg.selectors))
@@ -174,7 +179,7 @@ def baselines_cmd(
     n_test: TestOpt = None, calibrate: CalOpt = None, mode: ModeOpt = None, cache: CacheOpt = None,
     out_dir: Annotated[str | None, typer.Option("--out", help="Parent folder of run folders.")] = None,
     selectors: Annotated[str | None, typer.Option(help="Comma-separated selector names.")] = None,
-    policy: PolicyOpt = None,
+    policy: PolicyOpt = None, backend: BackendOpt = None, base_url: BaseUrlOpt = None,
 ) -> None:
     """Every baseline selector on a task over seeds: a table, saved as CSV/JSON (+ a plot) in a run folder."""
     from rl_select.experiments.config import load_config
@@ -182,7 +187,7 @@ def baselines_cmd(
     cfg = load_config(config, dict(
         task=task, data=data, model=model, dtype=dtype, k=k, seeds=_seeds(seeds), n_pool=n_pool, n_val=n_val,
         n_test=n_test, calibrate=calibrate, mode=mode, cache=cache, out=out_dir, selectors=_names(selectors),
-        policy=policy,
+        policy=policy, backend=backend, base_url=base_url,
     ))
     _run(cfg, "baselines")
 
@@ -195,7 +200,7 @@ def evaluate_cmd(
     n_test: TestOpt = None, calibrate: CalOpt = None, mode: ModeOpt = None, cache: CacheOpt = None,
     out_dir: Annotated[str | None, typer.Option("--out", help="Parent folder of run folders.")] = None,
     selector: Annotated[str | None, typer.Option(help="A selector name (see `baselines`).")] = None,
-    policy: PolicyOpt = None,
+    policy: PolicyOpt = None, backend: BackendOpt = None, base_url: BaseUrlOpt = None,
     demos: Annotated[str | None, typer.Option(
         help="Explicit ordered demos: a JSONL/CSV file of examples, or comma-separated row numbers of the "
              "train file (1-based, as in uids 'train.jsonl:N').")] = None,
@@ -208,7 +213,8 @@ def evaluate_cmd(
     cfg = load_config(config, dict(
         task=task, data=data, model=model, dtype=dtype, k=k, seeds=_seeds(seeds), n_pool=n_pool, n_val=n_val,
         n_test=n_test, calibrate=calibrate, mode=mode, cache=cache, out=out_dir,
-        selectors=[selector] if selector else ([] if policy else None), policy=policy,
+        selectors=[selector] if selector else ([] if policy else None), policy=policy, backend=backend,
+        base_url=base_url,
     ))
     if demos is None:
         _run(cfg, "evaluate")

@@ -128,7 +128,14 @@ class FakeSelectionEnv(gym.Env):
 def test_fake_env_passes_gymnasium_check() -> None:
     from gymnasium.utils.env_checker import check_env
 
-    check_env(FakeSelectionEnv(fixed_pool=False, split_size=9), skip_render_check=True)
+    from envs.demo_selection import MaskedDiscrete
+
+    env = FakeSelectionEnv(fixed_pool=False, split_size=9)
+    # check_env steps with action_space.sample(); this fake env raises on masked actions, so sample legal ones
+    # (after the episode ends, any candidate: the checker resets before reusing the env)
+    env.action_space = MaskedDiscrete(env.action_space.n, mask_fn=lambda: env._mask() if env._mask().any()
+                                      else np.r_[np.ones(env.action_space.n - 1, bool), False])
+    check_env(env, skip_render_check=True)
 
 
 # ----------------------------------------------------------------------------------------------------- Q-net

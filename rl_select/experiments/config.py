@@ -24,7 +24,12 @@ class RunConfig:
     Attributes:
         task: Built-in task name, or a path to a JSON/TOML task spec.
         data: Folder with train/test files (``None``: ``../shared/data/<task>`` or the hub).
-        model: ``"bundled"`` (SmolLM2-135M-Instruct), a local folder or a hub id.
+        model: ``"bundled"`` (SmolLM2-135M-Instruct), a local folder or a hub id; with the ``openai``
+            backend, the served model's name.
+        backend: ``hf`` (transformers, in process) or ``openai`` (an OpenAI-compatible ``/v1/completions``
+            server such as vLLM). The API key is read from ``RL_SELECT_API_KEY`` / ``OPENAI_API_KEY`` only,
+            so it never lands in a config file or a run folder.
+        base_url: The server for the ``openai`` backend (else ``RL_SELECT_BASE_URL``).
         dtype: ``auto`` | ``bf16`` | ``fp32`` | ``fp16``.
         device: ``auto`` | ``cpu`` | ``cuda`` ...
         mode: ``direct`` or ``channel`` scoring.
@@ -57,6 +62,8 @@ class RunConfig:
     task: str = "sst2"
     data: str | None = None
     model: str = "bundled"
+    backend: str = "hf"
+    base_url: str = ""
     dtype: str = "auto"
     device: str = "auto"
     mode: str = "direct"
@@ -102,6 +109,8 @@ class RunConfig:
             raise ConfigError(f"mode={self.mode!r}; expected 'direct' or 'channel'")
         if not self.seeds:
             raise ConfigError("seeds is empty; expected at least one seed")
+        if self.backend not in ("hf", "openai"):
+            raise ConfigError(f"backend={self.backend!r}; expected 'hf' or 'openai'")
         if self.feature_set not in ("active", "labelled"):
             raise ConfigError(f"feature_set={self.feature_set!r}; expected 'active' or 'labelled'")
         if self.reward not in ("marginal", "terminal"):

@@ -44,6 +44,15 @@ def open_cache(path: str) -> ScoreCache | None:
 
 def scorer_factory(cfg: RunConfig) -> Callable[[TaskSpec], CachedScorer]:
     """Load the configured LM once; the returned function wraps it in a scorer for any task spec."""
+    if cfg.backend == "openai":
+        from rl_select.lm.openai_compat import OpenAICompletionsScorer
+
+        cache = open_cache(cfg.cache)
+        return lambda spec: OpenAICompletionsScorer(
+            spec, base_url=cfg.base_url or None, model=None if cfg.model == "bundled" else cfg.model,
+            mode=cfg.mode, length_norm=cfg.length_norm, calibrate=cfg.calibrate, cache=cache,
+            batch_size=cfg.batch_size,
+        )
     from rl_select.lm.hf import HFScorer, load_causal_lm
 
     model, tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device)

@@ -1,0 +1,603 @@
+"""The OpenAI-compatible scorer against a fake ``/v1/completions`` server on 127.0.0.1.
+
+The fake tokenises with a GPT-2-like regex (words carry their leading space) and gives every token a
+deterministic log-prob (a hash of the token and the text before it), so the exact score of any
+continuation is known here without a model. It speaks both response styles (echo + ``text_offset``,
+and vLLM's ``prompt_logprobs``), can play a chat-only API or a llama.cpp build without echo, and
+injects faults (5xx, 429, slow answers, bad JSON, a server that dies) one request at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rl_select.errors import ModelError
+from rl_select.lm.cache import ScoreCache
+from rl_select.lm.calibration import calibrate
+from rl_select.lm.openai_compat import (
+    MAX_RETRY_AFTER,
+    NO_PROMPT_LOGPROBS,
+    OpenAICompletionsScorer,
+    echo_continuation,
+    split_base_url,
+    vllm_continuation,
+)
+from rl_select.prompts import (
+    channel_contexts,
+    channel_target,
+    content_free_queries,
+    label_continuations,
+    render_prefix,
+    render_query,
+)
+from rl_select.tasks import get_task
+from rl_select.types import Example
+
+SPEC = get_task("sst2")
+DEMOS = [
+    Example(text="great fun from start to end", label="positive"),
+    Example(text="dull, slow and far too long", label="negative"),
+]
+QUERIES = [
+    Example(text="a quiet gem", label="positive"),
+    Example(text="a loud mess", label="negative"),
+    Example(text="fine enough, I suppose", label="positive"),
+    Example(text="not worth the ticket", label="negative"),
+    Example(text="warm and witty", label="positive"),
+    Example(text="it drags", label="negative"),
+]
+SECRET = "sk-test-SECRET-123"
+MODEL = "fake-model"
+
+# --- the fake server ------------------------------------------------------------------------------
+
+TOKEN_RE = re.compile(r" ?\w+| ?[^\w\s]+|\s+(?!\S)|\s+")
+
+
+def tokenize(text: str) -> list[tuple[int, str]]:
+    """``(start offset, token text)`` for every token of ``text``."""
+    return [(m.start(), m.group()) for m in TOKEN_RE.finditer(text)]
+
+
+def token_logprob(before: str, token: str) -> float:
+    """The fake LM's log P(token | before): a hash in (-5.05, -0.05]."""
+    h = hashlib.blake2b(f"{before}\x00{token}".encode(), digest_size=8).digest()
+    return -0.05 - 5.0 * int.from_bytes(h, "big") / 2**64
+
+
+def truth_pair(context: str, cont: str) -> tuple[float, int]:
+    """Exact summed log-prob and token count of ``cont`` after ``context`` under the fake LM."""
+    full = context + cont
+    toks = tokenize(full)
+    assert any(s == len(context) for s, _ in toks), "test data must split at the context boundary"
+    lps = [token_logprob(full[:s], t) for s, t in toks if s >= len(context)]
+    return sum(lps), len(lps)
+
+
+def truth(demos: list[Example], queries: list[Example], *, mode: str = "direct", length_norm: bool = False):
+    """Ground-truth label log-probs, shape ``(len(queries), n_labels)``."""
+    out = np.zeros((len(queries), len(SPEC.labels)))
+    for i, q in enumerate(queries):
+        for j in range(len(SPEC.labels)):
+            if mode == "channel":
+                context = render_prefix(SPEC, demos, channel=True) + channel_contexts(SPEC)[j]
+                cont = channel_target(SPEC, q)
+            else:
+                context = render_prefix(SPEC, demos) + render_query(SPEC, q)
+                cont = label_continuations(SPEC)[j]
+            total, n = truth_pair(context, cont)
+            out[i, j] = total / n if length_norm else total
+    return out
+
+
+GENERATED = " the"
+
+
+class FakeServer:
+    """A fake OpenAI-compatible completions server on 127.0.0.1.
+
+    Args:
+        style: ``"echo"`` (echo + logprobs; ignores ``prompt_logprobs``), ``"vllm"`` (``prompt_logprobs``
+            only; echo gives no log-probs), ``"chat"`` (no log-probs at all), ``"generated_only"`` (echo
+            returns the generated token's log-prob only, like some llama.cpp builds), ``"reject_echo"``
+            (HTTP 400 on echo, like llama.cpp's "Only no echo is supported").
+        bos: Echo a ``"<s>"`` token first and count it in ``text_offset`` (as vLLM does).
+        delay: Seconds each request takes.
+        port: Port to bind (0: any free one).
+    """
+
+    def __init__(self, style: str = "echo", *, bos: bool = False, delay: float = 0.0, port: int = 0) -> None:
+        self.style = style
+        self.bos = bos
+        self.delay = delay
+        self.port = port
+        self.slow_seconds = 1.0
+        self.faults: list[str | None] = []
+        self.requests = 0
+        self.batch_sizes: list[int] = []
+        self.prompts_seen: list[str] = []
+        self.auth: list[str | None] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.active = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+        self.httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeServer:
+        httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        httpd.daemon_threads = True
+        httpd.fake = self  # type: ignore[attr-defined]
+        self.port = httpd.server_address[1]
+        self.httpd = httpd
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        httpd, self.httpd = self.httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+
+    # -- responses ----------------------------------------------------------------------------------
+
+    def echo_choice(self, index: int, prompt: str, max_tokens: int) -> dict[str, Any]:
+        toks = tokenize(prompt)
+        tokens = [t for _, t in toks]
+        offsets = [s for s, _ in toks]
+        lps: list[float | None] = [None] + [token_logprob(prompt[:s], t) for s, t in toks[1:]]
+        if self.bos:
+            tokens, offsets = ["<s>"] + tokens, [0] + [s + 3 for s in offsets]
+            lps = [None, token_logprob("", tokens[1])] + lps[1:]
+        text = prompt
+        if max_tokens >= 1:
+            tokens.append(GENERATED)
+            offsets.append(offsets[-1] + len(tokens[-2]))
+            lps.append(-1.0)
+            text += GENERATED
+        return {"index": index, "text": text, "finish_reason": "length",
+                "logprobs": {"tokens": tokens, "token_logprobs": lps, "text_offset": offsets,
+                             "top_logprobs": [None if lp is None else {t: lp} for t, lp in zip(tokens, lps)]}}
+
+    def vllm_choice(self, index: int, prompt: str) -> dict[str, Any]:
+        toks = tokenize(prompt)
+        entries: list[Any] = [None]
+        for n, (s, t) in enumerate(toks[1:], start=1):
+            entries.append({str(1000 + n): {"logprob": token_logprob(prompt[:s], t), "rank": 1, "decoded_token": t}})
+        return {"index": index, "text": GENERATED, "finish_reason": "length", "logprobs": None,
+                "prompt_logprobs": entries}
+
+    def generated_only_choice(self, index: int, prompt: str) -> dict[str, Any]:
+        return {"index": index, "text": GENERATED, "finish_reason": "length",
+                "logprobs": {"tokens": [GENERATED], "token_logprobs": [-1.0], "text_offset": [0]}}
+
+    def respond(self, req: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        prompts = req["prompt"] if isinstance(req["prompt"], list) else [req["prompt"]]
+        if req.get("model") != MODEL:
+            return 404, {"error": {"message": f"The model `{req.get('model')}` does not exist."}}
+        echo = bool(req.get("echo")) and req.get("logprobs") is not None
+        if self.style == "reject_echo" and req.get("echo"):
+            return 400, {"error": {"message": "Only no echo is supported", "type": "invalid_request_error"}}
+        choices = []
+        for i, p in enumerate(prompts):
+            if self.style == "echo" and echo:
+                choices.append(self.echo_choice(i, p, int(req.get("max_tokens", 16))))
+            elif self.style == "vllm" and req.get("prompt_logprobs") is not None:
+                choices.append(self.vllm_choice(i, p))
+            elif self.style == "generated_only" and echo:
+                choices.append(self.generated_only_choice(i, p))
+            else:
+                choices.append({"index": i, "text": GENERATED, "finish_reason": "length", "logprobs": None})
+        choices.reverse()  # the client must match choices to prompts by index
+        return 200, {"id": "cmpl-1", "object": "text_completion", "model": MODEL, "choices": choices}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        fake: FakeServer = self.server.fake  # type: ignore[attr-defined]
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path != "/v1/completions":
+            self._send(404, b'{"error": {"message": "not found"}}')
+            return
+        req = json.loads(raw)
+        with fake.lock:
+            fake.requests += 1
+            fake.active += 1
+            fake.peak = max(fake.peak, fake.active)
+            fault = fake.faults.pop(0) if fake.faults else None
+            fake.auth.append(self.headers.get("Authorization"))
+            fake.bodies.append(req)
+        try:
+            if fake.delay:
+                time.sleep(fake.delay)
+            if fault == "die":  # stop listening, then drop this connection unanswered
+                fake.stop()
+                self.close_connection = True
+                return
+            if fault == "500":
+                self._send(500, b'{"error": {"message": "internal error"}}')
+                return
+            if fault == "429":
+                self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": "0"})
+                return
+            if fault == "malformed":
+                self._send(200, b'{"choices": [ this is not json')
+                return
+            if fault == "401echo":  # a careless server that quotes the credentials back
+                msg = f"invalid API key: {self.headers.get('Authorization')}"
+                self._send(401, json.dumps({"error": {"message": msg}}).encode())
+                return
+            if fault == "slow":
+                time.sleep(fake.slow_seconds)
+            status, body = fake.respond(req)
+            with fake.lock:
+                if status == 200:
+                    prompts = req["prompt"] if isinstance(req["prompt"], list) else [req["prompt"]]
+                    fake.batch_sizes.append(len(prompts))
+                    fake.prompts_seen.extend(prompts)
+            self._send(status, json.dumps(body).encode())
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (time-out)
+            pass
+        finally:
+            with fake.lock:
+                fake.active -= 1
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RL_SELECT_API_KEY", "OPENAI_API_KEY", "RL_SELECT_BASE_URL", "RL_SELECT_MODEL",
+                 "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[FakeServer]]:
+    """Start servers with ``start(FakeServer(...))``-style calls; every one is stopped afterwards."""
+    started: list[FakeServer] = []
+    yield started
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def serve(servers: list[FakeServer]):
+    def start(style: str = "echo", **kwargs: Any) -> FakeServer:
+        s = FakeServer(style, **kwargs).start()
+        servers.append(s)
+        return s
+
+    return start
+
+
+def scorer_for(server: FakeServer, **kwargs: Any) -> OpenAICompletionsScorer:
+    opts: dict[str, Any] = {"base_url": server.url, "model": MODEL, "backoff": 0.01, "timeout": 5.0}
+    opts.update(kwargs)
+    return OpenAICompletionsScorer(SPEC, **opts)
+
+
+# --- scores ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("style", "bos", "expected_style"), [
+    ("echo", False, "echo"), ("echo", True, "echo"), ("vllm", False, "vllm"),
+])
+def test_direct_scores_match_ground_truth(serve, style: str, bos: bool, expected_style: str) -> None:
+    server = serve(style, bos=bos)
+    scorer = scorer_for(server)
+    got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    assert got.shape == (len(QUERIES), len(SPEC.labels))
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES), rtol=0, atol=1e-9)
+    assert scorer.style == expected_style
+    assert scorer.stats.forward_tokens > len(QUERIES) * len(SPEC.labels)
+    body = server.bodies[-1]
+    assert body["model"] == MODEL and body["temperature"] == 0 and body["max_tokens"] in (0, 1)
+    if expected_style == "echo":
+        assert body["echo"] is True and body["logprobs"] in (0, 1)
+    else:
+        assert body["prompt_logprobs"] == 0
+
+
+@pytest.mark.parametrize("style", ["echo", "vllm"])
+def test_channel_and_length_norm_match_ground_truth(serve, style: str) -> None:
+    server = serve(style)
+    for mode in ("direct", "channel"):
+        for norm in (False, True):
+            scorer = scorer_for(server, mode=mode, length_norm=norm, logprob_style=style)
+            got = scorer.logprobs(demos=DEMOS, queries=QUERIES[:3])
+            np.testing.assert_allclose(got, truth(DEMOS, QUERIES[:3], mode=mode, length_norm=norm), atol=1e-9)
+    zero_shot = scorer_for(server, mode="channel", logprob_style=style).logprobs(demos=[], queries=QUERIES[:2])
+    np.testing.assert_allclose(zero_shot, truth([], QUERIES[:2], mode="channel"), atol=1e-9)
+
+
+def test_prompts_go_as_lists_in_few_requests(serve) -> None:
+    server = serve("echo")
+    scorer = scorer_for(server, batch_size=16, logprob_style="echo")
+    scorer.logprobs(demos=DEMOS, queries=QUERIES[:3])
+    assert server.requests == scorer.requests == 1
+    assert server.batch_sizes == [6]
+    scorer = scorer_for(server, batch_size=4, logprob_style="echo")
+    scorer.logprobs(demos=DEMOS, queries=QUERIES[3:])
+    assert scorer.requests == 2 and sorted(server.batch_sizes[1:]) == [2, 4]  # concurrent: any order
+
+
+def test_max_concurrency_is_respected(serve) -> None:
+    server = serve("echo", delay=0.1)
+    scorer = scorer_for(server, batch_size=1, max_concurrency=3)
+    got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-9)
+    assert server.requests == len(QUERIES) * len(SPEC.labels)
+    assert 2 <= server.peak <= 3
+
+
+def test_disk_cache_makes_a_repeat_free(serve, tmp_path: Path) -> None:
+    server = serve("echo")
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    try:
+        first = scorer_for(server, cache=cache).logprobs(demos=DEMOS, queries=QUERIES)
+        n = server.requests
+        again = scorer_for(server, cache=cache)
+        second = again.logprobs(demos=DEMOS, queries=QUERIES)
+        np.testing.assert_array_equal(first, second)
+        assert server.requests == n and again.requests == 0
+        assert again.stats.cache_hits == len(QUERIES)
+        # a fresh cache object on the same file (a new run) is free too
+        cache.close()
+        cache = ScoreCache(tmp_path / "scores.sqlite")
+        third = scorer_for(server, cache=cache).logprobs(demos=DEMOS, queries=QUERIES)
+        np.testing.assert_array_equal(first, third)
+        assert server.requests == n
+        # another mode is another key
+        scorer_for(server, cache=cache, mode="channel").logprobs(demos=DEMOS, queries=QUERIES[:1])
+        assert server.requests > n
+    finally:
+        cache.close()
+
+
+def test_calibration_through_the_base_class(serve) -> None:
+    server = serve("echo")
+    got = scorer_for(server, calibrate=True).logprobs(demos=DEMOS, queries=QUERIES)
+    cf = content_free_queries(SPEC)
+    expected = calibrate(truth(DEMOS, QUERIES), truth(DEMOS, cf))
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+
+
+# --- faults ---------------------------------------------------------------------------------------
+
+
+def test_500_twice_then_success_is_retried(serve) -> None:
+    server = serve("echo")
+    server.faults = ["500", "500"]
+    scorer = scorer_for(server, logprob_style="echo")
+    got = scorer.logprobs(demos=DEMOS, queries=QUERIES[:2])
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES[:2]), atol=1e-9)
+    assert scorer.requests == server.requests == 3 and scorer.retries == 2
+
+
+def test_429_honours_retry_after(serve) -> None:
+    server = serve("echo")
+    server.faults = ["429", "429"]
+    scorer = scorer_for(server, backoff=30.0)  # only Retry-After: 0 makes this fast
+    t0 = time.perf_counter()
+    got = scorer.logprobs(demos=DEMOS, queries=QUERIES[:2])
+    assert time.perf_counter() - t0 < 5.0
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES[:2]), atol=1e-9)
+    assert scorer.requests == 3
+    assert scorer._delay(0, 10_000.0) == MAX_RETRY_AFTER
+    assert 0.5 <= scorer._delay(0, None) / 30.0 <= 1.0
+
+
+def test_slow_server_is_retried_then_a_clear_error(serve) -> None:
+    server = serve("echo")
+    server.faults = ["slow"]
+    scorer = scorer_for(server, timeout=0.3, max_retries=2)
+    got = scorer.logprobs(demos=DEMOS, queries=QUERIES[:1])  # slow once, then fine
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES[:1]), atol=1e-9)
+    server.faults = ["slow"] * 3
+    with pytest.raises(ModelError) as info:
+        scorer.logprobs(demos=DEMOS, queries=QUERIES[1:2])
+    msg = str(info.value)
+    assert "3 tries" in msg and "0.3s" in msg and server.url in msg and MODEL in msg and "\n" not in msg
+
+
+def test_malformed_json_is_named(serve) -> None:
+    server = serve("echo")
+    server.faults = ["malformed"]
+    with pytest.raises(ModelError, match="malformed JSON") as info:
+        scorer_for(server).logprobs(demos=DEMOS, queries=QUERIES[:1])
+    assert "/v1/completions" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("style", ["chat", "generated_only", "reject_echo"])
+def test_no_prompt_logprobs_is_refused(serve, style: str) -> None:
+    server = serve(style)
+    with pytest.raises(ModelError) as info:
+        scorer_for(server).logprobs(demos=DEMOS, queries=QUERIES[:2])
+    assert NO_PROMPT_LOGPROBS in str(info.value)
+    if style == "reject_echo":
+        assert "Only no echo is supported" in str(info.value)
+    with pytest.raises(ModelError, match="no prompt log-probs"):
+        scorer_for(server, logprob_style="vllm").logprobs(demos=DEMOS, queries=QUERIES[:2])
+
+
+def test_wrong_model_names_the_server_message(serve) -> None:
+    server = serve("echo")
+    with pytest.raises(ModelError, match=r"HTTP 404.*does not exist"):
+        scorer_for(server, model="nope").logprobs(demos=DEMOS, queries=QUERIES[:1])
+
+
+def test_no_server_says_so(serve) -> None:
+    server = serve("echo")
+    url = server.url
+    server.stop()
+    scorer = OpenAICompletionsScorer(SPEC, base_url=url, model=MODEL, backoff=0.01)
+    t0 = time.perf_counter()
+    with pytest.raises(ModelError, match=r"is the server running at http://127\.0\.0\.1:\d+\?"):
+        scorer.logprobs(demos=DEMOS, queries=QUERIES[:1])
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_server_dies_mid_run_keeps_what_was_scored(serve, tmp_path: Path) -> None:
+    server = serve("echo")
+    port = server.port
+    server.faults = [None, None, None, "die"]  # one query (two labels) per request, one at a time
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    try:
+        scorer = scorer_for(server, cache=cache, batch_size=2, max_concurrency=1, max_retries=3)
+        with pytest.raises(ModelError, match="is the server running at") as info:
+            scorer.logprobs(demos=DEMOS, queries=QUERIES)
+        assert "\n" not in str(info.value)
+        assert len(cache) == 3
+        cache.close()
+        cache = ScoreCache(tmp_path / "scores.sqlite")  # as a new run would
+        again = serve("echo", port=port)
+        scorer = scorer_for(again, cache=cache, batch_size=2, max_concurrency=1)
+        got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+        np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-9)
+        assert again.requests == 3
+        asked = set(again.prompts_seen)
+        for q in QUERIES[:3]:
+            assert not any(q.text in p.rsplit("\n\n", 1)[-1] for p in asked)
+        for q in QUERIES[3:]:
+            assert any(q.text in p.rsplit("\n\n", 1)[-1] for p in asked)
+        assert scorer.stats.cache_hits == 3 and scorer.stats.cache_misses == 3
+    finally:
+        cache.close()
+
+
+# --- the API key ----------------------------------------------------------------------------------
+
+
+def test_api_key_is_sent_but_never_shown(serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = serve("echo")
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    messages: list[str] = []
+    try:
+        scorer = scorer_for(server, api_key=SECRET, cache=cache)
+        scorer.logprobs(demos=DEMOS, queries=QUERIES)
+        assert server.auth and all(a == f"Bearer {SECRET}" for a in server.auth)
+        for text in (scorer.fingerprint, repr(scorer), str(scorer), repr(vars(scorer))):
+            assert "SECRET" not in text
+        assert scorer.fingerprint == f"openai:{server.url}:{MODEL}:direct:0"
+        for faults, kwargs in ((["401echo"], {}), (["malformed"], {}), (["500"] * 2, {"max_retries": 1})):
+            server.faults = list(faults)
+            with pytest.raises(ModelError) as info:
+                scorer_for(server, api_key=SECRET, **kwargs).logprobs(demos=DEMOS, queries=[QUERIES[0], DEMOS[0]])
+            messages.append(str(info.value))
+        server.style = "chat"
+        with pytest.raises(ModelError) as info:
+            scorer_for(server, api_key=SECRET).logprobs(demos=[], queries=QUERIES[:1])
+        messages.append(str(info.value))
+        assert "HTTP 401" in messages[0] and "***" in messages[0]
+        assert all("SECRET" not in m for m in messages)
+    finally:
+        cache.close()
+    for path in tmp_path.iterdir():
+        assert SECRET.encode() not in path.read_bytes() and b"SECRET" not in path.read_bytes()
+    # from the environment, in order
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-openai-env")
+    server.style = "echo"
+    scorer_for(server).logprobs(demos=[], queries=QUERIES[:1])
+    assert server.auth[-1] == "Bearer sk-from-openai-env"
+    monkeypatch.setenv("RL_SELECT_API_KEY", "sk-from-rl-env")
+    scorer_for(server).logprobs(demos=[], queries=QUERIES[1:2])
+    assert server.auth[-1] == "Bearer sk-from-rl-env"
+    monkeypatch.delenv("RL_SELECT_API_KEY")
+    monkeypatch.delenv("OPENAI_API_KEY")
+    scorer_for(server).logprobs(demos=[], queries=QUERIES[2:3])
+    assert server.auth[-1] is None
+
+
+# --- configuration and parsing --------------------------------------------------------------------
+
+
+def test_base_url_model_from_environment_and_url_forms(serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = serve("echo")
+    with pytest.raises(ModelError, match="RL_SELECT_BASE_URL"):
+        OpenAICompletionsScorer(SPEC, model=MODEL)
+    monkeypatch.setenv("RL_SELECT_BASE_URL", server.url + "/v1/")
+    with pytest.raises(ModelError, match="RL_SELECT_MODEL"):
+        OpenAICompletionsScorer(SPEC)
+    monkeypatch.setenv("RL_SELECT_MODEL", MODEL)
+    scorer = OpenAICompletionsScorer(SPEC)
+    assert scorer.fingerprint == f"openai:{server.url}/v1:{MODEL}:direct:0"
+    np.testing.assert_allclose(scorer.logprobs(demos=[], queries=QUERIES[:1]), truth([], QUERIES[:1]), atol=1e-9)
+
+    assert split_base_url("http://h:8000") == ("http://h:8000/v1/completions", "http://h:8000")
+    assert split_base_url("http://h:8000/v1/") == ("http://h:8000/v1/completions", "http://h:8000/v1")
+    endpoint, shown = split_base_url("https://h/api/v1?key=abc")
+    assert endpoint == "https://h/api/v1/completions?key=abc" and shown == "https://h/api/v1"
+    with pytest.raises(ModelError, match="credentials") as info:
+        split_base_url("http://user:hunter2@h:8000")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ModelError, match="bad base URL"):
+        split_base_url("ftp://h")
+    with pytest.raises(ModelError, match="scoring mode"):
+        OpenAICompletionsScorer(SPEC, mode="sideways")  # type: ignore[arg-type]
+
+
+def test_token_straddling_the_boundary_is_counted() -> None:
+    prompt = "Answer:yes"  # context "Answer:" ; tokens "Answer", ":y", "es" -> ":y" straddles
+    logprobs = {"tokens": ["Answer", ":y", "es", " the"], "token_logprobs": [None, -1.0, -2.0, -9.0],
+                "text_offset": [0, 6, 8, 10]}
+    assert echo_continuation(logprobs, prompt, 7, echoed_text=prompt + " the") == (-3.0, 2, 3)
+    # on the boundary exactly: only the continuation's own token; the generated one never counts
+    assert echo_continuation(logprobs, prompt, 8) == (-2.0, 1, 3)
+    entries = [None, {"1": {"logprob": -1.0, "decoded_token": ":y"}}, {"2": {"logprob": -2.0, "decoded_token": "es"}}]
+    assert vllm_continuation(entries, prompt, 7) == (-3.0, 2, 3)
+    assert vllm_continuation(entries, prompt, 8) == (-2.0, 1, 3)
+    with pytest.raises(ModelError, match="first token"):
+        echo_continuation(logprobs, prompt, 0)
+
+
+# --- the CLI on the OpenAI-compatible backend -------------------------------------------------------
+
+
+def test_cli_evaluate_runs_against_the_server(serve, tmp_path: Path, data_root, monkeypatch) -> None:
+    """`rl-select evaluate --backend openai` end to end; a rerun asks the server for nothing."""
+    from typer.testing import CliRunner
+
+    from rl_select.cli import app
+
+    server = serve("echo")
+    monkeypatch.setenv("RL_SELECT_API_KEY", "sk-test-SECRET-cli")
+    args = ["evaluate", "--backend", "openai", "--base-url", server.url, "--model", MODEL, "--selector", "random",
+            "--task", "sst2", "--data", str(data_root / "sst2"), "--k", "2", "--n-pool", "4", "--n-val", "4",
+            "--n-test", "6", "--seeds", "0", "--cache", str(tmp_path / "c.sqlite"), "--out", str(tmp_path / "runs")]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    asked = server.requests
+    assert asked > 0
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert server.requests == asked
+    for run in (tmp_path / "runs").iterdir():
+        for f in run.iterdir():
+            assert b"SECRET" not in f.read_bytes(), f
