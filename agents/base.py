@@ -267,6 +267,14 @@ def load_artifact(path: str | Path, *, agent: str) -> tuple[dict[str, Tensor], d
     return tensors, doc
 
 
+def save_qnet_agent(agent: Any, path: str | Path) -> Path:
+    """Save an agent whose learned weights are one ``agent.qnet`` (DQN, offline CQL-DQN), via :func:`save_artifact`."""
+    if agent.qnet is None:
+        raise SelectionError(f"nothing to save: {type(agent).__name__} has not learned yet")
+    meta = {"config": agent.config(), "qnet": qnet_config(agent.qnet), "summary": agent.summary}
+    return save_artifact(path, agent=agent.name, tensors=agent.qnet.state_dict(), meta=meta)
+
+
 def qnet_config(qnet: CandidateQNet) -> dict[str, Any]:
     """JSON hyper-parameters that rebuild ``qnet`` (see :func:`qnet_from_config`)."""
     return {"state_dim": qnet.state_dim, "cand_dim": qnet.cand_dim, "hidden": list(qnet.hidden)}

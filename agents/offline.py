@@ -45,9 +45,8 @@ from agents.base import (
     greedy_action,
     load_artifact,
     masked_td_target,
-    qnet_config,
     qnet_from_config,
-    save_artifact,
+    save_qnet_agent,
 )
 from agents.rollouts import Episode, RolloutStore, stack_episodes
 from rl_select.errors import DataError, SelectionError
@@ -284,10 +283,7 @@ class OfflineCQLAgent(Agent):
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file: the ``CandidateQNet`` state_dict + JSON config and summary."""
-        if self.qnet is None:
-            raise SelectionError("nothing to save: OfflineCQLAgent has not learned yet")
-        meta = {"config": self.config(), "qnet": qnet_config(self.qnet), "summary": self.summary}
-        return save_artifact(path, agent=self.name, tensors=self.qnet.state_dict(), meta=meta)
+        return save_qnet_agent(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Self:
