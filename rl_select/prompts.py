@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
+
+#: Scoring modes: P(label | input) or P(input | label).
+Mode = Literal["direct", "channel"]
 
 #: Content-free inputs for contextual calibration (Zhao et al. 2021).
 CONTENT_FREE_INPUTS: tuple[str, ...] = ("N/A", "", "[MASK]")
@@ -107,3 +111,24 @@ def content_free_queries(spec: TaskSpec) -> list[Example]:
         Example(text=s, text2=s if spec.is_pair else None, label=label, uid=f"content-free:{i}")
         for i, s in enumerate(CONTENT_FREE_INPUTS)
     ]
+
+
+def scoring_texts(
+    spec: TaskSpec, demos: Sequence[Example], queries: Sequence[Example], *, mode: Mode = "direct"
+) -> list[list[tuple[str, str]]]:
+    """For each query and label, the ``(context, continuation)`` texts whose log-prob is the label score.
+
+    Direct: ``(prefix + query, label continuation)``; channel: ``(prefix + label line, query input)``.
+    Backends that score whole texts (the reference scorer, a completions server) use this; the fast HF
+    scorer splits the same texts into a shared prefix and per-row pieces.
+
+    Returns:
+        ``texts[i][j]`` for query ``i`` and label ``j`` (``spec.labels`` order).
+    """
+    channel = mode == "channel"
+    prefix = render_prefix(spec, demos, channel=channel)
+    if channel:
+        contexts = [prefix + c for c in channel_contexts(spec)]
+        return [[(ctx, channel_target(spec, q)) for ctx in contexts] for q in queries]
+    conts = label_continuations(spec)
+    return [[(prefix + render_query(spec, q), c) for c in conts] for q in queries]

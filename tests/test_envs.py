@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import pickle
-from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -16,11 +15,9 @@ import envs
 from envs.demo_selection import DemoSelectionEnv, MaskedDiscrete, toy_examples, toy_task
 from rl_select.errors import ConfigError, SelectionError
 from rl_select.features import FEATURE_SETS, FeatureSpec
-from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import ScoreCache
-from rl_select.lm.testing import ToyScorer
+from rl_select.lm.testing import CachedToyScorer, ToyScorer
 from rl_select.reward import accuracy
-from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
 # Expected by design: the contract's Box(-inf, inf) bounds, the 2-D candidate matrix, a bare env's spec.
@@ -35,19 +32,6 @@ CONFIGS = [
 ]
 
 
-class CachedToyScorer(CachedScorer):
-    """ToyScorer's numbers behind the real cache front half."""
-
-    def __init__(self, spec: TaskSpec, **kwargs) -> None:
-        super().__init__(spec, **kwargs)
-        self.toy = ToyScorer(spec)
-
-    @property
-    def fingerprint(self) -> str:
-        return "cached-toy:v1"
-
-    def _compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
-        return self.toy.logprobs(demos=demos, queries=queries)
 
 
 def _masks_agree(env: DemoSelectionEnv, obs: dict, info: dict) -> np.ndarray:

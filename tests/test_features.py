@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -11,27 +10,11 @@ import pytest
 from envs.demo_selection import toy_examples, toy_task
 from rl_select.errors import ConfigError, SelectionError
 from rl_select.features import FEATURE_SETS, FeatureSpec, Featurizer, HashingEmbedder
-from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import ScoreCache
-from rl_select.lm.testing import ToyScorer
+from rl_select.lm.testing import CachedToyScorer, ToyScorer
 from rl_select.reward import accuracy
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
-
-
-class CachedToyScorer(CachedScorer):
-    """ToyScorer's numbers behind the real cache front half."""
-
-    def __init__(self, spec: TaskSpec, **kwargs) -> None:
-        super().__init__(spec, **kwargs)
-        self.toy = ToyScorer(spec)
-
-    @property
-    def fingerprint(self) -> str:
-        return "cached-toy:v1"
-
-    def _compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
-        return self.toy.logprobs(demos=demos, queries=queries)
 
 
 def _setup(n_labels: int = 2, n_pool: int = 8, n_val: int = 12, seed: int = 0):

@@ -20,7 +20,6 @@ import hashlib
 import inspect
 import os
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from rl_select.lm.base import CachedScorer
 from rl_select.lm.bundled import BUNDLED_ID, ensure_plain_copy, is_bundled
 from rl_select.lm.cache import ScoreCache
 from rl_select.prompts import (
+    Mode,
     channel_contexts,
     channel_target,
     label_continuations,
@@ -40,7 +40,6 @@ from rl_select.prompts import (
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
-Mode = Literal["direct", "channel"]
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 

@@ -58,17 +58,10 @@ import numpy as np
 from rl_select.errors import ModelError
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import ScoreCache, prefix_digest, query_key
-from rl_select.prompts import (
-    channel_contexts,
-    channel_target,
-    label_continuations,
-    render_prefix,
-    render_query,
-)
+from rl_select.prompts import Mode, scoring_texts
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
-Mode = Literal["direct", "channel"]
 LogprobStyle = Literal["auto", "echo", "vllm"]
 #: ``(summed log-prob of a continuation, its token count)``.
 Score = tuple[float, int]
@@ -407,22 +400,12 @@ class OpenAICompletionsScorer(CachedScorer):
     def _prompts(self, demos: Sequence[Example], queries: Sequence[Example]) -> list[_Prompt]:
         """Every (query, label) prompt, query-major so rows finish early. Length ``n_queries * n_labels``."""
         out: list[_Prompt] = []
-        if self.mode == "channel":
-            prefix = render_prefix(self.spec, demos, channel=True)
-            contexts = [prefix + c for c in channel_contexts(self.spec)]
-            for i, q in enumerate(queries):
-                target = channel_target(self.spec, q)
-                if not target:
-                    raise ModelError("a query rendered to an empty channel target; check the template")
-                out += [_Prompt(i, j, ctx + target, len(ctx)) for j, ctx in enumerate(contexts)]
-        else:
-            prefix = render_prefix(self.spec, demos)
-            conts = label_continuations(self.spec)
-            if any(not c for c in conts):
-                raise ModelError("a label continuation rendered to zero characters; check the verbalisers")
-            for i, q in enumerate(queries):
-                ctx = prefix + render_query(self.spec, q)
-                out += [_Prompt(i, j, ctx + c, len(ctx)) for j, c in enumerate(conts)]
+        for i, per_label in enumerate(scoring_texts(self.spec, demos, queries, mode=self.mode)):
+            for j, (ctx, cont) in enumerate(per_label):
+                if not cont:
+                    raise ModelError("a label continuation or channel target rendered to zero characters; "
+                                     "check the template and verbalisers")
+                out.append(_Prompt(i, j, ctx + cont, len(ctx)))
         return out
 
     def _compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:

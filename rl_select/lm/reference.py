@@ -15,14 +15,8 @@ from transformers import PreTrainedModel
 
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import ScoreCache
-from rl_select.lm.hf import Mode, Tokens, check_length, context_window, model_fingerprint
-from rl_select.prompts import (
-    channel_contexts,
-    channel_target,
-    label_continuations,
-    render_prefix,
-    render_query,
-)
+from rl_select.lm.hf import Tokens, check_length, context_window, model_fingerprint
+from rl_select.prompts import Mode, scoring_texts
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
@@ -59,14 +53,8 @@ class ReferenceScorer(CachedScorer):
     @torch.inference_mode()
     def _compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
         out = np.zeros((len(queries), len(self.spec.labels)))
-        for i, q in enumerate(queries):
-            for j in range(len(self.spec.labels)):
-                if self.mode == "channel":
-                    context = render_prefix(self.spec, demos, channel=True) + channel_contexts(self.spec)[j]
-                    cont = channel_target(self.spec, q)
-                else:
-                    context = render_prefix(self.spec, demos) + render_query(self.spec, q)
-                    cont = label_continuations(self.spec)[j]
+        for i, per_label in enumerate(scoring_texts(self.spec, demos, queries, mode=self.mode)):
+            for j, (context, cont) in enumerate(per_label):
                 ctx_ids = self.tokens.bos + self.tokens.encode([context])[0]
                 cont_ids = self.tokens.encode([cont])[0]
                 check_length(0, len(ctx_ids), len(cont_ids), self.max_length, self.model_id)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rl_select.lm.base import ScorerStats
+from rl_select.lm.base import CachedScorer, ScorerStats
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
@@ -75,3 +75,23 @@ class ToyScorer:
         self.stats.prefix_forwards += 1
         self.stats.seconds += time.perf_counter() - t0
         return out
+
+
+class CachedToyScorer(CachedScorer):
+    """:class:`ToyScorer`'s numbers behind the real cache front half (disk cache, stats, calibration).
+
+    Args:
+        spec: The task.
+        **kwargs: ``cache``, ``calibrate`` (see :class:`~rl_select.lm.base.CachedScorer`).
+    """
+
+    def __init__(self, spec: TaskSpec, **kwargs) -> None:
+        super().__init__(spec, **kwargs)
+        self.toy = ToyScorer(spec)
+
+    @property
+    def fingerprint(self) -> str:
+        return "cached-toy:v1"
+
+    def _compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
+        return self.toy.logprobs(demos=demos, queries=queries)
