@@ -193,6 +193,8 @@ def test_evaluate_needs_exactly_one_of_selector_or_demos(task_dir):
         (["prompt", "--policy", "no/such/policy.safetensors", "a query"], "no/such/policy.safetensors"),
         (["baselines", "--policy", "no/such/policy.safetensors"], "no/such/policy.safetensors"),
         (["report", "no/such/run"], "no/such/run"),
+        (["evaluate", "--backend", "grpc", "--selector", "random"], "'grpc'"),
+        (["evaluate", "--backend", "openai", "--selector", "random"], "--base-url"),
     ],
 )
 def test_mdp_commands_refuse_bad_input(args, needle):

@@ -7,6 +7,7 @@ command-line overrides; the resolved config is written into the run folder as ``
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,8 @@ class RunConfig:
             raise ConfigError("seeds is empty; expected at least one seed")
         if self.backend not in ("hf", "openai"):
             raise ConfigError(f"backend={self.backend!r}; expected 'hf' or 'openai'")
+        if self.backend == "openai" and not (self.base_url or os.environ.get("RL_SELECT_BASE_URL")):
+            raise ConfigError("backend='openai' needs a server: pass --base-url URL or set $RL_SELECT_BASE_URL")
         if self.feature_set not in ("active", "labelled"):
             raise ConfigError(f"feature_set={self.feature_set!r}; expected 'active' or 'labelled'")
         if self.reward not in ("marginal", "terminal"):
