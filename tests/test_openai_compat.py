@@ -114,11 +114,14 @@ class FakeServer:
             (HTTP 400 on echo, like llama.cpp's "Only no echo is supported").
         bos: Echo a ``"<s>"`` token first and count it in ``text_offset`` (as vLLM does).
         delay: Seconds each request takes.
+        single: Answer HTTP 500 to a list of more than one prompt (as llama-cpp-python's server does).
         port: Port to bind (0: any free one).
     """
 
-    def __init__(self, style: str = "echo", *, bos: bool = False, delay: float = 0.0, port: int = 0) -> None:
+    def __init__(self, style: str = "echo", *, bos: bool = False, delay: float = 0.0, port: int = 0,
+                 single: bool = False) -> None:
         self.style = style
+        self.single = single
         self.bos = bos
         self.delay = delay
         self.port = port
@@ -189,6 +192,8 @@ class FakeServer:
         prompts = req["prompt"] if isinstance(req["prompt"], list) else [req["prompt"]]
         if req.get("model") != MODEL:
             return 404, {"error": {"message": f"The model `{req.get('model')}` does not exist."}}
+        if self.single and len(prompts) > 1:
+            return 500, {"error": {"message": "", "type": "internal_server_error"}}
         echo = bool(req.get("echo")) and req.get("logprobs") is not None
         if self.style == "reject_echo" and req.get("echo"):
             return 400, {"error": {"message": "Only no echo is supported", "type": "invalid_request_error"}}
@@ -348,6 +353,20 @@ def test_prompts_go_as_lists_in_few_requests(serve) -> None:
     assert scorer.requests == 2 and sorted(server.batch_sizes[1:]) == [2, 4]  # concurrent: any order
 
 
+def test_a_server_that_refuses_lists_gets_one_prompt_per_request(serve) -> None:
+    server = serve("echo", single=True)
+    scorer = scorer_for(server, batch_size=4)
+    with pytest.warns(RuntimeWarning, match="refused a list of 4 prompts"):
+        lp = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    np.testing.assert_allclose(lp, truth(DEMOS, QUERIES), atol=1e-9)
+    assert scorer.batch_size == 1 and scorer.style == "echo"
+    assert server.batch_sizes == [1] * (len(QUERIES) * len(SPEC.labels))
+    assert scorer.retries == 0  # the probe's 500 is not retried
+    more = [Example(text="plain", label=SPEC.labels[0], uid="x9")]
+    scorer.logprobs(demos=DEMOS, queries=more)  # no second probe, no second warning
+    assert server.batch_sizes[-2:] == [1, 1] and scorer.requests == len(server.batch_sizes) + 2  # two list probes
+
+
 def test_max_concurrency_is_respected(serve) -> None:
     server = serve("echo", delay=0.1)
     scorer = scorer_for(server, batch_size=1, max_concurrency=3)
@@ -395,10 +414,20 @@ def test_calibration_through_the_base_class(serve) -> None:
 def test_500_twice_then_success_is_retried(serve) -> None:
     server = serve("echo")
     server.faults = ["500", "500"]
-    scorer = scorer_for(server, logprob_style="echo")
+    scorer = scorer_for(server, logprob_style="echo", batch_size=1)
     got = scorer.logprobs(demos=DEMOS, queries=QUERIES[:2])
     np.testing.assert_allclose(got, truth(DEMOS, QUERIES[:2]), atol=1e-9)
-    assert scorer.requests == server.requests == 3 and scorer.retries == 2
+    assert scorer.requests == server.requests == 6 and scorer.retries == 2
+
+
+def test_a_transient_500_on_the_first_list_keeps_lists(serve, recwarn: pytest.WarningsRecorder) -> None:
+    server = serve("echo")
+    server.faults = ["500"]
+    scorer = scorer_for(server, logprob_style="echo", batch_size=16)
+    got = scorer.logprobs(demos=DEMOS, queries=QUERIES[:3])  # 6 prompts: list (500), 1 alone, then 5 as a list
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES[:3]), atol=1e-9)
+    assert server.batch_sizes == [1, 5] and scorer.batch_size == 16
+    assert not [w for w in recwarn if "refused a list" in str(w.message)]
 
 
 def test_429_honours_retry_after(serve) -> None:
@@ -506,7 +535,7 @@ def test_api_key_is_sent_but_never_shown(serve, tmp_path: Path, monkeypatch: pyt
         for text in (scorer.fingerprint, repr(scorer), str(scorer), repr(vars(scorer))):
             assert "SECRET" not in text
         assert scorer.fingerprint == f"openai:{server.url}:{MODEL}:direct:0"
-        for faults, kwargs in ((["401echo"], {}), (["malformed"], {}), (["500"] * 2, {"max_retries": 1})):
+        for faults, kwargs in ((["401echo"], {}), (["malformed"], {}), (["500"] * 2, {"max_retries": 1, "batch_size": 1})):
             server.faults = list(faults)
             with pytest.raises(ModelError) as info:
                 scorer_for(server, api_key=SECRET, **kwargs).logprobs(demos=DEMOS, queries=[QUERIES[0], DEMOS[0]])

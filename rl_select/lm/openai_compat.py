@@ -26,6 +26,8 @@ normalisation includes it too. With the templates of :mod:`rl_select.prompts` th
 a space or after a newline, where BPE tokenisers split anyway, so a straddle is rare.
 
 Requests carry up to ``batch_size`` prompts (a JSON list) and run on up to ``max_concurrency`` threads.
+A server that refuses lists (llama-cpp-python's answers HTTP 500) is detected on the first request and
+then sent one prompt per request.
 Each request is retried with exponential back-off and jitter (from a seeded :class:`random.Random`) on
 HTTP 429 and 5xx, time-outs and dropped connections, honouring a ``Retry-After`` header (capped).
 Query rows are written to the score cache as soon as all their labels are in, so a run that fails half
@@ -48,6 +50,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -117,10 +120,15 @@ class _NoPromptLogprobs(Exception):
 class _Retryable(Exception):
     """A transient failure of one HTTP attempt (429/5xx, time-out, dropped connection)."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None, status: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.status = status
+
+
+class _ListRefused(ModelError):
+    """A first request with a list of prompts failed the way servers without list support fail."""
 
 
 class _RejectedStyle(Exception):
@@ -373,6 +381,7 @@ class OpenAICompletionsScorer(CachedScorer):
         self.requests = 0
         self.retries = 0
         self._style: Literal["echo", "vllm"] | None = None if logprob_style == "auto" else logprob_style
+        self._lists_ok: bool | None = None  # does the server take a list of prompts? (None: not asked yet)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -443,9 +452,8 @@ class OpenAICompletionsScorer(CachedScorer):
             return
         self._stop.clear()
         todo = list(batches)
-        if self._style is None:  # settle "auto" on one batch before fanning out
-            first = todo.pop(0)
-            take(first, self._score_batch(first))
+        if self._style is None or self._lists_ok is None:  # settle style and list support before fanning out
+            todo = self._settle(todo, take)
         if not todo:
             return
         pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(todo)), thread_name_prefix="rl-openai")
@@ -471,12 +479,61 @@ class OpenAICompletionsScorer(CachedScorer):
             self._stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _score_batch(self, batch: list[_Prompt]) -> list[Score]:
-        """``(summed log-prob, token count)`` of each prompt's continuation, in batch order."""
+    def _settle(self, todo: list[list[_Prompt]],
+                take: Callable[[list[_Prompt], list[Score]], None]) -> list[list[_Prompt]]:
+        """Score the first batch alone, learning the response style and whether lists of prompts work.
+
+        A server that refuses a list of prompts (llama-cpp-python's server answers HTTP 500; others 400,
+        or one choice for the list) is asked again with the first prompt alone, then with the rest of the
+        batch as a list: when the one prompt works and the list fails again, every later request carries
+        one prompt (``batch_size`` becomes 1, with a warning); a list that works the second time was a
+        transient failure. Returns the batches still to score.
+        """
+        first = todo.pop(0)
+        if len(first) == 1 or self._lists_ok is not None:
+            take(first, self._score_batch(first))
+            if len(first) > 1:
+                self._lists_ok = True
+            return todo
+        try:
+            scores = self._score_batch(first, probe=True)
+        except _ListRefused as list_error:
+            try:
+                take(first[:1], self._score_batch(first[:1]))
+            except ModelError:
+                raise list_error from None
+            if len(first) > 2:
+                try:
+                    scores = self._score_batch(first[1:], probe=True)
+                except _ListRefused:
+                    pass
+                else:  # the first refusal was transient
+                    self._lists_ok = True
+                    take(first[1:], scores)
+                    return todo
+            self._lists_ok = False
+            self.batch_size = 1
+            warnings.warn(
+                f"{self.base_url} refused a list of {len(first)} prompts ({list_error}); sending one prompt per "
+                f"request from now on (set batch_size=1 to skip this probe)",
+                RuntimeWarning, stacklevel=4,
+            )
+            rest = first[1:] + [p for b in todo for p in b]
+            return [[p] for p in rest]
+        self._lists_ok = True
+        take(first, scores)
+        return todo
+
+    def _score_batch(self, batch: list[_Prompt], probe: bool = False) -> list[Score]:
+        """``(summed log-prob, token count)`` of each prompt's continuation, in batch order.
+
+        ``probe``: the first request with a list of prompts; HTTP errors are not retried (the caller then
+        tries one prompt alone).
+        """
         style = self._style
         if style is not None:
             try:
-                return self._score_as(style, batch)
+                return self._score_as(style, batch, probe)
             except _NoPromptLogprobs:
                 raise self._error(NO_PROMPT_LOGPROBS) from None
             except _RejectedStyle as exc:
@@ -484,7 +541,7 @@ class OpenAICompletionsScorer(CachedScorer):
         reasons: list[str] = []
         for candidate in ("echo", "vllm"):
             try:
-                scores = self._score_as(candidate, batch)
+                scores = self._score_as(candidate, batch, probe)
             except _NoPromptLogprobs:
                 continue
             except _RejectedStyle as exc:
@@ -496,7 +553,7 @@ class OpenAICompletionsScorer(CachedScorer):
         said = f" (server said: {'; '.join(reasons)})" if reasons else ""
         raise self._error(NO_PROMPT_LOGPROBS + said)
 
-    def _score_as(self, style: str, batch: list[_Prompt]) -> list[Score]:
+    def _score_as(self, style: str, batch: list[_Prompt], probe: bool = False) -> list[Score]:
         payload: dict[str, Any] = {
             "model": self.model,
             "prompt": [p.text for p in batch],
@@ -507,7 +564,7 @@ class OpenAICompletionsScorer(CachedScorer):
             payload.update(echo=True, logprobs=ECHO_TOP_LOGPROBS)
         else:
             payload.update(prompt_logprobs=0)
-        choices = self._choices(self._post(payload), len(batch))
+        choices = self._choices(self._post(payload, probe=probe), len(batch), probe=probe)
         out: list[Score] = []
         n_tokens = 0
         for p, choice in zip(batch, choices):
@@ -526,7 +583,7 @@ class OpenAICompletionsScorer(CachedScorer):
             self.stats.forward_tokens += n_tokens
         return out
 
-    def _choices(self, response: Any, n: int) -> list[Mapping[str, Any]]:
+    def _choices(self, response: Any, n: int, *, probe: bool = False) -> list[Mapping[str, Any]]:
         """The response's choices in prompt order (matched by ``index``). Length ``n``."""
         if not isinstance(response, Mapping):
             raise self._error("malformed JSON response: the top level is not an object")
@@ -536,10 +593,10 @@ class OpenAICompletionsScorer(CachedScorer):
         if not isinstance(choices, list) or not all(isinstance(c, Mapping) for c in choices):
             raise self._error("malformed JSON response: no 'choices' list of objects")
         if len(choices) != n:
-            raise self._error(
+            raise (_ListRefused if probe else ModelError)(self._error(
                 f"the server returned {len(choices)} choices for {n} prompts; it may not accept a list of "
                 f"prompts (try batch_size=1)"
-            )
+            ).args[0])
         if all("index" in c for c in choices):
             ordered: list[Mapping[str, Any] | None] = [None] * n
             for c in choices:
@@ -552,8 +609,8 @@ class OpenAICompletionsScorer(CachedScorer):
 
     # -- HTTP ---------------------------------------------------------------------------------------
 
-    def _post(self, payload: dict[str, Any]) -> Any:
-        """POST ``payload`` with retries; the decoded JSON body.
+    def _post(self, payload: dict[str, Any], *, probe: bool = False) -> Any:
+        """POST ``payload`` with retries (``probe``: none after an HTTP error status); the decoded JSON body.
 
         Raises:
             ModelError: connection refused, a non-retryable HTTP error, retries exhausted, malformed JSON.
@@ -572,6 +629,9 @@ class OpenAICompletionsScorer(CachedScorer):
                 raw = self._post_once(body, headers)
             except _Retryable as exc:
                 last = exc.reason
+                if probe and exc.status in (500, 501):  # maybe "no lists here": the caller checks
+                    raise _ListRefused(self._error(f"HTTP {exc.status} to a list of {len(payload['prompt'])} prompts")
+                                       .args[0]) from None
                 if attempt + 1 < tries:
                     with self._lock:
                         self.retries += 1
@@ -605,7 +665,7 @@ class OpenAICompletionsScorer(CachedScorer):
                 exc.close()
             message = _error_text(_maybe_json(text)) or (exc.reason if isinstance(exc.reason, str) else "")
             if status == 429 or status >= 500:
-                raise _Retryable(f"HTTP {status}", _retry_after(exc.headers)) from None
+                raise _Retryable(f"HTTP {status}", _retry_after(exc.headers), status) from None
             if status in (400, 422):
                 raise _RejectedStyle(f"{status}: {self._quote(message)}") from None
             hint = ""
