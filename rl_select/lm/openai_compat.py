@@ -12,6 +12,14 @@ prompt's own tokens. Two response styles are understood:
   with ``None`` for the first prompt token and then ``{token_id: {"logprob", "decoded_token"}}`` per
   token. Token spans are recovered from the decoded token texts, counted back from the prompt's end.
 
+* ``"echo_shifted"``: llama-cpp-python's server (0.3.x) echoes each prompt token with the log-prob the
+  model gives it one position LATE, i.e. from the distribution that predicts the NEXT token
+  (abetlen/llama-cpp-python#1983). Its ``top_logprobs[i]`` is therefore the distribution over token
+  ``i + 1``, and the true log-prob of a continuation token is read there; the request asks for the top
+  ``shifted_top_logprobs`` entries, and a continuation token outside them is a clear error (never a
+  silent zero). ``"auto"`` and ``"echo"`` detect this server (the top-1 token at the prompt's last
+  position equals the greedy continuation, confirmed by one tiny probe) and switch to this style.
+
 ``"auto"`` (the default) tries echo on the first batch and falls back to the vLLM style when the
 response lacks prompt log-probs (or the server rejects ``echo`` with HTTP 400/422); the style that
 worked is kept for the scorer's life. A server that gives neither (a chat-only API, a llama.cpp build
@@ -65,7 +73,7 @@ from rl_select.prompts import Mode, scoring_texts
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
-LogprobStyle = Literal["auto", "echo", "vllm"]
+LogprobStyle = Literal["auto", "echo", "echo_shifted", "vllm"]
 #: ``(summed log-prob of a continuation, its token count)``.
 Score = tuple[float, int]
 
@@ -86,6 +94,11 @@ NO_PROMPT_LOGPROBS = (
 MAX_TOKENS = 1
 #: ``logprobs`` asked for in echo style: llama.cpp reads 0 as "none", so 1.
 ECHO_TOP_LOGPROBS = 1
+#: Top log-probs asked for per token in the ``"echo_shifted"`` style (where continuation log-probs are read).
+SHIFTED_TOP_LOGPROBS = 50
+#: A prompt whose greedy continuation differs from the token that ends it (" 9" after ","): it tells a
+#: server that echoes log-probs one position late from one that does not.
+SHIFT_PROBE = "1, 2, 3, 4, 5, 6, 7, 8,"
 #: Longest wait taken from a ``Retry-After`` header, and longest back-off, in seconds.
 MAX_RETRY_AFTER = 60.0
 MAX_BACKOFF = 30.0
@@ -252,6 +265,81 @@ def echo_continuation(logprobs: Any, prompt: str, n_context: int, *, echoed_text
     return total, n_cont, n_prompt
 
 
+def _prompt_token_spans(logprobs: Mapping[str, Any], prompt: str) -> list[tuple[int, int, int]]:
+    """``(index, start, end)`` character spans of the echoed prompt tokens (generated ones dropped)."""
+    offsets = logprobs.get("text_offset")
+    if not isinstance(offsets, list) or not offsets:
+        raise _NoPromptLogprobs
+    try:
+        starts = [int(o) for o in offsets]
+    except (TypeError, ValueError):
+        raise _NoPromptLogprobs from None
+    spans = []
+    for k, start in enumerate(starts):
+        if 0 <= start < len(prompt):
+            end = starts[k + 1] if k + 1 < len(starts) else len(prompt)
+            spans.append((k, start, min(end, len(prompt))))
+    return spans
+
+
+def top1_at_prompt_end(choice: Mapping[str, Any], prompt: str) -> tuple[str | None, str]:
+    """``(top-1 token string at the prompt's last token, generated text)`` of an echo choice."""
+    lp = choice.get("logprobs")
+    text = choice.get("text")
+    if not isinstance(lp, Mapping) or not isinstance(text, str) or not text.startswith(prompt):
+        return None, ""
+    try:
+        spans = _prompt_token_spans(lp, prompt)
+    except _NoPromptLogprobs:
+        return None, ""
+    tops = lp.get("top_logprobs")
+    if not spans or not isinstance(tops, list) or spans[-1][0] >= len(tops):
+        return None, ""
+    top = tops[spans[-1][0]]
+    if not isinstance(top, Mapping) or not top:
+        return None, ""
+    best = max(top.items(), key=lambda kv: kv[1] if isinstance(kv[1], (int, float)) else float("-inf"))[0]
+    return str(best), text[len(prompt):]
+
+
+def shifted_echo_continuation(logprobs: Any, prompt: str, n_context: int) -> tuple[float, int, int]:
+    """Like :func:`echo_continuation`, for a server whose echo is one position late (``"echo_shifted"``).
+
+    The log-prob of prompt token ``k`` is ``top_logprobs[k - 1][tokens[k]]``: the distribution reported
+    at token ``k - 1`` is the one that predicts token ``k``.
+
+    Raises:
+        _NoPromptLogprobs: when there are no prompt tokens or top log-probs.
+        ModelError: when a continuation token is not among the top log-probs of its position.
+    """
+    if not isinstance(logprobs, Mapping):
+        raise _NoPromptLogprobs
+    tokens, tops = logprobs.get("tokens"), logprobs.get("top_logprobs")
+    spans = _prompt_token_spans(logprobs, prompt)
+    if not isinstance(tokens, list) or not isinstance(tops, list) or len(tokens) != len(tops) or len(spans) < 2:
+        raise _NoPromptLogprobs
+    total, n_cont = 0.0, 0
+    for k, _start, end in spans:
+        if end <= n_context:
+            continue
+        prev = tops[k - 1] if k >= 1 else None
+        if k == 0 or not isinstance(prev, Mapping):
+            raise ModelError("the scored continuation starts at the prompt's first tokens, which have no log-prob "
+                             "on this server")
+        lp = prev.get(tokens[k])
+        if not isinstance(lp, (int, float)):
+            raise ModelError(
+                f"continuation token {tokens[k]!r} is not among the {len(prev)} top log-probs the server gave at its "
+                f"position, and this server (llama-cpp-python) reports no other way to read it; raise "
+                f"shifted_top_logprobs or use a server with correct echo (vLLM)"
+            )
+        total += float(lp)
+        n_cont += 1
+    if n_cont == 0:
+        raise _NoPromptLogprobs
+    return total, n_cont, len(spans)
+
+
 def vllm_continuation(prompt_logprobs: Any, prompt: str, n_context: int) -> tuple[float, int, int]:
     """Summed log-prob of the continuation from vLLM's ``prompt_logprobs``.
 
@@ -321,7 +409,8 @@ class OpenAICompletionsScorer(CachedScorer):
         max_retries: Retries of one request after a transient failure (so ``max_retries + 1`` tries).
         backoff: First back-off in seconds; doubles per retry (capped), times a jitter in [0.5, 1).
         batch_size: Prompts per request.
-        logprob_style: ``"auto"``, ``"echo"`` or ``"vllm"``.
+        logprob_style: ``"auto"``, ``"echo"``, ``"echo_shifted"`` or ``"vllm"``.
+        shifted_top_logprobs: Top log-probs asked per token in the ``"echo_shifted"`` style.
         seed: Seed of the back-off jitter.
 
     Attributes:
@@ -346,13 +435,15 @@ class OpenAICompletionsScorer(CachedScorer):
         backoff: float = 0.5,
         batch_size: int = 16,
         logprob_style: LogprobStyle = "auto",
+        shifted_top_logprobs: int = SHIFTED_TOP_LOGPROBS,
         seed: int = 0,
     ) -> None:
         super().__init__(spec, cache=cache, calibrate=calibrate)
         if mode not in ("direct", "channel"):
             raise ModelError(f"unknown scoring mode {mode!r}; expected 'direct' or 'channel'")
-        if logprob_style not in ("auto", "echo", "vllm"):
-            raise ModelError(f"unknown logprob_style {logprob_style!r}; expected 'auto', 'echo' or 'vllm'")
+        if logprob_style not in ("auto", "echo", "echo_shifted", "vllm"):
+            raise ModelError(f"unknown logprob_style {logprob_style!r}; expected 'auto', 'echo', 'echo_shifted' or "
+                             f"'vllm'")
         if int(max_concurrency) < 1 or int(batch_size) < 1 or int(max_retries) < 0:
             raise ModelError(
                 f"bad request limits (max_concurrency={max_concurrency}, batch_size={batch_size}, "
@@ -380,7 +471,10 @@ class OpenAICompletionsScorer(CachedScorer):
         self.logprob_style = logprob_style
         self.requests = 0
         self.retries = 0
-        self._style: Literal["echo", "vllm"] | None = None if logprob_style == "auto" else logprob_style
+        self.shifted_top_logprobs = int(shifted_top_logprobs)
+        self._style: Literal["echo", "echo_shifted", "vllm"] | None = (
+            None if logprob_style == "auto" else logprob_style)
+        self._shift_checked = logprob_style in ("echo_shifted", "vllm")
         self._lists_ok: bool | None = None  # does the server take a list of prompts? (None: not asked yet)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -548,7 +642,8 @@ class OpenAICompletionsScorer(CachedScorer):
                 reasons.append(f"{candidate}: HTTP {exc.reason}")
                 continue
             with self._lock:
-                self._style = candidate
+                if self._style is None:  # (echo may have switched to echo_shifted already)
+                    self._style = candidate
             return scores
         said = f" (server said: {'; '.join(reasons)})" if reasons else ""
         raise self._error(NO_PROMPT_LOGPROBS + said)
@@ -562,9 +657,13 @@ class OpenAICompletionsScorer(CachedScorer):
         }
         if style == "echo":
             payload.update(echo=True, logprobs=ECHO_TOP_LOGPROBS)
+        elif style == "echo_shifted":
+            payload.update(echo=True, logprobs=self.shifted_top_logprobs)
         else:
             payload.update(prompt_logprobs=0)
         choices = self._choices(self._post(payload, probe=probe), len(batch), probe=probe)
+        if style == "echo" and not self._shift_checked and self._echo_is_late(batch, choices):
+            return self._score_as("echo_shifted", batch, probe)
         out: list[Score] = []
         n_tokens = 0
         for p, choice in zip(batch, choices):
@@ -573,6 +672,8 @@ class OpenAICompletionsScorer(CachedScorer):
                     total, n_cont, n_prompt = echo_continuation(
                         choice.get("logprobs"), p.text, p.n_context, echoed_text=choice.get("text")
                     )
+                elif style == "echo_shifted":
+                    total, n_cont, n_prompt = shifted_echo_continuation(choice.get("logprobs"), p.text, p.n_context)
                 else:
                     total, n_cont, n_prompt = vllm_continuation(choice.get("prompt_logprobs"), p.text, p.n_context)
             except ModelError as exc:
@@ -582,6 +683,37 @@ class OpenAICompletionsScorer(CachedScorer):
         with self._lock:
             self.stats.forward_tokens += n_tokens
         return out
+
+    def _echo_is_late(self, batch: list[_Prompt], choices: list[Mapping[str, Any]]) -> bool:
+        """Whether this server echoes log-probs one position late (see ``"echo_shifted"``); switches style if so.
+
+        Suspicion: at every prompt's last token the top-1 entry equals the greedy continuation, which is
+        what a late echo shows (it reports the distribution after that token). Confirmation: the same on
+        :data:`SHIFT_PROBE`, whose last token (",") is not its greedy continuation (" 9").
+        """
+        suspicious = all(top and top == gen for top, gen in (top1_at_prompt_end(c, p.text)
+                                                             for p, c in zip(batch, choices)))
+        late = False
+        if suspicious:
+            payload = {"model": self.model, "prompt": [SHIFT_PROBE], "max_tokens": 1, "temperature": 0,
+                       "echo": True, "logprobs": 1}
+            try:
+                probe = self._choices(self._post(payload), 1)[0]
+            except ModelError:
+                probe = {}
+            top, gen = top1_at_prompt_end(probe, SHIFT_PROBE)
+            late = bool(top) and top == gen
+        with self._lock:
+            self._shift_checked = True
+            if late:
+                self._style = "echo_shifted"
+        if late:
+            warnings.warn(
+                f"{self.base_url} echoes prompt log-probs one token late (llama-cpp-python, "
+                f"abetlen/llama-cpp-python#1983); reading them from its top-{self.shifted_top_logprobs} log-probs "
+                f"instead", RuntimeWarning, stacklevel=2,
+            )
+        return late
 
     def _choices(self, response: Any, n: int, *, probe: bool = False) -> list[Mapping[str, Any]]:
         """The response's choices in prompt order (matched by ``index``). Length ``n``."""
