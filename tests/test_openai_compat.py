@@ -28,6 +28,8 @@ from rl_select.lm.calibration import calibrate
 from rl_select.lm.openai_compat import (
     MAX_RETRY_AFTER,
     NO_PROMPT_LOGPROBS,
+    SHIFT_PROBE,
+    SHIFTED_TOP_LOGPROBS,
     OpenAICompletionsScorer,
     echo_continuation,
     split_base_url,
@@ -108,7 +110,8 @@ class FakeServer:
     """A fake OpenAI-compatible completions server on 127.0.0.1.
 
     Args:
-        style: ``"echo"`` (echo + logprobs; ignores ``prompt_logprobs``), ``"vllm"`` (``prompt_logprobs``
+        style: ``"echo"`` (echo + logprobs; ignores ``prompt_logprobs``), ``"late"`` (echo one token late,
+            as llama-cpp-python does), ``"vllm"`` (``prompt_logprobs```
             only; echo gives no log-probs), ``"chat"`` (no log-probs at all), ``"generated_only"`` (echo
             returns the generated token's log-prob only, like some llama.cpp builds), ``"reject_echo"``
             (HTTP 400 on echo, like llama.cpp's "Only no echo is supported").
@@ -176,6 +179,22 @@ class FakeServer:
                 "logprobs": {"tokens": tokens, "token_logprobs": lps, "text_offset": offsets,
                              "top_logprobs": [None if lp is None else {t: lp} for t, lp in zip(tokens, lps)]}}
 
+    def late_choice(self, index: int, prompt: str, top_n: int) -> dict[str, Any]:
+        """llama-cpp-python's echo: position i reports the distribution AFTER token i (one token late)."""
+        toks = tokenize(prompt)
+        tokens = [t for _, t in toks]
+        offsets = [s for s, _ in toks]
+        lps: list[float | None] = [None]
+        tops: list[dict[str, float] | None] = [None]
+        for i in range(1, len(toks)):
+            end = offsets[i] + len(tokens[i])
+            lps.append(token_logprob(prompt[:end], tokens[i]))  # the wrong (late) number
+            nxt = {tokens[i + 1]: token_logprob(prompt[:offsets[i + 1]], tokens[i + 1])} if i + 1 < len(toks) \
+                else {GENERATED: 0.0}  # greedy next token: the top-1 after the prompt
+            tops.append({**nxt, tokens[i]: lps[-1]} if top_n > 1 else {**nxt})
+        return {"index": index, "text": prompt + GENERATED, "finish_reason": "length",
+                "logprobs": {"tokens": tokens, "token_logprobs": lps, "text_offset": offsets, "top_logprobs": tops}}
+
     def vllm_choice(self, index: int, prompt: str) -> dict[str, Any]:
         toks = tokenize(prompt)
         entries: list[Any] = [None]
@@ -201,6 +220,8 @@ class FakeServer:
         for i, p in enumerate(prompts):
             if self.style == "echo" and echo:
                 choices.append(self.echo_choice(i, p, int(req.get("max_tokens", 16))))
+            elif self.style == "late" and echo:
+                choices.append(self.late_choice(i, p, int(req["logprobs"])))
             elif self.style == "vllm" and req.get("prompt_logprobs") is not None:
                 choices.append(self.vllm_choice(i, p))
             elif self.style == "generated_only" and echo:
@@ -365,6 +386,35 @@ def test_a_server_that_refuses_lists_gets_one_prompt_per_request(serve) -> None:
     more = [Example(text="plain", label=SPEC.labels[0], uid="x9")]
     scorer.logprobs(demos=DEMOS, queries=more)  # no second probe, no second warning
     assert server.batch_sizes[-2:] == [1, 1] and scorer.requests == len(server.batch_sizes) + 2  # two list probes
+
+
+@pytest.mark.parametrize("style", ["auto", "echo"])
+def test_a_one_token_late_echo_is_detected_and_read_right(serve, style: str) -> None:
+    server = serve("late")
+    scorer = scorer_for(server, logprob_style=style)
+    with pytest.warns(RuntimeWarning, match="one token late"):
+        got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-9)
+    assert scorer.style == "echo_shifted"
+    assert any(b["prompt"] == [SHIFT_PROBE] for b in server.bodies)  # confirmed by the probe
+    assert server.bodies[-1]["logprobs"] == SHIFTED_TOP_LOGPROBS
+    # a plain echo server is never taken for a late one
+    plain = serve("echo")
+    ok = scorer_for(plain)
+    ok.logprobs(demos=DEMOS, queries=QUERIES)
+    assert ok.style == "echo" and not any(b["prompt"] == [SHIFT_PROBE] for b in plain.bodies)
+
+
+def test_a_late_echo_without_the_token_in_its_top_logprobs_is_a_clear_error(serve) -> None:
+    server = serve("late")
+    scorer = scorer_for(server, logprob_style="echo_shifted", shifted_top_logprobs=1)
+    server.style = "late"
+    original = server.late_choice
+    server.late_choice = lambda i, p, n: {**original(i, p, n), "logprobs": {
+        **original(i, p, n)["logprobs"], "top_logprobs": [None] + [{"zzz": -0.1}] * (len(tokenize(p)) - 1)}}
+    with pytest.raises(ModelError, match=r"not among the 1 top log-probs.*shifted_top_logprobs") as info:
+        scorer.logprobs(demos=DEMOS, queries=QUERIES[:1])
+    assert "\n" not in str(info.value)
 
 
 def test_max_concurrency_is_respected(serve) -> None:
@@ -535,7 +585,8 @@ def test_api_key_is_sent_but_never_shown(serve, tmp_path: Path, monkeypatch: pyt
         for text in (scorer.fingerprint, repr(scorer), str(scorer), repr(vars(scorer))):
             assert "SECRET" not in text
         assert scorer.fingerprint == f"openai:{server.url}:{MODEL}:direct:0"
-        for faults, kwargs in ((["401echo"], {}), (["malformed"], {}), (["500"] * 2, {"max_retries": 1, "batch_size": 1})):
+        for faults, kwargs in ((["401echo"], {}), (["malformed"], {}),
+                               (["500"] * 2, {"max_retries": 1, "batch_size": 1})):
             server.faults = list(faults)
             with pytest.raises(ModelError) as info:
                 scorer_for(server, api_key=SECRET, **kwargs).logprobs(demos=DEMOS, queries=[QUERIES[0], DEMOS[0]])
