@@ -58,6 +58,9 @@ class ScoreCache:
         self.hits = 0
         self.misses = 0
         self._memo: dict[str, np.ndarray] = {}
+        #: When a list, every stored ``(key, vector)`` is also appended here (a Ray worker hands these back
+        #: to the driver, whose cache then holds them even when the worker's disk is another machine's).
+        self.journal: list[tuple[str, np.ndarray]] | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
@@ -107,6 +110,13 @@ class ScoreCache:
             raise CacheError(f"cannot write score cache {str(self.path)!r} ({exc})") from None
         for k, v in items:
             self._remember(k, v.copy())
+        if self.journal is not None:
+            self.journal.extend(items)
+
+    def take_journal(self) -> list[tuple[str, np.ndarray]]:
+        """The entries stored since the last call (journal on), emptying it."""
+        out, self.journal = (self.journal or []), ([] if self.journal is not None else None)
+        return out
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM scores").fetchone()[0])

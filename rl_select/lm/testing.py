@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,3 +96,12 @@ class CachedToyScorer(CachedScorer):
 
     def _compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
         return self.toy.logprobs(demos=demos, queries=queries)
+
+
+def toy_scorer_factory(cfg: Any) -> Callable[[TaskSpec], CachedScorer]:
+    """Like :func:`rl_select.experiments.harness.scorer_factory`, with :class:`CachedToyScorer` for the LM
+    (tests of executors: picklable by reference, so Ray workers can build it)."""
+    from rl_select.experiments.harness import open_cache
+
+    cache = open_cache(cfg.cache)
+    return lambda spec: CachedToyScorer(spec, cache=cache)
