@@ -88,6 +88,11 @@ CalOpt = Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help=
 ModeOpt = Annotated[str | None, typer.Option(help="direct | channel.")]
 CacheOpt = Annotated[str | None, typer.Option(help="Score cache file ('none' disables; default ~/.cache/rl_select).")]
 OutOpt = Annotated[str | None, typer.Option(help="Parent folder of run folders.")]
+ExecutorOpt = Annotated[str | None, typer.Option(
+    help="local (in process) | ray (units on Ray actors; same results, store and cache).")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    help="Ray cluster: auto | ray://host:10001 (default $RL_SELECT_RAY_ADDRESS, $RAY_ADDRESS, else a local Ray).")]
+WorkersOpt = Annotated[int | None, typer.Option(help="Ray actors (each loads the LM).")]
 PolicyOpt = Annotated[str | None, typer.Option(
     help="Trained policies (.safetensors, comma-separated) to add as selectors 'policy:<agent>'.")]
 
@@ -115,15 +120,22 @@ def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
         demos = demos(data)
         cfg.k = len(demos)
     check_plan(cfg, data, demos=demos)  # bad input fails here, before the model loads
+    if cfg.executor == "ray" and demos is not None:
+        raise ConfigError("--demos runs in process; drop --executor ray")
     run = RunDir.create(cfg, command)
     console.print(f"run folder: {run.path}")
-    with console.status(f"loading model {cfg.model!r} ..."):
-        scorer = build_scorer(cfg, data.spec)
-    console.print(
-        f"model {cfg.model} ({cfg.backend}, {str(getattr(scorer, 'dtype', '-')).removeprefix('torch.')}, "
-        f"{getattr(scorer, 'device', cfg.base_url or '-')}); "
-        f"task {data.spec.name}: train {len(data.train)}, test {len(data.test)}"
-    )
+    scorer = None
+    if cfg.executor == "ray":
+        console.print(f"executor: Ray, {cfg.workers} workers, each loading {cfg.model!r}; "
+                      f"task {data.spec.name}: train {len(data.train)}, test {len(data.test)}")
+    else:
+        with console.status(f"loading model {cfg.model!r} ..."):
+            scorer = build_scorer(cfg, data.spec)
+        console.print(
+            f"model {cfg.model} ({cfg.backend}, {str(getattr(scorer, 'dtype', '-')).removeprefix('torch.')}, "
+            f"{getattr(scorer, 'device', cfg.base_url or '-')}); "
+            f"task {data.spec.name}: train {len(data.train)}, test {len(data.test)}"
+        )
     n_jobs = len(cfg.seeds) * (1 if demos is not None else len(cfg.selectors))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -134,20 +146,26 @@ def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
             progress.update(bar, advance=1, description=f"{row['selector']} seed {row['seed']}: "
                             f"test {100 * row['test_acc']:.1f}")
 
-        rows = run_grid(cfg, data, scorer, on_row=on_row, demos=demos, label=label)
+        if scorer is None:
+            from rl_select.experiments.distributed import run_grid_ray
+
+            rows, stats, fingerprint = run_grid_ray(cfg, address=cfg.ray_address or None, workers=cfg.workers,
+                                                    on_row=on_row)
+            cache_info = {"path": cfg.cache or "default", "hits": stats.cache_hits, "misses": stats.cache_misses}
+        else:
+            rows = run_grid(cfg, data, scorer, on_row=on_row, demos=demos, label=label)
+            stats, fingerprint, cache = scorer.stats, scorer.fingerprint, scorer.cache
+            cache_info = None if cache is None else {"path": str(cache.path), "hits": cache.hits,
+                                                     "misses": cache.misses}
     summary = summarise(rows)
-    cache = scorer.cache
-    extra = {
-        "config": cfg.to_dict(), "lm_calls": scorer.stats.as_dict(),
-        "cache": None if cache is None else {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses},
-        "model_fingerprint": scorer.fingerprint,
-    }
+    extra = {"config": cfg.to_dict(), "lm_calls": stats.as_dict(), "cache": cache_info,
+             "model_fingerprint": fingerprint}
     run.finish(summary, extra)
     title = (f"{data.spec.name}, k={cfg.k}, pool {cfg.n_pool}, val {cfg.n_val}, test {rows[0]['n_test']}, "
              f"seeds {cfg.seeds}, {cfg.model}{' calibrated' if cfg.calibrate else ''}")
     plot_summary(summary, rows, run.path / "test_accuracy.png", title)
     out.print(summary_table(summary, title))
-    s = scorer.stats
+    s = stats
     out.print(
         f"LM: {s.queries} query rows ({s.cache_hits} cache hits, {s.cache_misses} misses), "
         f"{s.prefix_forwards} prefixes, {s.forward_tokens} tokens, {s.seconds:.1f} s in the LM"
@@ -180,6 +198,7 @@ def baselines_cmd(
     out_dir: Annotated[str | None, typer.Option("--out", help="Parent folder of run folders.")] = None,
     selectors: Annotated[str | None, typer.Option(help="Comma-separated selector names.")] = None,
     policy: PolicyOpt = None, backend: BackendOpt = None, base_url: BaseUrlOpt = None,
+    executor: ExecutorOpt = None, ray_address: RayAddressOpt = None, workers: WorkersOpt = None,
 ) -> None:
     """Every baseline selector on a task over seeds: a table, saved as CSV/JSON (+ a plot) in a run folder."""
     from rl_select.experiments.config import load_config
@@ -187,7 +206,8 @@ def baselines_cmd(
     cfg = load_config(config, dict(
         task=task, data=data, model=model, dtype=dtype, k=k, seeds=_seeds(seeds), n_pool=n_pool, n_val=n_val,
         n_test=n_test, calibrate=calibrate, mode=mode, cache=cache, out=out_dir, selectors=_names(selectors),
-        policy=policy, backend=backend, base_url=base_url,
+        policy=policy, backend=backend, base_url=base_url, executor=executor, ray_address=ray_address,
+        workers=workers,
     ))
     _run(cfg, "baselines")
 
@@ -201,6 +221,7 @@ def evaluate_cmd(
     out_dir: Annotated[str | None, typer.Option("--out", help="Parent folder of run folders.")] = None,
     selector: Annotated[str | None, typer.Option(help="A selector name (see `baselines`).")] = None,
     policy: PolicyOpt = None, backend: BackendOpt = None, base_url: BaseUrlOpt = None,
+    executor: ExecutorOpt = None, ray_address: RayAddressOpt = None, workers: WorkersOpt = None,
     demos: Annotated[str | None, typer.Option(
         help="Explicit ordered demos: a JSONL/CSV file of examples, or comma-separated row numbers of the "
              "train file (1-based, as in uids 'train.jsonl:N').")] = None,
@@ -214,7 +235,7 @@ def evaluate_cmd(
         task=task, data=data, model=model, dtype=dtype, k=k, seeds=_seeds(seeds), n_pool=n_pool, n_val=n_val,
         n_test=n_test, calibrate=calibrate, mode=mode, cache=cache, out=out_dir,
         selectors=[selector] if selector else ([] if policy else None), policy=policy, backend=backend,
-        base_url=base_url,
+        base_url=base_url, executor=executor, ray_address=ray_address, workers=workers,
     ))
     if demos is None:
         _run(cfg, "evaluate")
@@ -281,6 +302,8 @@ def collect_cmd(
     n_candidates: NCandOpt = None, feature_set: FeatOpt = None, reward: RewardOpt = None,
     allow_stop: StopOpt = None, episodes: EpisodesOpt = None, store: StoreOpt = None, calibrate: CalOpt = None,
     cache: CacheOpt = None, out_dir: Annotated[str | None, typer.Option("--out")] = None,
+    backend: BackendOpt = None, base_url: BaseUrlOpt = None,
+    executor: ExecutorOpt = None, ray_address: RayAddressOpt = None, workers: WorkersOpt = None,
 ) -> None:
     """Random-policy rollouts of the selection MDP into a store (resumable: rerun to continue)."""
     import time
@@ -290,13 +313,26 @@ def collect_cmd(
     cfg = _rl_config(config, task=task, train_tasks=train_tasks, data=data, model=model, dtype=dtype, k=k,
                      n_val=n_val, seeds=seeds, n_candidates=n_candidates, feature_set=feature_set, reward=reward,
                      allow_stop=allow_stop, episodes=episodes, store=store, calibrate=calibrate, cache=cache,
-                     out=out_dir)
-    task_envs = _task_envs(cfg)
+                     out=out_dir, backend=backend, base_url=base_url, executor=executor, ray_address=ray_address,
+                     workers=workers)
+    n_tasks = len(cfg.train_tasks or [cfg.task])
     t0 = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
-        job = bar.add_task("episodes", total=cfg.episodes * len(task_envs))
-        reports = collect_rollouts(cfg, task_envs, progress=lambda text: bar.update(job, advance=1, description=text))
+    if cfg.executor == "ray":
+        from rl_select.experiments.distributed import collect_rollouts_ray
+
+        _quiet_libraries()
+        console.print(f"executor: Ray, {cfg.workers} workers, each loading {cfg.model!r}")
+        with Progress(*columns, console=console) as bar:
+            job = bar.add_task("episodes (starting workers)", total=cfg.episodes * n_tasks)
+            reports = collect_rollouts_ray(cfg, address=cfg.ray_address or None, workers=cfg.workers,
+                                           progress=lambda text: bar.update(job, advance=1, description=text))
+    else:
+        task_envs = _task_envs(cfg)
+        with Progress(*columns, console=console) as bar:
+            job = bar.add_task("episodes", total=cfg.episodes * n_tasks)
+            reports = collect_rollouts(cfg, task_envs,
+                                       progress=lambda text: bar.update(job, advance=1, description=text))
     table = Table(title=f"rollouts ({time.perf_counter() - t0:.0f} s)")
     for col in ("task", "store", "episodes", "new", "LM queries", "misses", "forward tokens", "LM sec"):
         table.add_column(col)
@@ -317,6 +353,7 @@ def train_cmd(
     train_steps: Annotated[int | None, typer.Option(help="Gradient steps (offline) / env steps (dqn).")] = None,
     hidden: Annotated[str | None, typer.Option(help="Q-network hidden widths, e.g. 64,64.")] = None,
     cache: CacheOpt = None, out_dir: Annotated[str | None, typer.Option("--out")] = None,
+    backend: BackendOpt = None, base_url: BaseUrlOpt = None,
 ) -> None:
     """Train an agent; export the policy (policy.safetensors) and a learning curve into a run folder."""
     import time
@@ -327,7 +364,8 @@ def train_cmd(
     cfg = _rl_config(config, task=task, train_tasks=train_tasks, data=data, model=model, dtype=dtype, k=k,
                      n_val=n_val, seeds=seeds, agent=agent, n_candidates=n_candidates, feature_set=feature_set,
                      reward=reward, allow_stop=allow_stop, episodes=episodes, store=store, calibrate=calibrate,
-                     train_steps=train_steps, hidden=hidden, cache=cache, out=out_dir)
+                     train_steps=train_steps, hidden=hidden, cache=cache, out=out_dir, backend=backend,
+                     base_url=base_url)
     task_envs = _task_envs(cfg, fixed_pool=cfg.agent == "tabular")
     run = RunDir.create(cfg, f"train-{cfg.agent}")
     console.print(f"run folder: {run.path}")

@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rl_select.experiments.config import RunConfig
@@ -109,3 +110,43 @@ def test_unreachable_cluster_is_one_clear_line(monkeypatch) -> None:
     assert resolve_address(None) == "ray://127.0.0.1:1" and resolve_address("auto") == "auto"
     with pytest.raises(ConfigError, match="workers=0"):
         init_ray(None, 0)
+
+
+@pytest.mark.model
+def test_cli_collect_and_baselines_on_ray_with_the_real_model(local_ray, data_root: Path, tmp_path: Path) -> None:
+    """`rl-select collect/baselines --executor ray`: two actors each load SmolLM2; the store and the table
+    match the in-process run (actions exactly; LM numbers to float noise)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from agents.rollouts import RolloutStore
+    from rl_select.cli import app
+
+    common = ["--task", "sst2", "--data", str(data_root / "sst2"), "--k", "2", "--n-val", "4", "--seeds", "0",
+              "--n-candidates", "4", "--episodes", "3", "--out", str(tmp_path / "runs")]
+    stores = {}
+    for executor in ("local", "ray"):
+        store = tmp_path / f"{executor}.jsonl"
+        res = CliRunner().invoke(app, ["collect", *common, "--store", str(store), "--executor", executor,
+                                       "--workers", "2", "--cache", str(tmp_path / f"{executor}.sqlite")])
+        assert res.exit_code == 0, res.output
+        stores[executor] = RolloutStore(store).load()
+    for a, b in zip(stores["local"], stores["ray"], strict=True):
+        assert (a.actions, a.chosen, a.env_seed) == (b.actions, b.chosen, b.env_seed)
+        np.testing.assert_allclose(a.rewards, b.rewards, atol=1e-6)
+        np.testing.assert_allclose(a.states, b.states, atol=1e-4)
+        np.testing.assert_allclose(a.candidates, b.candidates, atol=1e-4)
+    summaries = {}
+    for executor in ("local", "ray"):
+        res = CliRunner().invoke(app, [
+            "baselines", "--task", "sst2", "--data", str(data_root / "sst2"), "--k", "2", "--n-pool", "4",
+            "--n-val", "4", "--n-test", "8", "--seeds", "0,1", "--selectors", "zero_shot,random",
+            "--executor", executor, "--cache", str(tmp_path / f"b-{executor}.sqlite"),
+            "--out", str(tmp_path / f"runs-{executor}")])
+        assert res.exit_code == 0, res.output
+        run = next((tmp_path / f"runs-{executor}").iterdir())
+        doc = json.loads((run / "results.json").read_text())
+        summaries[executor] = [(r["selector"], r["seed"], r["test_acc"], r["demos"]) for r in doc["rows"]]
+        assert doc["config"]["executor"] == executor and doc["lm_calls"]["queries"] > 0
+    assert summaries["ray"] == summaries["local"]

@@ -58,6 +58,11 @@ class RunConfig:
         train_tasks: Tasks to train on at once (transfer); empty: ``[task]``.
         store: Rollout store path (``""``: ``<out>/rollouts/<task>-<env settings>.jsonl``).
         policy: A trained ``.safetensors`` policy; ``evaluate``/``baselines`` add it as selector ``policy``.
+        executor: ``local`` (in process) or ``ray`` (collection and evaluation units on Ray actors, each with
+            its own LM; same results, same store and cache).
+        ray_address: Ray cluster to join (``auto``, ``ray://host:10001``); empty: ``$RL_SELECT_RAY_ADDRESS``,
+            ``$RAY_ADDRESS``, else a local Ray with ``workers`` CPUs.
+        workers: Ray actors.
     """
 
     task: str = "sst2"
@@ -97,6 +102,9 @@ class RunConfig:
     train_tasks: list[str] = field(default_factory=list)
     store: str = ""
     policy: str = ""
+    executor: str = "local"
+    ray_address: str = ""
+    workers: int = 2
 
     def validate(self) -> RunConfig:
         """Check values; raise :class:`ConfigError` naming the bad one."""
@@ -120,7 +128,9 @@ class RunConfig:
             raise ConfigError(f"reward={self.reward!r}; expected 'marginal' or 'terminal'")
         if self.agent not in ("tabular", "dqn", "offline"):
             raise ConfigError(f"agent={self.agent!r}; expected 'tabular', 'dqn' or 'offline'")
-        for name in ("episodes", "train_steps", "train_pool"):
+        if self.executor not in ("local", "ray"):
+            raise ConfigError(f"executor={self.executor!r}; expected 'local' or 'ray'")
+        for name in ("episodes", "train_steps", "train_pool", "workers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r}; expected a positive integer")
         return self

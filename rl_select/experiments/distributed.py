@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rl_select.errors import ConfigError
+from rl_select.errors import ConfigError, ModelError
 from rl_select.experiments.config import RunConfig
 from rl_select.lm.base import CachedScorer, ScorerStats
 from rl_select.tasks import TaskSpec
@@ -186,9 +186,17 @@ class RayPool:
         while busy:
             done, _ = ray.wait(list(busy), num_returns=1)
             actor = busy.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:  # the worker's own error, without Ray's wrapping
+                cause = getattr(exc, "cause", None)
+                raise (cause if isinstance(cause, Exception) else ModelError(f"a Ray worker failed: {exc}")) from None
+            except ray.exceptions.RayActorError as exc:
+                raise ModelError(f"a Ray worker died ({type(exc).__name__}); finished units are kept, rerun to "
+                                 f"continue") from None
             if todo:
                 busy[actor.run.remote(*todo.pop())] = actor
-            yield ray.get(done[0])
+            yield result
 
     def close(self) -> None:
         import ray
@@ -220,9 +228,13 @@ def collect_rollouts_ray(
     """
     from agents.pipeline import store_path
     from agents.rollouts import Episode, RolloutStore
+    from rl_select.data import load_task
     from rl_select.experiments.harness import open_cache, resolve_spec
 
-    tasks = [resolve_spec(t).name for t in (cfg.train_tasks or [cfg.task])]
+    specs = [resolve_spec(t) for t in (cfg.train_tasks or [cfg.task])]
+    for spec in specs:  # bad input fails here, before Ray starts
+        load_task(spec, data=cfg.data if spec.name == resolve_spec(cfg.task).name else None)
+    tasks = [spec.name for spec in specs]
     stores = [RolloutStore(store_path(cfg, t)) for t in tasks]
     starts = [s.resume() for s in stores]
     for store, start in zip(stores, starts):
