@@ -539,6 +539,65 @@ def bench_scorer_cmd(
         json_out.write_text(json.dumps(res, indent=2))
 
 
+@bench_app.command("scale")
+@_friendly
+def bench_scale_cmd(
+    task: Annotated[str, typer.Option(help="Task.")] = "sst2",
+    data: DataOpt = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Demonstrations per prompt (both parts).")] = 2,
+    n_queries: Annotated[int, typer.Option(help="Queries scored by both backends.")] = 8,
+    n_val: Annotated[int, typer.Option(help="Reward-validation rows of the rollout env.")] = 16,
+    n_candidates: Annotated[int, typer.Option(help="Candidates per rollout episode.")] = 8,
+    episodes: Annotated[int, typer.Option(help="Rollout episodes per executor.")] = 8,
+    workers: Annotated[str, typer.Option(help="Ray worker counts to time, comma-separated.")] = "1,2",
+    skip_server: Annotated[bool, typer.Option("--skip-server", help="Only the executors part.")] = False,
+    skip_ray: Annotated[bool, typer.Option("--skip-ray", help="Only the backends part.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+) -> None:
+    """Server backend vs HF backend on the same prompts, and rollout collection on Ray (1, 2 workers) vs in process."""
+    from rl_select.experiments.bench_scale import bench_backends, bench_executors
+    from rl_select.experiments.config import RunConfig
+    from rl_select.experiments.harness import resolve_spec
+
+    _quiet_libraries()
+    res: dict[str, Any] = {}
+    if not skip_server:
+        with console.status("backends: HF in process, then the llama-cpp-python server ...") as status:
+            b = bench_backends(spec=resolve_spec(task), data=data, k=k, n_queries=n_queries,
+                               progress=lambda s: status.update(s))
+        res["backends"] = b
+        table = Table(title=f"label scoring, same prompts: {b['task']}, k={b['k']}, {b['n_prompts']} prompts "
+                            f"({b['prompt_tokens']} prompt tokens), caches off")
+        for col in ("backend", "seconds", "prompts/s", "prompt tokens/s"):
+            table.add_column(col, justify="right" if col != "backend" else "left")
+        table.add_row(f"HF in process ({b['hf_dtype']})", f"{b['hf_seconds']:.2f}",
+                      f"{b['hf_prompts_per_s']:.1f}", f"{b['hf_prompt_tokens_per_s']:.0f}")
+        table.add_row(f"llama-cpp-python server ({b['server_threads']} thr.)",
+                      f"{b['server_seconds']:.2f}", f"{b['server_prompts_per_s']:.2f}",
+                      f"{b['server_prompt_tokens_per_s']:.0f}")
+        out.print(table)
+        out.print(f"HF / server throughput: {b['hf_speedup_over_server']:.1f}x; prediction agreement "
+                  f"{100 * b['agreement']:.1f}%, mean |log-prob difference| {b['mean_abs_logprob_diff']:.3f} nats")
+    if not skip_ray:
+        cfg = RunConfig(task=task, data=data, k=k, n_val=n_val, n_candidates=n_candidates, episodes=episodes,
+                        seeds=[0]).validate()
+        counts = tuple(int(w) for w in workers.split(",") if w.strip())
+        with console.status("executors: in process, then Ray ...") as status:
+            e = bench_executors(cfg, workers=counts, progress=lambda s: status.update(s))
+        res["executors"] = e
+        table = Table(title=f"rollout collection: {e['task']}, k={e['k']}, N={e['n_candidates']}, val {e['n_val']}, "
+                            f"{e['episodes']} episodes, caches off (1 CPU per Ray worker)")
+        for col in ("executor", "wall s", "1st episode", "episodes/s", "ep/s after 1st", "vs local", "same"):
+            table.add_column(col, justify="left" if col == "executor" else "right")
+        for r in e["rows"]:
+            table.add_row(r["executor"], f"{r['seconds']:.1f}", f"{r['first_episode_s']:.1f} s",
+                          f"{r['episodes_per_s']:.3f}", f"{r['episodes_per_s_after_first']:.3f}",
+                          f"{r['speedup_vs_in_process']:.2f}x", "yes" if r["same_episodes"] else "NO")
+        out.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(res, indent=2))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

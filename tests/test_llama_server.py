@@ -261,3 +261,20 @@ def test_a_slow_answer_is_waited_out_or_retried(proxy, short_rows) -> None:
     np.testing.assert_allclose(hasty.logprobs(demos=demos, queries=queries[:1]), first, atol=1e-6)
     assert hasty.retries == 1
     json.dumps(hasty.stats.as_dict())  # the counters stay plain numbers
+
+
+def test_cli_evaluate_against_the_real_server_then_from_cache(llama_server, data_root: Path, tmp_path: Path) -> None:
+    """`rl-select evaluate --backend openai` against llama-cpp-python; the rerun is served by the cache."""
+    from typer.testing import CliRunner
+
+    from rl_select.cli import app
+
+    args = ["evaluate", "--backend", "openai", "--base-url", llama_server.url, "--model", ALIAS, "--selector",
+            "random", "--task", "sst2", "--data", str(data_root / "sst2"), "--k", "1", "--n-pool", "4", "--n-val",
+            "2", "--n-test", "3", "--seeds", "0", "--cache", str(tmp_path / "c.sqlite"), "--out", str(tmp_path / "r")]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "5 misses" in first.output  # 2 val + 3 test rows asked of the server
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "0 misses" in second.output and "5 cache hits" in second.output
