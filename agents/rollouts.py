@@ -335,21 +335,30 @@ def collect(
         The number of episodes written by this call.
     """
     start = store.resume()
-    if start:
-        last = None
-        for ep in store.episodes():
-            last = ep
-        assert last is not None
-        if last.seed != [int(seed), start - 1] or last.policy != policy:
-            raise DataError(
-                f"rollout store {str(store.path)!r} holds episodes of seed {last.seed[0]} / policy {last.policy!r}; "
-                f"asked for seed {seed} / policy {policy!r} (use another path)"
-            )
+    check_continues(store, start, seed, policy)
     for i in range(start, n_episodes):
         store.append(run_logged_episode(env, index=i, seed=seed, choose=choose, policy=policy))
         if progress is not None:
             progress(i)
     return max(0, n_episodes - start)
+
+
+def check_continues(store: RolloutStore, start: int, seed: int, policy: str) -> None:
+    """Refuse to append to a store whose last episode (of ``start``) is not ``[seed, start - 1]`` by ``policy``.
+
+    Raises:
+        DataError: naming the store, what it holds and what was asked.
+    """
+    if not start:
+        return
+    last = None
+    for ep in store.episodes():
+        last = ep
+    if last is not None and (last.seed != [int(seed), start - 1] or last.policy != policy):
+        raise DataError(
+            f"rollout store {str(store.path)!r} holds episodes of seed {last.seed[0]} / policy {last.policy!r}; "
+            f"asked for seed {seed} / policy {policy!r} (use another path)"
+        )
 
 
 def collect_random(env: Any, store: RolloutStore, n_episodes: int, seed: int) -> int:

@@ -150,3 +150,31 @@ def test_cli_collect_and_baselines_on_ray_with_the_real_model(local_ray, data_ro
         summaries[executor] = [(r["selector"], r["seed"], r["test_acc"], r["demos"]) for r in doc["rows"]]
         assert doc["config"]["executor"] == executor and doc["lm_calls"]["queries"] > 0
     assert summaries["ray"] == summaries["local"]
+
+
+def test_store_of_another_seed_is_refused_before_ray_starts(local_ray, data_root: Path, tmp_path: Path) -> None:
+    from rl_select.errors import DataError
+    from rl_select.experiments.distributed import collect_rollouts_ray
+    from rl_select.lm.testing import toy_scorer_factory
+
+    cfg = _cfg(data_root, tmp_path, "ray", episodes=2)
+    collect_rollouts_ray(cfg, workers=1, factory=toy_scorer_factory)
+    other = _cfg(data_root, tmp_path, "ray", episodes=4, seeds=[1])
+    with pytest.raises(DataError, match="holds episodes of seed 0"):
+        collect_rollouts_ray(other, workers=1, factory=toy_scorer_factory)
+
+
+def test_a_worker_error_surfaces_as_the_original_one_line_error(local_ray, data_root: Path, tmp_path: Path) -> None:
+    from rl_select.errors import ModelError
+    from rl_select.experiments.distributed import collect_rollouts_ray
+
+    def broken(cfg):  # a nested function: Ray ships it by value
+        from rl_select.errors import ModelError
+
+        raise ModelError("no model 'nope' on this worker; expected a folder or hub id")
+
+    cfg = _cfg(data_root, tmp_path, "ray", episodes=2)
+    with pytest.raises(ModelError, match="^no model 'nope' on this worker") as info:
+        collect_rollouts_ray(cfg, workers=1, factory=broken)
+    assert "\n" not in str(info.value)
+    assert not Path(cfg.store).exists()

@@ -124,8 +124,13 @@ class EpisodeWorker:
         from agents.pipeline import build_task_envs
 
         _enter(context, threads)
-        config = RunConfig(**cfg)
-        self.task_envs = build_task_envs(config, factory(config))
+        self.init_error: Exception | None = None
+        try:  # an error here is re-raised by run(), where Ray hands the original exception to the driver
+            config = RunConfig(**cfg)
+            self.task_envs = build_task_envs(config, factory(config))
+        except Exception as exc:  # noqa: BLE001
+            self.init_error = exc
+            return
         for te in self.task_envs:
             _journal_on(te.scorer)
 
@@ -133,6 +138,8 @@ class EpisodeWorker:
         """Episode ``index`` of task ``task``: ``(task, index, store line, new cache entries, LM spend)``."""
         from agents.rollouts import random_valid_action, run_logged_episode
 
+        if self.init_error is not None:
+            raise self.init_error
         te = self.task_envs[task]
         before = te.scorer.stats.copy()
         ep = run_logged_episode(te.env, index=index, seed=seed, choose=random_valid_action, policy="random")
@@ -146,16 +153,23 @@ class EvalWorker:
         from rl_select.experiments.harness import TaskData, make_jobs
 
         _enter(context, threads)
-        self.cfg = RunConfig(**cfg)
-        self.data = TaskData.load(self.cfg)
-        self.scorer = factory(self.cfg)(self.data.spec)
-        self.jobs = dict(make_jobs(self.cfg))
+        self.init_error: Exception | None = None
+        try:  # re-raised by run(), as in EpisodeWorker
+            self.cfg = RunConfig(**cfg)
+            self.data = TaskData.load(self.cfg)
+            self.scorer = factory(self.cfg)(self.data.spec)
+            self.jobs = dict(make_jobs(self.cfg))
+        except Exception as exc:  # noqa: BLE001
+            self.init_error = exc
+            return
         _journal_on(self.scorer)
 
     def run(self, seed: int, name: str) -> tuple[dict[str, Any], list[tuple[str, bytes]], dict[str, float], str]:
         """One result row, the new cache entries, the LM spend and the scorer fingerprint."""
         from rl_select.experiments.harness import run_one
 
+        if self.init_error is not None:
+            raise self.init_error
         before = self.scorer.stats.copy()
         row = run_one(name, self.jobs[name], self.scorer, self.data.splits(self.cfg, seed), k=self.cfg.k, seed=seed)
         return row, _take([self.scorer]), (self.scorer.stats - before).as_dict(), self.scorer.fingerprint
@@ -227,7 +241,7 @@ def collect_rollouts_ray(
         Per-task reports like :func:`agents.pipeline.collect_rollouts` (store, episodes, written, LM spend).
     """
     from agents.pipeline import store_path
-    from agents.rollouts import Episode, RolloutStore
+    from agents.rollouts import Episode, RolloutStore, check_continues
     from rl_select.data import load_task
     from rl_select.experiments.harness import open_cache, resolve_spec
 
@@ -238,7 +252,7 @@ def collect_rollouts_ray(
     stores = [RolloutStore(store_path(cfg, t)) for t in tasks]
     starts = [s.resume() for s in stores]
     for store, start in zip(stores, starts):
-        _check_store(store, start, cfg.seeds[0])
+        check_continues(store, start, cfg.seeds[0], "random")
     units = [(t, i, cfg.seeds[0]) for t, start in enumerate(starts) for i in range(start, cfg.episodes)]
     spent = [ScorerStats() for _ in tasks]
     if units:
@@ -265,18 +279,6 @@ def collect_rollouts_ray(
     return [{"task": t, "store": str(s.path), "episodes": len(s), "written": max(0, cfg.episodes - start),
              **{f"lm_{k}": v for k, v in sp.as_dict().items()}}
             for t, s, start, sp in zip(tasks, stores, starts, spent)]
-
-
-def _check_store(store: Any, start: int, seed: int) -> None:
-    from rl_select.errors import DataError
-
-    if start:
-        last = None
-        for ep in store.episodes():
-            last = ep
-        if last is not None and (last.seed != [int(seed), start - 1] or last.policy != "random"):
-            raise DataError(f"rollout store {str(store.path)!r} holds episodes of seed {last.seed[0]} / policy "
-                            f"{last.policy!r}; asked for seed {seed} / policy 'random' (use another path)")
 
 
 def run_grid_ray(
