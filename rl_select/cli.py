@@ -97,6 +97,13 @@ PolicyOpt = Annotated[str | None, typer.Option(
     help="Trained policies (.safetensors, comma-separated) to add as selectors 'policy:<agent>'.")]
 
 
+def _worker_lm(cfg) -> str:
+    """How each Ray worker gets its LM, for the start-up line."""
+    if cfg.backend == "openai":
+        return f"each a client of {cfg.base_url or '$RL_SELECT_BASE_URL'} ({cfg.model})"
+    return f"each loading {cfg.model!r}"
+
+
 def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
     """Load data and model, run the grid with a progress bar, write the run folder, print the table."""
     from rl_select.experiments.harness import TaskData, build_scorer, check_plan, run_grid, summarise
@@ -126,7 +133,7 @@ def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
     console.print(f"run folder: {run.path}")
     scorer = None
     if cfg.executor == "ray":
-        console.print(f"executor: Ray, {cfg.workers} workers, each loading {cfg.model!r}; "
+        console.print(f"executor: Ray, {cfg.workers} workers, {_worker_lm(cfg)}; "
                       f"task {data.spec.name}: train {len(data.train)}, test {len(data.test)}")
     else:
         with console.status(f"loading model {cfg.model!r} ..."):
@@ -322,7 +329,7 @@ def collect_cmd(
         from rl_select.experiments.distributed import collect_rollouts_ray
 
         _quiet_libraries()
-        console.print(f"executor: Ray, {cfg.workers} workers, each loading {cfg.model!r}")
+        console.print(f"executor: Ray, {cfg.workers} workers, {_worker_lm(cfg)}")
         with Progress(*columns, console=console) as bar:
             job = bar.add_task("episodes (starting workers)", total=cfg.episodes * n_tasks)
             reports = collect_rollouts_ray(cfg, address=cfg.ray_address or None, workers=cfg.workers,

@@ -30,6 +30,7 @@ from rl_select.lm.openai_compat import (
     NO_PROMPT_LOGPROBS,
     SHIFT_PROBE,
     SHIFTED_TOP_LOGPROBS,
+    SHIFTED_TOP_LOGPROBS_RETRY,
     OpenAICompletionsScorer,
     echo_continuation,
     split_base_url,
@@ -125,6 +126,7 @@ class FakeServer:
                  single: bool = False) -> None:
         self.style = style
         self.single = single
+        self.late_rank = 1  # "late" style: the rank of every next token (outside the top n when n < this)
         self.bos = bos
         self.delay = delay
         self.port = port
@@ -191,6 +193,8 @@ class FakeServer:
             lps.append(token_logprob(prompt[:end], tokens[i]))  # the wrong (late) number
             nxt = {tokens[i + 1]: token_logprob(prompt[:offsets[i + 1]], tokens[i + 1])} if i + 1 < len(toks) \
                 else {GENERATED: 0.0}  # greedy next token: the top-1 after the prompt
+            if top_n < self.late_rank and i + 1 < len(toks):  # the next token ranks below the top_n asked
+                nxt = {"<other>": -0.01}
             tops.append({**nxt, tokens[i]: lps[-1]} if top_n > 1 else {**nxt})
         return {"index": index, "text": prompt + GENERATED, "finish_reason": "length",
                 "logprobs": {"tokens": tokens, "token_logprobs": lps, "text_offset": offsets, "top_logprobs": tops}}
@@ -403,6 +407,19 @@ def test_a_one_token_late_echo_is_detected_and_read_right(serve, style: str) -> 
     ok = scorer_for(plain)
     ok.logprobs(demos=DEMOS, queries=QUERIES)
     assert ok.style == "echo" and not any(b["prompt"] == [SHIFT_PROBE] for b in plain.bodies)
+
+
+def test_a_late_echo_token_outside_the_top_50_is_asked_again_with_more(serve) -> None:
+    server = serve("late")
+    server.late_rank = 200
+    scorer = scorer_for(server, logprob_style="echo_shifted", batch_size=4)
+    got = scorer.logprobs(demos=DEMOS, queries=QUERIES[:2])
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES[:2]), atol=1e-9)
+    asked = [b["logprobs"] for b in server.bodies]
+    assert asked[0] == SHIFTED_TOP_LOGPROBS and asked[1:] == [SHIFTED_TOP_LOGPROBS_RETRY] * 4  # each prompt again
+    server.late_rank = 5000
+    with pytest.raises(ModelError, match="not among the"):
+        scorer_for(server, logprob_style="echo_shifted").logprobs(demos=DEMOS, queries=QUERIES[2:3])
 
 
 def test_a_late_echo_without_the_token_in_its_top_logprobs_is_a_clear_error(serve) -> None:

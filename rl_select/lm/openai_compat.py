@@ -16,7 +16,8 @@ prompt's own tokens. Two response styles are understood:
   model gives it one position LATE, i.e. from the distribution that predicts the NEXT token
   (abetlen/llama-cpp-python#1983). Its ``top_logprobs[i]`` is therefore the distribution over token
   ``i + 1``, and the true log-prob of a continuation token is read there; the request asks for the top
-  ``shifted_top_logprobs`` entries, and a continuation token outside them is a clear error (never a
+  ``shifted_top_logprobs`` entries; a prompt with a continuation token outside them is asked again
+  alone for the top ``SHIFTED_TOP_LOGPROBS_RETRY``, and a token outside those is a clear error (never a
   silent zero). ``"auto"`` and ``"echo"`` detect this server (the top-1 token at the prompt's last
   position equals the greedy continuation, confirmed by one tiny probe) and switch to this style.
 
@@ -96,6 +97,8 @@ MAX_TOKENS = 1
 ECHO_TOP_LOGPROBS = 1
 #: Top log-probs asked for per token in the ``"echo_shifted"`` style (where continuation log-probs are read).
 SHIFTED_TOP_LOGPROBS = 50
+#: A prompt whose continuation is not among those is asked again, alone, with this many.
+SHIFTED_TOP_LOGPROBS_RETRY = 1000
 #: A prompt whose greedy continuation differs from the token that ends it (" 9" after ","): it tells a
 #: server that echoes log-probs one position late from one that does not.
 SHIFT_PROBE = "1, 2, 3, 4, 5, 6, 7, 8,"
@@ -142,6 +145,10 @@ class _Retryable(Exception):
 
 class _ListRefused(ModelError):
     """A first request with a list of prompts failed the way servers without list support fail."""
+
+
+class _NotInTop(ModelError):
+    """A continuation token outside the top log-probs a late-echo server gave (``"echo_shifted"``)."""
 
 
 class _RejectedStyle(Exception):
@@ -328,7 +335,7 @@ def shifted_echo_continuation(logprobs: Any, prompt: str, n_context: int) -> tup
                              "on this server")
         lp = prev.get(tokens[k])
         if not isinstance(lp, (int, float)):
-            raise ModelError(
+            raise _NotInTop(
                 f"continuation token {tokens[k]!r} is not among the {len(prev)} top log-probs the server gave at its "
                 f"position, and this server (llama-cpp-python) reports no other way to read it; raise "
                 f"shifted_top_logprobs or use a server with correct echo (vLLM)"
@@ -648,7 +655,10 @@ class OpenAICompletionsScorer(CachedScorer):
         said = f" (server said: {'; '.join(reasons)})" if reasons else ""
         raise self._error(NO_PROMPT_LOGPROBS + said)
 
-    def _score_as(self, style: str, batch: list[_Prompt], probe: bool = False) -> list[Score]:
+    def _score_as(self, style: str, batch: list[_Prompt], probe: bool = False, top: int | None = None
+                  ) -> list[Score]:
+        """One request for ``batch`` in ``style``; ``top``: top log-probs asked in ``"echo_shifted"``."""
+        top = top or self.shifted_top_logprobs
         payload: dict[str, Any] = {
             "model": self.model,
             "prompt": [p.text for p in batch],
@@ -658,7 +668,7 @@ class OpenAICompletionsScorer(CachedScorer):
         if style == "echo":
             payload.update(echo=True, logprobs=ECHO_TOP_LOGPROBS)
         elif style == "echo_shifted":
-            payload.update(echo=True, logprobs=self.shifted_top_logprobs)
+            payload.update(echo=True, logprobs=top)
         else:
             payload.update(prompt_logprobs=0)
         choices = self._choices(self._post(payload, probe=probe), len(batch), probe=probe)
@@ -673,7 +683,14 @@ class OpenAICompletionsScorer(CachedScorer):
                         choice.get("logprobs"), p.text, p.n_context, echoed_text=choice.get("text")
                     )
                 elif style == "echo_shifted":
-                    total, n_cont, n_prompt = shifted_echo_continuation(choice.get("logprobs"), p.text, p.n_context)
+                    try:
+                        total, n_cont, n_prompt = shifted_echo_continuation(choice.get("logprobs"), p.text,
+                                                                            p.n_context)
+                    except _NotInTop:
+                        if top >= SHIFTED_TOP_LOGPROBS_RETRY:
+                            raise
+                        (total, n_cont), = self._score_as(style, [p], probe, top=SHIFTED_TOP_LOGPROBS_RETRY)
+                        n_prompt = 0  # counted by that call
                 else:
                     total, n_cont, n_prompt = vllm_continuation(choice.get("prompt_logprobs"), p.text, p.n_context)
             except ModelError as exc:
