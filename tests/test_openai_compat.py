@@ -698,3 +698,17 @@ def test_cli_evaluate_runs_against_the_server(serve, tmp_path: Path, data_root, 
     for run in (tmp_path / "runs").iterdir():
         for f in run.iterdir():
             assert b"SECRET" not in f.read_bytes(), f
+
+
+def test_config_sets_the_request_limits(serve, tmp_path: Path) -> None:
+    from rl_select.errors import ConfigError
+    from rl_select.experiments.config import load_config
+    from rl_select.experiments.harness import scorer_factory
+
+    server = serve("echo")
+    cfg = load_config(None, {"backend": "openai", "base_url": server.url, "model": MODEL, "max_concurrency": 2,
+                             "timeout": 7.5, "max_retries": 1, "cache": "none"})
+    scorer = scorer_factory(cfg)(SPEC)
+    assert (scorer.max_concurrency, scorer.timeout, scorer.max_retries) == (2, 7.5, 1)
+    with pytest.raises(ConfigError, match="max_concurrency=0"):
+        load_config(None, {"max_concurrency": 0})

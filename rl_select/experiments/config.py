@@ -31,6 +31,8 @@ class RunConfig:
             server such as vLLM). The API key is read from ``RL_SELECT_API_KEY`` / ``OPENAI_API_KEY`` only,
             so it never lands in a config file or a run folder.
         base_url: The server for the ``openai`` backend (else ``RL_SELECT_BASE_URL``).
+        max_concurrency / timeout / max_retries: ``openai`` backend: requests in flight at once, seconds
+            allowed per response, retries of a request after a time-out, 429 or 5xx.
         dtype: ``auto`` | ``bf16`` | ``fp32`` | ``fp16``.
         device: ``auto`` | ``cpu`` | ``cuda`` ...
         mode: ``direct`` or ``channel`` scoring.
@@ -70,6 +72,9 @@ class RunConfig:
     model: str = "bundled"
     backend: str = "hf"
     base_url: str = ""
+    max_concurrency: int = 4
+    timeout: float = 60.0
+    max_retries: int = 5
     dtype: str = "auto"
     device: str = "auto"
     mode: str = "direct"
@@ -128,6 +133,11 @@ class RunConfig:
             raise ConfigError(f"reward={self.reward!r}; expected 'marginal' or 'terminal'")
         if self.agent not in ("tabular", "dqn", "offline"):
             raise ConfigError(f"agent={self.agent!r}; expected 'tabular', 'dqn' or 'offline'")
+        if not (isinstance(self.max_concurrency, int) and self.max_concurrency >= 1 and isinstance(
+                self.max_retries, int) and self.max_retries >= 0 and isinstance(self.timeout, (int, float))
+                and self.timeout > 0):
+            raise ConfigError(f"max_concurrency={self.max_concurrency!r}, timeout={self.timeout!r}, max_retries="
+                              f"{self.max_retries!r}; expected max_concurrency >= 1, timeout > 0, max_retries >= 0")
         if self.executor not in ("local", "ray"):
             raise ConfigError(f"executor={self.executor!r}; expected 'local' or 'ray'")
         for name in ("episodes", "train_steps", "train_pool", "workers"):

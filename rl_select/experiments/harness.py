@@ -51,7 +51,8 @@ def scorer_factory(cfg: RunConfig) -> Callable[[TaskSpec], CachedScorer]:
         return lambda spec: OpenAICompletionsScorer(
             spec, base_url=cfg.base_url or None, model=None if cfg.model == "bundled" else cfg.model,
             mode=cfg.mode, length_norm=cfg.length_norm, calibrate=cfg.calibrate, cache=cache,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.batch_size, max_concurrency=cfg.max_concurrency, timeout=cfg.timeout,
+            max_retries=cfg.max_retries,
         )
     from rl_select.lm.hf import HFScorer, load_causal_lm
 
