@@ -178,3 +178,29 @@ def test_a_worker_error_surfaces_as_the_original_one_line_error(local_ray, data_
         collect_rollouts_ray(cfg, workers=1, factory=broken)
     assert "\n" not in str(info.value)
     assert not Path(cfg.store).exists()
+
+
+def test_ray_workers_as_clients_of_a_server_give_the_in_process_rows(local_ray, data_root: Path,
+                                                                     tmp_path: Path) -> None:
+    """--backend openai with --executor ray: each actor is a light client of the same server."""
+    from test_openai_compat import MODEL, FakeServer
+
+    from rl_select.experiments.distributed import run_grid_ray
+    from rl_select.experiments.harness import TaskData, run_grid, scorer_factory
+
+    server = FakeServer("echo").start()
+    try:
+        opts = dict(backend="openai", base_url=server.url, model=MODEL, seeds=[0, 1],
+                    selectors=["zero_shot", "random"])
+        local = _cfg(data_root, tmp_path, "local", **opts)
+        data = TaskData.load(local)
+        rows = run_grid(local, data, scorer_factory(local)(data.spec))
+        asked = server.requests
+        remote = _cfg(data_root, tmp_path, "ray", **opts)
+        got, spent, fingerprint = run_grid_ray(remote, workers=2)
+        assert [(r["selector"], r["seed"], r["test_acc"], r["demos"]) for r in got] == \
+            [(r["selector"], r["seed"], r["test_acc"], r["demos"]) for r in rows]
+        assert server.requests > asked and fingerprint == f"openai:{server.url}:{MODEL}:direct:0"
+        assert _keys(remote.cache) == _keys(local.cache)
+    finally:
+        server.stop()
