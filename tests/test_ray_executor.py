@@ -104,12 +104,19 @@ def test_evaluation_on_ray_gives_the_in_process_rows(local_ray, data_root: Path,
 def test_unreachable_cluster_is_one_clear_line(monkeypatch) -> None:
     pytest.importorskip("ray")
     from rl_select.errors import ConfigError
-    from rl_select.experiments.distributed import init_ray, resolve_address
+    from rl_select.experiments.distributed import _probe, init_ray, resolve_address
 
     monkeypatch.setenv("RL_SELECT_RAY_ADDRESS", "ray://127.0.0.1:1")
     assert resolve_address(None) == "ray://127.0.0.1:1" and resolve_address("auto") == "auto"
     with pytest.raises(ConfigError, match="workers=0"):
         init_ray(None, 0)
+    # init_ray dials the address before ray.init (which would wait minutes for an absent cluster)
+    for address in ("127.0.0.1:1", "ray://127.0.0.1:1"):
+        with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at .*127\.0\.0\.1:1") as info:
+            _probe(address)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="expected 'auto', host:port"):
+        _probe("nonsense")
 
 
 @pytest.mark.model

@@ -64,6 +64,8 @@ def init_ray(address: str | None, workers: int, cpus_per_worker: int = 1) -> Non
     if ray.is_initialized():
         return
     address = resolve_address(address)
+    if address not in (None, "auto", "local"):
+        _probe(address)
     kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False, "configure_logging": False}
     if address is None:
         kwargs["num_cpus"] = workers * cpus_per_worker
@@ -89,6 +91,23 @@ def _enter(context: dict[str, str], threads: int) -> None:
     if context.get("RL_SELECT_DATA") and os.path.isdir(context["RL_SELECT_DATA"]):
         os.environ.setdefault("RL_SELECT_DATA", context["RL_SELECT_DATA"])
     _threads(threads)
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, with one line, when nothing listens at a ``host:port`` / ``ray://host:port`` address
+    (``ray.init`` itself waits minutes for an absent GCS)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"Ray address {address!r}; expected 'auto', host:port or ray://host:port")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({exc.strerror or type(exc).__name__}); "
+                          f"expected a running cluster ('ray start --head' on it), or no address for a local one"
+                          ) from None
 
 
 def _threads(n: int) -> None:
