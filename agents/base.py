@@ -267,12 +267,43 @@ def load_artifact(path: str | Path, *, agent: str) -> tuple[dict[str, Tensor], d
     return tensors, doc
 
 
-def save_qnet_agent(agent: Any, path: str | Path) -> Path:
-    """Save an agent whose learned weights are one ``agent.qnet`` (DQN, offline CQL-DQN), via :func:`save_artifact`."""
-    if agent.qnet is None:
-        raise SelectionError(f"nothing to save: {type(agent).__name__} has not learned yet")
-    meta = {"config": agent.config(), "qnet": qnet_config(agent.qnet), "summary": agent.summary}
-    return save_artifact(path, agent=agent.name, tensors=agent.qnet.state_dict(), meta=meta)
+class QNetAgent(Agent):
+    """An agent whose learned weights are one :class:`CandidateQNet` ``self.qnet`` (DQN, offline CQL-DQN):
+    greedy acting, saving and loading are the same for all of them.
+
+    Subclasses set ``qnet``, ``summary`` and ``device``, and implement ``learn`` and ``config()`` (the JSON
+    keyword arguments that rebuild the agent).
+    """
+
+    qnet: CandidateQNet | None
+    summary: dict[str, Any]
+    device: Any
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Constructor keyword arguments (JSON) that rebuild this agent."""
+
+    def _act(self, obs: Mapping[str, Any], mask: np.ndarray, chosen: Sequence[int] | None) -> int:
+        if self.qnet is None:
+            raise SelectionError(f"{type(self).__name__} has no Q-network yet; call learn() or load() first")
+        self.qnet.eval()
+        return greedy_action(self.qnet, obs, mask)
+
+    def save(self, path: str | Path) -> Path:
+        """One safetensors file: the ``CandidateQNet`` state_dict + JSON config and summary."""
+        if self.qnet is None:
+            raise SelectionError(f"nothing to save: {type(self).__name__} has not learned yet")
+        meta = {"config": self.config(), "qnet": qnet_config(self.qnet), "summary": self.summary}
+        return save_artifact(path, agent=self.name, tensors=self.qnet.state_dict(), meta=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read :meth:`save`'s file; ``act`` works at once, ``learn`` continues from these weights."""
+        tensors, meta = load_artifact(path, agent=cls.name)
+        agent = cls(**meta["config"])
+        agent.qnet = qnet_from_config(meta["qnet"], tensors).to(agent.device).eval()
+        agent.summary = dict(meta.get("summary", {}))
+        return agent
 
 
 def qnet_config(qnet: CandidateQNet) -> dict[str, Any]:

@@ -42,12 +42,8 @@ from torch.nn import functional as F
 
 from agents.base import (
     OBS_KEYS,
-    Agent,
-    greedy_action,
-    load_artifact,
+    QNetAgent,
     masked_td_target,
-    qnet_from_config,
-    save_qnet_agent,
 )
 from rl_select.errors import SelectionError
 from rl_select.qnet import CandidateQNet, masked_q
@@ -281,7 +277,7 @@ class MaskedDQN(DQN):
         return [*super()._excluded_save_params(), "_explore_rng"]
 
 
-class DQNAgent(Agent):
+class DQNAgent(QNetAgent):
     """The :class:`~agents.base.Agent` wrapper around :class:`MaskedDQN`.
 
     Args:
@@ -367,26 +363,6 @@ class DQNAgent(Agent):
             "seed": self.model.seed,
         }
         return self
-
-    def _act(self, obs: Mapping[str, Any], mask: np.ndarray, chosen: Sequence[int] | None) -> int:
-        if self.qnet is None:
-            raise SelectionError("DQNAgent has no Q-network yet; call learn() or load() first")
-        self.qnet.eval()
-        return greedy_action(self.qnet, obs, mask)
-
-    def save(self, path: str | Path) -> Path:
-        """One safetensors file: the online ``CandidateQNet`` state_dict + JSON config and summary."""
-        return save_qnet_agent(self, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Self:
-        """Read :meth:`save`'s file; ``act`` works at once, ``learn`` continues from these weights."""
-        tensors, meta = load_artifact(path, agent=cls.name)
-        cfg = dict(meta["config"])
-        agent = cls(hidden=cfg.pop("hidden"), seed=cfg.pop("seed"), device=cfg.pop("device"), **cfg)
-        agent.qnet = qnet_from_config(meta["qnet"], tensors).to(agent.device)
-        agent.summary = dict(meta.get("summary", {}))
-        return agent
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """SB3's own ``save`` (zip; its data part may hold pickled objects): for resuming training only."""

@@ -29,7 +29,7 @@ split from a local ``numpy`` generator, deterministic algorithms switched on whi
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -40,16 +40,12 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from agents.base import (
-    Agent,
+    QNetAgent,
     evaluate,
-    greedy_action,
-    load_artifact,
     masked_td_target,
-    qnet_from_config,
-    save_qnet_agent,
 )
 from agents.rollouts import Episode, RolloutStore, stack_episodes
-from rl_select.errors import DataError, SelectionError
+from rl_select.errors import DataError
 from rl_select.qnet import CandidateQNet, masked_q
 
 Batch = dict[str, Tensor]
@@ -82,7 +78,7 @@ def cql_dqn_loss(
     return td + cql_alpha * cql, td, cql
 
 
-class OfflineCQLAgent(Agent):
+class OfflineCQLAgent(QNetAgent):
     """CQL-regularised DQN on a :class:`~agents.rollouts.RolloutStore`.
 
     Args:
@@ -273,23 +269,3 @@ class OfflineCQLAgent(Agent):
             "best_score": best_score, "seed": seed, "history": history,
         }
         return self
-
-    # -------------------------------------------------------------------------------- act / io
-
-    def _act(self, obs: Mapping[str, Any], mask: np.ndarray, chosen: Sequence[int] | None) -> int:
-        if self.qnet is None:
-            raise SelectionError("OfflineCQLAgent has no Q-network yet; call learn() or load() first")
-        return greedy_action(self.qnet, obs, mask)
-
-    def save(self, path: str | Path) -> Path:
-        """One safetensors file: the ``CandidateQNet`` state_dict + JSON config and summary."""
-        return save_qnet_agent(self, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Self:
-        """Read :meth:`save`'s file."""
-        tensors, meta = load_artifact(path, agent=cls.name)
-        agent = cls(**meta["config"])
-        agent.qnet = qnet_from_config(meta["qnet"], tensors).to(agent.device).eval()
-        agent.summary = dict(meta.get("summary", {}))
-        return agent
