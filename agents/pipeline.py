@@ -119,10 +119,14 @@ def collect_rollouts(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, progress: 
         before = te.scorer.stats.copy()
         written = collect_random(te.env, store, cfg.episodes, cfg.seeds[0]) if progress is None else \
             _collect_with_progress(te, store, cfg, progress)
-        spent = te.scorer.stats - before
-        reports.append({"task": te.task, "store": str(store.path), "episodes": len(store), "written": written,
-                        **{f"lm_{k}": v for k, v in spent.as_dict().items()}})
+        reports.append(collect_report(te.task, store, written, te.scorer.stats - before))
     return reports
+
+
+def collect_report(task: str, store: RolloutStore, written: int, spent: ScorerStats) -> dict[str, Any]:
+    """One task's line of a collection report: store, episodes held and written, LM spend (``lm_*``)."""
+    return {"task": task, "store": str(store.path), "episodes": len(store), "written": written,
+            **{f"lm_{k}": v for k, v in spent.as_dict().items()}}
 
 
 def _collect_with_progress(te: TaskEnv, store: RolloutStore, cfg: RunConfig, progress: Callable[[str], None]) -> int:

@@ -118,6 +118,8 @@ def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
     from rl_select.experiments.rundir import RunDir
 
     _quiet_libraries()
+    if cfg.executor == "ray" and demos is not None:
+        raise ConfigError("--demos runs in process; drop --executor ray")
     if cfg.policy and demos is None:
         from rl_select.policy import SelectorPolicy
 
@@ -134,8 +136,6 @@ def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
         demos = demos(data)
         cfg.k = len(demos)
     check_plan(cfg, data, demos=demos)  # bad input fails here, before the model loads
-    if cfg.executor == "ray" and demos is not None:
-        raise ConfigError("--demos runs in process; drop --executor ray")
     run = RunDir.create(cfg, command)
     console.print(f"run folder: {run.path}")
     scorer = None
@@ -595,7 +595,12 @@ def bench_scale_cmd(
     if not skip_ray:
         cfg = RunConfig(task=task, data=data, k=k, n_val=n_val, n_candidates=n_candidates, episodes=episodes,
                         seeds=[0]).validate()
-        counts = tuple(int(w) for w in workers.split(",") if w.strip())
+        try:
+            counts = tuple(int(w) for w in workers.split(",") if w.strip())
+        except ValueError:
+            raise ConfigError(f"--workers {workers!r}; expected comma-separated worker counts, e.g. 1,2") from None
+        if not counts or min(counts) < 1:
+            raise ConfigError(f"--workers {workers!r}; expected positive worker counts, e.g. 1,2")
         with console.status("executors: in process, then Ray ...") as status:
             e = bench_executors(cfg, workers=counts, progress=lambda s: status.update(s))
         res["executors"] = e

@@ -199,3 +199,23 @@ def test_evaluate_needs_exactly_one_of_selector_or_demos(task_dir):
 )
 def test_mdp_commands_refuse_bad_input(args, needle):
     assert_one_line_error(CliRunner().invoke(app, args), needle)
+
+
+# --- scale-out flags ------------------------------------------------------------------------------
+
+
+def test_bad_executor_and_workers_are_one_line_before_any_model(task_dir):
+    assert_one_line_error(baselines(task_dir, "--executor", "raay"), "executor='raay'", "'local' or 'ray'")
+    assert_one_line_error(baselines(task_dir, "--executor", "ray", "--workers", "0"), "workers=0", "positive")
+    assert_one_line_error(run("collect", "--task", "sst2", "--data", str(task_dir), "--executor", "ray",
+                              "--ray-address", "127.0.0.1:1", "--episodes", "1"),
+                          "cannot reach the Ray cluster at '127.0.0.1:1'")
+    assert_one_line_error(run("evaluate", "--task", "sst2", "--data", str(task_dir), "--demos", "1,2",
+                              "--executor", "ray"), "--demos runs in process")
+    assert_one_line_error(run("bench", "scale", "--skip-server", "--workers", "a,b"), "--workers 'a,b'", "1,2")
+
+
+def test_server_limits_in_a_config_file_are_checked(task_dir, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[run]\nbackend = "openai"\nbase_url = "http://127.0.0.1:9"\ntimeout = 0\n')
+    assert_one_line_error(baselines(task_dir, "--config", str(cfg)), "timeout=0", "timeout > 0")

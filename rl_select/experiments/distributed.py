@@ -259,15 +259,16 @@ def collect_rollouts_ray(
     Returns:
         Per-task reports like :func:`agents.pipeline.collect_rollouts` (store, episodes, written, LM spend).
     """
-    from agents.pipeline import store_path
+    from agents.pipeline import collect_report, store_path
     from agents.rollouts import Episode, RolloutStore, check_continues
     from rl_select.data import load_task
     from rl_select.experiments.harness import open_cache, resolve_spec
 
-    specs = [resolve_spec(t) for t in (cfg.train_tasks or [cfg.task])]
-    for spec in specs:  # bad input fails here, before Ray starts
-        load_task(spec, data=cfg.data if spec.name == resolve_spec(cfg.task).name else None)
-    tasks = [spec.name for spec in specs]
+    tasks = []
+    for task in cfg.train_tasks or [cfg.task]:  # bad input fails here, before Ray starts (as build_task_envs loads)
+        spec = resolve_spec(task)
+        load_task(spec, data=cfg.data if task == cfg.task else None)
+        tasks.append(spec.name)
     stores = [RolloutStore(store_path(cfg, t)) for t in tasks]
     starts = [s.resume() for s in stores]
     for store, start in zip(stores, starts):
@@ -295,8 +296,7 @@ def collect_rollouts_ray(
             pool.close()
             if cache is not None:
                 cache.close()
-    return [{"task": t, "store": str(s.path), "episodes": len(s), "written": max(0, cfg.episodes - start),
-             **{f"lm_{k}": v for k, v in sp.as_dict().items()}}
+    return [collect_report(t, s, max(0, cfg.episodes - start), sp)
             for t, s, start, sp in zip(tasks, stores, starts, spent)]
 
 
