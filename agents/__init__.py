@@ -10,6 +10,28 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+AGENTS: dict[str, str] = {
+    "tabular": "agents.tabular_q:TabularQAgent",
+    "dqn": "agents.dqn:DQNAgent",
+    "offline": "agents.offline:OfflineCQLAgent",
+}
+"""The agent registry: config name (= ``Agent.name``) -> ``"module:class"``. Adding an agent is one entry."""
+
+
+def agent_class(name: str) -> type:
+    """The agent class registered as ``name``.
+
+    Raises:
+        ConfigError: An unknown name, with the known ones.
+    """
+    from rl_select.errors import ConfigError
+
+    if name not in AGENTS:
+        raise ConfigError(f"unknown agent {name!r}; expected one of {list(AGENTS)}")
+    module, cls = AGENTS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 _EXPORTS = {
     "Agent": "agents.base",
     "ArtifactError": "agents.base",
@@ -28,6 +50,8 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AGENTS",
+    "agent_class",
     "Agent",
     "ArtifactError",
     "CandidateQPolicy",

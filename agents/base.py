@@ -3,41 +3,38 @@
 * :class:`Agent` — ``learn`` / ``act`` / ``save`` / ``load``. ``act`` is greedy and never returns a
   masked action: the public :meth:`Agent.act` checks the mask before and the answer after calling the
   subclass's ``_act`` (as SB3's callbacks wrap ``_on_step``).
-* Artifacts are ONE ``.safetensors`` file: the tensors, plus a JSON document in the file's metadata
-  (format, format version, agent name, hyper-parameters, training summary, sha256 of the tensor
-  bytes). Loading never executes code (no pickle); a file that fails its checks raises
-  :class:`ArtifactError`. Read the JSON with :func:`read_artifact_meta`.
+* Checkpoints are the one artifact format of :mod:`rl_select.mdp.artifacts` (``kind = "agent"``: agent
+  name, hyper-parameters, training summary, and for Q-network agents the same ``"qnet"`` entry the
+  exported policy has). Loading never executes code (no pickle); a file that fails its checks raises
+  :class:`~rl_select.errors.ArtifactError`.
 * :func:`greedy_action`, :func:`obs_to_tensors`, :func:`masked_td_target` — the masked greedy choice
   and the masked TD target shared by the DQN and offline agents.
-* :func:`run_episode` / :func:`evaluate` — roll a policy out in an env that follows
-  ``docs/mdp.md`` (Dict observation with ``"state"``, ``"candidates"``, ``"action_mask"``).
+* :func:`evaluate` — mean greedy return of an agent in an env that follows ``docs/mdp.md`` (Dict
+  observation with ``"state"``, ``"candidates"``, ``"action_mask"``), through the one rollout loop
+  :func:`rl_select.mdp.episode.run_episode` (re-exported here with :class:`EpisodeResult`).
 """
 
 from __future__ import annotations
 
-import json
+import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
-from rl_select.artifacts import tensors_sha256, write_safetensors
-from rl_select.errors import RLSelectError, SelectionError
-from rl_select.qnet import CandidateQNet, masked_q
+from rl_select.errors import ArtifactError as ArtifactError
+from rl_select.errors import SelectionError
+from rl_select.mdp.artifacts import qnet_document, qnet_from_document, read_artifact, write_artifact
+from rl_select.mdp.episode import ActFn as ActFn
+from rl_select.mdp.episode import EpisodeResult as EpisodeResult
+from rl_select.mdp.episode import run_episode as run_episode
+from rl_select.mdp.qnet import CandidateQNet, masked_q
 
-ARTIFACT_FORMAT = "rl_select.agent"
-ARTIFACT_VERSION = 1
 OBS_KEYS = ("state", "candidates", "action_mask")
-
-
-class ArtifactError(RLSelectError):
-    """An agent file is missing, not an rl_select agent artifact, of another agent, or corrupt."""
 
 
 # ----------------------------------------------------------------------------------------------------- interface
@@ -176,7 +173,7 @@ def masked_td_target(
 
     The max only runs over the NEXT state's valid actions (its ``"action_mask"`` from the replay
     buffer). A terminal next state's all-False mask gives 0, and ``(1 - done)`` zeroes it anyway;
-    masked values are the finite :data:`~rl_select.qnet.MASKED_Q`, so nothing becomes NaN.
+    masked values are the finite :data:`~rl_select.mdp.qnet.MASKED_Q`, so nothing becomes NaN.
 
     Args:
         rewards: Shape ``(B,)`` or ``(B, 1)``.
@@ -196,74 +193,34 @@ def masked_td_target(
 # ------------------------------------------------------------------------------------------------- artifacts
 
 
-def save_artifact(path: str | Path, *, agent: str, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Path:
-    """Write tensors and a JSON document to one safetensors file, atomically (temp file + rename).
+def save_agent(path: str | Path, *, agent: str, tensors: Mapping[str, Tensor], doc: Mapping[str, Any]) -> Path:
+    """Write an agent's tensors and JSON document in the one artifact format (``kind = "agent"``).
 
     Args:
         path: Target file (``.safetensors`` is conventional, not enforced).
-        agent: The agent's :attr:`Agent.name`; :func:`load_artifact` checks it.
+        agent: The agent's :attr:`Agent.name`; :func:`load_agent` checks it.
         tensors: Named tensors (copied to CPU, made contiguous).
-        meta: JSON-serialisable hyper-parameters and training summary.
+        doc: JSON-serialisable hyper-parameters and training summary.
 
     Returns:
         The path written.
     """
-    doc = {
-        "format": ARTIFACT_FORMAT,
-        "format_version": ARTIFACT_VERSION,
-        "agent": agent,
-        "sha256": tensors_sha256(tensors),
-        **dict(meta),
-    }
-    return write_safetensors(path, tensors, {"format": ARTIFACT_FORMAT, "rl_select": json.dumps(doc, sort_keys=True)})
+    return write_artifact(path, kind="agent", tensors=tensors, doc={**dict(doc), "agent": agent})
 
 
-def read_artifact_meta(path: str | Path) -> dict[str, Any]:
-    """The JSON document of an agent artifact (without reading the tensors)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"agent file {str(path)!r} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for a bad header
-        raise ArtifactError(f"{str(path)!r} is not a safetensors file: {e}") from e
-    if metadata.get("format") != ARTIFACT_FORMAT or "rl_select" not in metadata:
-        raise ArtifactError(
-            f"{str(path)!r} is not an rl_select agent file (metadata format {metadata.get('format')!r})"
-        )
-    try:
-        doc = json.loads(metadata["rl_select"])
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{str(path)!r} has unreadable agent metadata: {e}") from e
-    if doc.get("format_version") != ARTIFACT_VERSION:
-        raise ArtifactError(
-            f"{str(path)!r} has agent format version {doc.get('format_version')!r}; this code reads {ARTIFACT_VERSION}"
-        )
-    return doc
-
-
-def load_artifact(path: str | Path, *, agent: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read and check a file written by :func:`save_artifact`.
-
-    Args:
-        path: The file.
-        agent: The expected agent name.
+def load_agent(path: str | Path, *, agent: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read and check a file written by :func:`save_agent`.
 
     Returns:
-        ``(tensors, meta)``.
+        ``(tensors, doc)``.
 
     Raises:
-        ArtifactError: Missing file, not an agent artifact, another agent's file, other format
-            version, or tensors that do not match the recorded sha256.
+        ArtifactError: Missing file, not an rl_select artifact, not an agent's, another agent's, another
+            format version, or tensors that do not match the recorded sha256.
     """
-    doc = read_artifact_meta(path)
+    tensors, doc = read_artifact(path, kind="agent", what="agent file")
     if doc.get("agent") != agent:
-        raise ArtifactError(f"{str(path)!r} holds a {doc.get('agent')!r} agent; expected {agent!r}")
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if tensors_sha256(tensors) != doc.get("sha256"):
-        raise ArtifactError(f"{str(path)!r}: tensor bytes do not match the recorded sha256; the file is corrupt")
+        raise ArtifactError(f"agent file {str(path)!r} holds a {doc.get('agent')!r} agent; expected {agent!r}")
     return tensors, doc
 
 
@@ -290,97 +247,52 @@ class QNetAgent(Agent):
         return greedy_action(self.qnet, obs, mask)
 
     def save(self, path: str | Path) -> Path:
-        """One safetensors file: the ``CandidateQNet`` state_dict + JSON config and summary."""
+        """A checkpoint: the ``CandidateQNet`` state_dict + JSON config and summary (``kind = "agent"``).
+
+        The exported :class:`~rl_select.mdp.policy.SelectorPolicy` stores the same network the same way
+        (:mod:`rl_select.mdp.artifacts`); :meth:`from_policy` continues from one.
+        """
         if self.qnet is None:
             raise SelectionError(f"nothing to save: {type(self).__name__} has not learned yet")
-        meta = {"config": self.config(), "qnet": qnet_config(self.qnet), "summary": self.summary}
-        return save_artifact(path, agent=self.name, tensors=self.qnet.state_dict(), meta=meta)
+        doc = {"config": self.config(), "qnet": qnet_document(self.qnet), "summary": self.summary}
+        return save_agent(path, agent=self.name, tensors=self.qnet.state_dict(), doc=doc)
 
     @classmethod
     def load(cls, path: str | Path) -> Self:
         """Read :meth:`save`'s file; ``act`` works at once, ``learn`` continues from these weights."""
-        tensors, meta = load_artifact(path, agent=cls.name)
-        agent = cls(**meta["config"])
-        agent.qnet = qnet_from_config(meta["qnet"], tensors).to(agent.device).eval()
-        agent.summary = dict(meta.get("summary", {}))
+        tensors, doc = load_agent(path, agent=cls.name)
+        agent = cls(**doc["config"])
+        agent.qnet = qnet_from_document(doc["qnet"], tensors, where=f"agent file {str(path)!r}").to(agent.device)
+        agent.summary = dict(doc.get("summary", {}))
         return agent
 
-
-def qnet_config(qnet: CandidateQNet) -> dict[str, Any]:
-    """JSON hyper-parameters that rebuild ``qnet`` (see :func:`qnet_from_config`)."""
-    return {"state_dim": qnet.state_dim, "cand_dim": qnet.cand_dim, "hidden": list(qnet.hidden)}
-
-
-def qnet_from_config(cfg: Mapping[str, Any], state_dict: Mapping[str, Tensor] | None = None) -> CandidateQNet:
-    """Build a :class:`CandidateQNet` from :func:`qnet_config`'s dict and optionally load weights (strict)."""
-    try:
-        net = CandidateQNet(int(cfg["state_dim"]), int(cfg["cand_dim"]), tuple(int(h) for h in cfg["hidden"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ArtifactError(f"bad Q-network config {dict(cfg)!r}: {e}") from e
-    if state_dict is not None:
-        try:
-            net.load_state_dict(dict(state_dict), strict=True)
-        except RuntimeError as e:
-            raise ArtifactError(f"Q-network weights do not match config {dict(cfg)!r}: {e}") from e
-    return net
+    @classmethod
+    def from_policy(cls, policy: Any) -> Self:
+        """An agent holding an exported policy's network (``policy.training["agent_config"]`` rebuilds it)."""
+        agent = cls(**dict(policy.training.get("agent_config", {})))
+        agent.qnet = copy.deepcopy(policy.qnet).to(agent.device).eval()
+        agent.summary = dict(policy.training.get("summary", {}))
+        return agent
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
-
-@dataclass
-class EpisodeResult:
-    """One rolled-out episode.
-
-    Attributes:
-        ret: Sum of rewards.
-        actions: Actions taken, in order (``N`` is STOP).
-        chosen: ``info["chosen"]`` at the end (pool indices), if the env reports it.
-        lm_queries: ``info["lm_queries"]`` at the end, if reported.
-    """
-
-    ret: float
-    actions: list[int] = field(default_factory=list)
-    chosen: list[int] = field(default_factory=list)
-    lm_queries: int | None = None
-
-
-ActFn = Callable[[Mapping[str, Any], np.ndarray, Sequence[int]], int]
-
-
-def run_episode(env: Any, act: ActFn, *, seed: int | None = None, max_steps: int = 10_000) -> EpisodeResult:
-    """Roll one episode out with ``act(obs, mask, chosen)``.
-
-    Args:
-        env: A Gymnasium env following the MDP contract.
-        act: Chooses an action from the observation, its bool mask (from ``obs["action_mask"]``), and
-            the ordered chosen indices so far.
-        seed: Passed to ``env.reset``.
-        max_steps: Safety limit.
-
-    Returns:
-        The episode's :class:`EpisodeResult`.
-    """
-    obs, info = env.reset(seed=seed)
-    res = EpisodeResult(ret=0.0)
-    chosen: list[int] = list(info.get("chosen", []))
-    for _ in range(max_steps):
-        mask = np.asarray(obs["action_mask"]).astype(bool)
-        a = int(act(obs, mask, chosen))
-        res.actions.append(a)
-        obs, r, terminated, truncated, info = env.step(a)
-        res.ret += float(r)
-        n = mask.shape[0] - 1
-        chosen = list(info["chosen"]) if "chosen" in info else chosen + ([a] if a < n else [])
-        if terminated or truncated:
-            break
-    res.chosen = chosen
-    res.lm_queries = info.get("lm_queries")
-    return res
+# The rollout loop is rl_select.mdp.episode.run_episode (one loop for evaluation, collection, tabular
+# Q-learning and the exported policy); ActFn / EpisodeResult / run_episode stay importable from here.
 
 
 def evaluate(agent: Agent, env: Any, *, n_episodes: int = 1, seed: int = 0) -> float:
-    """Mean return of ``agent``'s greedy episodes; episode ``j`` resets with ``seed + j``."""
+    """Mean return of ``agent``'s greedy episodes (:func:`run_episode`); episode ``j`` resets with ``seed + j``.
+
+    Args:
+        agent: The agent; acts with ``agent.act(obs, mask, chosen=chosen)``.
+        env: An env following ``docs/mdp.md`` (or anything :func:`run_episode` accepts).
+        n_episodes: Episodes to average, ``>= 1``.
+        seed: Reset seed of the first episode.
+
+    Returns:
+        The mean undiscounted return.
+    """
     if n_episodes < 1:
         raise ValueError(f"n_episodes={n_episodes} must be >= 1")
     total = 0.0

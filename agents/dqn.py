@@ -3,9 +3,9 @@
 Three pieces, as SB3's ``dqn/dqn.py`` beside ``dqn/policies.py``:
 
 * :class:`CandidateQPolicy` — an SB3 policy whose ``q_net`` and ``q_net_target`` ARE
-  :class:`~rl_select.qnet.CandidateQNet` instances over the Dict observation (``"state"``,
+  :class:`~rl_select.mdp.qnet.CandidateQNet` instances over the Dict observation (``"state"``,
   ``"candidates"``, ``"action_mask"``); its greedy choice is the argmax of
-  :func:`~rl_select.qnet.masked_q`.
+  :func:`~rl_select.mdp.qnet.masked_q`.
 * :class:`MaskedDQN` — ``DQN`` with masks done properly, not by reward penalties:
 
   - exploration (the warm-up before ``learning_starts`` and every epsilon draw) samples uniformly
@@ -46,7 +46,7 @@ from agents.base import (
     masked_td_target,
 )
 from rl_select.errors import SelectionError
-from rl_select.qnet import CandidateQNet, masked_q
+from rl_select.mdp.qnet import CandidateQNet, masked_q
 
 
 def _check_obs_space(space: spaces.Space) -> tuple[int, int, int]:

@@ -1,7 +1,7 @@
 """CQL-regularised DQN trained from logged rollouts (no env or LM call while training).
 
 Zhang et al. (2022) learn demonstration selection offline from random-policy rollouts; this is that
-recipe with the candidate-scoring :class:`~rl_select.qnet.CandidateQNet`, written as one readable loop
+recipe with the candidate-scoring :class:`~rl_select.mdp.qnet.CandidateQNet`, written as one readable loop
 (CleanRL's ``dqn.py`` style) in :meth:`OfflineCQLAgent.learn`:
 
 * TD loss: L1 (Zhang et al.; ``loss="smooth_l1"`` for Huber) between ``Q(s, a_data)`` and the masked
@@ -46,7 +46,7 @@ from agents.base import (
 )
 from agents.rollouts import Episode, RolloutStore, stack_episodes
 from rl_select.errors import DataError
-from rl_select.qnet import CandidateQNet, masked_q
+from rl_select.mdp.qnet import CandidateQNet, masked_q
 
 Batch = dict[str, Tensor]
 
@@ -104,7 +104,7 @@ class OfflineCQLAgent(QNetAgent):
         summary: Training summary (metric, best step and score, history of validations).
     """
 
-    name = "offline_cql"
+    name = "offline"
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from rl_select.errors import DataError
+from rl_select.mdp.episode import run_episode
 
 STORE_VERSION = 1
 
@@ -265,6 +266,9 @@ def run_logged_episode(
 ) -> Episode:
     """Roll out episode ``index`` of a collection and record everything the store keeps.
 
+    The loop is :func:`rl_select.mdp.episode.run_episode`; ``env.reset`` gets the episode's seed from
+    :func:`episode_seeds` and ``choose`` its action generator.
+
     Args:
         env: A Gymnasium env following ``docs/mdp.md``.
         index: Episode index (with ``seed``, fixes every random draw).
@@ -277,42 +281,29 @@ def run_logged_episode(
         The :class:`Episode`.
     """
     env_seed, rng = episode_seeds(seed, index)
-    obs, info = env.reset(seed=env_seed)
-    states, cands, masks = [obs["state"]], [obs["candidates"]], [obs["action_mask"]]
-    val_acc = [info["val_acc"]] if "val_acc" in info else None
-    actions: list[int] = []
-    rewards: list[float] = []
-    terminated = truncated = False
-    for _ in range(max_steps):
-        mask = np.asarray(obs["action_mask"]).astype(bool)
+
+    def act(obs: Mapping[str, Any], mask: np.ndarray, chosen: list[int]) -> int:
         a = int(choose(obs, mask, rng))
         if not mask[a]:
             raise DataError(f"behaviour policy {policy!r} chose masked action {a}")
-        obs, r, terminated, truncated, info = env.step(a)
-        actions.append(a)
-        rewards.append(float(r))
-        states.append(obs["state"])
-        cands.append(obs["candidates"])
-        masks.append(obs["action_mask"])
-        if val_acc is not None and "val_acc" in info:
-            val_acc.append(float(info["val_acc"]))
-        if terminated or truncated:
-            break
+        return a
+
+    res = run_episode(env, act, seed=env_seed, max_steps=max_steps)
     return Episode(
         episode=index,
         seed=[int(seed), int(index)],
         env_seed=env_seed,
         policy=policy,
-        actions=actions,
-        rewards=rewards,
-        states=np.stack(states).astype(np.float32),
-        candidates=np.stack(cands).astype(np.float32),
-        masks=np.stack(masks).astype(bool),
-        chosen=[int(i) for i in info.get("chosen", [])],
-        terminated=bool(terminated),
-        truncated=bool(truncated),
-        lm_queries=int(info.get("lm_queries", 0)),
-        val_acc=val_acc,
+        actions=res.actions,
+        rewards=res.rewards,
+        states=res.states,
+        candidates=res.candidates,
+        masks=res.masks,
+        chosen=res.chosen,
+        terminated=res.terminated,
+        truncated=res.truncated,
+        lm_queries=int(res.lm_queries or 0),
+        val_acc=res.val_acc,
     )
 
 

@@ -8,6 +8,11 @@ The Q-table holds one row of ``N + 1`` values per visited state. It does not tra
 Masks everywhere: epsilon-exploration samples uniformly among the valid actions, the greedy choice is
 the argmax over valid actions, and the TD target's max runs over the next state's valid actions
 (terminal: 0). ``gamma = 1`` by default: the episode is at most ``k`` steps long.
+
+Episodes run through the one rollout loop, :func:`rl_select.mdp.episode.run_episode` (the TD update is
+its ``on_step`` callback; :func:`exhaustive_best` replays prefixes with it too), and epsilon decays by
+SB3's linear schedule (``stable_baselines3.common.utils.LinearSchedule``, formerly ``get_linear_fn``), as DQN's
+exploration rate does.
 """
 
 from __future__ import annotations
@@ -19,10 +24,16 @@ from typing import Any, Self
 
 import numpy as np
 import torch
+
+try:  # DQN's own exploration schedule (stable-baselines3 >= 2.6)
+    from stable_baselines3.common.utils import LinearSchedule
+except ImportError:  # older releases: the function it replaced, same arguments and values
+    from stable_baselines3.common.utils import get_linear_fn as LinearSchedule
 from tqdm.auto import tqdm
 
-from agents.base import Agent, check_mask, load_artifact, save_artifact
+from agents.base import Agent, check_mask, load_agent, save_agent
 from rl_select.errors import SelectionError
+from rl_select.mdp.episode import Step, run_episode
 
 State = tuple[int, ...]
 
@@ -50,7 +61,7 @@ class TabularQAgent(Agent):
         summary: Training summary (episodes, final epsilon, mean return of the last episodes).
     """
 
-    name = "tabular_q"
+    name = "tabular"
 
     def __init__(
         self,
@@ -93,9 +104,12 @@ class TabularQAgent(Agent):
         }
 
     def epsilon(self, episode: int, episodes: int) -> float:
-        """Linear schedule from ``epsilon_start`` to ``epsilon_end`` over ``epsilon_fraction * episodes``."""
-        progress = min(1.0, episode / max(1.0, self.epsilon_fraction * episodes))
-        return self.epsilon_start + progress * (self.epsilon_end - self.epsilon_start)
+        """Linear schedule from ``epsilon_start`` to ``epsilon_end`` over ``epsilon_fraction * episodes``.
+
+        SB3's ``LinearSchedule`` (DQN's exploration schedule) at progress remaining ``1 - episode / episodes``.
+        """
+        schedule = LinearSchedule(self.epsilon_start, self.epsilon_end, self.epsilon_fraction)
+        return float(schedule(1.0 - episode / max(1, episodes)))
 
     def q_values(self, state: Sequence[int]) -> np.ndarray:
         """The Q-row of ``state`` (a copy of the initial row if unvisited). Shape ``(N + 1,)``."""
@@ -131,35 +145,17 @@ class TabularQAgent(Agent):
         rng = np.random.default_rng(seed)
         returns: list[float] = []
         eps = self.epsilon_start
+
+        def act(obs: Mapping[str, Any], mask: np.ndarray, chosen: list[int]) -> int:
+            mask = check_mask(mask)
+            if rng.random() < eps:
+                return int(rng.choice(np.flatnonzero(mask)))
+            return _greedy(self._row(tuple(chosen)), mask)
+
         for ep in tqdm(range(episodes), desc="tabular Q episodes", disable=not progress):
             eps = self.epsilon(ep, episodes)
-            obs, info = env.reset(seed=seed if ep == 0 else None)
-            state: State = tuple(int(i) for i in info.get("chosen", ()))
-            mask = check_mask(obs["action_mask"])
-            ret = 0.0
-            while True:
-                if rng.random() < eps:
-                    a = int(rng.choice(np.flatnonzero(mask)))
-                else:
-                    a = _greedy(self._row(state), mask)
-                obs, r, terminated, truncated, info = env.step(a)
-                ret += float(r)
-                nxt: State = tuple(int(i) for i in info["chosen"]) if "chosen" in info else (
-                    state + (a,) if a < n_actions - 1 else state
-                )
-                next_mask = np.asarray(obs["action_mask"]).astype(bool)
-                if terminated or not next_mask.any():
-                    target = float(r)
-                else:
-                    next_q = self.q.get(nxt)
-                    best = self.q_init if next_q is None else float(next_q[next_mask].max())
-                    target = float(r) + self.gamma * best
-                row = self._row(state)
-                row[a] += self.learning_rate * (target - row[a])
-                if terminated or truncated:
-                    break
-                state, mask = nxt, next_mask
-            returns.append(ret)
+            res = run_episode(env, act, seed=seed if ep == 0 else None, on_step=self._update)
+            returns.append(res.ret)
         tail = returns[-max(1, min(100, len(returns))):] if returns else [0.0]
         self.summary = {
             "episodes": int(self.summary.get("episodes", 0)) + episodes,
@@ -169,6 +165,15 @@ class TabularQAgent(Agent):
             "seed": seed,
         }
         return self
+
+    def _update(self, step: Step) -> None:
+        """One Q-learning update ``Q(s, a) += alpha * (r + gamma * max_{a' valid} Q(s', a') - Q(s, a))``."""
+        target = step.reward
+        if not step.terminated and step.next_mask.any():
+            next_q = self.q.get(tuple(step.next_chosen))
+            target += self.gamma * (self.q_init if next_q is None else float(next_q[step.next_mask].max()))
+        row = self._row(tuple(step.chosen))
+        row[step.action] += self.learning_rate * (target - row[step.action])
 
     def _act(self, obs: Mapping[str, Any], mask: np.ndarray, chosen: Sequence[int] | None) -> int:
         if chosen is None:
@@ -195,12 +200,12 @@ class TabularQAgent(Agent):
             "q": torch.from_numpy(np.stack([self.q[s] for s in keys]) if keys else np.zeros((0, self.n_actions))),
         }
         meta = {"config": self.config(), "n_actions": self.n_actions, "summary": self.summary}
-        return save_artifact(path, agent=self.name, tensors=tensors, meta=meta)
+        return save_agent(path, agent=self.name, tensors=tensors, doc=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> Self:
         """Read a file written by :meth:`save`."""
-        tensors, meta = load_artifact(path, agent=cls.name)
+        tensors, meta = load_agent(path, agent=cls.name)
         agent = cls(**meta["config"])
         agent.n_actions = int(meta["n_actions"])
         agent.summary = dict(meta.get("summary", {}))
@@ -257,13 +262,9 @@ def exhaustive_best(
 
 def _exhaustive_env(env: Any, *, seed: int | None, max_episodes: int) -> tuple[float, tuple[int, ...]]:
     def replay(prefix: tuple[int, ...]) -> tuple[np.ndarray, float, bool]:
-        obs, _ = env.reset(seed=seed)
-        ret, done = 0.0, False
-        for a in prefix:
-            obs, r, terminated, truncated, _ = env.step(a)
-            ret += float(r)
-            done = bool(terminated or truncated)
-        return np.asarray(obs["action_mask"]).astype(bool), ret, done
+        actions = iter(prefix)
+        res = run_episode(env, lambda obs, mask, chosen: next(actions), seed=seed, max_steps=len(prefix))
+        return res.masks[-1], res.ret, res.done
 
     best_ret, best = -float("inf"), ()
     stack: list[tuple[int, ...]] = [()]

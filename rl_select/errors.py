@@ -37,5 +37,9 @@ class ConfigError(RLSelectError):
     """A run configuration holds an unknown key or a bad value."""
 
 
-class PolicyError(RLSelectError):
+class ArtifactError(RLSelectError):
+    """A saved artifact (policy, agent checkpoint) is missing, not rl_select's, of another kind, or corrupt."""
+
+
+class PolicyError(ArtifactError):
     """An exported selector policy file is missing, corrupt, tampered with, or for another LM / feature set."""

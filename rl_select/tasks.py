@@ -176,6 +176,13 @@ def get_task(name: str) -> TaskSpec:
         ) from None
 
 
+def resolve_task(task: str) -> TaskSpec:
+    """A built-in task name, or a path to a JSON/TOML task-spec file."""
+    if task.endswith((".json", ".toml")) or Path(task).is_file():
+        return load_task_spec(task)
+    return get_task(task)
+
+
 def load_task_spec(path: str | Path) -> TaskSpec:
     """Read a user's task spec from a ``.json`` or ``.toml`` file.
 

@@ -1,7 +1,8 @@
-"""Shared fixtures: the offline data folder and (for `model`-marked tests) the real bundled SmolLM2."""
+"""Shared fixtures: the offline data folder, the optional extras (skip or, in CI, fail), and the real SmolLM2."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -18,6 +19,38 @@ def data_root() -> Path:
     if not DATA_ROOT.is_dir():
         pytest.skip(f"offline task data not found at {DATA_ROOT}")
     return DATA_ROOT
+
+
+EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
+    "ray": (("ray",), "ray"),
+    "server": (("llama_cpp", "uvicorn"), "llama-cpp-python[server]"),
+}
+"""Optional extra -> (the modules it installs, what to call it in a message)."""
+
+
+def require_extra(extra: str) -> None:
+    """Skip the calling test when an optional extra is not installed, unless ``RL_SELECT_REQUIRE_<EXTRA>=1``
+    (set by CI, which installs every extra): there a missing extra is a failure, never a silent skip."""
+    modules, what = EXTRAS[extra]
+    specs = [importlib.util.find_spec(m) for m in modules]
+    if all(spec is not None and spec.origin is not None for spec in specs):  # not a stray folder named like it
+        return
+    var = f"RL_SELECT_REQUIRE_{extra.upper()}"
+    if os.environ.get(var) == "1":
+        pytest.fail(f"{var}=1 but {what} is not installed")
+    pytest.skip(f"{what} is not installed (pip install 'rl-select[{extra}]')")
+
+
+@pytest.fixture(scope="session")
+def ray_extra() -> None:
+    """Request this in a test (or fixture) that needs the ``ray`` extra: see :func:`require_extra`."""
+    require_extra("ray")
+
+
+@pytest.fixture(scope="session")
+def server_extra() -> None:
+    """Request this in a test (or fixture) that needs the ``server`` extra: see :func:`require_extra`."""
+    require_extra("server")
 
 
 @pytest.fixture(scope="session")

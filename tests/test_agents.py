@@ -4,7 +4,8 @@ masked SB3 DQN, offline CQL determinism, and the safetensors artifacts.
 Runs against a small self-contained fake env that follows docs/mdp.md exactly (Dict
 observation ``state`` / ``candidates`` / ``action_mask``, ``Discrete(N + 1)`` with STOP = N,
 ``action_masks()``, ``info["action_mask"]`` int8, ``info["chosen"]``, marginal rewards) and RAISES on
-a masked action.
+a masked action. Its masks, refusals and episode ends come from the one
+:class:`~rl_select.mdp.episode.EpisodeRule`; only its accuracy table is fake.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from agents.offline import OfflineCQLAgent
 from agents.rollouts import RolloutStore, collect_random
 from agents.tabular_q import TabularQAgent, exhaustive_best
 from rl_select.errors import SelectionError
-from rl_select.qnet import MASKED_Q, CandidateQNet, masked_q
+from rl_select.mdp.episode import EpisodeRule
+from rl_select.mdp.qnet import MASKED_Q, CandidateQNet, masked_q
 
 torch.set_num_threads(1)
 
@@ -47,7 +49,8 @@ class FakeSelectionEnv(gym.Env):
         self, n: int = 5, k: int = 2, *, split_size: int | None = None, fixed_pool: bool = True,
         allow_stop: bool = False, min_len: int = 1, state_dim: int = 3, cand_dim: int = 4, table_seed: int = 0,
     ) -> None:
-        self.n, self.k, self.fixed_pool, self.allow_stop, self.min_len = n, k, fixed_pool, allow_stop, min_len
+        self.rule = EpisodeRule(n_candidates=n, k=k, allow_stop=allow_stop, min_len=min_len)
+        self.n, self.k, self.fixed_pool = n, k, fixed_pool
         m = split_size or n
         rng = np.random.default_rng(table_seed)
         self.quality = rng.uniform(-1.0, 1.0, m)
@@ -59,7 +62,7 @@ class FakeSelectionEnv(gym.Env):
             "candidates": spaces.Box(-np.inf, np.inf, (n, cand_dim), np.float32),
             "action_mask": spaces.MultiBinary(n + 1),
         })
-        self.pool = np.arange(n)
+        self.candidates = np.arange(n)
         self.chosen: list[int] = []
         self.done = True
         self.lm_queries = 0
@@ -73,54 +76,43 @@ class FakeSelectionEnv(gym.Env):
         order = int.from_bytes(h, "little") / 2**64
         return float(0.5 + 0.25 * np.mean(w * self.quality[list(items)]) + 0.05 * order)
 
-    def _mask(self) -> np.ndarray:
-        m = np.zeros(self.n + 1, dtype=bool)
-        if not self.done:
-            m[: self.n] = True
-            m[self.chosen] = False
-            m[self.n] = self.allow_stop and len(self.chosen) >= self.min_len
-        return m
-
     def action_masks(self) -> np.ndarray:
-        return self._mask()
+        return self.rule.mask(self.chosen, self.done)
 
     def _obs(self) -> dict[str, np.ndarray]:
-        items = self.pool
+        items = self.candidates
         cands = np.zeros((self.n, self.cand_dim), np.float32)
         cands[:, 0] = self.quality[items]
         cands[self.chosen, 1] = 1.0
         cands[:, 2:] = self.noise[items]
         state = np.zeros(self.state_dim, np.float32)
         state[0] = len(self.chosen) / self.k
-        state[1] = self.acc(tuple(self.pool[self.chosen]))
-        return {"state": state, "candidates": cands, "action_mask": self._mask().astype(np.int8)}
+        state[1] = self.acc(tuple(self.candidates[self.chosen]))
+        return {"state": state, "candidates": cands, "action_mask": self.action_masks().astype(np.int8)}
 
     def _info(self) -> dict:
-        return {"action_mask": self._mask().astype(np.int8), "chosen": list(self.chosen),
-                "val_acc": self.acc(tuple(self.pool[self.chosen])), "lm_queries": self.lm_queries}
+        return {"action_mask": self.action_masks().astype(np.int8), "chosen": list(self.chosen),
+                "val_acc": self.acc(tuple(self.candidates[self.chosen])), "lm_queries": self.lm_queries}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if self.fixed_pool:
-            self.pool = np.arange(self.n)
+            self.candidates = np.arange(self.n)
         else:
-            self.pool = self.np_random.choice(len(self.quality), self.n, replace=False)
+            self.candidates = self.np_random.choice(len(self.quality), self.n, replace=False)
         self.chosen, self.done, self.lm_queries = [], False, 0
         return self._obs(), self._info()
 
     def step(self, action):
-        a = int(action)
-        if not self._mask()[a]:
-            raise MaskedActionError(f"masked action {a}; chosen={self.chosen}, mask={self._mask().astype(int)}")
+        try:
+            a, chosen, done = self.rule.apply(action, self.chosen, self.done)
+        except SelectionError as e:
+            raise MaskedActionError(f"{e}; chosen={self.chosen}, mask={self.action_masks().astype(int)}") from e
         self.steps_taken += 1
-        before = self.acc(tuple(self.pool[self.chosen]))
-        if a == self.n:
-            self.done = True
-            return self._obs(), 0.0, True, False, self._info()
-        self.chosen.append(a)
-        self.lm_queries += 10
-        reward = self.acc(tuple(self.pool[self.chosen])) - before
-        self.done = len(self.chosen) >= self.k
+        before = self.acc(tuple(self.candidates[self.chosen]))
+        self.lm_queries += 10 * (a != self.rule.stop)
+        self.chosen, self.done = chosen, done
+        reward = self.acc(tuple(self.candidates[self.chosen])) - before
         return self._obs(), float(reward), self.done, False, self._info()
 
 
@@ -133,8 +125,8 @@ def test_fake_env_passes_gymnasium_check() -> None:
     env = FakeSelectionEnv(fixed_pool=False, split_size=9)
     # check_env steps with action_space.sample(); this fake env raises on masked actions, so sample legal ones
     # (after the episode ends, any candidate: the checker resets before reusing the env)
-    env.action_space = MaskedDiscrete(env.action_space.n, mask_fn=lambda: env._mask() if env._mask().any()
-                                      else np.r_[np.ones(env.action_space.n - 1, bool), False])
+    env.action_space = MaskedDiscrete(env.action_space.n, mask_fn=lambda: env.action_masks() if not env.done
+                                      else env.rule.mask())
     check_env(env, skip_render_check=True)
 
 
@@ -274,7 +266,7 @@ def test_dqn_agent_learn_act_save_load(tmp_path: Path) -> None:
         mask = env.action_masks()
         assert loaded.act(obs, mask) == agent.act(obs, mask)
         assert mask[agent.act(obs, mask)]
-    with pytest.raises(ArtifactError, match="expected 'offline_cql'"):
+    with pytest.raises(ArtifactError, match="expected 'offline'"):
         OfflineCQLAgent.load(path)
     bad = tmp_path / "bad.safetensors"
     data = bytearray(path.read_bytes())
@@ -333,10 +325,9 @@ def test_offline_cql_with_env_validation_beats_random(random_store: RolloutStore
 
 
 def _toy_env(**kw):
-    mod = pytest.importorskip("envs.demo_selection")
-    if not hasattr(mod.DemoSelectionEnv, "toy"):
-        pytest.skip("DemoSelectionEnv.toy() not available yet")
-    return mod.DemoSelectionEnv.toy(**kw)
+    from rl_select.testing import toy_env
+
+    return toy_env(**kw)
 
 
 def test_agents_on_the_toy_demo_selection_env(tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ from rl_select.errors import CacheError
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import ScoreCache, default_cache_path, prefix_digest, query_key
 from rl_select.lm.calibration import calibrate
-from rl_select.lm.testing import ToyScorer
 from rl_select.prompts import content_free_queries
 from rl_select.tasks import get_task
+from rl_select.testing import ToyScorer
 from rl_select.types import Example
 
 SPEC = get_task("sst2")

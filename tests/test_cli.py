@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,17 +206,49 @@ def test_mdp_commands_refuse_bad_input(args, needle):
 
 
 def test_bad_executor_and_workers_are_one_line_before_any_model(task_dir):
-    assert_one_line_error(baselines(task_dir, "--executor", "raay"), "executor='raay'", "'local' or 'ray'")
-    assert_one_line_error(baselines(task_dir, "--executor", "ray", "--workers", "0"), "workers=0", "positive")
-    assert_one_line_error(run("collect", "--task", "sst2", "--data", str(task_dir), "--executor", "ray",
-                              "--ray-address", "127.0.0.1:1", "--episodes", "1"),
-                          "cannot reach the Ray cluster at '127.0.0.1:1'")
+    assert_one_line_error(baselines(task_dir, "--executor", "raay"), "executor.kind='raay'", "['local', 'ray']")
+    assert_one_line_error(baselines(task_dir, "--executor", "ray", "--workers", "0"), "executor.workers=0", ">= 1")
     assert_one_line_error(run("evaluate", "--task", "sst2", "--data", str(task_dir), "--demos", "1,2",
                               "--executor", "ray"), "--demos runs in process")
     assert_one_line_error(run("bench", "scale", "--skip-server", "--workers", "a,b"), "--workers 'a,b'", "1,2")
 
 
+def collect_on_ray(task_dir: Path):
+    return run("collect", "--task", "sst2", "--data", str(task_dir), "--executor", "ray",
+               "--ray-address", "127.0.0.1:1", "--episodes", "1")
+
+
+def test_unreachable_ray_cluster_is_one_line_before_any_model(ray_extra, task_dir):
+    assert_one_line_error(collect_on_ray(task_dir), "cannot reach the Ray cluster at '127.0.0.1:1'")
+
+
+def test_executor_ray_without_ray_names_the_extra(monkeypatch, task_dir):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as where the extra is not installed
+    assert_one_line_error(collect_on_ray(task_dir), "executor 'ray' needs Ray", "pip install 'rl-select[ray]'")
+
+
 def test_server_limits_in_a_config_file_are_checked(task_dir, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[run]\nbackend = "openai"\nbase_url = "http://127.0.0.1:9"\ntimeout = 0\n')
-    assert_one_line_error(baselines(task_dir, "--config", str(cfg)), "timeout=0", "timeout > 0")
+    assert_one_line_error(baselines(task_dir, "--config", str(cfg)), "lm.timeout=0", "seconds > 0")
+
+
+# --- message text is printed as is (rich markup must not eat "[ray]") --------------------------------
+
+
+def test_error_and_warning_lines_keep_square_brackets(monkeypatch, task_dir, tmp_path, capsys):
+    from rl_select import cli
+    from rl_select.errors import ConfigError
+    from rl_select.experiments import config as config_mod
+
+    def needs_ray(*args, **kwargs):
+        raise ConfigError("executor 'ray' needs Ray; expected pip install 'rl-select[ray]'")
+
+    with monkeypatch.context() as m:
+        m.setattr(config_mod, "load_config", needs_ray)
+        assert_one_line_error(baselines(task_dir, "--executor", "ray"), "expected pip install 'rl-select[ray]'")
+    missing = tmp_path / "runs[2024]" / "data[x]"  # a user's path, through the real loader
+    assert_one_line_error(baselines(missing), f"data folder {str(missing)!r} not found")
+    cli._one_line_warning(RuntimeWarning("one prompt per request; pip install 'rl-select[server]'"), RuntimeWarning,
+                          "x.py", 1)
+    assert "warning: one prompt per request; pip install 'rl-select[server]'" in capsys.readouterr().err

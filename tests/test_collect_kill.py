@@ -17,8 +17,8 @@ from agents.rollouts import RolloutStore, collect_random
 from envs.demo_selection import DemoSelectionEnv
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import ScoreCache
-from rl_select.lm.testing import ToyScorer
 from rl_select.tasks import get_task
+from rl_select.testing import ToyScorer
 from rl_select.types import Example
 
 SCRIPT = textwrap.dedent('''
@@ -57,7 +57,7 @@ def make_env(cache_path: str, slow: bool = False):
     rows = [Example(text=f"row {i} {'positive' if i % 3 else 'negative'} " + " ".join(map(str, rng.integers(0, 99, 4))),
                     label="positive" if i % 2 else "negative") for i in range(80)]
     scorer = SlowCachedToy(ScoreCache(cache_path), slow=slow)
-    env = DemoSelectionEnv(scorer=scorer, candidates=rows[:60], val=rows[60:], k=3, n_candidates=8)
+    env = DemoSelectionEnv(scorer=scorer, pool=rows[:60], val=rows[60:], k=3, n_candidates=8)
     return env, scorer
 
 

@@ -12,12 +12,12 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
-from envs.demo_selection import DemoSelectionEnv, MaskedDiscrete, toy_examples, toy_task
+from envs.demo_selection import DemoSelectionEnv, MaskedDiscrete
 from rl_select.errors import ConfigError, SelectionError
-from rl_select.features import FEATURE_SETS, FeatureSpec
 from rl_select.lm.cache import ScoreCache
-from rl_select.lm.testing import CachedToyScorer, ToyScorer
-from rl_select.reward import accuracy
+from rl_select.mdp.features import FEATURE_SETS, FeatureSpec
+from rl_select.metrics import accuracy
+from rl_select.testing import CachedToyScorer, ToyScorer, toy_env, toy_examples, toy_task
 from rl_select.types import Example
 
 # Expected by design: the contract's Box(-inf, inf) bounds, the 2-D candidate matrix, a bare env's spec.
@@ -48,17 +48,17 @@ def _masks_agree(env: DemoSelectionEnv, obs: dict, info: dict) -> np.ndarray:
 
 @pytest.mark.parametrize("feature_set,reward,allow_stop", CONFIGS)
 def test_gymnasium_check_env(feature_set, reward, allow_stop):
-    gym_check_env(DemoSelectionEnv.toy(feature_set=feature_set, reward=reward, allow_stop=allow_stop))
+    gym_check_env(toy_env(feature_set=feature_set, reward=reward, allow_stop=allow_stop))
 
 
 @pytest.mark.parametrize("feature_set,reward,allow_stop", CONFIGS)
 def test_sb3_check_env(feature_set, reward, allow_stop):
-    sb3_check_env(DemoSelectionEnv.toy(feature_set=feature_set, reward=reward, allow_stop=allow_stop, k=2))
+    sb3_check_env(toy_env(feature_set=feature_set, reward=reward, allow_stop=allow_stop, k=2))
 
 
 def test_gymnasium_make_toy_and_real():
     assert envs.DEMO_SELECTION_ID in gym.registry
-    env = gym.make("rl_select/DemoSelection-v0")
+    env = gym.make(envs.TOY_DEMO_SELECTION_ID)
     obs, info = env.reset(seed=0)
     assert isinstance(env.unwrapped, DemoSelectionEnv)
     assert obs["candidates"].shape == (8, 6) and info["chosen"] == []
@@ -68,7 +68,7 @@ def test_gymnasium_make_toy_and_real():
     spec = toy_task(3)
     data = toy_examples(spec, 30)
     env = gym.make(
-        "rl_select/DemoSelection-v0", scorer=ToyScorer(spec), candidates=data[:20], val=data[20:], k=2,
+        "rl_select/DemoSelection-v0", scorer=ToyScorer(spec), pool=data[:20], val=data[20:], k=2,
         n_candidates=5, feature_set="labelled", allow_stop=True,
     )
     obs, _ = env.reset(seed=1)
@@ -76,7 +76,7 @@ def test_gymnasium_make_toy_and_real():
     assert env.unwrapped.scorer.spec is spec
     np.testing.assert_array_equal(env.get_wrapper_attr("action_masks")(), obs["action_mask"])
 
-    toy = gym.make("rl_select/DemoSelection-v0", n_labels=4, k=2, n_candidates=6, render_mode="ansi")
+    toy = gym.make(envs.TOY_DEMO_SELECTION_ID, n_labels=4, k=2, n_candidates=6, render_mode="ansi")
     toy.reset(seed=0)
     toy.step(3)
     assert "step 1/2" in toy.render()
@@ -89,7 +89,7 @@ def test_real_sst2_slice(data_root):
     spec = get_task("sst2")
     train, _ = load_task(spec, shared_root=data_root)
     env = DemoSelectionEnv(
-        scorer=ToyScorer(spec), candidates=train[:100], val=train[100:132], k=3, n_candidates=12,
+        scorer=ToyScorer(spec), pool=train[:100], val=train[100:132], k=3, n_candidates=12,
         feature_set="labelled",
     )
     gym_check_env(env)
@@ -100,7 +100,7 @@ def test_real_sst2_slice(data_root):
 
 
 def test_chosen_candidates_are_masked_and_episode_ends_after_k():
-    env = DemoSelectionEnv.toy(k=3, n_candidates=6)
+    env = toy_env(k=3, n_candidates=6)
     assert not env.action_masks().any()  # before reset
     obs, info = env.reset(seed=0)
     mask = _masks_agree(env, obs, info)
@@ -114,7 +114,7 @@ def test_chosen_candidates_are_masked_and_episode_ends_after_k():
         if not terminated:
             assert not mask[[4, 0, 2][: t + 1]].any() and mask[:6].sum() == 6 - (t + 1)
     assert not mask.any()  # all masked at the end
-    assert env.prompt_demos == [env.pool[4], env.pool[0], env.pool[2]]
+    assert env.prompt_demos == [env.candidates[4], env.candidates[0], env.candidates[2]]
     np.testing.assert_array_equal(obs["candidates"][:, FeatureSpec("active").cand_names.index("chosen")],
                                   [1, 0, 1, 0, 1, 0])
     with pytest.raises(SelectionError, match="episode ended"):
@@ -122,7 +122,7 @@ def test_chosen_candidates_are_masked_and_episode_ends_after_k():
 
 
 def test_stop_masked_before_min_len_and_ends_early():
-    env = DemoSelectionEnv.toy(k=4, n_candidates=6, allow_stop=True, min_len=2)
+    env = toy_env(k=4, n_candidates=6, allow_stop=True, min_len=2)
     obs, info = env.reset(seed=3)
     assert not _masks_agree(env, obs, info)[6]
     with pytest.raises(SelectionError, match=r"action 6 \(STOP\) is masked: only 0 demos .* min_len=2"):
@@ -139,7 +139,7 @@ def test_stop_masked_before_min_len_and_ends_early():
 
 
 def test_terminal_reward_on_stop():
-    env = DemoSelectionEnv.toy(k=4, allow_stop=True, reward="terminal")
+    env = toy_env(k=4, allow_stop=True, reward="terminal")
     env.reset(seed=0)
     _, r1, _, _, _ = env.step(2)
     _, r2, terminated, _, info = env.step(env.stop_action)
@@ -147,7 +147,7 @@ def test_terminal_reward_on_stop():
 
 
 def test_masked_and_bad_actions_raise_clearly():
-    env = DemoSelectionEnv.toy(k=3, n_candidates=5)
+    env = toy_env(k=3, n_candidates=5)
     with pytest.raises(SelectionError, match="before reset"):
         env.step(0)
     env.reset(seed=0)
@@ -168,7 +168,7 @@ def test_masked_and_bad_actions_raise_clearly():
 
 
 def test_action_space_samples_only_legal_actions():
-    env = DemoSelectionEnv.toy(k=5, n_candidates=6)
+    env = toy_env(k=5, n_candidates=6)
     assert isinstance(env.action_space, gym.spaces.Discrete) and env.action_space.n == 7
     env.action_space.seed(0)
     for seed in range(5):
@@ -189,14 +189,14 @@ def test_action_space_samples_only_legal_actions():
 
 def _rollout(env: DemoSelectionEnv, seed: int, actions: list[int]) -> list:
     obs, info = env.reset(seed=seed)
-    out = [(env.pool, obs, info)]
+    out = [(env.candidates, obs, info)]
     for a in actions:
         out.append(env.step(a))
     return out
 
 
 def test_same_seed_same_pools_and_observations():
-    a, b = DemoSelectionEnv.toy(feature_set="labelled"), DemoSelectionEnv.toy(feature_set="labelled")
+    a, b = toy_env(feature_set="labelled"), toy_env(feature_set="labelled")
     ra, rb = _rollout(a, 7, [1, 4, 0]), _rollout(b, 7, [1, 4, 0])
     assert ra[0][0] == rb[0][0]
     for x, y in zip(ra, rb):
@@ -211,10 +211,10 @@ def test_same_seed_same_pools_and_observations():
 
 
 def test_fixed_pool_ignores_the_seed():
-    env = DemoSelectionEnv.toy(fixed_pool=True, n_candidates=5)
+    env = toy_env(fixed_pool=True, n_candidates=5)
     for seed in (0, 1, 2):
         env.reset(seed=seed)
-        assert env.pool == env.candidates[:5]
+        assert env.candidates == env.pool[:5]
 
 
 # --- rewards --------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def test_fixed_pool_ignores_the_seed():
 
 @pytest.mark.parametrize("feature_set", FEATURE_SETS)
 def test_marginal_return_telescopes(feature_set):
-    env = DemoSelectionEnv.toy(feature_set=feature_set, k=4, n_candidates=8)
+    env = toy_env(feature_set=feature_set, k=4, n_candidates=8)
     for seed in range(4):
         _, info = env.reset(seed=seed)
         acc0 = info["val_acc"]
@@ -237,7 +237,7 @@ def test_marginal_return_telescopes(feature_set):
 
 
 def test_terminal_reward_only_at_the_end():
-    env = DemoSelectionEnv.toy(reward="terminal", k=4)
+    env = toy_env(reward="terminal", k=4)
     env.reset(seed=5)
     rewards, terminated = [], False
     while not terminated:
@@ -253,7 +253,7 @@ def test_lm_queries_and_cache_hits(tmp_path):
     cache = ScoreCache(tmp_path / "scores.sqlite")
     try:
         scorer = CachedToyScorer(spec, cache=cache)
-        env = DemoSelectionEnv(scorer=scorer, candidates=data[:30], val=data[30:], k=2, n_candidates=6)
+        env = DemoSelectionEnv(scorer=scorer, pool=data[:30], val=data[30:], k=2, n_candidates=6)
         per_call = 6 + 10
         _, info = env.reset(seed=0)
         assert info["lm_queries"] == per_call
@@ -276,7 +276,7 @@ def test_lm_queries_and_cache_hits(tmp_path):
 def test_constructor_validation():
     spec = toy_task(2)
     data = toy_examples(spec, 20)
-    base = dict(scorer=ToyScorer(spec), candidates=data[:10], val=data[10:], k=2, n_candidates=5)
+    base = dict(scorer=ToyScorer(spec), pool=data[:10], val=data[10:], k=2, n_candidates=5)
     cases = [
         (dict(k=6), SelectionError, "k=6"),
         (dict(k=0), SelectionError, "k=0"),
@@ -285,7 +285,7 @@ def test_constructor_validation():
         (dict(feature_set="fancy"), ConfigError, "'fancy'"),
         (dict(reward="dense"), ConfigError, "'dense'"),
         (dict(min_len=3), ConfigError, "min_len=3"),
-        (dict(candidates=[*data[:9], Example(text="x", label="zzz")]), SelectionError, "'zzz'"),
+        (dict(pool=[*data[:9], Example(text="x", label="zzz")]), SelectionError, "'zzz'"),
     ]
     for override, exc, pattern in cases:
         with pytest.raises(exc, match=pattern) as info:
@@ -294,8 +294,8 @@ def test_constructor_validation():
 
 
 def test_env_step_timing_replays_from_cache():
-    from envs.bench import time_env_steps
+    from rl_select.experiments.bench_env import time_env_steps
 
-    env = DemoSelectionEnv.toy(k=3, n_candidates=8)
+    env = toy_env(k=3, n_candidates=8)
     res = time_env_steps(env, episodes=2, seed=0)
     assert res["steps"] == 6 and res["warm_step_ms_mean"] > 0

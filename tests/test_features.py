@@ -7,13 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from envs.demo_selection import toy_examples, toy_task
+from rl_select.embeddings import HashingEmbedder
 from rl_select.errors import ConfigError, SelectionError
-from rl_select.features import FEATURE_SETS, FeatureSpec, Featurizer, HashingEmbedder
 from rl_select.lm.cache import ScoreCache
-from rl_select.lm.testing import CachedToyScorer, ToyScorer
-from rl_select.reward import accuracy
+from rl_select.mdp.features import FEATURE_SETS, FeatureSpec, Featurizer
+from rl_select.metrics import accuracy
 from rl_select.tasks import TaskSpec
+from rl_select.testing import CachedToyScorer, ToyScorer, toy_examples, toy_task
 from rl_select.types import Example
 
 

@@ -15,13 +15,14 @@ import pytest
 
 from rl_select.errors import ConfigError, DataError, SelectionError
 from rl_select.experiments.config import RunConfig, load_config
-from rl_select.experiments.harness import TaskData, check_plan, grouped_accuracy, run_grid, summarise
+from rl_select.experiments.executors import LocalExecutor
+from rl_select.experiments.harness import EvalWorker, TaskData, check_plan, grouped_accuracy, run_grid, summarise
 from rl_select.experiments.report import plot_summary, summary_table
 from rl_select.experiments.rundir import RunDir
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import ScoreCache
-from rl_select.lm.testing import ToyScorer
 from rl_select.tasks import get_task
+from rl_select.testing import ToyScorer
 from rl_select.types import Example
 
 SPEC = get_task("sst2")
@@ -76,17 +77,23 @@ def data() -> TaskData:
 
 @pytest.fixture
 def cfg(tmp_path) -> RunConfig:
-    return RunConfig(
+    return RunConfig.from_dict(dict(
         k=3, n_pool=8, n_val=8, n_test=12, seeds=[0, 1], selectors=list(SELECTORS),
-        selector_args={"knn": {"embedder": HashEmbedder()}, "random_search": {"n_candidates": 4}},
+        selector_args={"knn": {"embedder": HashEmbedder()}, "random_search": {"n_prompts": 4}},
         cache="none", out=str(tmp_path / "runs"),
-    ).validate()
+    ))
 
 
 def only(cfg: RunConfig, *names: str, **changes) -> RunConfig:
     """``cfg`` with just these selectors (and their arguments)."""
-    args = {k: v for k, v in cfg.selector_args.items() if k in names}
-    return replace(cfg, selectors=list(names), selector_args=args, **changes)
+    args = {k: v for k, v in cfg.selectors.args.items() if k in names}
+    return cfg.updated(selectors=list(names), selector_args=args, **changes)
+
+
+def grid(cfg: RunConfig, data: TaskData, scorer, *, demos=None, label: str = "explicit", on_row=None) -> list[dict]:
+    """:func:`run_grid` in process on ``scorer``: its rows."""
+    worker = EvalWorker(cfg, data, scorer, demos=demos, label=label)
+    return run_grid(cfg, LocalExecutor(worker), names=None if demos is None else [label], on_row=on_row).rows
 
 
 def _strip_time(rows):
@@ -98,7 +105,7 @@ def _strip_time(rows):
 
 def test_run_grid_rows(cfg, data):
     seen = []
-    rows = run_grid(cfg, data, ToyScorer(SPEC), on_row=seen.append)
+    rows = grid(cfg, data, ToyScorer(SPEC), on_row=seen.append)
     assert seen == rows
     assert [(r["selector"], r["seed"]) for r in rows] == [(s, seed) for seed in (0, 1) for s in SELECTORS]
     for r in rows:
@@ -114,7 +121,7 @@ def test_run_grid_rows(cfg, data):
         assert by[name, 0]["select_queries"] == 0
     for name in ("random_search", "greedy", "max_entropy"):
         assert by[name, 0]["select_queries"] > 0
-    assert by["random_search", 0]["select_queries"] >= 4 * cfg.n_val
+    assert by["random_search", 0]["select_queries"] >= 4 * cfg.splits.n_val
     # One fixed demo list (with val accuracy) vs per-query demos.
     assert by["zero_shot", 0]["demos"] == []
     assert len(by["random", 0]["demos"]) == 3
@@ -124,22 +131,22 @@ def test_run_grid_rows(cfg, data):
 
 
 def test_run_grid_is_deterministic(cfg, data):
-    first = run_grid(cfg, data, ToyScorer(SPEC))
-    second = run_grid(cfg, data, ToyScorer(SPEC))
+    first = grid(cfg, data, ToyScorer(SPEC))
+    second = grid(cfg, data, ToyScorer(SPEC))
     assert _strip_time(first) == _strip_time(second)
 
 
 def test_seeds_give_different_splits(cfg, data):
-    rows = run_grid(only(cfg, "random"), data, ToyScorer(SPEC))
+    rows = grid(only(cfg, "random"), data, ToyScorer(SPEC))
     assert rows[0]["demos"] != rows[1]["demos"]
 
 
 def test_run_grid_with_cache_second_run_is_all_hits(cfg, data, tmp_path):
     cfg = only(cfg, "random", "random_search")
     path = tmp_path / "scores.sqlite"
-    first = run_grid(cfg, data, CachedToy(cache=ScoreCache(path)))
+    first = grid(cfg, data, CachedToy(cache=ScoreCache(path)))
     again_scorer = CachedToy(cache=ScoreCache(path))
-    second = run_grid(cfg, data, again_scorer)
+    second = grid(cfg, data, again_scorer)
     assert again_scorer.calls == []
     assert all(r["select_cache_misses"] == 0 and r["eval_cache_misses"] == 0 for r in second)
     assert [r["test_acc"] for r in first] == [r["test_acc"] for r in second]
@@ -149,7 +156,7 @@ def test_run_grid_with_cache_second_run_is_all_hits(cfg, data, tmp_path):
 
 def test_run_grid_explicit_demos(cfg, data):
     demos = data.train[:2]
-    rows = run_grid(cfg, data, ToyScorer(SPEC), demos=demos, label="mine")
+    rows = grid(cfg, data, ToyScorer(SPEC), demos=demos, label="mine")
     assert [r["selector"] for r in rows] == ["mine", "mine"]
     assert all(r["demos"] == ["train:0", "train:1"] for r in rows)
     assert all(r["select_queries"] == 0 for r in rows)
@@ -163,28 +170,28 @@ def test_k_larger_than_pool_is_refused(cfg, data):
     with pytest.raises(SelectionError, match=r"k=50 .*8"):
         check_plan(big, data)
     with pytest.raises(SelectionError, match=r"k=50 .*8"):
-        run_grid(big, data, ToyScorer(SPEC))
+        grid(big, data, ToyScorer(SPEC))
 
 
 def test_k_larger_than_pool_is_fine_for_zero_shot(cfg, data):
     zs = only(cfg, "zero_shot", k=50)
     check_plan(zs, data)
-    assert run_grid(zs, data, ToyScorer(SPEC))[0]["demos"] == []
+    assert grid(zs, data, ToyScorer(SPEC))[0]["demos"] == []
 
 
 def test_check_plan_refuses_bad_plans(cfg, data):
     check_plan(cfg, data)  # the good plan passes
-    with pytest.raises(SelectionError, match="'psychic'"):
-        check_plan(only(cfg, "psychic"), data)
+    with pytest.raises(ConfigError, match="'psychic'"):  # refused when the config is made
+        only(cfg, "psychic")
     with pytest.raises(ConfigError, match="'oracle'"):
-        check_plan(replace(only(cfg, "random"), selector_args={"oracle": {}}), data)
-    check_plan(replace(only(cfg, "random"), selector_args={"greedy": {"max_candidates": 2}}), data)  # unused: fine
-    with pytest.raises(SelectionError, match="n_candidates=0"):
-        check_plan(replace(cfg, selector_args={"random_search": {"n_candidates": 0}}), data)
+        only(cfg, "random").updated(selector_args={"oracle": {}})
+    check_plan(only(cfg, "random").updated(selector_args={"greedy": {"max_candidates": 2}}), data)  # unused: fine
+    with pytest.raises(SelectionError, match="n_prompts=0"):
+        check_plan(cfg.updated(selector_args={"random_search": {"n_prompts": 0}}), data)
     with pytest.raises(DataError, match="60 train"):
-        check_plan(replace(cfg, n_pool=100), data)
+        check_plan(cfg.updated(n_pool=100), data)
     with pytest.raises(DataError, match="n_test=99"):
-        check_plan(replace(cfg, n_test=99), data)
+        check_plan(cfg.updated(n_test=99), data)
 
 
 # --- test_accuracy --------------------------------------------------------------------------------
@@ -218,7 +225,7 @@ def test_test_accuracy_one_list_is_one_call(data):
 
 
 def test_summarise_mean_and_std(cfg, data):
-    rows = run_grid(cfg, data, ToyScorer(SPEC))
+    rows = grid(cfg, data, ToyScorer(SPEC))
     summary = summarise(rows)
     assert [s["selector"] for s in summary] == SELECTORS
     for s in summary:
@@ -265,7 +272,7 @@ def test_run_dir_files(cfg, data, rl_logger):
     run = RunDir.create(cfg, "baselines")
     assert run.path.parent == Path(cfg.out)
     assert run.path.name.endswith("-baselines-sst2")
-    rows = run_grid(cfg, data, ToyScorer(SPEC), on_row=run.add_row)
+    rows = grid(cfg, data, ToyScorer(SPEC), on_row=run.add_row)
     summary = summarise(rows)
     run.finish(summary, {"config": cfg.to_dict(), "lm_calls": {"queries": 1}})
 

@@ -15,7 +15,6 @@ missing server is a failure.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import urllib.error
@@ -31,7 +30,7 @@ import pytest
 from rl_select.errors import ModelError
 from rl_select.lm.cache import ScoreCache
 from rl_select.lm.local_server import LlamaCppServer
-from rl_select.lm.openai_compat import OpenAICompletionsScorer
+from rl_select.lm.openai import OpenAICompletionsScorer
 from rl_select.tasks import get_task
 from rl_select.types import Example
 
@@ -41,17 +40,9 @@ SPEC = get_task("sst2")
 ALIAS = "smollm2"
 
 
-def _require_server() -> None:
-    if not LlamaCppServer.available():
-        if os.environ.get("RL_SELECT_REQUIRE_SERVER") == "1":
-            pytest.fail("RL_SELECT_REQUIRE_SERVER=1 but llama-cpp-python[server] is not installed")
-        pytest.skip("llama-cpp-python[server] is not installed (pip install 'rl-select[server]')")
-
-
 @pytest.fixture(scope="module")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppServer]:
+def llama_server(server_extra: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppServer]:
     """One real server for the module (start-up ~3 s)."""
-    _require_server()
     log = tmp_path_factory.mktemp("llama") / "server.log"
     with LlamaCppServer(alias=ALIAS, n_threads=2, log_path=log) as server:
         yield server
@@ -105,10 +96,9 @@ def test_real_server_agrees_with_the_hf_backend(llama_server, smollm2, short_row
     assert np.abs(wrong - ref[:2]).mean() > 1.0
 
 
-def test_server_killed_mid_run_keeps_what_was_scored(data_root, short_rows, tmp_path: Path) -> None:
+def test_server_killed_mid_run_keeps_what_was_scored(server_extra, data_root, short_rows, tmp_path: Path) -> None:
     """SIGKILL the real server after a few answers: one-line error, finished rows stay cached, and the
     rerun against a restarted server asks only for the rest and gives the same numbers."""
-    _require_server()
     demos, queries = short_rows
     cache = ScoreCache(tmp_path / "scores.sqlite")
     server = LlamaCppServer(alias=ALIAS, n_threads=2).start()

@@ -13,7 +13,7 @@ from rl_select.errors import ModelError
 from rl_select.lm.cache import ScoreCache
 from rl_select.lm.hf import HFScorer
 from rl_select.lm.reference import ReferenceScorer
-from rl_select.reward import accuracy
+from rl_select.metrics import accuracy
 from rl_select.tasks import get_task
 from rl_select.types import Example
 
@@ -130,14 +130,15 @@ def test_cli_evaluate_twice_second_run_hits_cache(data_root, tmp_path):
 
 def test_mdp_smoke_with_real_model(smollm2, data_root, tmp_path):
     """The selection MDP on SmolLM2: pool 8, k 2, a few random episodes, offline training, export, select."""
-    from agents.pipeline import build_task_envs, collect_rollouts, train_agent
     from rl_select.experiments.config import RunConfig
-    from rl_select.policy import SelectorPolicy
+    from rl_select.experiments.executors import LocalExecutor
+    from rl_select.experiments.training import EpisodeWorker, build_task_envs, collect_rollouts, train_agent
+    from rl_select.mdp.policy import SelectorPolicy
 
     model, tok = smollm2
     cache = ScoreCache(tmp_path / "scores.sqlite")
-    cfg = RunConfig(task="sst2", data=str(data_root / "sst2"), k=2, n_pool=8, n_val=8, seeds=[0], train_pool=24,
-                    episodes=3, train_steps=20, hidden=[16], out=str(tmp_path / "runs"))
+    cfg = RunConfig.from_dict(dict(task="sst2", data=str(data_root / "sst2"), k=2, n_pool=8, n_val=8, seeds=[0],
+                                   train_pool=24, episodes=3, train_steps=20, hidden=[16], out=str(tmp_path / "runs")))
     fp: list[str] = []
 
     def scorer_for(spec):
@@ -146,14 +147,14 @@ def test_mdp_smoke_with_real_model(smollm2, data_root, tmp_path):
         return s
 
     envs = build_task_envs(cfg, scorer_for)
-    report = collect_rollouts(cfg, envs)[0]
+    report = collect_rollouts(cfg, LocalExecutor(EpisodeWorker(envs)))[0]
     assert report["episodes"] == 3 and report["lm_cache_misses"] > 0
-    res = train_agent(cfg, envs, lm_id="bundled", lm_fingerprint=envs[0].scorer.fingerprint)
-    pol = SelectorPolicy.load(res.policy.save(tmp_path / "policy.safetensors"),
-                              expect_lm_fingerprint=envs[0].scorer.fingerprint)
-    pool = list(envs[0].env.candidates[:8])
+    res = train_agent(cfg, envs)
+    pol = SelectorPolicy.load(res.policy.save(tmp_path / "policy.safetensors"))
+    assert pol.scorer_differences(envs[0].scorer) == []
+    pool = list(envs[0].env.pool[:8])
     demos = pol.select(pool, scorer=envs[0].scorer, val=list(envs[0].env.val))
     assert len(demos) == 2 and all(d in pool for d in demos)
     assert pol.build_prompt("a charming film", demos).endswith("Review: a charming film\nSentiment:")
-    again = collect_rollouts(cfg, envs)[0]  # resumable: nothing to do, no LM call
+    again = collect_rollouts(cfg, LocalExecutor(EpisodeWorker(envs)))[0]  # resumable: nothing to do, no LM call
     assert again["written"] == 0 and again["lm_queries"] == 0

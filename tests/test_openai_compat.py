@@ -4,11 +4,12 @@ The fake tokenises with a GPT-2-like regex (words carry their leading space) and
 deterministic log-prob (a hash of the token and the text before it), so the exact score of any
 continuation is known here without a model. It speaks both response styles (echo + ``text_offset``,
 and vLLM's ``prompt_logprobs``), can play a chat-only API or a llama.cpp build without echo, and
-injects faults (5xx, 429, slow answers, bad JSON, a server that dies) one request at a time.
+injects faults (5xx, 429, a redirect, slow answers, bad JSON, a server that dies) one request at a time.
 """
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
 import re
@@ -25,7 +26,7 @@ import pytest
 from rl_select.errors import ModelError
 from rl_select.lm.cache import ScoreCache
 from rl_select.lm.calibration import calibrate
-from rl_select.lm.openai_compat import (
+from rl_select.lm.openai import (
     MAX_RETRY_AFTER,
     NO_PROMPT_LOGPROBS,
     SHIFT_PROBE,
@@ -36,6 +37,7 @@ from rl_select.lm.openai_compat import (
     split_base_url,
     vllm_continuation,
 )
+from rl_select.lm.openai.transport import retry_after_seconds
 from rl_select.prompts import (
     channel_contexts,
     channel_target,
@@ -131,6 +133,7 @@ class FakeServer:
         self.delay = delay
         self.port = port
         self.slow_seconds = 1.0
+        self.redirect_to = ""  # where the "redirect" fault points
         self.faults: list[str | None] = []
         self.requests = 0
         self.batch_sizes: list[int] = []
@@ -275,8 +278,12 @@ class _Handler(BaseHTTPRequestHandler):
             if fault == "500":
                 self._send(500, b'{"error": {"message": "internal error"}}')
                 return
-            if fault == "429":
-                self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": "0"})
+            if fault is not None and fault.startswith("429"):  # "429" or "429:<Retry-After>"
+                wait = fault.partition(":")[2] or "0"
+                self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": wait})
+                return
+            if fault == "redirect":
+                self._send(307, b"", {"Location": fake.redirect_to})
                 return
             if fault == "malformed":
                 self._send(200, b'{"choices": [ this is not json')
@@ -506,8 +513,34 @@ def test_429_honours_retry_after(serve) -> None:
     assert time.perf_counter() - t0 < 5.0
     np.testing.assert_allclose(got, truth(DEMOS, QUERIES[:2]), atol=1e-9)
     assert scorer.requests == 3
-    assert scorer._delay(0, 10_000.0) == MAX_RETRY_AFTER
-    assert 0.5 <= scorer._delay(0, None) / 30.0 <= 1.0
+    wait = scorer.transport.wait
+    assert wait.delay(0, 10_000.0) == MAX_RETRY_AFTER
+    assert 0.5 <= wait.delay(0, None) / 30.0 <= 1.0
+    assert 0.5 <= wait.delay(3, None) / 30.0 <= 1.0  # capped at MAX_BACKOFF before the jitter
+    # a positive Retry-After is waited out even with no back-off of our own
+    server.faults = ["429:1"]
+    patient = scorer_for(server, backoff=0.0)
+    t0 = time.perf_counter()
+    patient.logprobs(demos=DEMOS, queries=QUERIES[2:3])
+    assert time.perf_counter() - t0 >= 0.9 and patient.retries == 1
+
+
+def test_retry_after_forms() -> None:
+    assert retry_after_seconds("7") == 7.0 and retry_after_seconds("-3") == 0.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25.0 <= retry_after_seconds(later) <= 30.0
+    assert retry_after_seconds(email.utils.formatdate(time.time() - 30, usegmt=True)) == 0.0
+
+
+def test_a_redirect_is_refused_and_the_key_stays_home(serve) -> None:
+    server, elsewhere = serve("echo"), serve("echo")
+    server.redirect_to = elsewhere.url + "/v1/completions"
+    server.faults = ["redirect"]
+    with pytest.raises(ModelError, match=r"HTTP 307 .*redirects are not followed") as info:
+        scorer_for(server, api_key=SECRET, logprob_style="echo").logprobs(demos=DEMOS, queries=QUERIES[:1])
+    assert server.requests == 1 and elsewhere.requests == 0 and not elsewhere.auth
+    assert "\n" not in str(info.value) and "SECRET" not in str(info.value)
 
 
 def test_slow_server_is_retried_then_a_clear_error(serve) -> None:

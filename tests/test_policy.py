@@ -16,19 +16,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from rl_select.errors import PolicyError, SelectionError
-from rl_select.features import FeatureSpec
-from rl_select.lm.testing import ToyScorer
-from rl_select.policy import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    METADATA_KEY,
-    PolicyWarning,
-    SelectorPolicy,
-    fingerprint_model_part,
-    tensors_sha256,
-)
-from rl_select.qnet import CandidateQNet
+from rl_select.mdp.features import FeatureSpec
+from rl_select.lm.spec import ScorerSpec
+from rl_select.mdp.artifacts import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, tensors_sha256
+from rl_select.mdp.policy import PolicyWarning, SelectorPolicy
+from rl_select.mdp.qnet import CandidateQNet
 from rl_select.tasks import get_task
+from rl_select.testing import ToyScorer
 from rl_select.types import Example
 
 _WORDS = ("film", "plot", "actor", "scene", "story", "music", "ending", "pace", "cast", "script", "dull", "fun")
@@ -68,7 +62,7 @@ def _policy(task, kind: str = "active", *, k: int = 4, allow_stop: bool = False,
     torch.manual_seed(seed)
     qnet = CandidateQNet(spec.state_dim, spec.cand_dim, hidden)
     return SelectorPolicy(
-        qnet, feature_spec=spec, k=k, task=task, lm_id="toy", lm_fingerprint=ToyScorer(task).fingerprint,
+        qnet, feature_spec=spec, k=k, task=task, scorer_spec=None, scorer_fingerprint=ToyScorer(task).fingerprint,
         training={"agent": "dqn", "total_timesteps": 123, "seed": seed}, allow_stop=allow_stop, min_len=min_len,
     )
 
@@ -105,7 +99,7 @@ def test_round_trip_same_tensors_and_choices(tmp_path, task, pool, val, kind):
     path = policy.save(tmp_path / "sub" / "policy.safetensors")
     assert path.is_file() and sorted(os.listdir(path.parent)) == ["policy.safetensors"]  # no temp file left
 
-    loaded = SelectorPolicy.load(path, expect_lm_fingerprint=ToyScorer(task).fingerprint, expect_feature_set=kind)
+    loaded = SelectorPolicy.load(path, expect_feature_set=kind)
     a, b = policy.qnet.state_dict(), loaded.qnet.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
     assert loaded.describe() == policy.describe()
@@ -131,11 +125,11 @@ def test_file_holds_one_json_document(tmp_path, task):
         names = sorted(f.keys())
     assert list(meta) == [METADATA_KEY]
     doc = json.loads(meta[METADATA_KEY])
-    assert doc["format"] == FORMAT_NAME and doc["format_version"] == FORMAT_VERSION == 1
+    assert doc["format"] == FORMAT_NAME and doc["format_version"] == FORMAT_VERSION == 2 and doc["kind"] == "policy"
     assert doc["qnet"] == {"class": "CandidateQNet", "state_dim": 6, "cand_dim": 6, "hidden": [16, 8],
                            "n_parameters": sum(p.numel() for p in policy.qnet.parameters())}
     assert doc["feature_spec"]["kind"] == "active" and doc["task"]["name"] == "sst2"
-    assert doc["lm_id"] == "toy" and doc["lm_fingerprint"] == ToyScorer(task).fingerprint
+    assert doc["scorer"] is None and doc["scorer_fingerprint"] == ToyScorer(task).fingerprint
     assert doc["training"] == {"agent": "dqn", "total_timesteps": 123, "seed": 0}
     assert doc["tensors_sha256"] == tensors_sha256(load_file(str(path)))
     assert names == sorted(policy.qnet.state_dict())
@@ -195,7 +189,13 @@ def test_refuses_unknown_format_and_newer_version(tmp_path, task):
     src = _policy(task).save(tmp_path / "p.safetensors")
     newer = tmp_path / "newer.safetensors"
     _rewrite_metadata(src, newer, lambda d: d.update(format_version=99))
-    _refused(newer, "format_version 99", "expected <= 1")
+    _refused(newer, "format_version 99", "expected 2", "upgrade rl_select")
+    older = tmp_path / "older.safetensors"
+    _rewrite_metadata(src, older, lambda d: d.update(format_version=1))
+    _refused(older, "format_version 1", "re-export")
+    agent = tmp_path / "agent.safetensors"
+    _rewrite_metadata(src, agent, lambda d: d.update(kind="agent"))
+    _refused(agent, "'agent' document", "expected 'policy'")
     other = tmp_path / "other.safetensors"
     _rewrite_metadata(src, other, lambda d: d.update(format="someone.else"))
     _refused(other, "'someone.else'", FORMAT_NAME)
@@ -214,27 +214,40 @@ def test_refuses_architecture_that_does_not_match_tensors(tmp_path, task):
     _refused(relabelled, "do not match feature set 'labelled'")
 
 
-def test_refuses_unexpected_lm_or_feature_set(tmp_path, task):
+def test_refuses_unexpected_feature_set(tmp_path, task):
     path = _policy(task).save(tmp_path / "p.safetensors")
-    _refused(path, "'hf:abc123:direct:0'", "toy:sst2", expect_lm_fingerprint="hf:abc123:direct:0")
     _refused(path, "feature set 'active'", "expected 'labelled'", expect_feature_set="labelled")
 
 
-def test_expected_fingerprint_matches_by_model_part(tmp_path, task):
+def test_scorer_spec_round_trips_and_is_compared_field_by_field(tmp_path, task):
+    spec = ScorerSpec(model="bundled", dtype="fp32", mode="channel", calibrate=True, model_fingerprint="abc123")
     policy = _policy(task)
-    policy.lm_fingerprint = "hf:abc123:direct:0"
-    path = policy.save(tmp_path / "p.safetensors")
-    assert SelectorPolicy.load(path, expect_lm_fingerprint="hf:abc123:direct:1").lm_fingerprint == "hf:abc123:direct:0"
-    assert SelectorPolicy.load(path, expect_lm_fingerprint="abc123").lm_id == "toy"
-    assert fingerprint_model_part("hf:abc123:channel:1") == "abc123"
-    assert fingerprint_model_part("toy:sst2:1.5:1.0") == "toy:sst2:1.5:1.0"
+    policy.scorer_spec = spec
+    loaded = SelectorPolicy.load(policy.save(tmp_path / "p.safetensors"))
+    assert loaded.scorer_spec == spec
+
+    class Built:  # a scorer as ScorerSpec.factory builds it: it carries its resolved spec
+        fingerprint = "hf:abc123:channel:0"
+
+        def __init__(self, s):
+            self.scorer_spec = s
+
+    assert loaded.scorer_differences(Built(spec)) == []
+    assert loaded.scorer_differences(Built(spec.replace(batch_size=64))) == []  # not an identity field
+    diff = loaded.scorer_differences(Built(spec.replace(calibrate=False, mode="direct")))
+    assert diff == ["mode: 'channel' vs 'direct'", "calibrate: True vs False"]
+    with pytest.raises(PolicyError, match="calibrate: True vs False") as info:
+        loaded.check_scorer(Built(spec.replace(calibrate=False)))
+    assert "\n" not in str(info.value)
+    with pytest.warns(PolicyWarning):
+        assert loaded.check_scorer(Built(spec.replace(calibrate=False)), force=True) is False
 
 
 def test_constructor_refuses_mismatched_qnet(task):
     torch.manual_seed(0)
     with pytest.raises(PolicyError, match="do not match feature set 'labelled'"):
         SelectorPolicy(CandidateQNet(6, 6, (4,)), feature_spec=FeatureSpec("labelled"), k=2, task=task,
-                       lm_id="toy", lm_fingerprint="toy")
+                       scorer_spec=None, scorer_fingerprint="toy")
     with pytest.raises(PolicyError, match="min_len=3"):
         _policy(task, k=2, min_len=3)
 
@@ -289,13 +302,13 @@ def test_k_larger_than_pool(task, pool, val):
         _policy(task).select(pool, scorer=ToyScorer(task), val=val, k=0)
 
 
-def test_other_lm_warns_or_raises(task, pool, val):
+def test_other_scorer_is_refused_unless_forced(task, pool, val):
     policy = _policy(task, k=2)
     other = ToyScorer(task, hint=0.5)  # another "model"
-    with pytest.warns(PolicyWarning, match="trained on LM 'toy'"):
-        assert len(policy.select(pool, scorer=other, val=val)) == 2
-    with pytest.raises(PolicyError, match="fingerprint"):
-        policy.select(pool, scorer=other, val=val, strict=True)
+    with pytest.raises(PolicyError, match="fingerprint: 'toy:sst2:1.5:1.0' vs 'toy:sst2:0.5:1.0'"):
+        policy.select(pool, scorer=other, val=val)
+    with pytest.warns(PolicyWarning, match="another scorer"):
+        assert len(policy.select(pool, scorer=other, val=val, force=True)) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         policy.select(pool, scorer=ToyScorer(task), val=val)  # the training LM: no warning
@@ -334,7 +347,7 @@ def test_build_prompt_pair_task():
 
 def test_import_needs_no_rl_libraries():
     code = (
-        "import rl_select.policy, sys; "
+        "import rl_select.mdp.policy, sys; "
         "assert 'gymnasium' not in sys.modules and 'stable_baselines3' not in sys.modules, "
         "sorted(m for m in sys.modules if m.startswith(('gymnasium', 'stable_baselines3')))"
     )

@@ -7,7 +7,6 @@ extra is missing, unless ``RL_SELECT_REQUIRE_RAY=1`` (set by CI).
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +20,9 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    try:
-        import ray
-    except ImportError:
-        if os.environ.get("RL_SELECT_REQUIRE_RAY") == "1":
-            pytest.fail("RL_SELECT_REQUIRE_RAY=1 but ray is not installed")
-        pytest.skip("ray is not installed (pip install 'rl-select[ray]')")
+def local_ray(ray_extra: None) -> Iterator[None]:
+    import ray
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
@@ -38,7 +33,7 @@ def _cfg(data_root: Path, tmp_path: Path, name: str, **kw) -> RunConfig:
                 n_pool=6, n_test=12, seeds=[0], cache=str(tmp_path / f"{name}.sqlite"),
                 store=str(tmp_path / f"{name}.jsonl"), out=str(tmp_path / "runs"))
     base.update(kw)
-    return RunConfig(**base).validate()
+    return RunConfig.from_dict(base)
 
 
 def _keys(path: str) -> set[str]:
@@ -46,54 +41,73 @@ def _keys(path: str) -> set[str]:
         return {k for (k,) in db.execute("SELECT key FROM scores")}
 
 
-def test_same_seed_gives_the_same_rollouts_as_in_process(local_ray, data_root: Path, tmp_path: Path) -> None:
-    from agents.pipeline import build_task_envs, collect_rollouts
-    from rl_select.experiments.distributed import collect_rollouts_ray
-    from rl_select.lm.testing import toy_scorer_factory
+def _ray(worker_cls, cfg: RunConfig, workers: int = 2, **kw):
+    from rl_select.experiments.executors import RayExecutor
 
+    return RayExecutor(worker_cls, cfg, workers=workers, **kw)
+
+
+def _local_collect(cfg: RunConfig):
+    from rl_select.experiments.executors import LocalExecutor
+    from rl_select.experiments.training import EpisodeWorker, build_task_envs, collect_rollouts
+    from rl_select.testing import toy_scorer_factory
+
+    envs = build_task_envs(cfg, toy_scorer_factory(cfg))
+    return collect_rollouts(cfg, LocalExecutor(EpisodeWorker(envs))), envs
+
+
+def _ray_collect(cfg: RunConfig, workers: int = 2, factory=None):
+    from rl_select.experiments.training import EpisodeWorker, collect_rollouts
+    from rl_select.testing import toy_scorer_factory
+
+    return collect_rollouts(cfg, _ray(EpisodeWorker, cfg, workers, factory=factory or toy_scorer_factory))
+
+
+def _local_grid(cfg: RunConfig, scorer_for):
+    from rl_select.experiments.executors import LocalExecutor
+    from rl_select.experiments.harness import EvalWorker, TaskData, run_grid
+
+    data = TaskData.load(cfg)
+    return run_grid(cfg, LocalExecutor(EvalWorker(cfg, data, scorer_for(cfg)(data.spec)))).rows
+
+
+def test_same_seed_gives_the_same_rollouts_as_in_process(local_ray, data_root: Path, tmp_path: Path) -> None:
     local = _cfg(data_root, tmp_path, "local")
-    envs = build_task_envs(local, toy_scorer_factory(local))
-    collect_rollouts(local, envs)
+    _, envs = _local_collect(local)
     envs[0].scorer.cache.close()
     remote = _cfg(data_root, tmp_path, "ray")
-    reports = collect_rollouts_ray(remote, workers=2, factory=toy_scorer_factory)
+    reports = _ray_collect(remote)
     assert reports[0]["episodes"] == 6 and reports[0]["written"] == 6
     assert reports[0]["lm_queries"] > 0
-    assert Path(remote.store).read_bytes() == Path(local.store).read_bytes()
+    assert Path(remote.agent.store).read_bytes() == Path(local.agent.store).read_bytes()
     # every score the actors computed is in the driver's cache: the same entries the in-process run stored
     assert _keys(remote.cache) == _keys(local.cache)
 
 
 def test_ray_collection_resumes_to_the_same_file(local_ray, data_root: Path, tmp_path: Path) -> None:
-    from agents.pipeline import build_task_envs, collect_rollouts
-    from rl_select.experiments.distributed import collect_rollouts_ray
-    from rl_select.lm.testing import toy_scorer_factory
-
     local = _cfg(data_root, tmp_path, "local", episodes=5)
-    collect_rollouts(local, build_task_envs(local, toy_scorer_factory(local)))
+    _local_collect(local)
     remote = _cfg(data_root, tmp_path, "ray", episodes=2)
-    collect_rollouts_ray(remote, workers=2, factory=toy_scorer_factory)
-    remote.episodes = 5
-    report = collect_rollouts_ray(remote, workers=2, factory=toy_scorer_factory)[0]
+    _ray_collect(remote)
+    remote.agent.episodes = 5
+    report = _ray_collect(remote)[0]
     assert report["written"] == 3
-    assert Path(remote.store).read_bytes() == Path(local.store).read_bytes()
-    again = collect_rollouts_ray(remote, workers=2, factory=toy_scorer_factory)[0]  # nothing left: no actors
+    assert Path(remote.agent.store).read_bytes() == Path(local.agent.store).read_bytes()
+    again = _ray_collect(remote)[0]  # nothing left: no actors
     assert again["written"] == 0 and again["lm_queries"] == 0
 
 
 def test_evaluation_on_ray_gives_the_in_process_rows(local_ray, data_root: Path, tmp_path: Path) -> None:
-    from rl_select.experiments.distributed import run_grid_ray
-    from rl_select.experiments.harness import TaskData, run_grid
-    from rl_select.lm.testing import toy_scorer_factory
+    from rl_select.experiments.harness import EvalWorker, run_grid
+    from rl_select.testing import toy_scorer_factory
 
     fields = ("selector", "seed", "k", "test_acc", "val_acc", "n_test", "demos", "select_queries")
     local = _cfg(data_root, tmp_path, "local", seeds=[0, 1], selectors=["zero_shot", "random", "max_entropy"])
-    data = TaskData.load(local)
-    rows = run_grid(local, data, toy_scorer_factory(local)(data.spec))
+    rows = _local_grid(local, toy_scorer_factory)
     remote = _cfg(data_root, tmp_path, "ray", seeds=[0, 1], selectors=["zero_shot", "random", "max_entropy"])
     seen: list[tuple[int, str]] = []
-    got, spent, fingerprint = run_grid_ray(remote, workers=2, factory=toy_scorer_factory,
-                                           on_row=lambda r: seen.append((r["seed"], r["selector"])))
+    got, spent, fingerprint = run_grid(remote, _ray(EvalWorker, remote, factory=toy_scorer_factory),
+                                       on_row=lambda r: seen.append((r["seed"], r["selector"])))
     assert [{f: r[f] for f in fields} for r in got] == [{f: r[f] for f in fields} for r in rows]
     assert seen == [(r["seed"], r["selector"]) for r in rows]  # rows arrive in the in-process order
     assert spent.queries == sum(r["select_queries"] + r["eval_queries"] for r in got)
@@ -101,10 +115,9 @@ def test_evaluation_on_ray_gives_the_in_process_rows(local_ray, data_root: Path,
     assert _keys(remote.cache) == _keys(local.cache)
 
 
-def test_unreachable_cluster_is_one_clear_line(monkeypatch) -> None:
-    pytest.importorskip("ray")
+def test_unreachable_cluster_is_one_clear_line(ray_extra: None, monkeypatch) -> None:
     from rl_select.errors import ConfigError
-    from rl_select.experiments.distributed import _probe, init_ray, resolve_address
+    from rl_select.experiments.executors import _probe, init_ray, resolve_address
 
     monkeypatch.setenv("RL_SELECT_RAY_ADDRESS", "ray://127.0.0.1:1")
     assert resolve_address(None) == "ray://127.0.0.1:1" and resolve_address("auto") == "auto"
@@ -122,7 +135,8 @@ def test_unreachable_cluster_is_one_clear_line(monkeypatch) -> None:
 @pytest.mark.model
 def test_cli_collect_and_baselines_on_ray_with_the_real_model(local_ray, data_root: Path, tmp_path: Path) -> None:
     """`rl-select collect/baselines --executor ray`: two actors each load SmolLM2; the store and the table
-    match the in-process run (actions exactly; LM numbers to float noise)."""
+    match the in-process run (actions exactly; LM numbers to float noise). fp32: bf16 sums depend on the
+    thread count (an actor has 1 thread, the driver 2), which moves features by ~0.04 on a bf16 CPU."""
     import json
 
     from typer.testing import CliRunner
@@ -130,7 +144,7 @@ def test_cli_collect_and_baselines_on_ray_with_the_real_model(local_ray, data_ro
     from agents.rollouts import RolloutStore
     from rl_select.cli import app
 
-    common = ["--task", "sst2", "--data", str(data_root / "sst2"), "--k", "2", "--n-val", "4", "--seeds", "0",
+    common = ["--task", "sst2", "--data", str(data_root / "sst2"), "--dtype", "fp32", "--k", "2", "--n-val", "4", "--seeds", "0",
               "--n-candidates", "4", "--episodes", "3", "--out", str(tmp_path / "runs")]
     stores = {}
     for executor in ("local", "ray"):
@@ -147,7 +161,8 @@ def test_cli_collect_and_baselines_on_ray_with_the_real_model(local_ray, data_ro
     summaries = {}
     for executor in ("local", "ray"):
         res = CliRunner().invoke(app, [
-            "baselines", "--task", "sst2", "--data", str(data_root / "sst2"), "--k", "2", "--n-pool", "4",
+            "baselines", "--task", "sst2", "--data", str(data_root / "sst2"), "--dtype", "fp32", "--k", "2",
+            "--n-pool", "4",
             "--n-val", "4", "--n-test", "8", "--seeds", "0,1", "--selectors", "zero_shot,random",
             "--executor", executor, "--cache", str(tmp_path / f"b-{executor}.sqlite"),
             "--out", str(tmp_path / f"runs-{executor}")])
@@ -161,19 +176,16 @@ def test_cli_collect_and_baselines_on_ray_with_the_real_model(local_ray, data_ro
 
 def test_store_of_another_seed_is_refused_before_ray_starts(local_ray, data_root: Path, tmp_path: Path) -> None:
     from rl_select.errors import DataError
-    from rl_select.experiments.distributed import collect_rollouts_ray
-    from rl_select.lm.testing import toy_scorer_factory
 
     cfg = _cfg(data_root, tmp_path, "ray", episodes=2)
-    collect_rollouts_ray(cfg, workers=1, factory=toy_scorer_factory)
+    _ray_collect(cfg, workers=1)
     other = _cfg(data_root, tmp_path, "ray", episodes=4, seeds=[1])
     with pytest.raises(DataError, match="holds episodes of seed 0"):
-        collect_rollouts_ray(other, workers=1, factory=toy_scorer_factory)
+        _ray_collect(other, workers=1)
 
 
 def test_a_worker_error_surfaces_as_the_original_one_line_error(local_ray, data_root: Path, tmp_path: Path) -> None:
     from rl_select.errors import ModelError
-    from rl_select.experiments.distributed import collect_rollouts_ray
 
     def broken(cfg):  # a nested function: Ray ships it by value
         from rl_select.errors import ModelError
@@ -182,9 +194,9 @@ def test_a_worker_error_surfaces_as_the_original_one_line_error(local_ray, data_
 
     cfg = _cfg(data_root, tmp_path, "ray", episodes=2)
     with pytest.raises(ModelError, match="^no model 'nope' on this worker") as info:
-        collect_rollouts_ray(cfg, workers=1, factory=broken)
+        _ray_collect(cfg, workers=1, factory=broken)
     assert "\n" not in str(info.value)
-    assert not Path(cfg.store).exists()
+    assert not Path(cfg.agent.store).exists()
 
 
 def test_ray_workers_as_clients_of_a_server_give_the_in_process_rows(local_ray, data_root: Path,
@@ -192,19 +204,17 @@ def test_ray_workers_as_clients_of_a_server_give_the_in_process_rows(local_ray, 
     """--backend openai with --executor ray: each actor is a light client of the same server."""
     from test_openai_compat import MODEL, FakeServer
 
-    from rl_select.experiments.distributed import run_grid_ray
-    from rl_select.experiments.harness import TaskData, run_grid, scorer_factory
+    from rl_select.experiments.harness import EvalWorker, run_grid, scorer_factory
 
     server = FakeServer("echo").start()
     try:
         opts = dict(backend="openai", base_url=server.url, model=MODEL, seeds=[0, 1],
                     selectors=["zero_shot", "random"])
         local = _cfg(data_root, tmp_path, "local", **opts)
-        data = TaskData.load(local)
-        rows = run_grid(local, data, scorer_factory(local)(data.spec))
+        rows = _local_grid(local, scorer_factory)
         asked = server.requests
         remote = _cfg(data_root, tmp_path, "ray", **opts)
-        got, spent, fingerprint = run_grid_ray(remote, workers=2)
+        got, spent, fingerprint = run_grid(remote, _ray(EvalWorker, remote))
         assert [(r["selector"], r["seed"], r["test_acc"], r["demos"]) for r in got] == \
             [(r["selector"], r["seed"], r["test_acc"], r["demos"]) for r in rows]
         assert server.requests > asked and fingerprint == f"openai:{server.url}:{MODEL}:direct:0"

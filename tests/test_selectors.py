@@ -12,8 +12,7 @@ import pytest
 from rl_select import embeddings as emb_mod
 from rl_select.embeddings import Embedder, MiniLMEmbedder, ScorerEmbedder, bundled_minilm_path, example_text
 from rl_select.errors import ModelError, SelectionError
-from rl_select.lm.testing import ToyScorer
-from rl_select.reward import accuracy
+from rl_select.metrics import accuracy
 from rl_select.selectors import (
     SELECTORS,
     GreedySelector,
@@ -27,6 +26,7 @@ from rl_select.selectors import (
     make_selector,
 )
 from rl_select.tasks import get_task
+from rl_select.testing import ToyScorer
 from rl_select.types import Example
 
 SPEC = get_task("sst2")
@@ -72,7 +72,7 @@ SELECTOR_FACTORIES = {
     "knn": lambda: KNNSelector(FakeEmbedder()),
     "max_entropy": lambda: MaxEntropySelector(),
     "max_entropy_predicted": lambda: MaxEntropySelector(demo_labels="predicted"),
-    "random_search": lambda: RandomSearchSelector(n_candidates=6),
+    "random_search": lambda: RandomSearchSelector(n_prompts=6),
     "greedy": lambda: GreedySelector(),
     "greedy_sub": lambda: GreedySelector(max_candidates=5),
 }
@@ -84,7 +84,7 @@ def test_registry_lists_all_selectors() -> None:
     for name, cls in SELECTORS.items():
         assert issubclass(cls, Selector) and cls.name == name
     assert isinstance(make_selector("greedy", max_candidates=3), GreedySelector)
-    assert make_selector("random_search", n_candidates=3).n_candidates == 3
+    assert make_selector("random_search", n_prompts=3).n_prompts == 3
     assert SELECTORS["knn"].per_query and not SELECTORS["greedy"].per_query
 
 
@@ -93,8 +93,8 @@ def test_make_selector_errors_name_the_choices() -> None:
         make_selector("nope")
     with pytest.raises(SelectionError, match="random_search"):
         make_selector("random_search", bogus=1)
-    with pytest.raises(SelectionError, match="n_candidates=0"):
-        RandomSearchSelector(n_candidates=0)
+    with pytest.raises(SelectionError, match="n_prompts=0"):
+        RandomSearchSelector(n_prompts=0)
     with pytest.raises(SelectionError, match="max_candidates=0"):
         GreedySelector(max_candidates=0)
 
@@ -173,7 +173,7 @@ def test_greedy_costs_one_scorer_call_per_candidate() -> None:
 
 def test_random_search_costs_n_calls() -> None:
     scorer = ToyScorer(SPEC)
-    RandomSearchSelector(n_candidates=7).select(ctx(scorer=scorer))
+    RandomSearchSelector(n_prompts=7).select(ctx(scorer=scorer))
     assert scorer.stats.prefix_forwards == 7
 
 

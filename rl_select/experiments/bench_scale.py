@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ def bench_backends(*, spec: TaskSpec, data: str | None, k: int, n_queries: int, 
     from rl_select.data import load_task, make_splits
     from rl_select.lm.hf import HFScorer, load_causal_lm
     from rl_select.lm.local_server import LlamaCppServer
-    from rl_select.lm.openai_compat import OpenAICompletionsScorer
+    from rl_select.lm.openai import OpenAICompletionsScorer
 
     train, test = load_task(spec, data=data)
     splits = make_splits(train, test, n_pool=max(16, k), n_val=n_queries, n_test=1, seed=seed)
@@ -73,10 +72,10 @@ def bench_backends(*, spec: TaskSpec, data: str | None, k: int, n_queries: int, 
 def bench_executors(cfg: RunConfig, *, workers: tuple[int, ...] = (1, 2),
                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Rollout collection in process and on a local Ray with each worker count (see the module docstring)."""
-    from agents.pipeline import build_task_envs, collect_rollouts
     from agents.rollouts import RolloutStore
-    from rl_select.experiments.distributed import collect_rollouts_ray
+    from rl_select.experiments.executors import Executor, LocalExecutor, RayExecutor
     from rl_select.experiments.harness import scorer_factory
+    from rl_select.experiments.training import EpisodeWorker, build_task_envs, collect_rollouts
 
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rl-select-bench-") as tmp:
@@ -84,21 +83,20 @@ def bench_executors(cfg: RunConfig, *, workers: tuple[int, ...] = (1, 2),
         runs: list[tuple[str, int]] = [("in-process", 0)] + [("ray", w) for w in workers]
         for kind, w in runs:
             name = kind if kind == "in-process" else f"ray x{w}"
-            c = dataclasses.replace(cfg, cache="none", store=str(Path(tmp) / f"{name.replace(' ', '')}.jsonl"),
-                                    train_tasks=[], executor="local" if w == 0 else "ray", workers=max(1, w))
+            c = cfg.updated(cache="none", store=str(Path(tmp) / f"{name.replace(' ', '')}.jsonl"),
+                            train_tasks=[], executor="local" if w == 0 else "ray", workers=max(1, w))
             firsts: list[float] = []
             t0 = time.perf_counter()
 
             def tick(_text: str, t0: float = t0, firsts: list[float] = firsts, name: str = name) -> None:
                 firsts.append(time.perf_counter() - t0)
                 if progress is not None:
-                    progress(f"{name}: episode {len(firsts)}/{cfg.episodes}")
+                    progress(f"{name}: episode {len(firsts)}/{cfg.agent.episodes}")
 
-            if w == 0:
-                envs = build_task_envs(c, scorer_factory(c))
-                collect_rollouts(c, envs, progress=tick)
-            else:
-                collect_rollouts_ray(c, workers=w, progress=tick)
+            executor: Executor = RayExecutor(EpisodeWorker, c) if w else \
+                LocalExecutor(EpisodeWorker(build_task_envs(c, scorer_factory(c))))
+            collect_rollouts(c, executor, progress=tick)
+            if w:
                 import ray
 
                 ray.shutdown()  # a fresh local Ray per worker count
@@ -113,8 +111,8 @@ def bench_executors(cfg: RunConfig, *, workers: tuple[int, ...] = (1, 2),
         for r in results:
             r["speedup_vs_in_process"] = results[0]["seconds"] / r["seconds"]
             r["same_episodes"] = _same(base, stores[r["executor"]])
-    return {"task": cfg.task, "k": cfg.k, "n_val": cfg.n_val, "n_candidates": cfg.n_candidates or cfg.n_pool,
-            "episodes": cfg.episodes, "rows": results}
+    return {"task": cfg.task, "k": cfg.k, "n_val": cfg.splits.n_val, "n_candidates": cfg.n_candidates,
+            "episodes": cfg.agent.episodes, "rows": results}
 
 
 def _same(a: list, b: list) -> bool:

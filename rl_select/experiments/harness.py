@@ -10,66 +10,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from rl_select.data import Splits, load_task, make_splits
 from rl_select.errors import ConfigError, SelectionError
 from rl_select.experiments.config import RunConfig
+from rl_select.experiments.executors import Executor, ScorerFactory, add_stats
 from rl_select.lm.base import CachedScorer, ScorerStats
-from rl_select.lm.cache import ScoreCache, default_cache_path
-from rl_select.reward import accuracy, label_ids
+from rl_select.lm.cache import open_cache
+from rl_select.metrics import accuracy, label_ids
 from rl_select.selectors import SELECTORS, SelectionContext, Selector, ZeroShotSelector, make_selector
-from rl_select.tasks import TaskSpec, get_task, load_task_spec
+from rl_select.tasks import TaskSpec, resolve_task
 from rl_select.types import Example
 
 log = logging.getLogger("rl_select")
 
 
-def resolve_spec(task: str) -> TaskSpec:
-    """A built-in task name, or a path to a JSON/TOML spec file."""
-    if task.endswith((".json", ".toml")) or Path(task).is_file():
-        return load_task_spec(task)
-    return get_task(task)
-
-
-def open_cache(path: str) -> ScoreCache | None:
-    """``""``: the default cache file; ``"none"``: no cache; else that file."""
-    if path.lower() == "none":
-        return None
-    return ScoreCache(path or default_cache_path())
-
-
 def scorer_factory(cfg: RunConfig) -> Callable[[TaskSpec], CachedScorer]:
-    """Load the configured LM once; the returned function wraps it in a scorer for any task spec."""
-    if cfg.backend == "openai":
-        from rl_select.lm.openai_compat import OpenAICompletionsScorer
-
-        cache = open_cache(cfg.cache)
-        return lambda spec: OpenAICompletionsScorer(
-            spec, base_url=cfg.base_url or None, model=None if cfg.model == "bundled" else cfg.model,
-            mode=cfg.mode, length_norm=cfg.length_norm, calibrate=cfg.calibrate, cache=cache,
-            batch_size=cfg.batch_size, max_concurrency=cfg.max_concurrency, timeout=cfg.timeout,
-            max_retries=cfg.max_retries,
-        )
-    from rl_select.lm.hf import HFScorer, load_causal_lm
-
-    model, tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    cache = open_cache(cfg.cache)
-    fingerprint: list[str] = []
-
-    def make(spec: TaskSpec) -> CachedScorer:
-        scorer = HFScorer(
-            model, tokenizer, spec, model_id=cfg.model, mode=cfg.mode, calibrate=cfg.calibrate,
-            length_norm=cfg.length_norm, batch_size=cfg.batch_size, cache=cache,
-            fingerprint=fingerprint[0] if fingerprint else None,
-        )
-        fingerprint[:] = [scorer.model_fingerprint]
-        return scorer
-
-    return make
+    """The ``[lm]`` section's scorer factory over the run's cache: the LM loads once, then a scorer per task."""
+    return cfg.lm.factory(open_cache(cfg.cache))
 
 
 def build_scorer(cfg: RunConfig, spec: TaskSpec) -> CachedScorer:
@@ -87,14 +48,15 @@ class TaskData:
 
     @classmethod
     def load(cls, cfg: RunConfig) -> TaskData:
-        spec = resolve_spec(cfg.task)
+        spec = resolve_task(cfg.task)
         train, test = load_task(spec, data=cfg.data)
         return cls(spec, train, test)
 
     def splits(self, cfg: RunConfig, seed: int) -> Splits:
+        sp = cfg.splits
         return make_splits(
-            self.train, self.test, n_pool=cfg.n_pool, n_val=cfg.n_val, n_test=cfg.n_test or None, seed=seed,
-            stratify=cfg.stratify,
+            self.train, self.test, n_pool=sp.n_pool, n_val=sp.n_val, n_test=sp.n_test or None, seed=seed,
+            stratify=sp.stratify,
         )
 
 
@@ -156,13 +118,14 @@ def make_jobs(cfg: RunConfig) -> list[tuple[str, Selector]]:
     the whole name its ``selector_args`` entry and its row in the tables, so one selector can appear
     several times with different arguments.
     """
-    if not cfg.selectors:
+    if not cfg.selectors.names:
         raise ConfigError("selectors is empty; expected at least one selector name")
-    unknown = {name for name in cfg.selector_args if name.split(":")[0] not in SELECTORS}
+    unknown = {name for name in cfg.selectors.args if name.split(":")[0] not in SELECTORS}
     if unknown:
         raise ConfigError(f"selector_args names {sorted(unknown)}, which are not selectors; expected some of "
                           f"{sorted(SELECTORS)}")
-    return [(name, make_selector(name.split(":")[0], **cfg.selector_args.get(name, {}))) for name in cfg.selectors]
+    args = cfg.selectors.args
+    return [(name, make_selector(name.split(":")[0], **args.get(name, {}))) for name in cfg.selectors.names]
 
 
 def check_plan(cfg: RunConfig, data: TaskData, *, demos: Sequence[Example] | None = None) -> None:
@@ -177,27 +140,78 @@ def check_plan(cfg: RunConfig, data: TaskData, *, demos: Sequence[Example] | Non
     jobs = [] if demos is not None else make_jobs(cfg)
     for seed in cfg.seeds:
         data.splits(cfg, seed)
-    if any(not isinstance(sel, ZeroShotSelector) for _, sel in jobs) and cfg.k > cfg.n_pool:
-        raise SelectionError(f"k={cfg.k} is larger than the pool size n_pool={cfg.n_pool}; expected k <= {cfg.n_pool}")
+    if any(not isinstance(sel, ZeroShotSelector) for _, sel in jobs) and cfg.k > cfg.splits.n_pool:
+        n = cfg.splits.n_pool
+        raise SelectionError(f"k={cfg.k} is larger than the pool size n_pool={n}; expected k <= {n}")
 
 
-def run_grid(
-    cfg: RunConfig, data: TaskData, scorer: CachedScorer, *, on_row: Callable[[dict[str, Any]], None] | None = None,
-    demos: Sequence[Example] | None = None, label: str = "explicit",
-) -> list[dict[str, Any]]:
-    """Every configured selector (or the explicit ``demos``) on every seed."""
+class EvalWorker:
+    """Runs ``(seed, name)`` evaluation jobs: one selector's :func:`run_one` row on that seed's splits.
+
+    The worker of :func:`run_grid`, on any :class:`~rl_select.experiments.executors.Executor`.
+
+    Args:
+        cfg: The run config (selectors, split sizes, k).
+        data: The task's data.
+        scorer: The LM.
+        demos: Explicit ordered demonstrations instead of selectors: then the one job is ``label``.
+        label: Their job name.
+    """
+
+    def __init__(self, cfg: RunConfig, data: TaskData, scorer: CachedScorer, *,
+                 demos: Sequence[Example] | None = None, label: str = "explicit") -> None:
+        self.cfg, self.data, self.demos = cfg, data, demos
+        self.scorers = [scorer]
+        self.jobs: dict[str, Selector | None] = {label: None} if demos is not None else dict(make_jobs(cfg))
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, factory: ScorerFactory) -> EvalWorker:
+        """The worker of ``cfg``'s task and selectors, with the LM ``factory(cfg)`` loads."""
+        data = TaskData.load(cfg)
+        return cls(cfg, data, factory(cfg)(data.spec))
+
+    def run(self, seed: int, name: str) -> tuple[dict[str, Any], str]:
+        """Job ``name`` on seed ``seed``: its result row and the scorer's fingerprint."""
+        scorer = self.scorers[0]
+        row = run_one(name, self.jobs[name], scorer, self.data.splits(self.cfg, seed), k=self.cfg.k, seed=seed,
+                      demos=self.demos)
+        return row, scorer.fingerprint
+
+
+class GridResult(NamedTuple):
+    """What :func:`run_grid` measured."""
+
+    rows: list[dict[str, Any]]
+    lm: ScorerStats
+    fingerprint: str
+
+
+def run_grid(cfg: RunConfig, executor: Executor, *, names: Sequence[str] | None = None,
+             on_row: Callable[[dict[str, Any]], None] | None = None) -> GridResult:
+    """Every job on every seed of ``cfg``, on ``executor`` (of an :class:`EvalWorker`).
+
+    Args:
+        cfg: The run config (``seeds``; the jobs are ``cfg.selectors.names`` unless ``names`` is given).
+        executor: Where the jobs run.
+        names: The worker's job names, e.g. ``[label]`` for a worker with explicit demos.
+        on_row: Called with each row, in the order of the result.
+
+    Returns:
+        The rows (seed by seed, jobs in order), the summed LM spend and the scorer fingerprint.
+    """
+    units = [(seed, name) for seed in cfg.seeds for name in (cfg.selectors.names if names is None else names)]
     rows: list[dict[str, Any]] = []
-    jobs: list[tuple[str, Selector | None]] = [(label, None)] if demos is not None else make_jobs(cfg)
-    for seed in cfg.seeds:
-        splits = data.splits(cfg, seed)
-        for name, selector in jobs:
-            row = run_one(name, selector, scorer, splits, k=cfg.k, seed=seed, demos=demos)
-            log.info("%s seed=%d test_acc=%.4f select_misses=%d", name, seed, row["test_acc"],
+    lm, fingerprint = ScorerStats(), ""
+    with executor:
+        for done in executor.map(units):
+            row, fingerprint = done.result
+            log.info("%s seed=%d test_acc=%.4f select_misses=%d", row["selector"], row["seed"], row["test_acc"],
                      row["select_cache_misses"])
             rows.append(row)
+            lm = add_stats(lm, done.spend)
             if on_row is not None:
                 on_row(row)
-    return rows
+    return GridResult(rows, lm, fingerprint)
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from rl_select.lm.calibration import calibrate
 from rl_select.prompts import content_free_queries
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
+
+if TYPE_CHECKING:
+    from rl_select.lm.spec import ScorerSpec
 
 
 @dataclass
@@ -86,12 +89,15 @@ class CachedScorer(ABC):
     """
 
     spec: TaskSpec
+    scorer_spec: ScorerSpec | None
+    """The resolved :class:`~rl_select.lm.spec.ScorerSpec` this scorer was built from (set by its factory)."""
 
     def __init__(self, spec: TaskSpec, *, cache: ScoreCache | None = None, calibrate: bool = False) -> None:
         self.spec = spec
         self.cache = cache
         self.calibrate = calibrate
         self.stats = ScorerStats()
+        self.scorer_spec = None
 
     @property
     @abstractmethod

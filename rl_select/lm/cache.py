@@ -123,3 +123,10 @@ class ScoreCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def open_cache(path: str | None) -> ScoreCache | None:
+    """``None`` or ``""``: the default cache file; ``"none"``: no cache; else that file."""
+    if path and path.lower() == "none":
+        return None
+    return ScoreCache(path or default_cache_path())

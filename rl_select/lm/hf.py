@@ -26,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
 from rl_select.errors import ModelError
+from rl_select.hub import hub_unreachable, offline_env
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.bundled import BUNDLED_ID, ensure_plain_copy, is_bundled
 from rl_select.lm.cache import ScoreCache
@@ -75,6 +76,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return names[dtype]
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``"bf16"``, ``"fp32"`` or ``"fp16"``: the config name of a torch dtype."""
+    names = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
+    if dtype not in names:
+        raise ModelError(f"model dtype {dtype}; expected one of bf16, fp32, fp16")
+    return names[dtype]
+
+
 def load_causal_lm(model_id: str, *, dtype: str = "auto", device: str = "auto"):
     """Load ``(model, tokenizer)`` in eval mode: the bundled SmolLM2, a local folder or a hub id.
 
@@ -84,10 +93,22 @@ def load_causal_lm(model_id: str, *, dtype: str = "auto", device: str = "auto"):
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     source = str(ensure_plain_copy()) if is_bundled(model_id) else model_id
+    # A hub id with offline asked for, or no network: the local cache only, at once (not after ~50 s of retries).
+    on_disk = os.path.exists(source)
+    offline = None if on_disk else offline_env()
+    unreachable = None if on_disk or offline else hub_unreachable()
+    local_only = bool(offline or unreachable)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=local_only)
     except (OSError, ValueError) as exc:
+        if local_only and not _in_hub_cache(model_id):
+            why = f"{offline} is set" if offline else unreachable
+            raise ModelError(
+                f"cannot load model {model_id!r}: no local folder of that name, {why}, and it is not in the "
+                f"local Hugging Face cache; expected a local folder, {BUNDLED_ID!r}, or network access to the hub"
+                + (f" (unset {offline.split('=')[0]})" if offline else "")
+            ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = "" if os.path.isdir(model_id) else " (no local folder of that name, and the hub is unreachable?)"
         raise ModelError(
@@ -96,6 +117,16 @@ def load_causal_lm(model_id: str, *, dtype: str = "auto", device: str = "auto"):
         ) from None
     model.to(dev).eval()
     return model, tokenizer
+
+
+def _in_hub_cache(model_id: str) -> bool:
+    """Whether the local hub cache holds this id's ``config.json`` (so a load failure is not just "not cached")."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    except Exception:  # a malformed id, an unreadable cache
+        return False
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:

@@ -7,7 +7,7 @@ manager it waits until ``/v1/models`` answers and stops the server on exit (SIGT
 
 Notes on that server, measured with llama-cpp-python 0.3.x (see ``docs/serving.md``): it takes one
 prompt per request (a list gets HTTP 500), echoes prompt log-probs one token late (the scorer detects
-this and corrects it, see :mod:`rl_select.lm.openai_compat`), and turns every prompt token's logits into
+this and corrects it, see :mod:`rl_select.lm.openai`), and turns every prompt token's logits into
 log-probs in Python, which makes it slow (tens of tokens per second on 2 cores) whatever the model.
 """
 

@@ -1,6 +1,6 @@
 """Demonstration selectors behind one interface (:class:`Selector`), and their registry.
 
-The non-RL baselines, and ``policy``: a trained :class:`~rl_select.policy.SelectorPolicy`.
+The non-RL baselines, and ``policy``: a trained :class:`~rl_select.mdp.policy.SelectorPolicy`.
 
 Importing this package registers every built-in selector in :data:`SELECTORS`, so
 ``make_selector("greedy", max_candidates=16)`` works from anywhere.

@@ -8,7 +8,7 @@ import numpy as np
 
 from rl_select.errors import SelectionError
 from rl_select.lm.base import Scorer
-from rl_select.reward import label_ids
+from rl_select.metrics import label_ids
 from rl_select.selectors.base import SelectionContext, Selector, check_k, check_val, register_selector
 from rl_select.types import Example
 

@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 from rl_select.errors import SelectionError
-from rl_select.reward import accuracy
+from rl_select.metrics import accuracy
 from rl_select.selectors.base import SelectionContext, Selector, check_k, check_val, register_selector
 from rl_select.types import Example
 
 
 @register_selector
 class RandomSearchSelector(Selector):
-    """Draw ``n_candidates`` random ordered ``k``-subsets; keep the most accurate on ``ctx.val``.
+    """Draw ``n_prompts`` random ordered ``k``-subsets; keep the most accurate on ``ctx.val``.
 
-    Costs ``n_candidates`` scorer calls of ``len(ctx.val)`` queries each. Ties go to the first drawn.
+    Costs ``n_prompts`` scorer calls of ``len(ctx.val)`` queries each. Ties go to the first drawn.
 
     Args:
-        n_candidates: Number of random demonstration lists tried (N in best-of-N).
+        n_prompts: Number of random demonstration lists tried (N in best-of-N).
     """
 
     name = "random_search"
 
-    def __init__(self, n_candidates: int = 8) -> None:
-        if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < 1:
-            raise SelectionError(f"n_candidates={n_candidates!r}; expected an integer >= 1")
-        self.n_candidates = n_candidates
+    def __init__(self, n_prompts: int = 8) -> None:
+        if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
+            raise SelectionError(f"n_prompts={n_prompts!r}; expected an integer >= 1")
+        self.n_prompts = n_prompts
 
     def select(self, ctx: SelectionContext) -> list[Example]:
         check_k(ctx)
@@ -32,7 +32,7 @@ class RandomSearchSelector(Selector):
         check_val(ctx, self.name)
         best: list[Example] = []
         best_acc = -1.0
-        for _ in range(self.n_candidates):
+        for _ in range(self.n_prompts):
             idx = ctx.rng.permutation(len(ctx.pool))[: ctx.k]
             demos = [ctx.pool[int(i)] for i in idx]
             acc = accuracy(ctx.scorer, demos=demos, examples=ctx.val)
@@ -41,4 +41,4 @@ class RandomSearchSelector(Selector):
         return best
 
     def __repr__(self) -> str:
-        return f"RandomSearchSelector(n_candidates={self.n_candidates})"
+        return f"RandomSearchSelector(n_prompts={self.n_prompts})"

@@ -3,27 +3,42 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from envs.demo_selection import DemoSelectionEnv
+from rl_select.mdp.episode import run_episode
+
+
+class _TimedSteps:
+    """Passes ``reset`` / ``step`` on to ``env`` and records the wall seconds of every ``step``."""
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.seconds: list[float] = []
+
+    def reset(self, *, seed: int | None = None) -> Any:
+        return self.env.reset(seed=seed)
+
+    def step(self, action: int) -> Any:
+        t0 = time.perf_counter()
+        out = self.env.step(action)
+        self.seconds.append(time.perf_counter() - t0)
+        return out
 
 
 def _episode(env: DemoSelectionEnv, seed: int, actions: list[int] | None) -> tuple[list[int], list[float]]:
     """Run one episode (random valid actions, or replay ``actions``); return actions and step times (s)."""
     rng = np.random.default_rng(seed)
-    env.reset(seed=seed)
-    taken, times, done, t = [], [], False, 0
-    while not done:
-        mask = env.action_masks()
-        a = actions[t] if actions is not None else int(rng.choice(np.flatnonzero(mask)))
-        t0 = time.perf_counter()
-        _, _, terminated, truncated, _ = env.step(a)
-        times.append(time.perf_counter() - t0)
-        taken.append(a)
-        done, t = terminated or truncated, t + 1
-    return taken, times
+    replay = iter(actions or ())
+
+    def act(obs: Mapping[str, Any], mask: np.ndarray, chosen: list[int]) -> int:
+        return next(replay) if actions is not None else int(rng.choice(np.flatnonzero(mask)))
+
+    timed = _TimedSteps(env)
+    return run_episode(timed, act, seed=seed).actions, timed.seconds
 
 
 def time_env_steps(env: DemoSelectionEnv, *, episodes: int = 3, seed: int = 0) -> dict[str, Any]:

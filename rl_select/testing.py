@@ -1,4 +1,9 @@
-"""A deterministic, model-free scorer for unit tests (users' tests too).
+"""Test doubles and synthetic tasks (for rl_select's tests and users' own); nothing in the product imports this.
+
+* :class:`ToyScorer`, :class:`CachedToyScorer`, :func:`toy_scorer_factory`: model-free scorers;
+* :func:`toy_task`, :func:`toy_examples`: a synthetic task and its data;
+* :func:`toy_env`: a small :class:`~envs.demo_selection.DemoSelectionEnv` on them
+  (``gymnasium.make("rl_select/ToyDemoSelection-v0")``).
 
 ``ToyScorer`` behaves like a small ICL model in the ways selection cares about, with no LM:
 
@@ -17,13 +22,17 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rl_select.errors import ConfigError
 from rl_select.lm.base import CachedScorer, ScorerStats
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
+
+if TYPE_CHECKING:
+    from envs.demo_selection import DemoSelectionEnv
 
 
 def _unit_hash(*parts: str) -> np.ndarray:
@@ -101,7 +110,82 @@ class CachedToyScorer(CachedScorer):
 def toy_scorer_factory(cfg: Any) -> Callable[[TaskSpec], CachedScorer]:
     """Like :func:`rl_select.experiments.harness.scorer_factory`, with :class:`CachedToyScorer` for the LM
     (tests of executors: picklable by reference, so Ray workers can build it)."""
-    from rl_select.experiments.harness import open_cache
+    from rl_select.lm.cache import open_cache
 
     cache = open_cache(cfg.cache)
     return lambda spec: CachedToyScorer(spec, cache=cache)
+
+
+_TOY_WORDS = ("red", "green", "blue", "gold", "grey", "pink", "teal", "plum")
+_TOY_FILLER = (
+    "the", "a", "story", "plot", "cast", "scene", "music", "ending", "pace", "idea", "tone", "light",
+    "long", "short", "quiet", "loud", "old", "new", "odd", "plain", "bright", "dark", "slow", "fast",
+)
+
+
+# --- synthetic data for the toy env -------------------------------------------------------------------
+
+
+def toy_task(n_labels: int = 2) -> TaskSpec:
+    """A synthetic task with ``n_labels`` labels (``"l0"``, ``"l1"``, ...) verbalised as colour words.
+
+    Raises:
+        ConfigError: ``n_labels`` outside 2..8.
+    """
+    if not 2 <= n_labels <= len(_TOY_WORDS):
+        raise ConfigError(f"toy n_labels={n_labels}; expected 2..{len(_TOY_WORDS)}")
+    labels = tuple(f"l{i}" for i in range(n_labels))
+    return TaskSpec(
+        name=f"toy{n_labels}",
+        labels=labels,
+        verbalizers={lab: _TOY_WORDS[i] for i, lab in enumerate(labels)},
+        template="Input: {text}\nColour: {label}",
+    )
+
+
+def toy_examples(spec: TaskSpec, n: int, *, seed: int = 0) -> list[Example]:
+    """``n`` deterministic synthetic examples of ``spec``, labels round-robin.
+
+    About half the texts contain their label's verbaliser word (which :class:`ToyScorer` rewards), so
+    the task is learnable but not trivial; the rest is filler words.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        label = spec.labels[i % len(spec.labels)]
+        words = [str(w) for w in rng.choice(_TOY_FILLER, size=int(rng.integers(3, 7)))]
+        if rng.random() < 0.5:
+            words.insert(int(rng.integers(0, len(words) + 1)), spec.verbalizers[label])
+        out.append(Example(text=f"{' '.join(words)} #{i}", label=label, uid=f"toy:{i}"))
+    return out
+
+
+def toy_env(
+    *,
+    n_labels: int = 2,
+    n_examples: int = 48,
+    n_val: int = 16,
+    data_seed: int = 0,
+    k: int = 3,
+    n_candidates: int = 8,
+    **kwargs: Any,
+) -> DemoSelectionEnv:
+    """A small env on synthetic data scored by :class:`ToyScorer` (no model); ``rl_select/ToyDemoSelection-v0``.
+
+    Args:
+        n_labels: Number of labels of the synthetic task (2..8).
+        n_examples: Size of the pool (the split episodes draw their candidates from).
+        n_val: Size of the validation split.
+        data_seed: Seed of the synthetic data (pools are seeded by ``reset``).
+        k: Demos per episode.
+        n_candidates: Candidates per episode, N.
+        **kwargs: Other :class:`~envs.demo_selection.DemoSelectionEnv` arguments (``feature_set``, ...).
+    """
+    from envs.demo_selection import DemoSelectionEnv
+
+    spec = toy_task(n_labels)
+    data = toy_examples(spec, n_examples + n_val, seed=data_seed)
+    return DemoSelectionEnv(
+        scorer=ToyScorer(spec), pool=data[:n_examples], val=data[n_examples:], k=k,
+        n_candidates=n_candidates, **kwargs,
+    )

@@ -7,7 +7,7 @@ fixed formulas (no fitted statistics) to ``[0, 1]``, ``[-1, 0]`` or ``[-1, 1]``.
 All LM work goes through ``scorer.logprobs``: one call per :meth:`Featurizer.compute`, under the
 current prompt ``demos = [pool[i] for i in chosen]``, whose queries are the pool's candidates
 followed by the validation examples. Scorer caches are keyed per query row by content, so the reward
-call :func:`rl_select.reward.accuracy` ``(scorer, demos=demos, examples=val)`` for the same prompt is
+call :func:`rl_select.metrics.accuracy` ``(scorer, demos=demos, examples=val)`` for the same prompt is
 an all-hit afterwards (and :attr:`FeatureResult.val_acc` already holds its value).
 
 Feature layout (``FeatureSpec(kind).state_names`` / ``.cand_names`` list the same):
@@ -53,19 +53,17 @@ labels inside the prompt, as every prompt does).
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from rl_select.embeddings import Embedder, example_text, l2_normalise
+from rl_select.embeddings import Embedder, HashingEmbedder, example_text, l2_normalise
 from rl_select.errors import ConfigError, SelectionError
 from rl_select.lm.base import Scorer
-from rl_select.reward import label_ids
+from rl_select.metrics import label_ids
 from rl_select.types import Example
 
 FEATURE_SETS: tuple[str, ...] = ("active", "labelled")
@@ -161,51 +159,6 @@ class FeatureSpec:
         return spec
 
 
-class HashingEmbedder:
-    """A cheap, deterministic bag-of-words embedder: the fallback when no :class:`Embedder` is given.
-
-    Each lower-cased word (``[a-z0-9']+``) adds ±1 to one of ``dim`` buckets, both chosen by a
-    BLAKE2b hash of the word (stable across runs and machines, unlike ``hash``); rows are then
-    L2-normalised, so a dot product is a cosine similarity of word-count vectors (with rare
-    collisions). No model, no download; good enough for "these two demos share words" and for tests.
-    For semantic similarity pass a :class:`~rl_select.embeddings.MiniLMEmbedder`.
-
-    Args:
-        dim: Number of hash buckets (the embedding size).
-    """
-
-    _WORD = re.compile(r"[a-z0-9']+")
-
-    def __init__(self, dim: int = 256) -> None:
-        if dim < 1:
-            raise ConfigError(f"HashingEmbedder dim={dim}; expected >= 1")
-        self.dim = dim
-        self._buckets: dict[str, tuple[int, float]] = {}
-
-    def _bucket(self, word: str) -> tuple[int, float]:
-        hit = self._buckets.get(word)
-        if hit is None:
-            h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
-            hit = self._buckets[word] = (h % self.dim, 1.0 if (h >> 63) & 1 else -1.0)
-        return hit
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """Embed ``texts``.
-
-        Returns:
-            ``np.ndarray[len(texts), dim]``, float32, unit rows (a text with no words gives a 0 row).
-        """
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in self._WORD.findall(str(text).lower()):
-                col, sign = self._bucket(word)
-                out[row, col] += sign
-        return l2_normalise(out)
-
-    def __repr__(self) -> str:
-        return f"HashingEmbedder(dim={self.dim})"
-
-
 @dataclass(frozen=True)
 class FeatureResult:
     """Everything one :meth:`Featurizer.compute` call learns about one prompt.
@@ -215,7 +168,7 @@ class FeatureResult:
         candidates: ``float32 (len(pool), cand_dim)``.
         pool_logprobs: The scorer's label log-probs of the candidates as queries, ``(len(pool), L)``.
         val_logprobs: The scorer's label log-probs of the validation examples, ``(len(val), L)``.
-        val_acc: Accuracy of the prompt on val, equal to :func:`rl_select.reward.accuracy`'s value.
+        val_acc: Accuracy of the prompt on val, equal to :func:`rl_select.metrics.accuracy`'s value.
     """
 
     state: np.ndarray

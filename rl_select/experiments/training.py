@@ -1,0 +1,270 @@
+"""From a run config to trained agents and an exported policy: env building, collection, training.
+
+The CLI's ``collect`` and ``train`` commands are thin wrappers over :func:`collect_rollouts` (on any
+executor, its units run by :class:`EpisodeWorker`) and :func:`train_agent`. Each task in
+``cfg.train_tasks`` (default ``[cfg.task]``) gets its own env with the same feature spec, pool size and
+k, all sharing one loaded LM; several tasks are visited round-robin (:class:`RoundRobinEnv`), which is
+how a policy learns to transfer to a task it never saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.monitor import Monitor
+
+from agents.rollouts import Episode, RolloutStore, check_continues, random_valid_action, run_logged_episode
+from envs.demo_selection import DemoSelectionEnv
+from rl_select.data import load_task, make_splits
+from rl_select.errors import ConfigError
+from rl_select.experiments.config import RunConfig
+from rl_select.experiments.executors import Executor, ScorerFactory, add_stats
+from rl_select.lm.base import CachedScorer, ScorerStats
+from rl_select.mdp.policy import SelectorPolicy
+from rl_select.tasks import resolve_task
+
+
+@dataclass
+class TaskEnv:
+    """One task's training env and the scorer behind it."""
+
+    task: str
+    env: DemoSelectionEnv
+    scorer: CachedScorer
+
+
+def build_task_envs(cfg: RunConfig, scorer_for: Callable[[Any], CachedScorer], *, fixed_pool: bool = False,
+                    seed: int | None = None) -> list[TaskEnv]:
+    """An env per training task; ``scorer_for(spec)`` gives that task's scorer (one shared LM).
+
+    The pool (the split episodes draw their candidates from) is ``cfg.splits.train_pool`` train rows and the
+    reward split the same ``cfg.splits.n_val`` rows the evaluation harness uses for this seed (``make_splits``
+    draws val first); test rows are never seen.
+    """
+    seed = cfg.seeds[0] if seed is None else seed
+    out = []
+    for task in cfg.train_tasks:
+        spec = resolve_task(task)
+        train, test = load_task(spec, data=cfg.data if task == cfg.task else None)
+        sp = cfg.splits
+        splits = make_splits(train, test, n_pool=min(sp.train_pool, len(train) - sp.n_val), n_val=sp.n_val,
+                             n_test=1, seed=seed, stratify=sp.stratify)
+        scorer = scorer_for(spec)
+        env = DemoSelectionEnv(
+            scorer=scorer, pool=splits.pool, val=splits.val, k=cfg.k, n_candidates=cfg.n_candidates,
+            feature_set=cfg.mdp.feature_set, reward=cfg.mdp.reward, allow_stop=cfg.mdp.allow_stop,
+            min_len=cfg.mdp.min_len, fixed_pool=fixed_pool,
+        )
+        out.append(TaskEnv(task=spec.name, env=env, scorer=scorer))
+    return out
+
+
+class RoundRobinEnv(gym.Env):
+    """Several :class:`DemoSelectionEnv` of identical spaces, one per task, visited in turn per episode."""
+
+    def __init__(self, envs: Sequence[DemoSelectionEnv]) -> None:
+        if not envs:
+            raise ConfigError("no training task; expected at least one")
+        first = envs[0]
+        for e in envs[1:]:
+            if e.observation_space != first.observation_space or e.action_space.n != first.action_space.n:
+                raise ConfigError("training tasks need the same n_candidates and feature set to share one policy")
+        self.envs = list(envs)
+        self.observation_space = first.observation_space
+        self.action_space = first.action_space
+        self._i = -1
+        self._current = first
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._i = (self._i + 1) % len(self.envs)
+        self._current = self.envs[self._i]
+        self.action_space = self._current.action_space
+        return self._current.reset(seed=int(self.np_random.integers(2**31)), options=options)
+
+    def step(self, action):
+        return self._current.step(action)
+
+    def action_masks(self) -> np.ndarray:
+        return self._current.action_masks()
+
+
+def store_path(cfg: RunConfig, task: str) -> Path:
+    """Default rollout store of a task: named after every setting that changes the episodes."""
+    if cfg.agent.store and len(cfg.train_tasks) == 1:
+        return Path(cfg.agent.store)
+    lm, sp, mdp = cfg.lm, cfg.splits, cfg.mdp
+    key = {"model": lm.model, "mode": lm.mode, "calibrate": lm.calibrate, "k": cfg.k, "n_val": sp.n_val,
+           "train_pool": sp.train_pool, "feature_set": mdp.feature_set, "reward": mdp.reward,
+           "allow_stop": mdp.allow_stop, "min_len": mdp.min_len, "stratify": sp.stratify,
+           "task": task, "n_candidates": cfg.n_candidates, "seed": cfg.seeds[0]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    base = Path(cfg.agent.store).parent if cfg.agent.store else Path(cfg.out) / "rollouts"
+    return base / f"{task}-N{cfg.n_candidates}-k{cfg.k}-{cfg.mdp.feature_set}-{cfg.mdp.reward}-{digest}.jsonl"
+
+
+class EpisodeWorker:
+    """Runs random-policy episodes ``(task, index, seed)`` on one env per training task.
+
+    The worker of :func:`collect_rollouts`, on any :class:`~rl_select.experiments.executors.Executor`.
+
+    Args:
+        task_envs: From :func:`build_task_envs`; ``task`` indexes them.
+    """
+
+    def __init__(self, task_envs: Sequence[TaskEnv]) -> None:
+        self.task_envs = list(task_envs)
+        self.scorers = [te.scorer for te in self.task_envs]
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, factory: ScorerFactory) -> EpisodeWorker:
+        """The worker of ``cfg``'s training tasks, with the LM ``factory(cfg)`` loads."""
+        return cls(build_task_envs(cfg, factory(cfg)))
+
+    def run(self, task: int, index: int, seed: int) -> Episode:
+        """Episode ``index`` of collection ``seed`` on task ``task``."""
+        return run_logged_episode(self.task_envs[task].env, index=index, seed=seed, choose=random_valid_action,
+                                  policy="random")
+
+
+def collect_rollouts(cfg: RunConfig, executor: Executor, *, progress: Callable[[str], None] | None = None
+                     ) -> list[dict[str, Any]]:
+    """Random-policy rollouts of every training task into its store, on ``executor`` (of an :class:`EpisodeWorker`).
+
+    Resumable: each store continues at its first missing episode (refused if it holds another seed's or
+    policy's episodes), and episodes are written in index order, so every executor writes the same bytes.
+
+    Args:
+        cfg: The run config (``episodes`` per task, ``seeds[0]``, the stores).
+        executor: Where the episodes run; started only if some are missing.
+        progress: Called with a line after each written episode.
+
+    Returns:
+        Per task: ``task``, ``store``, ``episodes`` (held), ``written`` (by this call), LM spend (``lm_*``).
+    """
+    seed, tasks = cfg.seeds[0], []
+    for name in cfg.train_tasks:  # bad input fails here, before a worker starts
+        spec = resolve_task(name)
+        load_task(spec, data=cfg.data if name == cfg.task else None)
+        tasks.append(spec.name)
+    stores = [RolloutStore(store_path(cfg, t)) for t in tasks]
+    starts = [s.resume() for s in stores]
+    for store, start in zip(stores, starts):
+        check_continues(store, start, seed, "random")
+    units = [(t, i, seed) for t, start in enumerate(starts) for i in range(start, cfg.agent.episodes)]
+    spent = [ScorerStats() for _ in tasks]
+    with executor:
+        for done in executor.map(units):
+            task, index, _ = units[done.index]
+            stores[task].append(done.result)
+            spent[task] = add_stats(spent[task], done.spend)
+            if progress is not None:
+                progress(f"{tasks[task]}: episode {index + 1}/{cfg.agent.episodes}")
+    return [{"task": t, "store": str(s.path), "episodes": len(s), "written": max(0, cfg.agent.episodes - start),
+             **{f"lm_{k}": v for k, v in sp.as_dict().items()}}
+            for t, s, start, sp in zip(tasks, stores, starts, spent)]
+
+
+def load_rollouts(cfg: RunConfig, task_envs: Sequence[TaskEnv]) -> list[Episode]:
+    """Every stored episode of every training task."""
+    episodes: list[Episode] = []
+    for te in task_envs:
+        episodes += RolloutStore(store_path(cfg, te.task)).load()
+    return episodes
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_agent` produced."""
+
+    agent: Any
+    policy: SelectorPolicy | None
+    curve: list[tuple[float, float]]
+    curve_label: str
+    summary: dict[str, Any]
+    lm: ScorerStats
+
+
+def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, progress: bool = False) -> TrainResult:
+    """Train ``cfg.agent.name``; export a :class:`SelectorPolicy` (not for tabular: its table is tied to pool indices).
+
+    The policy records the first task's full spec and the resolved spec of the scorer the agent trained with
+    (``scorer.scorer_spec``), so whoever loads it rebuilds exactly that scorer.
+    """
+    from agents.dqn import DQNAgent
+    from agents.offline import OfflineCQLAgent
+    from agents.tabular_q import TabularQAgent
+
+    seed = cfg.seeds[0]
+    before = [te.scorer.stats.copy() for te in task_envs]
+    if cfg.agent.name == "tabular":
+        if len(task_envs) != 1:
+            raise ConfigError("the tabular agent learns one fixed pool of one task; expected a single task")
+        env = Monitor(task_envs[0].env)
+        agent = TabularQAgent().learn(env, episodes=cfg.agent.episodes, seed=seed, progress=progress)
+        curve = [(i + 1, r) for i, r in enumerate(env.get_episode_rewards())]
+        label = "episode return"
+    elif cfg.agent.name == "dqn":
+        env = Monitor(RoundRobinEnv([te.env for te in task_envs]))
+        agent = DQNAgent(hidden=cfg.agent.hidden, seed=seed, learning_starts=min(200, cfg.agent.train_steps // 4))
+        agent.learn(env, total_timesteps=cfg.agent.train_steps, progress_bar=progress)
+        curve = [(i + 1, r) for i, r in enumerate(env.get_episode_rewards())]
+        label = "episode return"
+    else:
+        episodes = load_rollouts(cfg, task_envs)
+        if not episodes:
+            raise ConfigError("no rollouts to learn from; run `rl-select collect` with the same settings first")
+        agent = OfflineCQLAgent(hidden=cfg.agent.hidden, gradient_steps=cfg.agent.train_steps, seed=seed,
+                                eval_interval=max(1, cfg.agent.train_steps // 8), eval_episodes=3)
+        agent.learn(episodes, env=task_envs[0].env, progress=progress)
+        curve = [(h["step"], h["score"]) for h in agent.summary["history"]]
+        label = "greedy validation return"
+    lm = ScorerStats()
+    for te, b in zip(task_envs, before):
+        lm = add_stats(lm, te.scorer.stats - b)
+    policy = None
+    if cfg.agent.name != "tabular":
+        policy = SelectorPolicy(
+            agent.qnet, feature_spec=task_envs[0].env.feature_spec, k=cfg.k, task=task_envs[0].scorer.spec,
+            scorer_spec=getattr(task_envs[0].scorer, "scorer_spec", None),
+            scorer_fingerprint=task_envs[0].scorer.fingerprint, allow_stop=cfg.mdp.allow_stop, min_len=cfg.mdp.min_len,
+            training={"agent": cfg.agent.name, "agent_config": agent.config(), "tasks": [te.task for te in task_envs],
+                      "summary": _jsonable(agent.summary), "lm_calls": lm.as_dict(), "config": cfg.to_dict()},
+        )
+    return TrainResult(agent=agent, policy=policy, curve=curve, curve_label=label,
+                       summary=_jsonable(agent.summary), lm=lm)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def plot_curve(curve: Sequence[tuple[float, float]], path: Path, *, title: str, ylabel: str) -> Path:
+    """Learning curve PNG: raw points and, for long curves, a moving average."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if curve:
+        x, y = np.array(curve, dtype=float).T
+        ax.plot(x, y, "." if len(x) > 30 else "o-", alpha=0.4 if len(x) > 30 else 1.0, label=ylabel)
+        if len(y) > 30:
+            w = max(5, len(y) // 20)
+            ax.plot(x[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), "-", label=f"moving mean ({w})")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("episode" if "episode" in ylabel else "gradient step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

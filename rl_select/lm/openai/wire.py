@@ -1,0 +1,367 @@
+"""Wire formats of ``/v1/completions`` prompt log-probs: request bodies, response parsing, style detection.
+
+Three response styles are understood:
+
+* ``"echo"`` (OpenAI legacy completions, vLLM, llama.cpp builds that support it): the request asks
+  for ``echo: true, logprobs: 1, max_tokens: 1`` and each choice's ``logprobs`` holds
+  ``token_logprobs`` and ``text_offset`` (the character offset of every token in the echoed text),
+  prompt tokens first, then the one generated token (ignored: it starts at or after the prompt's end).
+* ``"vllm"``: vLLM's ``prompt_logprobs: 0`` extension; each choice holds ``prompt_logprobs``, a list
+  with ``None`` for the first prompt token and then ``{token_id: {"logprob", "decoded_token"}}`` per
+  token. Token spans are recovered from the decoded token texts, counted back from the prompt's end.
+* ``"echo_shifted"``: llama-cpp-python's server (0.3.x) echoes each prompt token with the log-prob the
+  model gives it one position LATE, i.e. from the distribution that predicts the NEXT token
+  (abetlen/llama-cpp-python#1983). Its ``top_logprobs[i]`` is therefore the distribution over token
+  ``i + 1``, and the true log-prob of a continuation token is read there. :func:`looks_late` and
+  :func:`confirms_late` tell such a server from a correct one.
+
+**Which tokens are the continuation's.** A token belongs to the continuation when it ends after the
+context does (``end > len(context)``) and starts before the prompt's end. So a token that straddles
+the context/continuation boundary (BPE merged the context's last characters with the continuation's
+first ones) is counted, with its whole log-prob: that is the only choice that scores every character
+of the continuation, and it is what a token-level scorer would see; the count for length
+normalisation includes it too. With the templates of :mod:`rl_select.prompts` the boundary falls before
+a space or after a newline, where BPE tokenisers split anyway, so a straddle is rare.
+
+Every parser returns ``(sum of log-probs, continuation tokens, prompt tokens)`` and raises
+:class:`NoPromptLogprobs` when the response holds no prompt log-probs (the caller may try another
+style), or :class:`~rl_select.errors.ModelError` when it holds them but they cannot score the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from rl_select.errors import ModelError
+
+#: A concrete response style (``"auto"`` resolves to one of these).
+Style = Literal["echo", "echo_shifted", "vllm"]
+#: Styles ``"auto"`` tries, in order (``"echo"`` may turn out to be ``"echo_shifted"``).
+AUTO_STYLES: tuple[Style, ...] = ("echo", "vllm")
+#: ``(summed log-prob of a continuation, its token count, prompt tokens scored)``.
+Parsed = tuple[float, int, int]
+
+NO_PROMPT_LOGPROBS = (
+    "this endpoint returned no prompt log-probs; rl-select needs /v1/completions with echo+logprobs or "
+    "vLLM's prompt_logprobs (vLLM, llama-cpp-python's server, OpenAI completions models; llama.cpp's own "
+    "llama-server does not echo yet); chat-only APIs cannot score labels"
+)
+
+#: Tokens generated per request: 1 is accepted everywhere (vLLM refuses 0); the token is ignored.
+MAX_TOKENS = 1
+#: ``logprobs`` asked for in echo style: llama.cpp reads 0 as "none", so 1.
+ECHO_TOP_LOGPROBS = 1
+#: Top log-probs asked for per token in the ``"echo_shifted"`` style (where continuation log-probs are read).
+SHIFTED_TOP_LOGPROBS = 50
+#: A prompt whose continuation is not among those is asked again, alone, with this many.
+SHIFTED_TOP_LOGPROBS_RETRY = 1000
+#: A prompt whose greedy continuation differs from the token that ends it (" 9" after ","): it tells a
+#: server that echoes log-probs one position late from one that does not.
+SHIFT_PROBE = "1, 2, 3, 4, 5, 6, 7, 8,"
+#: Characters of a server's error body kept when it has no message field.
+ERROR_BODY_CHARS = 400
+
+
+class NoPromptLogprobs(Exception):
+    """A response without prompt log-probs (triggers the style fallback)."""
+
+
+class NotInTop(ModelError):
+    """A continuation token outside the top log-probs a late-echo server gave (``"echo_shifted"``)."""
+
+
+class ChoiceCountError(ModelError):
+    """A response with another number of choices than prompts (a server that takes no list of prompts)."""
+
+
+# --- requests -------------------------------------------------------------------------------------
+
+
+def request_body(style: Style, model: str, prompts: Sequence[str], *, top: int = SHIFTED_TOP_LOGPROBS
+                 ) -> dict[str, Any]:
+    """The JSON body that asks for the prompt log-probs of ``prompts`` in ``style``.
+
+    Args:
+        style: The response style to ask for.
+        model: Model name as the server knows it.
+        prompts: Full prompt texts, ``context + continuation``.
+        top: Top log-probs asked per token in the ``"echo_shifted"`` style.
+
+    Returns:
+        A completions request: one greedy token per prompt plus the style's log-prob options.
+    """
+    body: dict[str, Any] = {"model": model, "prompt": list(prompts), "max_tokens": MAX_TOKENS, "temperature": 0}
+    if style == "echo":
+        body.update(echo=True, logprobs=ECHO_TOP_LOGPROBS)
+    elif style == "echo_shifted":
+        body.update(echo=True, logprobs=top)
+    else:
+        body.update(prompt_logprobs=0)
+    return body
+
+
+# --- responses ------------------------------------------------------------------------------------
+
+
+def error_text(body: Any) -> str:
+    """The message of an error body: OpenAI's ``{"error": {"message"}}``, ``{"detail"}``, or plain text."""
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        if isinstance(err, Mapping):
+            for field in ("message", "detail", "msg"):
+                if err.get(field):
+                    return str(err[field])
+            return json.dumps(err)[:ERROR_BODY_CHARS]
+        if body.get("message"):
+            return str(body["message"])
+        return str(err)
+    return str(body)
+
+
+def ordered_choices(response: Any, n: int) -> list[Mapping[str, Any]]:
+    """The response's choices in prompt order (matched by ``index`` when every choice has one).
+
+    Raises:
+        ChoiceCountError: when there are not ``n`` choices.
+        ModelError: on an error object or a malformed response.
+    """
+    if not isinstance(response, Mapping):
+        raise ModelError("malformed JSON response: the top level is not an object")
+    if "choices" not in response and "error" in response:
+        raise ModelError(f"the server returned an error: {error_text(response)}")
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not all(isinstance(c, Mapping) for c in choices):
+        raise ModelError("malformed JSON response: no 'choices' list of objects")
+    if len(choices) != n:
+        raise ChoiceCountError(f"the server returned {len(choices)} choices for {n} prompts; it may not accept a "
+                               f"list of prompts (try batch_size=1)")
+    if not all("index" in c for c in choices):
+        return list(choices)
+    ordered: list[Mapping[str, Any] | None] = [None] * n
+    for c in choices:
+        i = c["index"]
+        if not isinstance(i, int) or not 0 <= i < n or ordered[i] is not None:
+            raise ModelError(f"malformed JSON response: bad or repeated choice index {i!r}")
+        ordered[i] = c
+    return ordered  # type: ignore[return-value]
+
+
+def continuation(style: Style, choice: Mapping[str, Any], prompt: str, n_context: int) -> Parsed:
+    """Parse one choice in ``style``: see :func:`echo_continuation` and its siblings."""
+    if style == "echo":
+        return echo_continuation(choice.get("logprobs"), prompt, n_context, echoed_text=choice.get("text"))
+    if style == "echo_shifted":
+        return shifted_echo_continuation(choice.get("logprobs"), prompt, n_context)
+    return vllm_continuation(choice.get("prompt_logprobs"), prompt, n_context)
+
+
+def _is_special(token: Any) -> bool:
+    return isinstance(token, str) and len(token) > 2 and token.startswith("<") and token.endswith(">")
+
+
+def _offsets(logprobs: Mapping[str, Any]) -> list[int]:
+    """The ``text_offset`` list as ints."""
+    offsets = logprobs.get("text_offset")
+    if not isinstance(offsets, list) or not offsets:
+        raise NoPromptLogprobs
+    try:
+        return [int(o) for o in offsets]
+    except (TypeError, ValueError):
+        raise NoPromptLogprobs from None
+
+
+def _prompt_token_spans(starts: list[int], prompt: str) -> list[tuple[int, int, int]]:
+    """``(index, start, end)`` character spans of the echoed prompt tokens (generated ones dropped)."""
+    spans = []
+    for k, start in enumerate(starts):
+        if 0 <= start < len(prompt):
+            end = starts[k + 1] if k + 1 < len(starts) else len(prompt)
+            spans.append((k, start, min(end, len(prompt))))
+    return spans
+
+
+def echo_continuation(logprobs: Any, prompt: str, n_context: int, *, echoed_text: Any = None) -> Parsed:
+    """Summed log-prob of the continuation from an echo-style ``logprobs`` object.
+
+    Args:
+        logprobs: A choice's ``logprobs``: ``token_logprobs`` and ``text_offset`` (equal length), and
+            optionally ``tokens``.
+        prompt: The prompt sent, ``context + continuation``.
+        n_context: ``len(context)`` in characters.
+        echoed_text: The choice's ``text`` (checked to start with the prompt when given).
+
+    Returns:
+        ``(sum of log-probs, number of continuation tokens, number of prompt tokens)``. A token counts
+        when it ends after ``n_context`` and starts before ``len(prompt)`` (see the module docstring).
+        A leading special token (``"<s>"``, ``"<|begin_of_text|>"``) that some servers count in the
+        offsets but not in the text is skipped and the offsets shifted back.
+
+    Raises:
+        NoPromptLogprobs: when the object holds no prompt tokens' log-probs.
+        ModelError: when the continuation would start at the prompt's first token (no log-prob exists).
+    """
+    if not isinstance(logprobs, Mapping):
+        raise NoPromptLogprobs
+    lps, tokens = logprobs.get("token_logprobs"), logprobs.get("tokens")
+    starts = _offsets(logprobs)
+    if not isinstance(lps, list) or len(lps) != len(starts):
+        raise NoPromptLogprobs
+    if isinstance(echoed_text, str) and not echoed_text.startswith(prompt):
+        raise NoPromptLogprobs  # the server did not echo the prompt
+    if len(lps) <= MAX_TOKENS:
+        raise NoPromptLogprobs  # generated token(s) only: the prompt was not scored
+    if isinstance(tokens, list) and len(tokens) == len(starts) and len(starts) > 1 \
+            and _is_special(tokens[0]) and not prompt.startswith(tokens[0]):
+        starts = [s - starts[1] for s in starts]
+    spans = _prompt_token_spans(starts, prompt)
+    total, n_cont = 0.0, 0
+    for k, start, end in spans:
+        if end <= n_context:
+            continue
+        lp = lps[k]
+        if lp is None:
+            if k == 0 or start == 0:
+                raise ModelError("the scored continuation starts at the prompt's first token, which has no log-prob")
+            raise NoPromptLogprobs
+        if not isinstance(lp, (int, float)):
+            raise NoPromptLogprobs
+        total += float(lp)
+        n_cont += 1
+    if n_cont == 0:
+        raise NoPromptLogprobs
+    return total, n_cont, len(spans)
+
+
+def shifted_echo_continuation(logprobs: Any, prompt: str, n_context: int) -> Parsed:
+    """Like :func:`echo_continuation`, for a server whose echo is one position late (``"echo_shifted"``).
+
+    The log-prob of prompt token ``k`` is ``top_logprobs[k - 1][tokens[k]]``: the distribution reported
+    at token ``k - 1`` is the one that predicts token ``k``.
+
+    Raises:
+        NoPromptLogprobs: when there are no prompt tokens or top log-probs.
+        NotInTop: when a continuation token is not among the top log-probs of its position.
+        ModelError: when the continuation starts at the prompt's first token.
+    """
+    if not isinstance(logprobs, Mapping):
+        raise NoPromptLogprobs
+    tokens, tops = logprobs.get("tokens"), logprobs.get("top_logprobs")
+    spans = _prompt_token_spans(_offsets(logprobs), prompt)
+    if not isinstance(tokens, list) or not isinstance(tops, list) or len(tokens) != len(tops) or len(spans) < 2:
+        raise NoPromptLogprobs
+    total, n_cont = 0.0, 0
+    for k, _start, end in spans:
+        if end <= n_context:
+            continue
+        prev = tops[k - 1] if k >= 1 else None
+        if not isinstance(prev, Mapping):
+            raise ModelError("the scored continuation starts at the prompt's first tokens, which have no log-prob "
+                             "on this server")
+        lp = prev.get(tokens[k])
+        if not isinstance(lp, (int, float)):
+            raise NotInTop(
+                f"continuation token {tokens[k]!r} is not among the {len(prev)} top log-probs the server gave at its "
+                f"position, and this server (llama-cpp-python) reports no other way to read it; raise "
+                f"shifted_top_logprobs or use a server with correct echo (vLLM)"
+            )
+        total += float(lp)
+        n_cont += 1
+    if n_cont == 0:
+        raise NoPromptLogprobs
+    return total, n_cont, len(spans)
+
+
+def vllm_continuation(prompt_logprobs: Any, prompt: str, n_context: int) -> Parsed:
+    """Summed log-prob of the continuation from vLLM's ``prompt_logprobs``.
+
+    Args:
+        prompt_logprobs: ``[None, {token_id: {"logprob": float, "decoded_token": str, ...}}, ...]``, one
+            entry per prompt token (the first has no log-prob). With ``prompt_logprobs: 0`` each dict
+            holds the prompt token only; otherwise its first entry is taken as the prompt token.
+        prompt: The prompt sent, ``context + continuation``.
+        n_context: ``len(context)`` in characters.
+
+    Returns:
+        ``(sum of log-probs, number of continuation tokens, number of prompt tokens)``. Token spans are
+        counted back from the prompt's end with the decoded token texts; the same straddle rule as
+        :func:`echo_continuation` applies.
+
+    Raises:
+        NoPromptLogprobs: when there are no prompt log-probs.
+        ModelError: when an entry lacks its decoded token, or the continuation reaches the first token.
+    """
+    if not isinstance(prompt_logprobs, list) or len(prompt_logprobs) < 2:
+        raise NoPromptLogprobs
+    end = len(prompt)
+    total, n_cont = 0.0, 0
+    for k in range(len(prompt_logprobs) - 1, -1, -1):
+        if end <= n_context:
+            break
+        entry = prompt_logprobs[k]
+        if entry is None:
+            if k == 0:
+                raise ModelError("the scored continuation starts at the prompt's first token, which has no log-prob")
+            raise NoPromptLogprobs
+        if not isinstance(entry, Mapping) or not entry:
+            raise NoPromptLogprobs
+        info = next(iter(entry.values()))
+        if not isinstance(info, Mapping) or not isinstance(info.get("logprob"), (int, float)):
+            raise NoPromptLogprobs
+        decoded = info.get("decoded_token")
+        if not isinstance(decoded, str):
+            raise ModelError("vLLM prompt_logprobs lack 'decoded_token'; use logprob_style='echo' with this server")
+        total += float(info["logprob"])
+        n_cont += 1
+        end -= len(decoded)
+    if n_cont == 0:
+        raise NoPromptLogprobs
+    return total, n_cont, len(prompt_logprobs)
+
+
+# --- detecting a one-token-late echo --------------------------------------------------------------
+
+
+def top1_at_prompt_end(choice: Mapping[str, Any], prompt: str) -> tuple[str | None, str]:
+    """``(top-1 token string at the prompt's last token, generated text)`` of an echo choice.
+
+    ``(None, "")`` when the choice holds no echoed prompt with top log-probs.
+    """
+    lp, text = choice.get("logprobs"), choice.get("text")
+    if not isinstance(lp, Mapping) or not isinstance(text, str) or not text.startswith(prompt):
+        return None, ""
+    try:
+        spans = _prompt_token_spans(_offsets(lp), prompt)
+    except NoPromptLogprobs:
+        return None, ""
+    tops = lp.get("top_logprobs")
+    if not spans or not isinstance(tops, list) or spans[-1][0] >= len(tops):
+        return None, ""
+    top = tops[spans[-1][0]]
+    if not isinstance(top, Mapping) or not top:
+        return None, ""
+    best = max(top.items(), key=lambda kv: kv[1] if isinstance(kv[1], (int, float)) else float("-inf"))[0]
+    return str(best), text[len(prompt):]
+
+
+def _top1_is_generated(choice: Mapping[str, Any], prompt: str) -> bool:
+    top, generated = top1_at_prompt_end(choice, prompt)
+    return bool(top) and top == generated
+
+
+def looks_late(choices: Sequence[Mapping[str, Any]], prompts: Sequence[str]) -> bool:
+    """Whether echo choices look one position late: at every prompt's last token the top-1 entry is the
+    greedy continuation (a late echo reports the distribution AFTER that token there)."""
+    return all(_top1_is_generated(c, p) for c, p in zip(choices, prompts))
+
+
+def probe_body(model: str) -> dict[str, Any]:
+    """The request that confirms a late echo: :data:`SHIFT_PROBE` in echo style."""
+    return request_body("echo", model, [SHIFT_PROBE])
+
+
+def confirms_late(choice: Mapping[str, Any]) -> bool:
+    """Whether the answer to :func:`probe_body` is late: its last token (",") is not its greedy
+    continuation (" 9"), so only a late echo shows the generated token as top-1 there."""
+    return _top1_is_generated(choice, SHIFT_PROBE)

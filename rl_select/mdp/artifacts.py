@@ -1,0 +1,191 @@
+"""The one artifact format: tensors in a safetensors file, a JSON document in its metadata (no pickle).
+
+Every trained object rl_select writes (the exported :class:`~rl_select.mdp.policy.SelectorPolicy`, an
+agent's checkpoint, a tabular Q-table) is this format; ``kind`` says which document it holds::
+
+    metadata {"rl_select": "<JSON>"} with JSON
+    {"format": "rl_select", "format_version": 2, "kind": "policy" | "agent", "tensors_sha256": "…",
+     "qnet": {"class": "CandidateQNet", "state_dim": 6, "cand_dim": 6, "hidden": [64, 64],
+              "n_parameters": 9090},      # when the tensors are a Q-network
+     ...the kind's own fields}
+
+``tensors_sha256`` (:func:`tensors_sha256`) covers every tensor's name, dtype, shape and raw bytes.
+Reading never executes code: it reads the header and data, checks the format, version, kind and hash,
+and rebuilds a Q-network only when the stored tensors have exactly the names and shapes its recorded
+architecture gives; anything else is refused with one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from rl_select.errors import ArtifactError
+from rl_select.mdp.qnet import CandidateQNet
+
+FORMAT_NAME = "rl_select"
+"""The ``format`` field of every artifact."""
+
+FORMAT_VERSION = 2
+"""The ``format_version`` this code writes and reads (1 was two separate formats, now refused)."""
+
+METADATA_KEY = "rl_select"
+"""The safetensors metadata key that holds the JSON document."""
+
+
+def tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 over the tensors in name order: each name, dtype, shape, byte count and raw bytes.
+
+    Args:
+        tensors: Name -> tensor (any device; read as contiguous CPU memory).
+
+    Returns:
+        The hex digest.
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous().reshape(-1)
+        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        h.update(f"{name}\0{t.dtype}\0{list(tensors[name].shape)}\0{len(raw)}\0".encode())
+        h.update(raw)
+    return h.hexdigest()
+
+
+def artifact_document(kind: str, tensors: Mapping[str, Tensor], doc: Mapping[str, Any]) -> dict[str, Any]:
+    """``doc`` with the format fields every artifact carries: format, version, kind and the tensors' hash."""
+    return {**dict(doc), "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": kind,
+            "tensors_sha256": tensors_sha256(tensors)}
+
+
+def write_artifact(path: str | Path, *, kind: str, tensors: Mapping[str, Tensor], doc: Mapping[str, Any]) -> Path:
+    """Write ``tensors`` and the JSON document ``doc`` (plus format, version, kind, hash) atomically.
+
+    The file is written next to ``path`` under a temporary name and moved into place with
+    ``os.replace``, so a crash never leaves a half-written artifact under ``path``.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    full = artifact_document(kind, cpu, doc)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(cpu, tmp, metadata={METADATA_KEY: json.dumps(full, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_artifact(
+    path: str | Path, *, kind: str, error: type[ArtifactError] = ArtifactError, what: str = "artifact",
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read and check a file written by :func:`write_artifact`.
+
+    Args:
+        path: The ``.safetensors`` file.
+        kind: The document kind expected (``"policy"``, ``"agent"``).
+        error: The :class:`ArtifactError` subclass to raise (e.g. ``PolicyError``).
+        what: How messages name the file (``"policy file"``).
+
+    Returns:
+        ``(tensors, document)``.
+
+    Raises:
+        ArtifactError: Missing file; not a (complete) safetensors file; no or non-JSON metadata; another
+            format, version or kind; tensors that do not match their recorded hash.
+    """
+    where = f"{what} {str(path)!r}"
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{where} not found; expected a .safetensors file written by rl_select")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as exc:  # SafetensorError (truncated, garbage header), OSError
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise error(f"{where} is not a readable safetensors file ({first}); expected a complete file written by "
+                    "rl_select") from None
+    raw = metadata.get(METADATA_KEY)
+    if raw is None:
+        raise error(f"{where} has no {METADATA_KEY!r} metadata (keys: {sorted(metadata)}); expected an rl_select "
+                    "artifact, not a bare weights file")
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise error(f"{where}: the {METADATA_KEY!r} metadata is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise error(f"{where}: the {METADATA_KEY!r} metadata holds {type(doc).__name__}; expected an object")
+    if doc.get("format") != FORMAT_NAME:
+        raise error(f"{where} has format {doc.get('format')!r}; expected {FORMAT_NAME!r}")
+    version = doc.get("format_version")
+    if not _is_int(version) or version != FORMAT_VERSION:
+        newer = _is_int(version) and version > FORMAT_VERSION
+        raise error(f"{where} has format_version {version!r}; expected {FORMAT_VERSION}"
+                    + (" (upgrade rl_select)" if newer else " (retrain or re-export it with this rl_select)"))
+    if doc.get("kind") != kind:
+        raise error(f"{where} holds a {doc.get('kind')!r} document; expected {kind!r}")
+    if tensors_sha256(tensors) != doc.get("tensors_sha256"):
+        raise error(f"{where}: the tensor data do not match their recorded sha256 (corrupted or tampered with); "
+                    f"expected tensors_sha256={doc.get('tensors_sha256')!r:.80}")
+    return tensors, doc
+
+
+def qnet_document(qnet: CandidateQNet) -> dict[str, Any]:
+    """The ``"qnet"`` entry of a document: the architecture that rebuilds ``qnet``."""
+    return {"class": type(qnet).__name__, "state_dim": qnet.state_dim, "cand_dim": qnet.cand_dim,
+            "hidden": list(qnet.hidden), "n_parameters": int(sum(p.numel() for p in qnet.parameters()))}
+
+
+def qnet_from_document(
+    arch: Any, tensors: Mapping[str, Tensor], *, where: str, error: type[ArtifactError] = ArtifactError,
+) -> CandidateQNet:
+    """A network built from a ``"qnet"`` entry, refusing any mismatch with the stored tensors.
+
+    Raises:
+        ArtifactError: A malformed architecture, tensors whose names or shapes it does not give, or
+            tensors that are not floating point.
+    """
+    ok = isinstance(arch, dict) and arch.get("class", "CandidateQNet") == "CandidateQNet"
+    ok = ok and _is_int(arch.get("state_dim")) and _is_int(arch.get("cand_dim"))
+    ok = ok and isinstance(arch.get("hidden"), list) and all(_is_int(h) for h in arch["hidden"])
+    if not ok:
+        raise error(f"{where}: q-net architecture {arch!r:.200} is malformed; expected {{'class': 'CandidateQNet', "
+                    "'state_dim': int, 'cand_dim': int, 'hidden': [int, ...]}")
+    try:
+        qnet = CandidateQNet(arch["state_dim"], arch["cand_dim"], tuple(arch["hidden"]))
+    except ValueError as exc:
+        raise error(f"{where}: {exc}") from None
+    expected = {name: tuple(t.shape) for name, t in qnet.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in tensors.items()}
+    if expected != found:
+        diff = sorted(set(expected) ^ set(found)) or [n for n in sorted(expected) if expected[n] != found[n]]
+        name = diff[0]
+        raise error(f"{where}: the metadata's architecture (hidden={arch['hidden']}) does not match the stored tensors "
+                    f"({name!r}: file has {found.get(name, 'nothing')}, architecture expects "
+                    f"{expected.get(name, 'nothing')})")
+    bad = [name for name, t in tensors.items() if not t.is_floating_point()]
+    if bad:
+        raise error(f"{where}: tensors {bad} are not floating point; expected float weights")
+    qnet.load_state_dict(dict(tensors), strict=True)
+    return qnet.eval()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
