@@ -428,7 +428,7 @@ def train_cmd(cfg, explicit: frozenset[str]) -> None:
     import time
 
     from rl_select.experiments.rundir import RunDir
-    from rl_select.experiments.training import plot_curve, train_agent
+    from rl_select.experiments.training import plot_curve, policy_selection, train_agent
 
     task_envs = _task_envs(cfg, fixed_pool=cfg.agent.name == "tabular")
     run = RunDir.create(cfg, f"train-{cfg.agent.name}")
@@ -437,19 +437,23 @@ def train_cmd(cfg, explicit: frozenset[str]) -> None:
     console.print(f"training {cfg.agent.name} ...")
     res = train_agent(cfg, task_envs, progress=True)
     seconds = time.perf_counter() - t0
+    selection = None
     if res.policy is not None:
         res.policy.save(run.path / "policy.safetensors")
+        selection = policy_selection(cfg, res.policy, task_envs[0].scorer)
     else:
         res.agent.save(run.path / f"agent-{cfg.agent.name}.safetensors")
     plot_curve(res.curve, run.path / "learning_curve.png", ylabel=res.curve_label,
                title=f"{cfg.agent.name} on {', '.join(te.task for te in task_envs)}: k={cfg.k}, "
                      f"N={task_envs[0].env.n_candidates}")
     run.finish([], {"config": cfg.to_dict(), "training": res.summary, "lm_calls": res.lm.as_dict(),
-                    "seconds": seconds, "curve": res.curve})
+                    "seconds": seconds, "curve": res.curve, "policy_selection": selection})
     out.print(f"trained {cfg.agent.name} in {seconds:.0f} s; LM: {res.lm.queries} query rows "
               f"({res.lm.cache_hits} hits, {res.lm.cache_misses} misses), {res.lm.forward_tokens} tokens")
-    if res.policy is not None:
-        out.print(escape(f"policy: {run.path / 'policy.safetensors'}  (use with --policy)"))
+    if selection is not None:
+        out.print(escape(f"policy: {run.path / 'policy.safetensors'}  (use with --policy); on seed "
+                         f"{selection['seed']}'s pool it picks {selection['demos']} (val acc "
+                         f"{100 * selection['val_acc']:.1f})"))
     out.print(escape(f"learning curve: {run.path / 'learning_curve.png'}"))
 
 
@@ -488,7 +492,12 @@ def select_cmd(cfg, explicit: frozenset[str], policy: PolicyPathOpt, seed: SeedO
     The task and the scorer are the ones the policy was trained with (recorded in its file); an option
     that asks for a different one is refused unless --force.
     """
-    pol, demos, splits, _ = _policy_demos(cfg, explicit, policy, seed, force)
+    pol, demos, splits, scorer = _policy_demos(cfg, explicit, policy, seed, force)
+    lm = scorer.scorer_spec
+    if lm is not None:
+        out.print(escape(f"scorer: {lm.model} ({lm.backend}, {lm.dtype}, {lm.mode}"
+                         f"{', calibrated' if lm.calibrate else ''}{', length-normalised' if lm.length_norm else ''})"
+                         f"; task {scorer.spec.name}"))
     table = Table(title=f"{len(demos)} demonstrations chosen from a pool of {len(splits.pool)} (seed {seed})")
     for col in ("#", "uid", "label", "text"):
         table.add_column(col)

@@ -170,7 +170,7 @@ def test_cli_collect_and_baselines_on_ray_with_the_real_model(local_ray, data_ro
         run = next((tmp_path / f"runs-{executor}").iterdir())
         doc = json.loads((run / "results.json").read_text())
         summaries[executor] = [(r["selector"], r["seed"], r["test_acc"], r["demos"]) for r in doc["rows"]]
-        assert doc["config"]["executor"] == executor and doc["lm_calls"]["queries"] > 0
+        assert doc["config"]["executor"]["kind"] == executor and doc["lm_calls"]["queries"] > 0
     assert summaries["ray"] == summaries["local"]
 
 

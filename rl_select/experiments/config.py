@@ -46,7 +46,6 @@ from rl_select.errors import ConfigError
 from rl_select.lm.spec import ScorerSpec
 
 DEFAULT_SELECTORS = ("zero_shot", "random", "knn", "max_entropy", "random_search", "greedy")
-EXECUTORS: tuple[str, ...] = ("local", "ray")
 
 
 def _positive(where: str, value: Any, *, minimum: int = 1) -> None:
@@ -119,7 +118,7 @@ class MDPConfig:
     min_len: int = 0
 
     def validate(self) -> None:
-        from envs.demo_selection import REWARD_MODES
+        from rl_select.mdp.episode import REWARD_MODES
         from rl_select.mdp.features import FEATURE_SETS
 
         if self.n_candidates is not None:
@@ -179,6 +178,8 @@ class ExecutorConfig:
     workers: int = 2
 
     def validate(self) -> None:
+        from rl_select.experiments.executors import EXECUTORS
+
         if self.kind not in EXECUTORS:
             raise ConfigError(f"executor.kind={self.kind!r}; expected one of {list(EXECUTORS)}")
         _positive("executor.workers", self.workers)

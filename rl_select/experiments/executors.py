@@ -35,6 +35,9 @@ from rl_select.experiments.config import RunConfig
 from rl_select.lm.base import CachedScorer, ScorerStats
 from rl_select.tasks import TaskSpec
 
+EXECUTORS: tuple[str, ...] = ("local", "ray")
+"""Executor kinds (``[executor] kind``): :class:`LocalExecutor` in process, :class:`RayExecutor` on Ray actors."""
+
 #: ``factory(cfg) -> (spec -> scorer)``: how an actor gets its LM (module-level, so Ray pickles it by name).
 ScorerFactory = Callable[[RunConfig], Callable[[TaskSpec], CachedScorer]]
 

@@ -33,7 +33,8 @@ def policy_settings(
         policies: Loaded policies (all must agree, unless forced).
         cfg: The run config as the user gave it.
         explicit: The keys the user set (flat names such as ``"calibrate"``, ``"model"``, ``"task"``);
-            every other scorer field is taken from the policy.
+            every other scorer field, the data folder and the split sizes are taken from the policy's
+            training run.
         force: Keep the user's differing settings (the policy's selection then warns instead of refusing).
 
     Returns:
@@ -68,10 +69,12 @@ def policy_settings(
             raise PolicyError(f"the policy was trained on task {first.task.name!r} (spec {first.task.to_dict()}) "
                               f"but task {cfg.task!r} was asked; expected the training task (or --force)")
         task = asked_task
+    trained = first.training.get("config", {})
     data = cfg.data
     if data is None and "data" not in explicit:
-        data = first.training.get("config", {}).get("data")
-    return cfg.updated(lm=lm.to_dict(), task=task_reference(task), data=data), task
+        data = trained.get("data")
+    splits = {k: v for k, v in trained.get("splits", {}).items() if k not in explicit}
+    return cfg.updated(lm=lm.to_dict(), task=task_reference(task), data=data, splits=splits), task
 
 
 def task_reference(task: TaskSpec) -> str:

@@ -242,6 +242,26 @@ def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, progress: bool 
                        summary=_jsonable(agent.summary), lm=lm)
 
 
+def policy_selection(cfg: RunConfig, policy: SelectorPolicy, scorer: CachedScorer) -> dict[str, Any]:
+    """The training run's own use of its policy: the demonstrations it picks from seed ``cfg.seeds[0]``'s pool.
+
+    The pool / val split is the one ``rl-select select`` and the evaluation harness draw for that seed, and
+    the scorer is the training scorer, so ``rl-select select --policy`` must give the same list.
+
+    Returns:
+        ``{"seed", "demos": [uid, ...], "val_acc", "lm_queries"}``.
+    """
+    from rl_select.experiments.harness import TaskData
+    from rl_select.metrics import accuracy
+
+    seed = cfg.seeds[0]
+    splits = TaskData.load(cfg).splits(cfg, seed)
+    demos = policy.select(splits.pool, scorer=scorer, val=splits.val)
+    return {"seed": seed, "demos": [d.uid for d in demos],
+            "val_acc": accuracy(scorer, demos=demos, examples=splits.val),
+            "lm_queries": (policy.last_selection_info or {}).get("lm_queries")}
+
+
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
