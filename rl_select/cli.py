@@ -460,14 +460,15 @@ def train_cmd(cfg, explicit: frozenset[str]) -> None:
 # --- using a policy ---------------------------------------------------------------------------------
 
 PolicyPathOpt = Annotated[str, typer.Option("--policy", help="A trained policy (.safetensors).")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the pool / val split.")]
+SeedOpt = Annotated[int | None, typer.Option(
+    help="Seed of the pool / val split (default: the policy's first training seed).")]
 
 
-def _policy_demos(cfg, explicit: frozenset[str], policy_path: str, seed: int, force: bool):
+def _policy_demos(cfg, explicit: frozenset[str], policy_path: str, seed: int | None, force: bool):
     """Load a policy, rebuild its task and scorer, draw the seeded pool / val, select.
 
     Returns:
-        ``(policy, demos, splits, scorer)``.
+        ``(policy, demos, splits, scorer, seed)``.
     """
     from rl_select.experiments.harness import TaskData, build_scorer
     from rl_select.experiments.reproduce import policy_settings
@@ -475,24 +476,26 @@ def _policy_demos(cfg, explicit: frozenset[str], policy_path: str, seed: int, fo
 
     _quiet_libraries()
     policy = SelectorPolicy.load(policy_path)
+    if seed is None:
+        seed = int((policy.training.get("config", {}).get("seeds") or [0])[0])
     cfg, _ = policy_settings([policy], cfg.updated(seeds=[seed], n_test=1), explicit=explicit, force=force)
     data = TaskData.load(cfg)
     splits = data.splits(cfg, seed)
     with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
         scorer = build_scorer(cfg, data.spec)
     demos = policy.select(splits.pool, scorer=scorer, val=splits.val, force=force)
-    return policy, demos, splits, scorer
+    return policy, demos, splits, scorer, seed
 
 
 @config_command("select", ("task", "data", "n_pool", "n_val", "cache"), LM)
-def select_cmd(cfg, explicit: frozenset[str], policy: PolicyPathOpt, seed: SeedOpt = 0,
+def select_cmd(cfg, explicit: frozenset[str], policy: PolicyPathOpt, seed: SeedOpt = None,
                force: ForceOpt = False) -> None:
     """Choose demonstrations from a task's seeded pool with a policy; print them and the prompt.
 
     The task and the scorer are the ones the policy was trained with (recorded in its file); an option
     that asks for a different one is refused unless --force.
     """
-    pol, demos, splits, scorer = _policy_demos(cfg, explicit, policy, seed, force)
+    pol, demos, splits, scorer, seed = _policy_demos(cfg, explicit, policy, seed, force)
     lm = scorer.scorer_spec
     if lm is not None:
         out.print(escape(f"scorer: {lm.model} ({lm.backend}, {lm.dtype}, {lm.mode}"
@@ -511,9 +514,9 @@ def select_cmd(cfg, explicit: frozenset[str], policy: PolicyPathOpt, seed: SeedO
 
 @config_command("prompt", ("task", "data", "n_pool", "n_val", "cache"), LM)
 def prompt_cmd(cfg, explicit: frozenset[str], queries: Annotated[list[str], typer.Argument(help="Query texts.")],
-               policy: PolicyPathOpt, seed: SeedOpt = 0, force: ForceOpt = False) -> None:
+               policy: PolicyPathOpt, seed: SeedOpt = None, force: ForceOpt = False) -> None:
     """Print the prompt the policy builds for each query (demonstrations chosen from the task's seeded pool)."""
-    pol, demos, _, _ = _policy_demos(cfg, explicit, policy, seed, force)
+    pol, demos, _, _, _ = _policy_demos(cfg, explicit, policy, seed, force)
     for q in queries:
         print(pol.build_prompt(q, demos))
         print("-" * 40)

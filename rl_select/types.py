@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -24,3 +27,8 @@ class Example:
     def content(self) -> tuple[str, str | None, str]:
         """The fields that define the example's content (used in cache keys)."""
         return (self.text, self.text2, self.label)
+
+
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is a Python or numpy integer (``bool`` is not)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -18,6 +18,7 @@ from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import ScoreCache
 from rl_select.prompts import Mode
 from rl_select.tasks import TaskSpec
+from rl_select.types import is_int
 
 BACKENDS: tuple[str, ...] = ("hf", "openai")
 """``hf``: transformers in process; ``openai``: an OpenAI-compatible ``/v1/completions`` server."""
@@ -83,11 +84,11 @@ class ScorerSpec:
                 raise ConfigError(f"lm.{name}={getattr(self, name)!r}; expected true or false")
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError(f"lm.model={self.model!r}; expected 'bundled', a folder, a hub id or a served name")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
+        if not is_int(self.batch_size) or self.batch_size < 1:
             raise ConfigError(f"lm.batch_size={self.batch_size!r}; expected an integer >= 1")
-        if not _is_int(self.max_concurrency) or self.max_concurrency < 1:
+        if not is_int(self.max_concurrency) or self.max_concurrency < 1:
             raise ConfigError(f"lm.max_concurrency={self.max_concurrency!r}; expected an integer >= 1")
-        if not _is_int(self.max_retries) or self.max_retries < 0:
+        if not is_int(self.max_retries) or self.max_retries < 0:
             raise ConfigError(f"lm.max_retries={self.max_retries!r}; expected an integer >= 0")
         if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout <= 0:
             raise ConfigError(f"lm.timeout={self.timeout!r}; expected a number of seconds > 0")
@@ -195,6 +196,3 @@ class ScorerSpec:
 
         return make
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -33,6 +32,7 @@ from torch import Tensor
 
 from rl_select.errors import ArtifactError
 from rl_select.mdp.qnet import CandidateQNet
+from rl_select.types import is_int
 
 FORMAT_NAME = "rl_select"
 """The ``format`` field of every artifact."""
@@ -135,8 +135,8 @@ def read_artifact(
     if doc.get("format") != FORMAT_NAME:
         raise error(f"{where} has format {doc.get('format')!r}; expected {FORMAT_NAME!r}")
     version = doc.get("format_version")
-    if not _is_int(version) or version != FORMAT_VERSION:
-        newer = _is_int(version) and version > FORMAT_VERSION
+    if not is_int(version) or version != FORMAT_VERSION:
+        newer = is_int(version) and version > FORMAT_VERSION
         raise error(f"{where} has format_version {version!r}; expected {FORMAT_VERSION}"
                     + (" (upgrade rl_select)" if newer else " (retrain or re-export it with this rl_select)"))
     if doc.get("kind") != kind:
@@ -163,8 +163,8 @@ def qnet_from_document(
             tensors that are not floating point.
     """
     ok = isinstance(arch, dict) and arch.get("class", "CandidateQNet") == "CandidateQNet"
-    ok = ok and _is_int(arch.get("state_dim")) and _is_int(arch.get("cand_dim"))
-    ok = ok and isinstance(arch.get("hidden"), list) and all(_is_int(h) for h in arch["hidden"])
+    ok = ok and is_int(arch.get("state_dim")) and is_int(arch.get("cand_dim"))
+    ok = ok and isinstance(arch.get("hidden"), list) and all(is_int(h) for h in arch["hidden"])
     if not ok:
         raise error(f"{where}: q-net architecture {arch!r:.200} is malformed; expected {{'class': 'CandidateQNet', "
                     "'state_dim': int, 'cand_dim': int, 'hidden': [int, ...]}")
@@ -186,6 +186,3 @@ def qnet_from_document(
     qnet.load_state_dict(dict(tensors), strict=True)
     return qnet.eval()
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -26,7 +26,7 @@ import numpy as np
 
 from rl_select.errors import ConfigError, SelectionError
 from rl_select.mdp.features import FeatureResult, Featurizer
-from rl_select.types import Example
+from rl_select.types import Example, is_int
 
 REWARD_MODES: tuple[str, ...] = ("marginal", "terminal")
 """Known reward modes (see :class:`SelectionEpisode`)."""
@@ -35,11 +35,6 @@ NOT_RESET = "step() called before reset(); call reset() first"
 """The message of a step taken before any reset."""
 
 Obs = dict[str, np.ndarray]
-
-
-def is_int(value: Any) -> bool:
-    """Whether ``value`` is a Python or numpy integer (``bool`` is not)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def check_reward_mode(reward: str | None, *, allow_none: bool = False) -> None:

@@ -47,7 +47,7 @@ from rl_select.mdp.features import FeatureSpec, Featurizer
 from rl_select.mdp.qnet import CandidateQNet, masked_q
 from rl_select.prompts import render_prompt
 from rl_select.tasks import TaskSpec
-from rl_select.types import Example
+from rl_select.types import Example, is_int
 
 KIND = "policy"
 """The artifact ``kind`` of a policy file."""
@@ -59,9 +59,6 @@ _REQUIRED = ("feature_spec", "k", "allow_stop", "min_len", "task", "scorer", "sc
 class PolicyWarning(UserWarning):
     """A policy is used, forced, with a scorer other than the one it was trained with."""
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 class SelectorPolicy:
@@ -109,9 +106,9 @@ class SelectorPolicy:
                 f"q-net dims (state_dim={qnet.state_dim}, cand_dim={qnet.cand_dim}) do not match feature set "
                 f"{feature_spec.kind!r}; expected ({feature_spec.state_dim}, {feature_spec.cand_dim})"
             )
-        if not _is_int(k) or k < 1:
+        if not is_int(k) or k < 1:
             raise PolicyError(f"k={k!r}; expected an integer >= 1")
-        if not _is_int(min_len) or not 0 <= min_len <= k:
+        if not is_int(min_len) or not 0 <= min_len <= k:
             raise PolicyError(f"min_len={min_len!r}; expected an integer with 0 <= min_len <= k={k}")
         if scorer_spec is not None and not isinstance(scorer_spec, ScorerSpec):
             raise PolicyError(f"scorer_spec is a {type(scorer_spec).__name__}; expected a ScorerSpec or None")
@@ -297,7 +294,7 @@ class SelectorPolicy:
         """
         pool_t = tuple(pool)
         k = self.k if k is None else k
-        if not _is_int(k) or k < 1:
+        if not is_int(k) or k < 1:
             raise SelectionError(f"k={k!r}; expected an integer >= 1")
         if k > len(pool_t):
             raise SelectionError(
