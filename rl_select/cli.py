@@ -1,8 +1,9 @@
 """``rl-select``: the command line.
 
 Commands: ``tasks``, ``baselines`` (every selector on a task over seeds, as a table in a run folder),
-``evaluate`` (one selector, a policy, or an explicit ordered demo list), ``collect`` (rollouts), ``train``
-(an agent, exporting a policy), ``select`` / ``prompt`` (use a policy), ``report``, ``bench ...``.
+``evaluate`` (one selector, a policy, an explicit ordered demo list, or a saved prompt file), ``collect``
+(rollouts), ``train`` (an agent, exporting a policy), ``select`` (a policy or any baseline -> a prompt file to
+ship), ``prompt`` (render a prompt file, or a policy's choice, for queries), ``report``, ``bench ...``.
 
 Every option that sets a config value is declared once, in :data:`OPTIONS` (named after its flat config
 key, see :data:`rl_select.experiments.config.FLAT_KEYS`); :func:`config_command` gives a command the
@@ -341,6 +342,10 @@ def baselines_cmd(cfg, explicit: frozenset[str], force: ForceOpt = False) -> Non
     _run(cfg, "baselines", explicit=explicit, force=force)
 
 
+PromptFileOpt = Annotated[Path | None, typer.Option(
+    "--prompt-file", help="A prompt file written by `rl-select select`.")]
+
+
 @config_command("evaluate", RUN, LM, ("policy",), EXECUTOR)
 def evaluate_cmd(
     cfg, explicit: frozenset[str],
@@ -348,11 +353,17 @@ def evaluate_cmd(
     demos: Annotated[str | None, typer.Option(
         help="Explicit ordered demos: a JSONL/CSV file of examples, or comma-separated row numbers of the "
              "train file (1-based, as in uids 'train.jsonl:N').")] = None,
+    prompt_file: PromptFileOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Test accuracy (mean ± std over seeds) of one selector, a policy, or an explicit ordered demo list."""
-    if sum(x is not None for x in (selector, demos, cfg.policy)) != 1:
-        raise typer.BadParameter("give exactly one of --selector NAME, --policy FILE or --demos FILE|ROWS")
+    """Test accuracy (mean ± std over seeds) of one selector, a policy, an explicit ordered demo list, or a
+    saved prompt file (exactly the prompt `select` wrote: its task, demonstrations and scorer)."""
+    if sum(x is not None for x in (selector, demos, cfg.policy, prompt_file)) != 1:
+        raise typer.BadParameter("give exactly one of --selector NAME, --policy FILE, --demos FILE|ROWS or "
+                                 "--prompt-file FILE")
+    if prompt_file is not None:
+        _evaluate_prompt_file(cfg, explicit, prompt_file)
+        return
     cfg = cfg.updated(selectors={"names": [selector] if selector else []})
     if demos is None:
         _run(cfg, "evaluate", explicit=explicit, force=force)
@@ -457,69 +468,269 @@ def train_cmd(cfg, explicit: frozenset[str]) -> None:
     out.print(escape(f"learning curve: {run.path / 'learning_curve.png'}"))
 
 
-# --- using a policy ---------------------------------------------------------------------------------
+# --- offline prompt construction: select / prompt (a policy or any selector -> a prompt file) ----------
 
-PolicyPathOpt = Annotated[str, typer.Option("--policy", help="A trained policy (.safetensors).")]
+PolicyPathOpt = Annotated[str | None, typer.Option("--policy", help="A trained policy (.safetensors).")]
 SeedOpt = Annotated[int | None, typer.Option(
-    help="Seed of the pool / val split (default: the policy's first training seed).")]
+    help="Seed of the pool / val split and of the selector (default: a policy's first training seed, else 0).")]
+SelectorOpt = Annotated[str | None, typer.Option(
+    "--selector", help="A baseline selector (zero_shot, random, knn, max_entropy, random_search, greedy); its "
+                       "settings from --arg or the config's selectors.args.NAME table.")]
+ArgOpt = Annotated[list[str] | None, typer.Option(
+    "--arg", metavar="KEY=VALUE", help="A selector setting (a JSON value, else text), e.g. --arg n_prompts=16 or "
+                                       "--arg embedder=hashing; repeatable.")]
+PoolOpt = Annotated[str | None, typer.Option(
+    "--pool", help="The candidate pool: a JSONL/CSV file of labelled examples (default: --n-pool seeded rows of "
+                   "train).")]
+OutFileOpt = Annotated[Path | None, typer.Option(
+    "--out-file", help="The prompt file to write (.json; the prefix goes beside it as .txt). Default: "
+                       "<out>/prompts/<time>-<task>-<selector>.json.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing prompt file.")]
+ValidateOpt = Annotated[bool, typer.Option(
+    "--validate/--no-validate", help="Measure the choice's accuracy on the val rows (LM calls; zero_shot, random "
+                                     "and knn need no LM without it).")]
 
 
-def _policy_demos(cfg, explicit: frozenset[str], policy_path: str, seed: int | None, force: bool):
-    """Load a policy, rebuild its task and scorer, draw the seeded pool / val, select.
+def _selector_args(pairs: list[str] | None) -> dict[str, Any]:
+    """``--arg KEY=VALUE`` pairs as selector keyword arguments (JSON values, else text)."""
+    args: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"--arg {pair!r}; expected KEY=VALUE, e.g. --arg n_prompts=16")
+        try:
+            args[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            args[key.strip()] = text
+    return args
 
-    Returns:
-        ``(policy, demos, splits, scorer, seed)``.
+
+def _select_prompt(cfg, explicit: frozenset[str], *, policy: str | None, selector: str | None,
+                   arg: list[str] | None, pool: str | None, seed: int | None, force: bool, validate: bool,
+                   out_file: Path | None = None, overwrite: bool = False, write: bool = True):
+    """Select once with a policy or a baseline; return ``(prompt file, inputs, scorer, path, seed, policy)``.
+
+    A policy rebuilds the task, scorer, data folder and split sizes it was trained with (refused, unless
+    --force, where an option asks for others); bad input is refused before the model loads.
     """
-    from rl_select.experiments.harness import TaskData, build_scorer
-    from rl_select.experiments.reproduce import policy_settings
-    from rl_select.mdp.policy import SelectorPolicy
+    from rl_select.experiments.offline import default_prompt_path, selection_inputs
+    from rl_select.prompt_file import check_writable, make_baseline, select_prompt
 
+    if (policy is None) == (selector is None):
+        raise ConfigError("give exactly one of --policy FILE or --selector NAME")
+    if write and out_file is not None:
+        check_writable(out_file, overwrite=overwrite)
     _quiet_libraries()
-    policy = SelectorPolicy.load(policy_path)
-    if seed is None:
-        seed = int((policy.training.get("config", {}).get("seeds") or [0])[0])
-    cfg, _ = policy_settings([policy], cfg.updated(seeds=[seed], n_test=1), explicit=explicit, force=force)
-    data = TaskData.load(cfg)
-    splits = data.splits(cfg, seed)
-    with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
-        scorer = build_scorer(cfg, data.spec)
-    demos = policy.select(splits.pool, scorer=scorer, val=splits.val, force=force)
-    return policy, demos, splits, scorer, seed
+    pol = None
+    if policy is not None:
+        from rl_select.experiments.reproduce import policy_settings
+        from rl_select.mdp.policy import SelectorPolicy
+
+        pol = SelectorPolicy.load(policy)
+        if seed is None:
+            seed = int((pol.training.get("config", {}).get("seeds") or [0])[0])
+        cfg, _ = policy_settings([pol], cfg.updated(seeds=[seed], n_test=1), explicit=explicit, force=force)
+        k, name, args, chooser = (cfg.k if "k" in explicit else pol.k), f"policy:{pol.agent}", {"path": policy}, pol
+    else:
+        seed = 0 if seed is None else seed
+        cfg = cfg.updated(seeds=[seed], n_test=1)
+        name = selector
+        args = {**cfg.selectors.args.get(selector, {}), **_selector_args(arg)}
+        chooser, k = make_baseline(selector, args), cfg.k
+    inputs = selection_inputs(cfg, seed, pool_file=pool)
+    if name.split(":")[0] != "zero_shot" and k > len(inputs.pool):
+        from rl_select.errors import SelectionError
+
+        raise SelectionError(f"k={k} is larger than the pool of {len(inputs.pool)} candidates; expected k <= "
+                             f"{len(inputs.pool)}")
+    path = None
+    if write:
+        path = out_file or default_prompt_path(cfg, inputs.spec.name, name)
+        check_writable(path, overwrite=overwrite)
+    needs_lm = pol is not None or (validate and bool(inputs.val)) or name.split(":")[0] not in ("zero_shot", "random",
+                                                                                               "knn")
+    scorer = None
+    if needs_lm:
+        from rl_select.experiments.harness import build_scorer
+
+        with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
+            scorer = build_scorer(cfg, inputs.spec)
+    pf = select_prompt(chooser, task=inputs.spec, pool=inputs.pool, val=inputs.val, k=k, scorer=scorer, seed=seed,
+                       measure=validate, name=name, args=args, source=inputs.source, scorer_spec=cfg.lm, force=force)
+    if path is not None:
+        pf.save(path, overwrite=overwrite)
+    return pf, inputs, scorer, path, seed, pol
 
 
-@config_command("select", ("task", "data", "n_pool", "n_val", "cache"), LM)
-def select_cmd(cfg, explicit: frozenset[str], policy: PolicyPathOpt, seed: SeedOpt = None,
-               force: ForceOpt = False) -> None:
-    """Choose demonstrations from a task's seeded pool with a policy; print them and the prompt.
+@config_command("select", ("task", "data", "k", "n_pool", "n_val", "cache", "out"), LM)
+def select_cmd(cfg, explicit: frozenset[str], policy: PolicyPathOpt = None, selector: SelectorOpt = None,
+               arg: ArgOpt = None, pool: PoolOpt = None, seed: SeedOpt = None, out_file: OutFileOpt = None,
+               overwrite: OverwriteOpt = False, validate: ValidateOpt = True, force: ForceOpt = False) -> None:
+    """Choose demonstrations once (a policy or any baseline) and write them as a prompt file to ship.
 
-    The task and the scorer are the ones the policy was trained with (recorded in its file); an option
-    that asks for a different one is refused unless --force.
+    The prompt file (.json) holds the task spec, the demonstrations in order, the selector and its settings,
+    the scorer spec, the val accuracy and the LM calls spent; beside it, the rendered prefix as .txt. knn
+    writes its per-query rule instead of one prefix. With --policy, the task and the scorer are the ones the
+    policy was trained with; an option that asks for a different one is refused unless --force.
     """
-    pol, demos, splits, scorer, seed = _policy_demos(cfg, explicit, policy, seed, force)
-    lm = scorer.scorer_spec
+    pf, inputs, scorer, path, seed, pol = _select_prompt(
+        cfg, explicit, policy=policy, selector=selector, arg=arg, pool=pool, seed=seed, force=force,
+        validate=validate, out_file=out_file, overwrite=overwrite)
+    lm = getattr(scorer, "scorer_spec", None)
     if lm is not None:
         out.print(escape(f"scorer: {lm.model} ({lm.backend}, {lm.dtype}, {lm.mode}"
                          f"{', calibrated' if lm.calibrate else ''}{', length-normalised' if lm.length_norm else ''})"
                          f"; task {scorer.spec.name}"))
-    table = Table(title=f"{len(demos)} demonstrations chosen from a pool of {len(splits.pool)} (seed {seed})")
+    where = f"a pool of {len(pf.per_query.pool if pf.per_query else inputs.pool)}"
+    if pf.per_query is None:
+        demos = list(pf.demos)
+        title = f"{len(demos)} demonstrations chosen from {where} (seed {seed})"
+    else:
+        demos = pf.demos_for([inputs.example])[0] if inputs.example is not None else []
+        title = (f"{pf.selector['name']} chooses {pf.k} of {where} per query, by {pf.per_query.embedder!r} "
+                 f"embeddings (seed {seed}); these are the example query's")
+    table = Table(title=escape(title))
     for col in ("#", "uid", "label", "text"):
         table.add_column(col)
     for i, d in enumerate(demos):
         table.add_row(str(i + 1), escape(d.uid), escape(d.label), escape(d.text[:90]))
     out.print(table)
-    out.print(f"LM queries spent selecting: {pol.last_selection_info.get('lm_queries')}")
-    out.print("prompt (for a query):")
-    print(pol.build_prompt(splits.test[0], demos))
+    spent = pf.lm_calls.get("select", {}).get("queries", 0)
+    out.print(f"LM queries spent selecting: {pol.last_selection_info.get('lm_queries') if pol else spent}")
+    if pf.val_accuracy is not None:
+        out.print(f"val accuracy: {100 * pf.val_accuracy:.1f}% on {pf.n_val} rows "
+                  f"({pf.lm_calls.get('validate', {}).get('queries', 0)} LM queries)")
+    if inputs.example is not None:
+        out.print("prompt (for a query):")
+        print(pf.render(inputs.example))
+    out.print(escape(f"prompt file: {path} (prefix: {path.with_suffix('.txt')}); use it with "
+                     f"`rl-select prompt --prompt-file {path}`"))
 
 
-@config_command("prompt", ("task", "data", "n_pool", "n_val", "cache"), LM)
-def prompt_cmd(cfg, explicit: frozenset[str], queries: Annotated[list[str], typer.Argument(help="Query texts.")],
-               policy: PolicyPathOpt, seed: SeedOpt = None, force: ForceOpt = False) -> None:
-    """Print the prompt the policy builds for each query (demonstrations chosen from the task's seeded pool)."""
-    pol, demos, _, _, _ = _policy_demos(cfg, explicit, policy, seed, force)
-    for q in queries:
-        print(pol.build_prompt(q, demos))
-        print("-" * 40)
+def _read_queries(spec, queries: list[str] | None, queries_file: Path | None) -> list[tuple[str, Any]]:
+    """The queries from the arguments, a JSONL/CSV file, or standard input: ``(where, example)`` each."""
+    from rl_select.errors import DataError
+    from rl_select.prompt_file import parse_query, parse_query_lines, read_query_file
+
+    if queries and queries_file is not None:
+        raise ConfigError("give queries as arguments or --queries FILE, not both")
+    if queries_file is not None:
+        return read_query_file(spec, queries_file)
+    if queries:
+        return [(f"query argument {i}", parse_query(spec, text, where=f"query argument {i}"))
+                for i, text in enumerate(queries, start=1)]
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ConfigError("no queries; expected query texts as arguments, --queries FILE (JSONL/CSV with the task's "
+                          "input fields) or lines on standard input")
+    got = list(parse_query_lines(spec, sys.stdin, source="standard input"))
+    if not got:
+        raise DataError("standard input holds no queries; expected one query a line (text, or a JSON object of the "
+                        f"input fields {list(spec.input_fields)})")
+    return got
+
+
+@config_command("prompt", ("task", "data", "k", "n_pool", "n_val", "cache"), LM)
+def prompt_cmd(
+    cfg, explicit: frozenset[str],
+    queries: Annotated[list[str] | None, typer.Argument(
+        help="Query texts (a JSON object per argument for pair tasks); default: --queries FILE or stdin.")] = None,
+    prompt_file: PromptFileOpt = None, policy: PolicyPathOpt = None,
+    queries_file: Annotated[Path | None, typer.Option(
+        "--queries", help="A JSONL / CSV file of queries (the task's input fields).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the JSONL here (default stdout).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (query, prompt, labels, label_words, demos) | text "
+                                                      "(each prompt, then a line of dashes).")] = "jsonl",
+    seed: SeedOpt = None, force: ForceOpt = False,
+) -> None:
+    """The prompt for each query, from a prompt file (no LM, no selection) or a policy (selects once)."""
+    from rl_select.prompt_file import PromptFile, query_fields
+
+    if (prompt_file is None) == (policy is None):
+        raise ConfigError("give exactly one of --prompt-file FILE or --policy FILE")
+    if fmt not in ("jsonl", "text"):
+        raise ConfigError(f"--format {fmt!r}; expected jsonl or text")
+    if prompt_file is not None:
+        if explicit:
+            raise ConfigError(f"--prompt-file fixes the task and the demonstrations and needs no LM or data; drop "
+                              f"{', '.join('--' + k.replace('_', '-') for k in sorted(explicit))}")
+        pf = PromptFile.load(prompt_file)
+    else:
+        pf = _select_prompt(cfg, explicit, policy=policy, selector=None, arg=None, pool=None, seed=seed, force=force,
+                            validate=False, write=False)[0]
+    items = _read_queries(pf.task, queries, queries_file)
+    examples = [ex for _, ex in items]
+    lists = pf.demos_for(examples)
+    from rl_select.prompts import render_prompt
+
+    lines = []
+    for ex, demos in zip(examples, lists):
+        prompt = render_prompt(pf.task, demos, ex)
+        if fmt == "text":
+            lines.append(f"{prompt}\n{'-' * 40}")
+        else:
+            lines.append(json.dumps({"query": query_fields(pf.task, ex), "prompt": prompt, "labels": list(pf.labels),
+                                     "label_words": list(pf.label_words), "demos": [d.uid for d in demos]},
+                                    ensure_ascii=False))
+    text = "\n".join(lines) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        console.print(escape(f"{len(lines)} prompts written to {output}"))
+
+
+def _evaluate_prompt_file(cfg, explicit: frozenset[str], path: Path) -> Path:
+    """Score a saved prompt on the test split (per seed), with the task and scorer it was selected with."""
+    from rl_select.experiments.harness import TaskData, build_scorer, summarise
+    from rl_select.experiments.offline import check_prompt_plan, evaluate_prompt_file, prompt_file_settings
+    from rl_select.experiments.report import plot_summary, summary_table
+    from rl_select.experiments.rundir import RunDir
+    from rl_select.prompt_file import PromptFile
+
+    _quiet_libraries()
+    if cfg.executor.kind == "ray":
+        raise ConfigError("--prompt-file runs in process; drop --executor ray")
+    pf = PromptFile.load(path)
+    cfg, notes = prompt_file_settings(pf, cfg, explicit=explicit)
+    cfg = cfg.updated(k=pf.k, selectors={"names": []})
+    data = TaskData.load(cfg)
+    check_prompt_plan(cfg, data)  # bad input fails here, before the model loads
+    run = RunDir.create(cfg, "evaluate")
+    console.print(f"run folder: {escape(str(run.path))}")
+    with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
+        scorer = build_scorer(cfg, data.spec)
+    lm = getattr(scorer, "scorer_spec", None)
+    diff = pf.scorer.differences(lm) if pf.scorer is not None and lm is not None else []
+    for note in notes or diff:
+        console.print(escape(f"warning: the prompt was selected with another scorer ({note})"), highlight=False)
+    lm = lm or cfg.lm
+    console.print(escape(f"model {lm.model} ({lm.backend}, {lm.dtype}); prompt file {path}: {pf.kind}, k={pf.k}, "
+                         f"selected by {pf.selector.get('name', '?')}; task {data.spec.name}: test {len(data.test)}"))
+    before = scorer.stats.copy()
+    rows = []
+    for seed in cfg.seeds:
+        row = evaluate_prompt_file(cfg, pf, data, scorer, seed=seed)
+        run.add_row(row)
+        rows.append(row)
+        console.print(escape(f"seed {seed}: test {100 * row['test_acc']:.1f} on {row['n_test']} rows"))
+    stats = scorer.stats - before
+    cache = getattr(scorer, "cache", None)
+    summary = summarise(rows)
+    run.finish(summary, {"config": cfg.to_dict(), "lm_calls": stats.as_dict(), "prompt_file": str(path),
+                         "prompt": {"kind": pf.kind, "selector": dict(pf.selector), "val_accuracy": pf.val_accuracy,
+                                    "demos": [d.uid for d in pf.demos]},
+                         "cache": None if cache is None else {"path": str(cache.path), "hits": cache.hits,
+                                                              "misses": cache.misses},
+                         "model_fingerprint": scorer.fingerprint})
+    title = _title(cfg, data.spec.name, rows[0]["n_test"])
+    plot_summary(summary, rows, run.path / "test_accuracy.png", title)
+    out.print(summary_table(summary, escape(title)))
+    out.print(f"LM: {stats.queries} query rows ({stats.cache_hits} cache hits, {stats.cache_misses} misses), "
+              f"{stats.prefix_forwards} prefixes, {stats.forward_tokens} tokens, {stats.seconds:.1f} s in the LM")
+    out.print(escape(f"results: {run.path}/summary.csv, results.json, test_accuracy.png"))
+    return run.path
 
 
 @app.command("report")

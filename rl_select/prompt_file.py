@@ -215,8 +215,6 @@ class PromptFile:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document :meth:`save` writes (see the module docstring)."""
-        from rl_select import __version__
-
         pq = self.per_query
         return {
             "format": FORMAT_NAME,
@@ -238,7 +236,7 @@ class PromptFile:
             "scorer": None if self.scorer is None else self.scorer.to_dict(),
             "lm_calls": _jsonable(self.lm_calls, "lm_calls"),
             "created": self.created,
-            "rl_select_version": __version__,
+            "rl_select_version": _version(),
         }
 
     @classmethod
@@ -428,6 +426,16 @@ def _write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _version() -> str:
+    """This rl_select's version (from the installed distribution; the package may load as a namespace)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rl-select")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _jsonable(value: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -660,8 +668,7 @@ def embedder_from_name(name: str) -> Any:
         if dim and not dim.isdigit():
             raise PromptFileError(f"embedder {name!r}; expected 'hashing' or 'hashing:<dim>'")
         return HashingEmbedder(int(dim) if dim else 256)
-    if name == "scorer":
-        embedder_name(name)  # raises
+    embedder_name(name)  # refuses "scorer"
     return MiniLMEmbedder(name)
 
 
@@ -670,6 +677,7 @@ def make_baseline(name: str, args: Mapping[str, Any] | None = None) -> Any:
 
     Raises:
         SelectionError: An unknown name or bad arguments (one line).
+        PromptFileError: kNN with ``embedder="scorer"`` (a prompt file renders without the LM).
     """
     from rl_select.selectors import make_selector
 
@@ -678,8 +686,8 @@ def make_baseline(name: str, args: Mapping[str, Any] | None = None) -> Any:
     if base == "policy":
         raise SelectionError("selector 'policy' is a trained policy; expected --policy FILE (or "
                              "PromptFile.from_policy) instead")
-    if base == "knn" and isinstance(args.get("embedder"), str) and args["embedder"] != "scorer":
-        args["embedder"] = embedder_from_name(args["embedder"])
+    if base == "knn" and isinstance(args.get("embedder"), str):
+        args["embedder"] = embedder_from_name(args["embedder"])  # refuses "scorer": files render without the LM
     return make_selector(base, **args)
 
 
@@ -748,11 +756,14 @@ def select_prompt(
                   "tensors_sha256": selector.describe().get("tensors_sha256")}
     elif not isinstance(selector, Selector):
         raise SelectionError(f"selector {selector!r:.80} is neither a selector name, a Selector nor a SelectorPolicy")
+    else:  # its effective settings (defaults included), as far as they are plain values
+        settings = {key: v for key, v in vars(selector).items() if not key.startswith("_") and key != "policy"}
+        args = {**settings, **args}
     name = name or getattr(selector, "name", type(selector).__name__)
     needs_lm = isinstance(selector, SelectorPolicy) or getattr(selector, "name", None) not in _NO_LM
     if scorer is None and (needs_lm or (measure and val)):
-        raise SelectionError(f"selector {name!r} needs the LM (a scorer){' to measure val accuracy' if measure else ''}; "
-                             "expected scorer=...")
+        why = " to measure val accuracy" if measure and val and not needs_lm else ""
+        raise SelectionError(f"selector {name!r} needs the LM (a scorer){why}; expected scorer=...")
     if scorer is not None and getattr(scorer, "spec", task) != task:
         raise SelectionError(f"the scorer is for task {scorer.spec.name!r}, the prompt for task {task.name!r}; "
                              "expected a scorer built for the prompt's task")
@@ -835,5 +846,6 @@ class SavedPromptSelector:
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "PerQuery", "PromptFile", "PromptFileError",
     "SavedPromptSelector", "check_writable", "embedder_from_name", "embedder_name", "make_baseline",
-    "parse_query", "parse_query_lines", "query_example", "query_fields", "read_query_file", "select_prompt", "text_path",
+    "parse_query", "parse_query_lines", "query_example", "query_fields", "read_query_file", "select_prompt",
+    "text_path",
 ]

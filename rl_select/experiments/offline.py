@@ -101,13 +101,15 @@ def trained_seed(policy: Any) -> int | None:
     return int(seeds[0]) if isinstance(seeds, list) and seeds and isinstance(seeds[0], int) else None
 
 
-def prompt_file_settings(pf: PromptFile, cfg: RunConfig, *, explicit: Collection[str] = ()) -> tuple[RunConfig, list[str]]:
+def prompt_file_settings(
+    pf: PromptFile, cfg: RunConfig, *, explicit: Collection[str] = (),
+) -> tuple[RunConfig, list[str]]:
     """The config that scores ``pf`` as it was selected.
 
     The task is the file's (the prompt's template and verbalisers); a ``task`` option that names another
     spec is refused. The scorer is the recorded one, field by field, except the fields the user set (a
-    prompt is plain text: scoring it with another LM is allowed, and noted). The data folder is the recorded
-    one unless ``data`` is given.
+    prompt is plain text: scoring it with another LM is allowed, and noted). The data folder, and for a pool
+    drawn from train the split sizes, are the recorded ones unless given.
 
     Returns:
         ``(config, notes)``: notes name each scorer field asked to differ from the record.
@@ -130,7 +132,10 @@ def prompt_file_settings(pf: PromptFile, cfg: RunConfig, *, explicit: Collection
                  and not (f == "dtype" and "auto" in (getattr(cfg.lm, f), rec.dtype))]
         lm = cfg.lm.replace(**keep, model_fingerprint=None)
     data = cfg.data if "data" in explicit or cfg.data is not None else pf.source.get("data")
-    return cfg.updated(task=task_reference(pf.task), lm=lm.to_dict(), data=data), notes
+    # a pool drawn from train: the same split sizes, so a seed's val rows are the ones the selection saw
+    keys = ("n_pool", "n_val", "stratify") if pf.source.get("pool") == "train" else ()
+    splits = {k: pf.source[k] for k in keys if k in pf.source and k not in explicit}
+    return cfg.updated(task=task_reference(pf.task), lm=lm.to_dict(), data=data, splits=splits), notes
 
 
 def check_prompt_plan(cfg: RunConfig, data: TaskData) -> None:

@@ -201,6 +201,7 @@ class SelectionEpisode:
         self._chosen: list[int] = []
         self._done = False
         self._last: FeatureResult | None = None
+        self._mask = rule.mask(done=True)  # legal actions now, recomputed only when the state changes
         self._queries_at_reset = 0
 
     # --- Gymnasium-shaped API ----------------------------------------------------------------------
@@ -214,6 +215,7 @@ class SelectionEpisode:
         self._chosen, self._done = [], False
         self._queries_at_reset = self._queries()
         self._last = self.featurizer.compute(self.candidates, self._chosen, self.rule.k)
+        self._mask = self.rule.mask(self._chosen, False)
         return self.observation(), self.info()
 
     def step(self, action: Any) -> tuple[Obs, float, bool, bool, dict[str, Any]]:
@@ -231,6 +233,7 @@ class SelectionEpisode:
         a, chosen, done = self.rule.apply(action, self._chosen, self._done)
         prev = self._last.val_acc
         self._chosen, self._done = chosen, done
+        self._mask = self.rule.mask(chosen, done)
         if a != self.rule.stop and not (done and self.reward_mode is None):
             self._last = self.featurizer.compute(self.candidates, self._chosen, self.rule.k)
         acc = self._last.val_acc
@@ -244,7 +247,7 @@ class SelectionEpisode:
 
     def action_masks(self) -> np.ndarray:
         """Legal actions now, ``bool (N + 1,)``; all False before :meth:`reset` and after the end."""
-        return self.rule.mask(self._chosen, self._done or self._last is None)
+        return self._mask.copy()
 
     @property
     def chosen(self) -> list[int]:
