@@ -513,7 +513,7 @@ def _select_prompt(cfg, explicit: frozenset[str], *, policy: str | None, selecto
     A policy rebuilds the task, scorer, data folder and split sizes it was trained with (refused, unless
     --force, where an option asks for others); bad input is refused before the model loads.
     """
-    from rl_select.experiments.offline import default_prompt_path, selection_inputs
+    from rl_select.experiments.prompt_runs import default_prompt_path, selection_inputs
     from rl_select.prompt_file import check_writable, make_baseline, select_prompt
 
     if (policy is None) == (selector is None):
@@ -684,7 +684,7 @@ def prompt_cmd(
 def _evaluate_prompt_file(cfg, explicit: frozenset[str], path: Path) -> Path:
     """Score a saved prompt on the test split (per seed), with the task and scorer it was selected with."""
     from rl_select.experiments.harness import TaskData, build_scorer, summarise
-    from rl_select.experiments.offline import check_prompt_plan, evaluate_prompt_file, prompt_file_settings
+    from rl_select.experiments.prompt_runs import check_prompt_plan, evaluate_prompt_file, prompt_file_settings
     from rl_select.experiments.report import plot_summary, summary_table
     from rl_select.experiments.rundir import RunDir
     from rl_select.prompt_file import PromptFile

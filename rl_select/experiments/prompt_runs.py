@@ -35,6 +35,7 @@ class SelectionInputs:
     """What a selection runs on.
 
     Attributes:
+        spec: The task.
         data: The task's data (``None`` when a pool file and ``n_val = 0`` need none).
         pool: The candidate pool.
         val: The validation rows (disjoint from the pool by content).
