@@ -63,7 +63,7 @@ def load_examples(path: str | Path, *, spec: TaskSpec) -> list[Example]:
         raise DataError(f"data file {str(path)!r} not found; expected one of {list(SUFFIXES)}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows: Iterable[tuple[int, str, Mapping[str, Any]]] = _read_jsonl(path)
+        rows: Iterable[tuple[int, str, Mapping[str, Any]]] = read_jsonl_objects(path)
     elif suffix in (".csv", ".parquet"):
         rows = _read_table(path, spec=spec)
     else:
@@ -76,7 +76,7 @@ def load_examples(path: str | Path, *, spec: TaskSpec) -> list[Example]:
     return examples
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, str, Mapping[str, Any]]]:
+def read_jsonl_objects(path: Path) -> Iterator[tuple[int, str, Mapping[str, Any]]]:
     """Yield ``(line number, where, object)`` per non-blank line; a bad line names itself."""
     try:
         with path.open(encoding="utf-8") as fh:

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from rl_select.data import read_jsonl_objects
 from rl_select.errors import ArtifactError, ConfigError, DataError, SelectionError, TaskError
 from rl_select.lm.spec import ScorerSpec
 from rl_select.prompts import render_demo, render_prefix, render_prompt, template_parts
@@ -587,23 +588,7 @@ def read_query_file(task: TaskSpec, path: str | Path) -> list[tuple[str, Example
         raise DataError(f"query file {str(path)!r} not found; expected a .jsonl or .csv file")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        out = []
-        try:
-            with path.open(encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    where = f"line {lineno} of {path}"
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{where} is not valid JSON ({exc.msg} at column {exc.colno})") from None
-                    if not isinstance(obj, dict):
-                        raise DataError(f"{where} holds a JSON {type(obj).__name__}; expected an object of the "
-                                        f"input fields {list(task.input_fields)}")
-                    out.append((where, query_example(task, obj, where=where)))
-        except UnicodeDecodeError as exc:
-            raise DataError(f"query file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        out = [(where, query_example(task, obj, where=where)) for _, where, obj in read_jsonl_objects(path)]
     elif suffix == ".csv":
         import pandas as pd
 
