@@ -16,9 +16,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from rl_select.errors import PolicyError, SelectionError
-from rl_select.mdp.features import FeatureSpec
 from rl_select.lm.spec import ScorerSpec
 from rl_select.mdp.artifacts import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, tensors_sha256
+from rl_select.mdp.features import FeatureSpec
 from rl_select.mdp.policy import PolicyWarning, SelectorPolicy
 from rl_select.mdp.qnet import CandidateQNet
 from rl_select.tasks import get_task

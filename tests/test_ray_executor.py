@@ -144,8 +144,8 @@ def test_cli_collect_and_baselines_on_ray_with_the_real_model(local_ray, data_ro
     from agents.rollouts import RolloutStore
     from rl_select.cli import app
 
-    common = ["--task", "sst2", "--data", str(data_root / "sst2"), "--dtype", "fp32", "--k", "2", "--n-val", "4", "--seeds", "0",
-              "--n-candidates", "4", "--episodes", "3", "--out", str(tmp_path / "runs")]
+    common = ["--task", "sst2", "--data", str(data_root / "sst2"), "--dtype", "fp32", "--k", "2", "--n-val", "4",
+              "--seeds", "0", "--n-candidates", "4", "--episodes", "3", "--out", str(tmp_path / "runs")]
     stores = {}
     for executor in ("local", "ray"):
         store = tmp_path / f"{executor}.jsonl"

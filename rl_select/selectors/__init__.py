@@ -1,6 +1,7 @@
 """Demonstration selectors behind one interface (:class:`Selector`), and their registry.
 
-The non-RL baselines, and ``policy``: a trained :class:`~rl_select.mdp.policy.SelectorPolicy`.
+The non-RL baselines, ``policy`` (a trained :class:`~rl_select.mdp.policy.SelectorPolicy`) and
+``policy_search`` (the best of ``m`` policy rollouts on val).
 
 Importing this package registers every built-in selector in :data:`SELECTORS`, so
 ``make_selector("greedy", max_candidates=16)`` works from anywhere.
@@ -18,6 +19,7 @@ from rl_select.selectors.base import (
 from rl_select.selectors.greedy import GreedySelector
 from rl_select.selectors.knn import KNNSelector
 from rl_select.selectors.max_entropy import MaxEntropySelector
+from rl_select.selectors.policy_search import PolicySearchSelector
 from rl_select.selectors.policy_selector import PolicySelector
 from rl_select.selectors.random_search import RandomSearchSelector
 from rl_select.selectors.random_selector import RandomSelector
@@ -28,6 +30,7 @@ __all__ = [
     "GreedySelector",
     "KNNSelector",
     "MaxEntropySelector",
+    "PolicySearchSelector",
     "PolicySelector",
     "RandomSearchSelector",
     "RandomSelector",

@@ -1,0 +1,301 @@
+"""``rl-select ablate``: grid files, dry-run estimates and budgets, resume after a kill, failed cells, outputs.
+
+Every LM is the model-free CachedToyScorer (``harness.scorer_factory`` replaced, as tests/test_cli.py does).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rl_select.cli import app
+from rl_select.errors import ConfigError
+from rl_select.experiments import ablate, harness
+from rl_select.experiments.ablate import Runner, estimate, load_plan, read_rows, row_key, training_rows
+from rl_select.testing import toy_scorer_factory
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def toy_lm(monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the real model load was reached")
+
+    monkeypatch.setattr(harness, "build_scorer", refuse)
+    monkeypatch.setattr(harness, "scorer_factory", toy_scorer_factory)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+
+
+def write_plan(tmp_path: Path, data_root: Path, *, grid: str = 'k = [1, 2]\nfeature_set = ["active", "labelled"]',
+               selectors: str = '["zero_shot", "random", "random_search", "policy", "policy_search:3"]',
+               extra: str = "", name: str = "grid.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(f"""
+selectors = {selectors}
+seeds = [0, 1]
+
+[base]
+task = "sst2"
+data = "{data_root / 'sst2'}"
+cache = "{tmp_path / 'cache.sqlite'}"
+out = "{tmp_path / 'runs'}"
+{extra}
+
+[base.splits]
+n_pool = 5
+n_val = 6
+n_test = 8
+train_pool = 30
+
+[base.agent]
+episodes = 4
+train_steps = 16
+hidden = [8]
+
+[base.selectors.args.random_search]
+n_prompts = 3
+
+[grid]
+{grid}
+""")
+    return path
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["ablate", *args])
+
+
+def one_line_error(result, *needles: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    for n in needles:
+        assert n in errors[0], (n, errors[0])
+    return errors[0]
+
+
+# --- the file ---------------------------------------------------------------------------------------
+
+
+def test_plan_is_the_product_of_the_grid(tmp_path, data_root):
+    plan = load_plan(write_plan(tmp_path, data_root))
+    assert len(plan.cells) == 4 and len(plan.units) == 4 * 2 * 5
+    assert {(c.cfg.k, c.cfg.mdp.feature_set) for c in plan.cells} == {(1, "active"), (1, "labelled"),
+                                                                       (2, "active"), (2, "labelled")}
+    assert len({c.id for c in plan.cells}) == 4
+    assert plan.cells[0].cfg.splits.n_pool == 5 and plan.cells[0].cfg.seeds == [0, 1]
+    # the id is a function of the values, not of the grid's order
+    again = load_plan(write_plan(tmp_path, data_root, grid='feature_set = ["active", "labelled"]\nk = [1, 2]',
+                                 name="b.toml"))
+    assert {c.id for c in again.cells} == {c.id for c in plan.cells}
+
+
+@pytest.mark.parametrize("grid, needles", [
+    ("colour = [1, 2]", ["'colour'", "is not a grid key", "feature_set", "grid.toml"]),
+    ('feature_set = ["active", "shiny"]', ["feature_set = 'shiny'", "expected one of", "labelled", "grid.toml"]),
+    ('agent = ["offline", "ppo"]', ["agent = 'ppo'", "dqn", "tabular"]),
+    ('task = ["sst2", "nope"]', ["task = 'nope'", "grid.toml"]),
+    ("k = 2", ["k = 2", "non-empty list"]),
+    ('k = ["two"]', ["k = 'two'", "grid.toml"]),
+])
+def test_bad_grid_refused_in_one_line(tmp_path, data_root, grid, needles):
+    path = write_plan(tmp_path, data_root, grid=grid)
+    with pytest.raises(ConfigError):
+        load_plan(path)
+    one_line_error(invoke(str(path), "--dry-run"), *needles)
+
+
+def test_bad_selector_and_top_level_key_refused(tmp_path, data_root):
+    path = write_plan(tmp_path, data_root, selectors='["random", "oracle"]')
+    one_line_error(invoke(str(path), "--dry-run"), "'oracle'", "is not a selector", "greedy")
+    path = write_plan(tmp_path, data_root, selectors='["policy_search:many"]')
+    one_line_error(invoke(str(path), "--dry-run"), "policy_search:M")
+    path = tmp_path / "top.toml"
+    path.write_text("[base]\n[grids]\nk = [1]\n")
+    one_line_error(invoke(str(path), "--dry-run"), "'grids'", "grid", "top.toml")
+
+
+# --- dry run and budget -----------------------------------------------------------------------------
+
+
+def test_estimate_formulas(tmp_path, data_root):
+    plan = load_plan(write_plan(tmp_path, data_root, grid="k = [2]", selectors=(
+        '["zero_shot", "random_search", "greedy", "policy", "policy_search:3"]')))
+    est = estimate(plan)
+    rows = {(r["seed"], r["selector"]): r for r in est["rows"]}
+    P, V, T, k, N = 5, 6, 8, 2, 5
+    assert rows[(0, "zero_shot")]["select"] == 0 and rows[(0, "zero_shot")]["eval"] == T + V
+    assert rows[(0, "random_search")]["select"] == 3 * V
+    assert rows[(0, "greedy")]["select"] == (P + (P - 1)) * V  # the default greedy args: max_candidates 8
+    assert rows[(0, "policy")]["select"] == k * (P + V)
+    assert rows[(0, "policy_search:3")]["select"] == 3 * k * (P + V) + 3 * V
+    # training counted once per cell x seed, on the first trained selector
+    cfg = plan.cells[0].cfg
+    evals = 8  # train_steps 16 -> a greedy validation every 2 steps
+    assert training_rows(cfg) == (4 + 3 * evals) * (k + 1) * (N + V)
+    assert rows[(0, "policy")]["train"] == training_rows(cfg) and rows[(0, "policy_search:3")]["train"] == 0
+    assert est["training"] == 2 * training_rows(cfg)
+    assert est["total"] == sum(r["select"] + r["eval"] + r["train"] for r in est["rows"])
+    assert est["pending"] == 10
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, data_root):
+    path = write_plan(tmp_path, data_root)
+    res = invoke(str(path), "--dry-run")
+    assert res.exit_code == 0, res.output
+    total = estimate(load_plan(path))["total"]
+    assert "4 cells x 2 seeds x 5 selectors = 40 rows" in res.output.replace("\n", " ")
+    assert str(total) in res.output and "policy_search:3" in res.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_budget_refuses_before_anything_runs(tmp_path, data_root):
+    path = write_plan(tmp_path, data_root)
+    total = estimate(load_plan(path))["total"]
+    one_line_error(invoke(str(path), "--budget", str(total - 1)), f"estimated {total}", f"--budget {total - 1}")
+    assert not (tmp_path / "runs").exists()
+    one_line_error(invoke(str(path), "--dry-run", "--budget", "10"), "--budget 10")
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+
+class Killed(Exception):
+    pass
+
+
+def by_key(rows):
+    return {row_key(r): r for r in rows}
+
+
+def test_resume_after_a_kill_skips_finished_rows(tmp_path, data_root, monkeypatch):
+    plan = load_plan(write_plan(tmp_path, data_root, grid="k = [1, 2]",
+                                selectors='["random", "policy", "policy_search:2"]'))
+    folder = tmp_path / "runs" / "grid"
+    first: list[dict] = []
+
+    def kill_after_two(row):  # random and policy of cell 1, seed 0 done; its policy_search:2 not yet
+        first.append(row)
+        if len(first) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        Runner(plan, folder).run(on_row=kill_after_two)
+    assert len(read_rows(folder / "results.csv")) == 2
+    policies = sorted((folder / "policies").glob("*.safetensors"))
+    assert policies
+    stamps = {p: p.stat().st_mtime_ns for p in policies}
+
+    trained: list[tuple] = []
+    real_train = Runner.train
+
+    def count_train(self, cell, seed):
+        trained.append((cell.id, seed, (self.dir / "training" / f"{cell.id}-s{seed}.json").is_file()))
+        return real_train(self, cell, seed)
+
+    monkeypatch.setattr(Runner, "train", count_train)
+    again = Runner(plan, folder)
+    assert len(again.pending()) == len(plan.units) - 2
+    second = again.run()
+    assert {row_key(r) for r in second}.isdisjoint({row_key(r) for r in first})  # nothing redone
+    rows = read_rows(folder / "results.csv")
+    keys = [row_key(r) for r in rows]
+    assert len(keys) == len(set(keys)) == len(plan.units) == 12
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
+    assert all(stamps[p] == p.stat().st_mtime_ns for p in policies)  # finished training reused, not redone
+    assert trained[0] == (plan.cells[0].id, 0, True)  # the killed cell's policy came from its record
+    assert by_key(rows)[(plan.cells[0].id, 0, "policy_search:2")]["train_queries"] == \
+        by_key(rows)[(plan.cells[0].id, 0, "policy")]["train_queries"] > 0
+    assert Runner(plan, folder).run() == []  # a third run has nothing left
+
+
+def test_a_full_grid_writes_rows_summary_and_plots(tmp_path, data_root):
+    path = write_plan(tmp_path, data_root, grid='k = [1, 2]\nallow_stop = [false, true]',
+                      selectors='["zero_shot", "random_search", "policy", "policy_search:3"]')
+    res = invoke(str(path), "--run-dir", str(tmp_path / "runs" / "full"))
+    assert res.exit_code == 0, res.output
+    folder = tmp_path / "runs" / "full"
+    rows = read_rows(folder / "results.csv")
+    assert len(rows) == 4 * 2 * 4 and all(r["status"] == "ok" for r in rows), rows[:1]
+    with (folder / "results.csv").open() as fh:
+        header = next(csv.reader(fh))
+    for col in ("test_acc", "val_acc", "train_queries", "select_queries", "labelled", "seconds",
+                "select_cache_hits", "cell_id", "seed", "selector", "k", "allow_stop"):
+        assert col in header
+    by = {(r["cell_id"], r["seed"], r["selector"]): r for r in rows}
+    for (cid, seed, name), r in by.items():
+        if name == "policy_search:3":
+            greedy = by[(cid, seed, "policy")]
+            assert r["val_acc"] >= greedy["val_acc"]  # the greedy rollout is one of the proposals
+            assert r["select_queries"] > greedy["select_queries"]
+            assert r["train_queries"] == greedy["train_queries"] > 0
+        if name == "zero_shot":
+            assert r["select_queries"] == 0 and r["labelled"] == 0 and r["train_queries"] is None
+    summary = (folder / "summary.md").read_text()
+    assert summary.count("| policy_search:3 |") == 4 and "±" in summary
+    for png in ("accuracy_by_selector.png", "accuracy_vs_lm_calls.png", "learning_curves.png"):
+        assert (folder / png).stat().st_size > 1000, png
+    assert (folder / "ablate.toml").read_text() == path.read_text()
+    # --run-dir alone continues it from the stored ablate.toml: nothing to do, no rows added
+    res = invoke("--run-dir", str(folder))
+    assert res.exit_code == 0, res.output
+    assert len(read_rows(folder / "results.csv")) == 32
+    # the repeat is free: every query row of a rerun cell comes from the cache
+    plan = load_plan(path)
+    fresh = tmp_path / "runs" / "repeat"
+    row = Runner(plan, fresh).run_unit(plan.cells[0], 0, "random_search")
+    assert row["select_queries"] == row["select_cache_hits"] > 0
+
+
+def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path, data_root):
+    path = write_plan(tmp_path, data_root, grid="k = [2, 7]", selectors='["random", "policy"]')
+    res = invoke(str(path), "--run-dir", str(tmp_path / "runs" / "f"))
+    assert res.exit_code == 0, res.output
+    rows = read_rows(tmp_path / "runs" / "f" / "results.csv")
+    assert len(rows) == 8
+    bad = [r for r in rows if r["k"] == 7]
+    good = [r for r in rows if r["k"] == 2]
+    assert all(r["status"] == "failed" and "k=7" in r["error"] and "\n" not in r["error"] for r in bad)
+    assert all(r["status"] == "ok" for r in good)
+    assert "rows failed" in res.output
+    summary = (tmp_path / "runs" / "f" / "summary.md").read_text()
+    assert "k=7" in summary
+
+
+def test_a_tabular_cell_fails_its_policy_rows_with_the_reason(tmp_path, data_root):
+    plan = load_plan(write_plan(tmp_path, data_root, grid='agent = ["tabular"]', selectors='["policy"]'))
+    rows = Runner(plan, tmp_path / "runs" / "t").run()
+    assert len(rows) == 2 and all(r["status"] == "failed" and "exports no policy" in r["error"] for r in rows)
+
+
+def test_model_error_in_one_row_is_recorded(tmp_path, data_root, monkeypatch):
+    from rl_select.errors import ModelError
+    from rl_select.selectors.random_search import RandomSearchSelector
+
+    def too_long(self, ctx):
+        raise ModelError("prompt of 4096 tokens does not fit the context window of 2048; expected fewer demos")
+
+    monkeypatch.setattr(RandomSearchSelector, "select", too_long)
+    plan = load_plan(write_plan(tmp_path, data_root, grid="k = [1]", selectors='["random", "random_search"]'))
+    rows = Runner(plan, tmp_path / "runs" / "m").run()
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok", "failed"]
+    assert "context window" in rows[1]["error"]
+
+
+def test_every_selector_has_a_cost_entry():
+    from rl_select.selectors import SELECTORS
+
+    assert set(SELECTORS) <= set(ablate.COSTS)
+
+
+def test_the_example_config_parses_and_is_small():
+    path = Path(__file__).resolve().parents[1] / "configs" / "ablate_example.toml"
+    plan = load_plan(path)
+    assert len(plan.cells) == 4 and "policy_search:4" in plan.selectors
+    est = estimate(plan)
+    assert 0 < est["total"] < 100_000 and est["training"] > 0

@@ -1,0 +1,123 @@
+"""Policy-guided search (``policy_search``) and SelectorPolicy's sampled rollouts, with the model-free ToyScorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rl_select.errors import SelectionError
+from rl_select.mdp.features import FeatureSpec
+from rl_select.mdp.policy import SelectorPolicy
+from rl_select.mdp.qnet import CandidateQNet
+from rl_select.metrics import accuracy
+from rl_select.selectors import SELECTORS, SelectionContext, make_selector
+from rl_select.tasks import get_task
+from rl_select.testing import ToyScorer
+from rl_select.types import Example
+
+_WORDS = ("film", "plot", "actor", "scene", "story", "music", "ending", "pace", "cast", "script", "dull", "fun")
+
+
+def _examples(n: int, seed: int) -> list[Example]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        label = ("negative", "positive")[i % 2]
+        words = list(rng.choice(_WORDS, size=5))
+        if rng.random() < 0.5:
+            words.insert(int(rng.integers(0, 5)), label)
+        out.append(Example(text=" ".join(words) + f" #{seed}-{i}", label=label, uid=f"syn:{seed}:{i}"))
+    return out
+
+
+TASK = get_task("sst2")
+
+
+@pytest.fixture(params=[0, 1, 2])
+def policy_file(request, tmp_path):
+    spec = FeatureSpec("active")
+    torch.manual_seed(request.param)
+    qnet = CandidateQNet(spec.state_dim, spec.cand_dim, (16, 8))
+    pol = SelectorPolicy(qnet, feature_spec=spec, k=3, task=TASK, scorer_spec=None,
+                         scorer_fingerprint=ToyScorer(TASK).fingerprint, training={"agent": "dqn"})
+    return pol.save(tmp_path / f"p{request.param}.safetensors")
+
+
+def _ctx(seed: int = 0, k: int = 3) -> SelectionContext:
+    return SelectionContext(pool=_examples(10, 1), val=_examples(12, 2), k=k, scorer=ToyScorer(TASK),
+                            rng=np.random.default_rng(seed))
+
+
+def test_registered():
+    assert SELECTORS["policy_search"].__name__ == "PolicySearchSelector"
+
+
+def test_m1_is_the_greedy_policy(policy_file):
+    greedy = make_selector("policy", path=str(policy_file)).select(_ctx())
+    search = make_selector("policy_search", path=str(policy_file), m=1).select(_ctx())
+    assert [d.uid for d in search] == [d.uid for d in greedy]
+
+
+def test_larger_m_never_lowers_val_accuracy_and_costs_more(policy_file):
+    accs, queries = [], []
+    for m in (1, 2, 4, 8):
+        ctx = _ctx()
+        sel = make_selector("policy_search", path=str(policy_file), m=m, temperature=0.5)
+        demos = sel.select(ctx)
+        queries.append(ctx.scorer.stats.queries)
+        assert len(demos) == 3 and len({d.uid for d in demos}) == 3
+        accs.append(accuracy(ToyScorer(TASK), demos=demos, examples=ctx.val))
+        assert accs[-1] == max(sel.last_search_info["val_acc"])
+    assert all(a >= accs[0] for a in accs[1:])
+    assert queries == sorted(queries) and len(set(queries)) == len(queries)  # strictly more LM work with M
+
+
+def test_ties_go_to_the_first_proposal(policy_file, monkeypatch):
+    sel = make_selector("policy_search", path=str(policy_file), m=3, temperature=5.0)
+    monkeypatch.setattr("rl_select.selectors.policy_search.accuracy", lambda *a, **k: 0.5)
+    ctx = _ctx()
+    demos = sel.select(ctx)
+    assert sel.last_search_info["best"] == 0
+    greedy = make_selector("policy", path=str(policy_file)).select(_ctx())
+    assert [d.uid for d in demos] == [d.uid for d in greedy]
+
+
+def test_bad_arguments_are_refused(policy_file):
+    with pytest.raises(SelectionError, match="m=0"):
+        make_selector("policy_search", path=str(policy_file), m=0)
+    with pytest.raises(SelectionError, match="temperature"):
+        make_selector("policy_search", path=str(policy_file), temperature=0)
+    with pytest.raises(SelectionError, match="non-empty validation"):
+        ctx = _ctx()
+        ctx.val = []
+        make_selector("policy_search", path=str(policy_file)).select(ctx)
+
+
+def test_sampled_rollouts_are_valid_seeded_and_differ_from_greedy(policy_file):
+    pol = SelectorPolicy.load(policy_file)
+    pool, val = _examples(10, 1), _examples(6, 2)
+    greedy = pol.select(pool, scorer=ToyScorer(TASK), val=val)
+    assert pol.select(pool, scorer=ToyScorer(TASK), val=val, temperature=0.0) == greedy
+    draws = [tuple(d.uid for d in pol.select(pool, scorer=ToyScorer(TASK), val=val, temperature=10.0,
+                                             rng=np.random.default_rng(s))) for s in range(6)]
+    assert all(len(set(d)) == 3 for d in draws)
+    again = tuple(d.uid for d in pol.select(pool, scorer=ToyScorer(TASK), val=val, temperature=10.0,
+                                            rng=np.random.default_rng(0)))
+    assert again == draws[0]
+    assert len(set(draws)) > 1  # a hot softmax explores
+    with pytest.raises(SelectionError, match="rng"):
+        pol.select(pool, scorer=ToyScorer(TASK), val=val, temperature=1.0)
+    with pytest.raises(SelectionError, match="temperature"):
+        pol.select(pool, scorer=ToyScorer(TASK), val=val, temperature=-1.0, rng=np.random.default_rng(0))
+
+
+def test_sampling_respects_the_mask_with_stop(tmp_path):
+    spec = FeatureSpec("active")
+    torch.manual_seed(0)
+    pol = SelectorPolicy(CandidateQNet(spec.state_dim, spec.cand_dim, (8,)), feature_spec=spec, k=4, task=TASK,
+                         scorer_spec=None, scorer_fingerprint=ToyScorer(TASK).fingerprint, allow_stop=True, min_len=2)
+    pool, val = _examples(6, 1), _examples(6, 2)
+    for s in range(10):
+        demos = pol.select(pool, scorer=ToyScorer(TASK), val=val, temperature=100.0, rng=np.random.default_rng(s))
+        assert 2 <= len(demos) <= 4 and len({d.uid for d in demos}) == len(demos)
