@@ -203,6 +203,51 @@ class RolloutStore:
                 os.fsync(f.fileno())
         return sum(1 for raw in lines if raw.strip())
 
+    # ---------------------------------------------------------------------------------- the header
+
+    @property
+    def meta_path(self) -> Path:
+        """The store's header: ``<store>.meta.json``, the settings its episodes were collected with."""
+        return self.path.with_name(self.path.name + ".meta.json")
+
+    def read_meta(self) -> dict[str, Any] | None:
+        """The recorded settings, or ``None`` (a store without a header, or none yet)."""
+        if not self.meta_path.exists():
+            return None
+        try:
+            doc = json.loads(self.meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"rollout store header {str(self.meta_path)!r} is unreadable: {e}") from None
+        if not isinstance(doc, dict):
+            raise DataError(f"rollout store header {str(self.meta_path)!r} is not a JSON object")
+        return doc
+
+    def check_meta(self, meta: Mapping[str, Any]) -> None:
+        """Refuse to continue a store collected with other settings, naming the first difference.
+
+        A store without a header (written before headers existed) or without episodes is accepted.
+
+        Raises:
+            DataError: ``rollout store 'X' was collected with feature_set='active'; asked for 'table' ...``.
+        """
+        have = self.read_meta()
+        if have is None or not len(self):
+            return  # no header, or nothing collected yet (the header is rewritten)
+        want = json.loads(json.dumps(dict(meta)))
+        for key in list(want) + sorted(set(have) - set(want)):
+            if have.get(key) != want.get(key):
+                raise DataError(
+                    f"rollout store {str(self.path)!r} was collected with {key}={have.get(key)!r}; asked for "
+                    f"{key}={want.get(key)!r} (use another --store, or the settings it was collected with)"
+                )
+
+    def write_meta(self, meta: Mapping[str, Any]) -> None:
+        """Record the settings (before the first episode is written)."""
+        self.meta_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.meta_path.with_name(self.meta_path.name + ".tmp")
+        tmp.write_text(json.dumps(dict(meta), indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, self.meta_path)
+
     # ---------------------------------------------------------------------------------- writing
 
     def append(self, episode: Episode) -> None:

@@ -21,6 +21,7 @@ from rl_select.errors import ConfigError, SelectionError
 from rl_select.lm.base import Scorer
 from rl_select.mdp.episode import NOT_RESET, REWARD_MODES, EpisodeRule, SelectionEpisode, check_reward_mode
 from rl_select.mdp.features import FEATURE_SETS, FeatureSpec, Featurizer
+from rl_select.mdp.table import RowTable
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
@@ -118,7 +119,10 @@ class DemoSelectionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     * ``val``: Reward-validation examples (labelled, non-empty).
     * ``k``: Demos per episode, ``1 <= k <= n_candidates``.
     * ``n_candidates``: ``N``, the candidates per episode, ``<= len(pool)``.
-    * ``feature_set``: ``"active"`` (label-free) or ``"labelled"``.
+    * ``feature_set``: ``"active"`` (label-free), ``"labelled"``, ``"zeroshot"`` or ``"table"`` (candidate
+      features from the one-off row table; see :attr:`FeatureSpec.prompt_queries
+      <rl_select.mdp.features.FeatureSpec.prompt_queries>` for each set's LM rows per step).
+    * ``row_table``: The :class:`~rl_select.mdp.table.RowTable` of the table sets (``None``: one in memory).
     * ``reward``: ``"marginal"`` or ``"terminal"``.
     * ``allow_stop``: Offer the STOP action.
     * ``min_len``: Fewest demos before STOP is allowed, ``0 <= min_len <= k``.
@@ -170,6 +174,7 @@ class DemoSelectionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         fixed_pool: bool = False,
         embedder: Embedder | None = None,
         render_mode: str | None = None,
+        row_table: RowTable | None = None,
     ) -> None:
         if feature_set not in FEATURE_SETS:
             raise ConfigError(f"unknown feature_set {feature_set!r}; expected one of {list(FEATURE_SETS)}")
@@ -194,7 +199,8 @@ class DemoSelectionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self.fixed_pool = bool(fixed_pool)
         self.render_mode = render_mode
         self.feature_spec = FeatureSpec(kind=feature_set)
-        self.featurizer = Featurizer(self.feature_spec, scorer, val=val, embedder=embedder)
+        self.featurizer = Featurizer(self.feature_spec, scorer, val=val, embedder=embedder,
+                                     table=row_table if self.feature_spec.uses_table else None)
         _check_labels(scorer.spec, pool)  # fail now, not at some later reset
 
         n = rule.n_candidates

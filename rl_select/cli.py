@@ -3,7 +3,8 @@
 Commands: ``tasks``, ``baselines`` (every selector on a task over seeds, as a table in a run folder),
 ``evaluate`` (one selector, a policy, an explicit ordered demo list, or a saved prompt file), ``collect``
 (rollouts), ``train`` (an agent, exporting a policy), ``select`` (a policy or any baseline -> a prompt file to
-ship), ``prompt`` (render a prompt file, or a policy's choice, for queries), ``report``, ``bench ...``.
+ship), ``prompt`` (render a prompt file, or a policy's choice, for queries), ``ablate`` (a resumable grid of
+runs, trained policies included), ``report``, ``bench ...``.
 
 Every option that sets a config value is declared once, in :data:`OPTIONS` (named after its flat config
 key, see :data:`rl_select.experiments.config.FLAT_KEYS`); :func:`config_command` gives a command the
@@ -130,7 +131,9 @@ OPTIONS: dict[str, Any] = {
     "selectors": _list(str, "Selector names, e.g. zero_shot,random."),
     # [mdp]
     "n_candidates": _opt(int, help="Candidates N per episode (default: --n-pool)."),
-    "feature_set": _opt(str, "--feature-set", help="active (label-free) | labelled."),
+    "feature_set": _opt(str, "--feature-set",
+                        help="active (label-free) | labelled | zeroshot (candidates from the one-off "
+                             "row table; LM: val only) | table (no LM for features)."),
     "reward": _opt(str, help="marginal | terminal."),
     "allow_stop": _opt(bool, "--allow-stop/--no-stop", help="Offer a STOP action."),
     "min_len": _opt(int, help="Fewest demonstrations before STOP is allowed."),
@@ -468,6 +471,96 @@ def train_cmd(cfg, explicit: frozenset[str]) -> None:
     out.print(escape(f"learning curve: {run.path / 'learning_curve.png'}"))
 
 
+# --- ablation grids ---------------------------------------------------------------------------------
+
+
+@app.command("ablate")
+@_friendly
+def ablate_cmd(
+    config: Annotated[Path | None, typer.Argument(
+        help="Ablation TOML: a base table (run config), a grid table (flat key -> values), selectors, seeds "
+             "(docs/ablate.md). "
+             "Default with --run-dir: the folder's ablate.toml.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(
+        "--run-dir", help="Continue this run folder (rows already in its results.csv are skipped).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan and its estimated LM query rows; run nothing.")] = False,
+    budget: Annotated[int | None, typer.Option(
+        "--budget", metavar="ROWS", help="Refuse a grid whose estimated LM query rows (pending rows) exceed ROWS.")
+    ] = None,
+) -> None:
+    """A grid of runs (cells x seeds x selectors, trained policies included), resumable, into one run folder:
+    results.csv, summary.md and plots."""
+    import time
+
+    from rl_select.experiments.ablate import Runner, check_budget, estimate, load_plan, read_rows, row_key
+
+    if config is None:
+        if run_dir is None or not (run_dir / "ablate.toml").is_file():
+            raise ConfigError("give an ablation CONFIG.toml, or --run-dir DIR of a folder holding ablate.toml")
+        config = run_dir / "ablate.toml"
+    plan = load_plan(config)
+    if run_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        run_dir = Path(plan.base.out) / f"{stamp}-ablate-{config.stem}"
+    done = {row_key(r) for r in read_rows(run_dir / "results.csv")}
+    est = estimate(plan, done)
+    head = (f"{len(plan.cells)} cells x {len(plan.seeds)} seeds x {len(plan.selectors)} selectors = "
+            f"{len(plan.units)} rows ({len(plan.units) - est['pending']} done, {est['pending']} to run); estimated "
+            f"LM query rows: {est['total']} (training {est['training']}, selection {est['selection']}, "
+            f"evaluation {est['evaluation']})")
+    if dry_run:
+        table = Table(title=escape(f"ablation plan: {config}"), caption="estimated LM query rows, summed over seeds")
+        for col in ("cell", "selector", "seeds", "train", "select", "eval"):
+            table.add_column(col, justify="left" if col in ("cell", "selector") else "right",
+                             overflow="fold", no_wrap=col != "cell", min_width=20 if col == "cell" else None)
+        grouped: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in est["rows"]:
+            g = grouped.setdefault((r["cell_id"], r["selector"]), {**r, "seeds": 0, "train": 0, "select": 0,
+                                                                    "eval": 0})
+            g["seeds"] += 1
+            for key in ("train", "select", "eval"):
+                g[key] += r[key]
+        for g in grouped.values():
+            table.add_row(escape(g["cell"]), escape(g["selector"]), str(g["seeds"]),
+                          str(g["train"] or "-"), str(g["select"]), str(g["eval"]))
+        out.print(table)
+        out.print(escape(head) + " (rows summed over the seeds to run; formulas in docs/ablate.md)", soft_wrap=True)
+        check_budget(est, budget, f"ablate config {str(config)!r}")
+        return
+    check_budget(est, budget, f"ablate config {str(config)!r}")
+    _quiet_libraries()
+    runner = Runner(plan, run_dir)
+    console.print(f"run folder: {escape(str(run_dir))}")
+    console.print(escape(head), soft_wrap=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    failed = 0
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("cells x seeds x selectors", total=est["pending"])
+
+        def on_row(row: dict[str, Any]) -> None:
+            nonlocal failed
+            failed += row["status"] == "failed"
+            what = (f"test {100 * row['test_acc']:.1f}" if row["status"] == "ok" else
+                    f"failed: {row['error']}")
+            progress.update(bar, advance=1, description=escape(f"{row['cell']} | {row['selector']} seed "
+                                                               f"{row['seed']}: {what}"[:120]))
+
+        def on_start(cell, seed: int, name: str) -> None:
+            trains = name.split(":")[0] in ("policy", "policy_search") and not (
+                run_dir / "training" / f"{cell.id}-s{seed}.json").is_file()
+            progress.update(bar, description=escape(f"{cell.label} | {name} seed {seed}"
+                                                    f"{': training ' + cell.cfg.agent.name if trains else ''}"[:120]))
+
+        runner.run(on_row=on_row, on_start=on_start)
+    paths = runner.finish()
+    out.print(paths["summary"].read_text())
+    if failed:
+        console.print(f"[yellow]{failed} rows failed[/yellow]; their reasons are in results.csv and summary.md")
+    out.print(escape(f"results: {run_dir}/results.csv, summary.md, " + ", ".join(
+        p.name for k, p in paths.items() if k != "summary")))
+
+
 # --- offline prompt construction: select / prompt (a policy or any selector -> a prompt file) ----------
 
 PolicyPathOpt = Annotated[str | None, typer.Option("--policy", help="A trained policy (.safetensors).")]
@@ -785,6 +878,63 @@ def bench_env_cmd(
         table.add_row(name, f"{res[key]:.2f} ms")
     table.add_row("LM misses while warm", str(res["warm_lm_misses"]))
     out.print(table)
+
+
+@config_command("collect", ("task", "data", "k", "n_val", "train_pool", "seeds", "episodes"), LM, ("n_candidates",),
+                parent=bench_app)
+def bench_collect_cmd(
+    cfg, explicit: frozenset[str],
+    feature_sets: Annotated[str, typer.Option(help="Feature sets, comma-separated.")] = (
+        "active,labelled,zeroshot,table"),
+    rewards: Annotated[str, typer.Option(help="Reward modes, comma-separated.")] = "marginal,terminal",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+) -> None:
+    """Rollout collection per feature set and reward mode, each from an empty cache, table and store.
+
+    --episodes E per configuration (default 8 here); the reference MDP is the default with
+    --n-candidates 32 --calibrate (N=32, k=4, 32 validation queries).
+    """
+    from rl_select.experiments.bench_collect import bench_collect
+    from rl_select.tasks import resolve_task
+
+    _quiet_libraries()
+    fsets = _comma_list(str)("feature_sets", feature_sets)
+    rmodes = _comma_list(str)("rewards", rewards)
+    for r in rmodes:
+        from rl_select.mdp.episode import check_reward_mode
+
+        check_reward_mode(r)
+    # the reference MDP unless told otherwise: N=32, calibrated (k=4 and 32 validation queries are the defaults)
+    n = cfg.n_candidates if explicit & {"n_candidates", "n_pool"} else 32
+    episodes = cfg.agent.episodes if "episodes" in explicit else 8
+    lm = cfg.lm if "calibrate" in explicit else cfg.lm.replace(calibrate=True)
+    with console.status("collecting ...") as status:
+        res = bench_collect(spec=resolve_task(cfg.task), data=cfg.data, model_id=lm.model, dtype=lm.dtype, k=cfg.k,
+                            n_candidates=n, n_val=cfg.splits.n_val, train_pool=cfg.splits.train_pool,
+                            episodes=episodes, feature_sets=fsets, rewards=rmodes, calibrate=bool(lm.calibrate),
+                            mode=lm.mode, length_norm=bool(lm.length_norm), batch_size=lm.batch_size,
+                            seed=cfg.seeds[0], stratify=cfg.splits.stratify, progress=lambda s: status.update(s))
+    table = Table(title=f"rollout collection: {res['task']}, N={res['n_candidates']}, k={res['k']}, "
+                        f"val {res['n_val']}, "
+                        f"pool {res['train_pool']}, {'calibrated' if res['calibrate'] else 'uncalibrated'}, "
+                        f"{res['episodes']} episodes each, empty cache; {lm.model} ({res['dtype']}, "
+                        f"{res['threads']} threads)")
+    for col in ("features", "reward", "episodes/min", "table s", f"{res['target_episodes']} eps, min",
+                "LM rows/ep (declared)", "fwd tokens/ep", "in forwards", "peak RSS MB"):
+        table.add_column(col, justify="left" if col in ("features", "reward") else "right")
+    for r in res["rows"]:
+        table.add_row(r["feature_set"], r["reward"], f"{r['episodes_per_min']:.1f}", f"{r['table_seconds']:.1f}",
+                      f"{r['projected_2000_min']:.0f}",
+                      f"{r['lm_rows_per_episode']:.0f} ({r['declared_rows_per_episode']})",
+                      f"{r['forward_tokens_per_episode']:.0f}", f"{100 * r['forward_share']:.0f}%",
+                      f"{r['peak_rss_mb']:.0f}")
+    out.print(table)
+    out.print(f"raw model forward ({res['dtype']}, batch {res['batch_size']}, last-position logits): "
+              f"{res['raw_forward_tokens_per_s']:.0f} tok/s at {res['raw_forward_prompt_length']} tokens, "
+              f"{res['raw_forward_tokens_per_s_query_length']:.0f} tok/s at {res['raw_forward_query_length']}; "
+              f"native bf16 on this CPU: {'yes' if res['native_bf16'] else 'no'}")
+    if json_out:
+        json_out.write_text(json.dumps(res, indent=2))
 
 
 @bench_app.command("scorer")

@@ -117,6 +117,9 @@ def test_normalisation_ranges(kind):
         "entropy": (0, 1), "max_prob": (0, 1), "min_prob": (0, 1), "std_prob": (0, 0.5), "log_mass": (-1, 0),
         "chosen": (0, 1), "same_label_share": (0, 1), "under_represented": (0, 1), "max_cos": (-1, 1),
         "mean_cos": (-1, 1), "lm_wrong": (0, 1),
+        "zs_entropy": (0, 1), "zs_max_prob": (0, 1), "zs_min_prob": (0, 1), "zs_std_prob": (0, 0.5),
+        "zs_log_mass": (-1, 0), "length": (0, 1), "chosen_zs_entropy": (0, 1), "chosen_zs_max": (0, 1),
+        "chosen_length": (0, 1), "chosen_mean_cos": (-1, 1),
     }
     for n_labels in (2, 4):
         task, pool, val = _setup(n_labels, 9)

@@ -105,7 +105,8 @@ class MDPConfig:
 
     Attributes:
         n_candidates: Candidates N offered per episode (``None``: ``splits.n_pool``).
-        feature_set: ``active`` (label-free) or ``labelled`` features.
+        feature_set: ``active`` (label-free), ``labelled``, ``zeroshot`` or ``table`` (candidate features from
+            the one-off row table; see :meth:`rl_select.mdp.features.FeatureSpec.lm_rows`).
         reward: ``marginal`` (per-step gain in val accuracy) or ``terminal``.
         allow_stop: Offer a STOP action.
         min_len: Fewest demonstrations before STOP is allowed.

@@ -27,7 +27,10 @@ from rl_select.errors import ConfigError
 from rl_select.experiments.config import RunConfig
 from rl_select.experiments.executors import Executor, ScorerFactory, add_stats
 from rl_select.lm.base import CachedScorer, ScorerStats
+from rl_select.lm.cache import default_cache_path
+from rl_select.mdp.features import FeatureSpec
 from rl_select.mdp.policy import SelectorPolicy
+from rl_select.mdp.table import RowTable
 from rl_select.tasks import resolve_task
 
 
@@ -57,13 +60,39 @@ def build_task_envs(cfg: RunConfig, scorer_for: Callable[[Any], CachedScorer], *
         splits = make_splits(train, test, n_pool=min(sp.train_pool, len(train) - sp.n_val), n_val=sp.n_val,
                              n_test=1, seed=seed, stratify=sp.stratify)
         scorer = scorer_for(spec)
+        folder = table_folder(cfg)
+        table = (RowTable.in_folder(scorer, folder) if folder is not None else RowTable(scorer)) \
+            if FeatureSpec(cfg.mdp.feature_set).uses_table else None
         env = DemoSelectionEnv(
+            row_table=table,
             scorer=scorer, pool=splits.pool, val=splits.val, k=cfg.k, n_candidates=cfg.n_candidates,
             feature_set=cfg.mdp.feature_set, reward=cfg.mdp.reward, allow_stop=cfg.mdp.allow_stop,
             min_len=cfg.mdp.min_len, fixed_pool=fixed_pool,
         )
         out.append(TaskEnv(task=spec.name, env=env, scorer=scorer))
     return out
+
+
+def table_folder(cfg: RunConfig) -> Path | None:
+    """Where the one-off row tables live: ``tables/`` beside the score cache (``None`` with ``cache = none``)."""
+    if cfg.cache and str(cfg.cache).lower() == "none":
+        return None
+    return Path(cfg.cache or default_cache_path()).parent / "tables"
+
+
+def store_meta(cfg: RunConfig, task: str) -> dict[str, Any]:
+    """Every setting a stored episode depends on (a store's header; another value is refused on append).
+
+    The collection seed and policy are checked against the last episode (:func:`check_continues`)."""
+    spec = resolve_task(task)
+    lm, sp, mdp = cfg.lm, cfg.splits, cfg.mdp
+    task_digest = hashlib.sha256(json.dumps(spec.digest_fields(), sort_keys=True).encode()).hexdigest()[:16]
+    return {"task": spec.name, "task_digest": task_digest, "feature_set": mdp.feature_set,
+            "feature_version": FeatureSpec(mdp.feature_set).version, "reward": mdp.reward,
+            "n_candidates": cfg.n_candidates, "k": cfg.k, "allow_stop": mdp.allow_stop, "min_len": mdp.min_len,
+            "n_val": sp.n_val, "train_pool": sp.train_pool, "stratify": sp.stratify,
+            "backend": lm.backend, "model": lm.model, "dtype": lm.dtype, "mode": lm.mode, "calibrate": lm.calibrate,
+            "length_norm": lm.length_norm}
 
 
 class RoundRobinEnv(gym.Env):
@@ -155,7 +184,12 @@ def collect_rollouts(cfg: RunConfig, executor: Executor, *, progress: Callable[[
         load_task(spec, data=cfg.data if name == cfg.task else None)
         tasks.append(spec.name)
     stores = [RolloutStore(store_path(cfg, t)) for t in tasks]
+    for store, t in zip(stores, tasks):
+        store.check_meta(store_meta(cfg, t))  # another feature set, reward, N, k, task, model ...: refused
     starts = [s.resume() for s in stores]
+    for store, t, start in zip(stores, tasks, starts):
+        if start < cfg.agent.episodes and store.read_meta() is None:
+            store.write_meta(store_meta(cfg, t))
     for store, start in zip(stores, starts):
         check_continues(store, start, seed, "random")
     units = [(t, i, seed) for t, start in enumerate(starts) for i in range(start, cfg.agent.episodes)]

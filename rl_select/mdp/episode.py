@@ -18,6 +18,7 @@ Actions are ``0..N-1`` (append that candidate) and ``N`` (STOP). Masks are ``boo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,7 +215,8 @@ class SelectionEpisode:
         """
         self._chosen, self._done = [], False
         self._queries_at_reset = self._queries()
-        self._last = self.featurizer.compute(self.candidates, self._chosen, self.rule.k)
+        self._last = self.featurizer.compute(self.candidates, self._chosen, self.rule.k,
+                                             need_val=self.reward_mode == "marginal")
         self._mask = self.rule.mask(self._chosen, False)
         return self.observation(), self.info()
 
@@ -234,8 +236,13 @@ class SelectionEpisode:
         prev = self._last.val_acc
         self._chosen, self._done = chosen, done
         self._mask = self.rule.mask(chosen, done)
+        # the reward reads val accuracy after every step (marginal) or after the last (terminal); feature
+        # sets that need no LM (``table``) score val only then
+        need = self.reward_mode == "marginal" or (done and self.reward_mode == "terminal")
         if a != self.rule.stop and not (done and self.reward_mode is None):
-            self._last = self.featurizer.compute(self.candidates, self._chosen, self.rule.k)
+            self._last = self.featurizer.compute(self.candidates, self._chosen, self.rule.k, need_val=need)
+        elif need and math.isnan(self._last.val_acc):
+            self._last = self.featurizer.compute(self.candidates, self._chosen, self.rule.k, need_val=True)
         acc = self._last.val_acc
         if self.reward_mode == "marginal":
             reward = acc - prev
@@ -292,13 +299,18 @@ class SelectionEpisode:
         """``{"action_mask": int8 (N + 1,), "chosen": list[int], "val_acc": float, "lm_queries": int}``.
 
         ``lm_queries`` counts the scorer's query rows since :meth:`reset` (cache hits included).
+        ``val_acc`` is left out when the prompt's val accuracy was not scored (the ``table`` feature set
+        scores val only when the reward reads it).
         """
-        return {
+        info: dict[str, Any] = {
             "action_mask": self.action_masks().astype(np.int8),
             "chosen": list(self._chosen),
             "val_acc": self.val_acc,
             "lm_queries": self._queries() - self._queries_at_reset,
         }
+        if math.isnan(info["val_acc"]):
+            del info["val_acc"]
+        return info
 
     def _queries(self) -> int:
         return int(getattr(getattr(self.featurizer.scorer, "stats", None), "queries", 0))

@@ -4,11 +4,12 @@ Every vector has a FIXED size that depends neither on the task's number of label
 N, so one candidate-scoring Q-network transfers across tasks and pools. Values are normalised with
 fixed formulas (no fitted statistics) to ``[0, 1]``, ``[-1, 0]`` or ``[-1, 1]``.
 
-All LM work goes through ``scorer.logprobs``: one call per :meth:`Featurizer.compute`, under the
-current prompt ``demos = [pool[i] for i in chosen]``, whose queries are the pool's candidates
-followed by the validation examples. Scorer caches are keyed per query row by content, so the reward
-call :func:`rl_select.metrics.accuracy` ``(scorer, demos=demos, examples=val)`` for the same prompt is
-an all-hit afterwards (and :attr:`FeatureResult.val_acc` already holds its value).
+All LM work goes through ``scorer.logprobs``: for ``active`` / ``labelled``, one call per
+:meth:`Featurizer.compute`, under the current prompt ``demos = [pool[i] for i in chosen]``, whose
+queries are the pool's candidates followed by the validation examples. Scorer caches are keyed per query
+row by content, so the reward call :func:`rl_select.metrics.accuracy` ``(scorer, demos=demos,
+examples=val)`` for the same prompt is an all-hit afterwards (and :attr:`FeatureResult.val_acc` already
+holds its value).
 
 Feature layout (``FeatureSpec(kind).state_names`` / ``.cand_names`` list the same):
 
@@ -44,6 +45,30 @@ idx   name                  value (the candidate scored as a query under the cur
 10    lm_wrong              1 if the LM's arg-max label for it differs from its gold label    {0, 1}
 ====  ====================  ==========================================================================
 
+The table sets (``zeroshot``, ``table``) read their candidate features from the one-off
+:class:`~rl_select.mdp.table.RowTable` (each row's zero-shot label log-probs, embedding and length,
+computed once per model, task and row), so no candidate is scored under the current prompt.
+
+Candidate, ``kind="zeroshot"`` and ``kind="table"`` (9):
+
+====  ====================  ==========================================================================
+idx   name                  value
+====  ====================  ==========================================================================
+0-4   zs_entropy .. zs_log_mass   as ``active`` 0-4, of the candidate's ZERO-SHOT distribution (table)
+5     chosen                1 if already in the prompt                                        {0, 1}
+6     length                ``min(log1p(words) / log1p(256), 1)``                             [0, 1]
+7     max_cos               max cosine similarity to the chosen demos' embeddings (0 if none) [-1, 1]
+8     mean_cos              mean cosine similarity to the chosen demos (0 if none)            [-1, 1]
+====  ====================  ==========================================================================
+
+State, ``kind="zeroshot"``: the six ``active`` state features (val under the current prompt; the empty
+prompt's val rows come from the table). State, ``kind="table"`` (5, no LM): ``step_frac``,
+``chosen_zs_entropy`` and ``chosen_zs_max`` (means over the chosen demos of their zero-shot entropy / max
+probability, 0 if none), ``chosen_length`` (mean length), ``chosen_mean_cos`` (mean pairwise cosine
+similarity of the chosen demos, 0 below two). Both are label-free. LM rows under the prompt per step:
+``active`` / ``labelled`` N + V, ``zeroshot`` V, ``table`` 0 (val only when the reward reads it:
+:meth:`FeatureSpec.lm_rows`). ``FeatureResult.pool_logprobs`` of the table sets are the zero-shot ones.
+
 ``L`` is the number of labels. Label distributions are the scorer's log-probs renormalised over the
 label set (calibrated when the scorer calibrates); ``log_mass`` uses the log-probs as returned, so it
 is 0 for scorers that already return normalised (or calibrated) distributions. The ``active`` set is
@@ -63,11 +88,16 @@ import numpy as np
 from rl_select.embeddings import Embedder, HashingEmbedder, example_text, l2_normalise
 from rl_select.errors import ConfigError, SelectionError
 from rl_select.lm.base import Scorer
+from rl_select.mdp.table import RowTable
 from rl_select.metrics import label_ids
 from rl_select.types import Example
 
-FEATURE_SETS: tuple[str, ...] = ("active", "labelled")
-"""Known feature-set kinds: ``"active"`` (label-free, Zhang et al. 2022) and ``"labelled"``."""
+FEATURE_SETS: tuple[str, ...] = ("active", "labelled", "zeroshot", "table")
+"""Known feature-set kinds: ``"active"`` (label-free, Zhang et al. 2022), ``"labelled"``, ``"zeroshot"``
+(candidate features from the one-off row table, val under the prompt) and ``"table"`` (no LM for features)."""
+
+TABLE_SETS: tuple[str, ...] = ("zeroshot", "table")
+"""Feature sets whose candidate features come from the one-off :class:`~rl_select.mdp.table.RowTable`."""
 
 FEATURE_VERSION = 1
 """The only feature layout version this code computes."""
@@ -80,6 +110,9 @@ _ACTIVE_STATE = ("step_frac", "val_mean_entropy", "val_mean_max", "val_query_ent
 _ACTIVE_CAND = ("entropy", "max_prob", "min_prob", "std_prob", "log_mass", "chosen")
 _LABELLED_STATE = ("label_balance",)
 _LABELLED_CAND = ("same_label_share", "under_represented", "max_cos", "mean_cos", "lm_wrong")
+_TABLE_CAND = ("zs_entropy", "zs_max_prob", "zs_min_prob", "zs_std_prob", "zs_log_mass", "chosen", "length",
+               "max_cos", "mean_cos")
+_TABLE_STATE = ("step_frac", "chosen_zs_entropy", "chosen_zs_max", "chosen_length", "chosen_mean_cos")
 
 
 @dataclass(frozen=True)
@@ -106,21 +139,72 @@ class FeatureSpec:
     @property
     def state_names(self) -> tuple[str, ...]:
         """Name of each state feature, in index order."""
+        if self.kind == "table":
+            return _TABLE_STATE
         return _ACTIVE_STATE + (_LABELLED_STATE if self.kind == "labelled" else ())
 
     @property
     def cand_names(self) -> tuple[str, ...]:
         """Name of each candidate feature, in index order."""
+        if self.kind in TABLE_SETS:
+            return _TABLE_CAND
         return _ACTIVE_CAND + (_LABELLED_CAND if self.kind == "labelled" else ())
 
     @property
+    def uses_table(self) -> bool:
+        """Whether the candidate features come from the one-off row table (``zeroshot``, ``table``)."""
+        return self.kind in TABLE_SETS
+
+    @property
+    def prompt_queries(self) -> tuple[str, ...]:
+        """Which rows the features score under the current prompt, at every step after the empty prompt.
+
+        ``("candidates", "val")`` for ``active`` / ``labelled``, ``("val",)`` for ``zeroshot``, ``()`` for
+        ``table`` (its features read only the table; the reward may still score val, see :meth:`lm_rows`).
+        The empty prompt's rows are read from the table by the table sets.
+        """
+        if self.kind == "table":
+            return ()
+        return ("val",) if self.kind == "zeroshot" else ("candidates", "val")
+
+    def lm_rows(self, n_candidates: int, n_val: int, *, reward: str | None = "marginal", k: int = 1,
+                extra_per_call: int = 0) -> dict[str, int]:
+        """The LM cost of one episode of ``k`` demos (no STOP), in query rows under a prompt.
+
+        Args:
+            n_candidates: N.
+            n_val: Validation queries V.
+            reward: The reward mode: ``"marginal"`` reads val accuracy after every step, ``"terminal"``
+                only after the last, ``None`` never.
+            k: Steps per episode.
+            extra_per_call: Rows every scorer call adds (the content-free queries of calibration).
+
+        Returns:
+            ``{"per_step": rows per step, "per_episode": rows per episode (reset + k steps),
+            "calls_per_episode": scorer calls, "one_off_per_row": 1 for the table sets (each pool / val row
+            once per model and task, ever), else 0}``. Cache hits are not subtracted.
+        """
+        if self.kind in ("active", "labelled"):
+            per_step, calls = n_candidates + n_val, k + 1
+            per_ep = (k + 1) * per_step
+        elif self.kind == "zeroshot":
+            per_step, calls = n_val, k  # the empty prompt's val rows come from the table
+            per_ep = k * n_val
+        else:
+            need = {"marginal": k, "terminal": 1, None: 0}[reward]
+            per_step, calls = (n_val if reward == "marginal" else 0), need
+            per_ep = need * n_val
+        return {"per_step": per_step, "per_episode": per_ep + calls * extra_per_call,
+                "calls_per_episode": calls, "one_off_per_row": int(self.uses_table)}
+
+    @property
     def state_dim(self) -> int:
-        """Length of the state vector (6 active, 7 labelled)."""
+        """Length of the state vector (6 active / zeroshot, 7 labelled, 5 table)."""
         return len(self.state_names)
 
     @property
     def cand_dim(self) -> int:
-        """Length of each candidate's vector (6 active, 11 labelled)."""
+        """Length of each candidate's vector (6 active, 11 labelled, 9 zeroshot / table)."""
         return len(self.cand_names)
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,6 +313,7 @@ class Featurizer:
         *,
         val: Sequence[Example],
         embedder: Embedder | None = None,
+        table: RowTable | None = None,
     ) -> None:
         self.spec = spec if isinstance(spec, FeatureSpec) else FeatureSpec(kind=spec)
         self.scorer = scorer
@@ -244,6 +329,12 @@ class Featurizer:
         self._pool_key: tuple[Example, ...] | None = None
         self._pool_emb: np.ndarray | None = None
         self._pool_gold: np.ndarray | None = None
+        self.table: RowTable | None = None
+        if self.spec.uses_table:
+            self.table = table if table is not None else RowTable(scorer, embedder=self.embedder)
+        self._tab_key: tuple[Example, ...] | None = None
+        self._tab: tuple[np.ndarray, ...] | None = None
+        self._val_zs: tuple[np.ndarray, float] | None = None
 
     # --- public API -------------------------------------------------------------------------------
 
@@ -261,8 +352,14 @@ class Featurizer:
         res = self.compute(pool, chosen, k)
         return res.state, res.candidates
 
-    def compute(self, pool: Sequence[Example], chosen: Sequence[int], k: int) -> FeatureResult:
+    def compute(self, pool: Sequence[Example], chosen: Sequence[int], k: int, *, need_val: bool = True
+                ) -> FeatureResult:
         """Like :meth:`features`, also returning the raw log-probs and the prompt's val accuracy.
+
+        Args:
+            need_val: For the ``table`` set only: whether to score val under the prompt (for the reward).
+                If not, :attr:`FeatureResult.val_acc` is ``nan`` and ``val_logprobs`` is empty. The other
+                sets always score val (their features read it).
 
         Raises:
             SelectionError: ``k < 1``, an index outside the pool, or a repeated index.
@@ -276,6 +373,8 @@ class Featurizer:
             raise SelectionError(f"chosen indices {list(map(int, idx))} fall outside the pool of {n}")
         if np.unique(idx).size != idx.size:
             raise SelectionError(f"chosen indices {list(map(int, idx))} repeat a candidate")
+        if self.spec.uses_table:
+            return self._compute_table(pool_t, idx, k, need_val)
         demos = [pool_t[i] for i in idx]
         lp = np.asarray(self.scorer.logprobs(demos=demos, queries=pool_t + self.val), dtype=np.float64)
         pool_lp, val_lp = lp[:n], lp[n:]
@@ -333,6 +432,68 @@ class Featurizer:
         return np.stack([self._embeddings[t] for t in texts])
 
     # --- helpers ----------------------------------------------------------------------------------
+
+    def _val_under(self, demos: list[Example]) -> tuple[np.ndarray, float]:
+        """``(val log-probs, val accuracy)`` of a prompt; the empty prompt's come from the table (once)."""
+        if not demos:
+            if self._val_zs is None:
+                assert self.table is not None
+                lp = self.table.lookup(self.val)[0]
+                self._val_zs = (lp, float(np.mean(lp.argmax(axis=1) == self._val_gold)))
+            return self._val_zs
+        lp = np.asarray(self.scorer.logprobs(demos=demos, queries=self.val), dtype=np.float64)
+        return lp, float(np.mean(lp.argmax(axis=1) == self._val_gold))
+
+    def _table_arrays(self, pool: tuple[Example, ...]) -> tuple[np.ndarray, ...]:
+        """Per-pool constant arrays from the row table, reused while the pool tuple is unchanged:
+        ``(zero-shot log-probs, the five zero-shot columns (n, 5), embeddings, lengths)``."""
+        if pool is not self._tab_key or self._tab is None:
+            assert self.table is not None
+            self.table.ensure(tuple(pool) + self.val)  # one call fills the episode's missing rows and val
+            lp, emb, length = self.table.lookup(pool)
+            probs, ent, mass = _distribution_stats(lp, self._log_n)
+            zs = np.stack([ent, probs.max(axis=1), probs.min(axis=1), probs.std(axis=1), mass], axis=1)
+            self._tab = (lp, zs, emb, length)
+            self._tab_key = pool
+        return self._tab
+
+    def _compute_table(self, pool: tuple[Example, ...], idx: np.ndarray, k: int, need_val: bool) -> FeatureResult:
+        """The ``zeroshot`` and ``table`` sets: candidate features from the row table."""
+        n = len(pool)
+        pool_lp, zs, emb, length = self._table_arrays(pool)
+        step = idx.size
+        demos = [pool[i] for i in idx]
+        flags = np.zeros(n)
+        flags[idx] = 1.0
+        if step:
+            sims = emb @ emb[idx].T
+            max_cos, mean_cos = sims.max(axis=1), sims.mean(axis=1)
+        else:
+            max_cos = mean_cos = np.zeros(n)
+        cands = np.concatenate([zs, flags[:, None], length[:, None], max_cos[:, None], mean_cos[:, None]], axis=1)
+        if self.spec.kind == "zeroshot" or need_val:
+            val_lp, val_acc = self._val_under(demos)
+        else:
+            val_lp, val_acc = np.zeros((0, self.n_labels)), float("nan")
+        if self.spec.kind == "zeroshot":
+            v_probs, v_ent, v_mass = _distribution_stats(val_lp, self._log_n)
+            mean_p = v_probs.mean(axis=0)
+            state = [min(step / k, 1.0), _norm_entropy(mean_p, self._log_n), float(mean_p.max()),
+                     float(v_ent.mean()), float(v_probs.max(axis=1).mean()), float(v_mass.mean())]
+        elif step:
+            pair = (emb[idx] @ emb[idx].T)
+            off = (pair.sum() - np.trace(pair)) / (step * (step - 1)) if step > 1 else 0.0
+            state = [min(step / k, 1.0), float(zs[idx, 0].mean()), float(zs[idx, 1].mean()),
+                     float(length[idx].mean()), float(off)]
+        else:
+            state = [0.0, 0.0, 0.0, 0.0, 0.0]
+        return FeatureResult(
+            state=np.asarray(state, dtype=np.float32),
+            candidates=cands.astype(np.float32),
+            pool_logprobs=pool_lp,
+            val_logprobs=val_lp,
+            val_acc=val_acc,
+        )
 
     def _pool_arrays(self, pool: tuple[Example, ...]) -> tuple[np.ndarray, np.ndarray]:
         """``(embeddings (n, d), gold label ids (n,))`` of the pool, reused while the pool is unchanged."""

@@ -264,6 +264,8 @@ class SelectorPolicy:
         k: int | None = None,
         embedder: Embedder | None = None,
         force: bool = False,
+        temperature: float = 0.0,
+        rng: np.random.Generator | None = None,
     ) -> list[Example]:
         """Choose an ordered list of demonstrations from ``pool`` by the greedy Q-network rollout.
 
@@ -284,12 +286,17 @@ class SelectorPolicy:
             k: Demo budget; defaults to the policy's ``k``.
             embedder: For ``labelled`` features' similarities (default: the hashing embedder).
             force: Use a scorer other than the training one (with a :class:`PolicyWarning`).
+            temperature: ``0`` (default): the greedy arg-max. ``> 0``: each action is drawn from the
+                softmax of the masked Q-values divided by ``temperature`` (the sampled rollouts of
+                policy-guided search, ``rl_select.selectors.policy_search``); masked actions are never drawn.
+            rng: The generator of those draws (required when ``temperature > 0``).
 
         Returns:
             The chosen examples in prompt order (at most ``k``; fewer after a STOP).
 
         Raises:
-            SelectionError: ``k < 1`` or ``k`` larger than the pool; an empty ``val``.
+            SelectionError: ``k < 1`` or ``k`` larger than the pool; an empty ``val``; a negative
+                ``temperature``, or a positive one without ``rng``.
             PolicyError: Another scorer than the training one, and not ``force``.
         """
         pool_t = tuple(pool)
@@ -300,6 +307,10 @@ class SelectorPolicy:
             raise SelectionError(
                 f"k={k} is larger than the pool of {len(pool_t)} candidates; expected k <= {len(pool_t)}"
             )
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 0:
+            raise SelectionError(f"temperature={temperature!r}; expected a number >= 0")
+        if temperature > 0 and rng is None:
+            raise SelectionError("temperature > 0 samples actions; expected an rng (numpy Generator)")
         self.check_scorer(scorer, force=force)
         rule = EpisodeRule(n_candidates=len(pool_t), k=k, allow_stop=self.allow_stop, min_len=min(self.min_len, k))
         episode = SelectionEpisode(pool_t, Featurizer(self.feature_spec, scorer, val=val, embedder=embedder), rule,
@@ -308,7 +319,7 @@ class SelectorPolicy:
         before = stats.copy() if hasattr(stats, "copy") else None
         steps: list[dict[str, Any]] = []
         with torch.no_grad():
-            res = run_episode(episode, self._greedy_act(steps, rule.stop))
+            res = run_episode(episode, self._greedy_act(steps, rule.stop, temperature=float(temperature), rng=rng))
         stopped = bool(res.actions) and res.actions[-1] == rule.stop
         after = getattr(scorer, "stats", None)
         self.last_selection_info = {
@@ -321,8 +332,10 @@ class SelectorPolicy:
         }
         return [pool_t[i] for i in res.chosen]
 
-    def _greedy_act(self, steps: list[dict[str, Any]], stop: int) -> ActFn:
-        """:meth:`select`'s ``act``: the arg-max of the masked Q-values, logging each step's Q-values in ``steps``."""
+    def _greedy_act(self, steps: list[dict[str, Any]], stop: int, *, temperature: float = 0.0,
+                    rng: np.random.Generator | None = None) -> ActFn:
+        """:meth:`select`'s ``act``: the arg-max of the masked Q-values (or, with ``temperature > 0``, a draw
+        from their softmax over the valid actions), logging each step's Q-values in ``steps``."""
         device = next(self.qnet.parameters()).device
 
         def act(obs: Mapping[str, Any], mask: np.ndarray, chosen: list[int]) -> int:
@@ -330,7 +343,13 @@ class SelectorPolicy:
                 torch.as_tensor(obs["state"], device=device).unsqueeze(0),
                 torch.as_tensor(obs["candidates"], device=device).unsqueeze(0),
             )[0]
-            action = int(torch.argmax(masked_q(q, torch.as_tensor(mask, device=device))).item())
+            if temperature > 0 and rng is not None:
+                valid = np.flatnonzero(mask)
+                z = q.detach().cpu().numpy().astype(np.float64)[valid] / temperature
+                p = np.exp(z - z.max())
+                action = int(valid[rng.choice(len(valid), p=p / p.sum())])
+            else:
+                action = int(torch.argmax(masked_q(q, torch.as_tensor(mask, device=device))).item())
             q_list = [float(v) for v in q.cpu()]
             steps.append({
                 "step": len(chosen),
