@@ -189,3 +189,20 @@ def toy_env(
         scorer=ToyScorer(spec), pool=data[:n_examples], val=data[n_examples:], k=k,
         n_candidates=n_candidates, **kwargs,
     )
+
+
+_REVIEW_WORDS = ("film", "plot", "actor", "scene", "story", "music", "ending", "pace", "cast", "script", "dull", "fun")
+
+
+def sentiment_examples(n: int, seed: int) -> list[Example]:
+    """``n`` synthetic sst2-like reviews (labels alternate); about half hold their label word, which
+    :class:`ToyScorer` rewards, so selection is learnable. uids are ``"syn:<seed>:<i>"``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        label = ("negative", "positive")[i % 2]
+        words = list(rng.choice(_REVIEW_WORDS, size=5))
+        if rng.random() < 0.5:
+            words.insert(int(rng.integers(0, 5)), label)
+        out.append(Example(text=" ".join(words) + f" #{seed}-{i}", label=label, uid=f"syn:{seed}:{i}"))
+    return out

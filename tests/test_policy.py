@@ -22,23 +22,10 @@ from rl_select.mdp.features import FeatureSpec
 from rl_select.mdp.policy import PolicyWarning, SelectorPolicy
 from rl_select.mdp.qnet import CandidateQNet
 from rl_select.tasks import get_task
-from rl_select.testing import ToyScorer
+from rl_select.testing import ToyScorer, sentiment_examples
 from rl_select.types import Example
 
-_WORDS = ("film", "plot", "actor", "scene", "story", "music", "ending", "pace", "cast", "script", "dull", "fun")
-
-
-def _examples(n: int, seed: int) -> list[Example]:
-    """Synthetic sst2-like reviews; about half hold their label word (ToyScorer's learnable hint)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        label = ("negative", "positive")[i % 2]
-        words = list(rng.choice(_WORDS, size=5))
-        if rng.random() < 0.5:
-            words.insert(int(rng.integers(0, 5)), label)
-        out.append(Example(text=" ".join(words) + f" #{seed}-{i}", label=label, uid=f"syn:{seed}:{i}"))
-    return out
+_examples = sentiment_examples
 
 
 @pytest.fixture
