@@ -133,7 +133,8 @@ OPTIONS: dict[str, Any] = {
     "n_candidates": _opt(int, help="Candidates N per episode (default: --n-pool)."),
     "feature_set": _opt(str, "--feature-set",
                         help="active (label-free) | labelled | zeroshot (candidates from the one-off "
-                             "row table; LM: val only) | table (no LM for features)."),
+                             "row table; LM: val only) | table (no LM for features) | table_labelled "
+                             "(table + the candidates' labels)."),
     "reward": _opt(str, help="marginal | terminal."),
     "allow_stop": _opt(bool, "--allow-stop/--no-stop", help="Offer a STOP action."),
     "min_len": _opt(int, help="Fewest demonstrations before STOP is allowed."),
@@ -144,6 +145,11 @@ OPTIONS: dict[str, Any] = {
     "hidden": _list(int, "Q-network hidden widths, e.g. 64,64."),
     "train_tasks": _list(str, "Tasks to train on at once (transfer)."),
     "store": _opt(str, help="Rollout store (.jsonl); default under <out>/rollouts/."),
+    "cql_alpha": _opt(float, help="Offline agent: weight of the CQL regulariser (0: plain offline DQN)."),
+    "val_episodes": _opt(int, help="Offline agent: greedy episodes per checkpoint check (LM reward); "
+                                   "0: held-out TD objective, no LM."),
+    "rollout_seed": _opt(int, help="Seed of the rollouts and their pool / reward split (default: the run's "
+                                   "first seed)."),
     # [executor]
     "executor": _opt(str, help="local (in process) | ray (units on Ray actors; same results, store and cache)."),
     "ray_address": _opt(str, help="Ray cluster: auto | ray://host:10001 (default $RL_SELECT_RAY_ADDRESS, "
@@ -159,7 +165,7 @@ RUN = ("task", "data", "k", "seeds", "n_pool", "n_val", "n_test", "cache", "out"
 LM = ("model", "backend", "base_url", "dtype", "mode", "calibrate", "length_norm")
 EXECUTOR = ("executor", "ray_address", "workers")
 MDP = ("train_tasks", "train_pool", "n_candidates", "feature_set", "reward", "allow_stop", "min_len")
-AGENT = ("agent", "episodes", "train_steps", "hidden", "store")
+AGENT = ("agent", "episodes", "train_steps", "hidden", "store", "cql_alpha", "val_episodes", "rollout_seed")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML run config; flags override it.")]
 DataOpt = OPTIONS["data"]
@@ -559,6 +565,24 @@ def ablate_cmd(
         console.print(f"[yellow]{failed} rows failed[/yellow]; their reasons are in results.csv and summary.md")
     out.print(escape(f"results: {run_dir}/results.csv, summary.md, " + ", ".join(
         p.name for k, p in paths.items() if k != "summary")))
+
+
+@app.command("results")
+@_friendly
+def results_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="The reference experiment's ablate run folder.")],
+    ablation: Annotated[list[Path] | None, typer.Option(
+        "--ablation", help="An ablation run folder to append (its summary); repeatable.")] = None,
+    out_file: Annotated[Path, typer.Option("--out", help="The Markdown file to write.")] = Path("docs/results.md"),
+) -> None:
+    """docs/results.md from the reference run folder: headline table, targets, every cell, ablations."""
+    from rl_select.experiments.results import render
+
+    text = render(run_dir, ablation or [])
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(text)
+    out.print(escape(text[: text.find("## Every cell")].rstrip()))
+    out.print(escape(f"written: {out_file}"))
 
 
 # --- offline prompt construction: select / prompt (a policy or any selector -> a prompt file) ----------

@@ -6,11 +6,13 @@ Every LM is the model-free CachedToyScorer (``harness.scorer_factory`` replaced,
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from agents.rollouts import RolloutStore
 from rl_select.cli import app
 from rl_select.errors import ConfigError
 from rl_select.experiments import ablate, harness
@@ -299,3 +301,130 @@ def test_the_example_config_parses_and_is_small():
     assert len(plan.cells) == 4 and "policy_search:4" in plan.selectors
     est = estimate(plan)
     assert 0 < est["total"] < 100_000 and est["training"] > 0
+
+
+# --- the reference experiment's pieces: transfer cells, one rollout store per task, results.md ------
+
+
+def write_transfer_plan(tmp_path: Path, data_root: Path, monkeypatch, *, extra_agent: str = "") -> Path:
+    monkeypatch.setenv("RL_SELECT_DATA", str(data_root))
+    path = tmp_path / "ref.toml"
+    path.write_text(f"""
+# a tiny reference grid
+selectors = ["zero_shot", "random", "random_search:3", "policy", "policy_search:2"]
+seeds = [0, 1]
+
+[base]
+task = "sst2"
+cache = "{tmp_path / 'cache.sqlite'}"
+out = "{tmp_path / 'runs'}"
+k = 2
+
+[base.splits]
+n_pool = 5
+n_val = 6
+n_test = 8
+train_pool = 30
+
+[base.selectors.args."random_search:3"]
+n_prompts = 3
+
+[base.mdp]
+n_candidates = 5
+feature_set = "table_labelled"
+reward = "terminal"
+
+[base.agent]
+episodes = 4
+train_steps = 16
+hidden = [8]
+rollout_seed = 0
+val_episodes = 0
+{extra_agent}
+
+[grid]
+task = ["sst2", "subj", "cb"]
+train_tasks = ["self", "others"]
+""")
+    return path
+
+
+def test_train_tasks_self_and_others_resolve_per_cell(tmp_path, data_root, monkeypatch):
+    plan = load_plan(write_transfer_plan(tmp_path, data_root, monkeypatch))
+    got = {(c.values["task"], c.values["train_tasks"]): c.cfg.train_tasks for c in plan.cells}
+    assert got[("sst2", "self")] == ["sst2"] and got[("sst2", "others")] == ["subj", "cb"]
+    assert got[("cb", "others")] == ["sst2", "subj"]
+    doc = {"base": {"task": "sst2"}, "grid": {"train_tasks": ["others"]}}
+    with pytest.raises(ConfigError, match="'others' needs a \\[grid\\] task list"):
+        ablate.plan_from_dict(doc)
+
+
+def test_labelled_entries_cost_their_own_arguments(tmp_path, data_root, monkeypatch):
+    plan = load_plan(write_transfer_plan(tmp_path, data_root, monkeypatch))
+    rows = {r["selector"]: r for r in estimate(plan)["rows"] if r["seed"] == 0 and r["cell"].startswith("task=sst2")}
+    V, P = 6, 5
+    assert rows["random_search:3"]["select"] == 3 * V
+    assert rows["policy"]["select"] == P + V  # table features: the pool's and val's table rows, no prompt
+    assert rows["policy_search:2"]["select"] == 2 * (P + V + V)
+
+
+def test_one_store_per_task_serves_every_seed_and_the_transfer_cells(tmp_path, data_root, monkeypatch):
+    path = write_transfer_plan(tmp_path, data_root, monkeypatch)
+    plan = load_plan(path)
+    est = estimate(plan)
+    per_task = 4 * 6 + 30 + 6  # 4 terminal episodes of V rows, plus the one-off table of train_pool + val
+    assert est["training"] == 3 * per_task  # three stores, each counted once over 6 cells x 2 seeds
+    folder = tmp_path / "runs" / "ref"
+    res = invoke(str(path), "--run-dir", str(folder))
+    assert res.exit_code == 0, res.output
+    rows = read_rows(folder / "results.csv")
+    assert len(rows) == 6 * 2 * 5 and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows][:3]
+    stores = sorted((tmp_path / "runs" / "rollouts").glob("*.jsonl"))
+    assert len(stores) == 3 and all(len(RolloutStore(p)) == 4 for p in stores)
+    transfer = [r for r in rows if r["train_tasks"] is not None and r["selector"] == "policy"]
+    assert len(transfer) == 6
+    assert all(r["task"] not in r["train_tasks"] and len(r["train_tasks"]) == 2 for r in transfer)
+    # each store is collected once (by the first cell that needs it), then every training reads it
+    trained = [r for r in rows if r["selector"] == "policy"]
+    spending = [r for r in trained if r["train_queries"]]
+    assert [(r["cell"], r["seed"]) for r in spending] == [("task=sst2, train_tasks=self", 0),
+                                                          ("task=sst2, train_tasks=others", 0)]
+    collected = sum(e.lm_queries for p in stores for e in RolloutStore(p).load())
+    assert sum(r["train_queries"] for r in trained) == collected > 0
+    # baselines are the same rows in the self and others cells of a task (the cache answers the second)
+    base = {(r["task"], r["seed"], r["train_tasks"] is None): r for r in rows if r["selector"] == "random"}
+    assert all(base[(t, s, True)]["test_acc"] == base[(t, s, False)]["test_acc"] for t, s, _ in base)
+    # the policies of two seeds differ only by the training seed: same data
+    docs = [json.loads(p.read_text()) for p in sorted((folder / "training").glob("*.json"))]
+    assert len(docs) == 12 and all(d["policy"] for d in docs)
+
+    # docs/results.md from the folder: headline, targets, every cell
+    out_file = tmp_path / "results.md"
+    res = runner.invoke(app, ["results", str(folder), "--out", str(out_file)])
+    assert res.exit_code == 0, res.output
+    text = out_file.read_text()
+    for needle in ("| policy (seen) |", "| policy (transfer) |", "| policy_search:2 (transfer) |",
+                   "| sst2 | subj | cb | average |", "Transfer policy vs random", "Training LM rows for cb",
+                   "native bf16"):
+        assert needle in text, needle
+    head = text[text.index("## Headline"):text.index("## Targets")]
+    zs = [ln for ln in head.splitlines() if ln.startswith("| zero_shot |")][0]
+    assert zs.count("±") == 4  # three tasks and the average, each over 2 seeds
+
+
+def test_results_refuses_a_folder_without_results(tmp_path):
+    res = runner.invoke(app, ["results", str(tmp_path)])
+    one_line_error(res, str(tmp_path), "ablate.toml")
+
+
+def test_a_rollout_count_reads_a_prefix_of_a_larger_store(tmp_path, data_root, monkeypatch):
+    from rl_select.experiments.training import build_task_envs, load_rollouts
+
+    path = write_transfer_plan(tmp_path, data_root, monkeypatch)
+    plan = load_plan(path)
+    cell = plan.cells[0]
+    Runner(plan, tmp_path / "runs" / "x").train(cell, 0)  # collects 4 episodes
+    cfg = cell.cfg.updated(seeds=[1], episodes=2)
+    envs = build_task_envs(cfg, toy_scorer_factory(cfg))
+    got = load_rollouts(cfg, envs)
+    assert [e.episode for e in got] == [0, 1]

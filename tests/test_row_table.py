@@ -82,7 +82,7 @@ def _rows_per_call(feature_set: str, reward: str, *, k: int = 3, n: int = 6, n_v
     return rows, one_off
 
 
-@pytest.mark.parametrize("feature_set,reward", [(f, r) for f in ("active", "labelled", "zeroshot", "table")
+@pytest.mark.parametrize("feature_set,reward", [(f, r) for f in FEATURE_SETS
                                                  for r in ("marginal", "terminal")])
 def test_lm_rows_per_step_match_the_declared_cost(feature_set, reward):
     k, n, n_val = 3, 6, 8
@@ -96,7 +96,7 @@ def test_lm_rows_per_step_match_the_declared_cost(feature_set, reward):
         assert one_off == 0 and sum(rows) == cost["per_episode"]
     if feature_set == "zeroshot":
         assert rows[1:] == [n_val] * k  # only the validation queries under the prompt
-    if feature_set == "table":
+    if feature_set in ("table", "table_labelled"):
         assert rows[1:] == ([n_val] * k if reward == "marginal" else [0] * (k - 1) + [n_val])
 
 
@@ -218,3 +218,26 @@ def test_offline_agent_trains_from_a_table_store_and_its_policy_selects(cfg):
     env = envs[0].env
     demos = res.policy.select(list(env.pool[:6]), scorer=envs[0].scorer, val=list(env.val), force=True)
     assert len(demos) == cfg.k
+
+
+def test_table_labelled_features_read_the_candidates_labels_and_the_table():
+    env = toy_env(feature_set="table_labelled", reward="terminal", k=3, n_candidates=6, n_labels=3)
+    obs, _ = env.reset(seed=0)
+    spec = env.feature_spec
+    assert (spec.state_dim, spec.cand_dim) == (7, 14)
+    names = spec.cand_names
+    cands = obs["candidates"]
+    assert np.all(cands[:, names.index("under_represented")] == 1.0)  # nothing chosen yet
+    pool = env.candidates
+    first = int(np.flatnonzero(env.action_masks())[0])
+    obs, *_ = env.step(first)
+    cands = obs["candidates"]
+    same = np.array([p.label == pool[first].label for p in pool], dtype=np.float32)
+    np.testing.assert_array_equal(cands[:, names.index("same_as_last")], same)
+    np.testing.assert_array_equal(cands[:, names.index("same_label_share")], same)
+    np.testing.assert_array_equal(cands[:, names.index("under_represented")], 1.0 - same)
+    gold_p = cands[:, names.index("zs_gold_prob")]
+    assert np.all((gold_p >= 0) & (gold_p <= 1))
+    state = obs["state"]
+    assert state[spec.state_names.index("label_balance")] == 0.0  # one demo: one label
+    assert state[spec.state_names.index("chosen_zs_gold_prob")] == pytest.approx(gold_p[first])

@@ -59,8 +59,14 @@ GRID_KEYS: dict[str, str] = {
     "allow_stop": "STOP allowed", "min_len": "fewest demos before STOP",
     "agent": "learner", "episodes": "rollout count (offline) / episodes (tabular)",
     "train_steps": "gradient / env steps", "hidden": "Q-network hidden widths", "train_tasks": "transfer tasks",
+    "cql_alpha": "CQL weight", "val_episodes": "offline checkpoint check (0: held-out TD loss)",
+    "rollout_seed": "seed of the rollouts (None: each seed's own)",
 }
 """Keys a ``[grid]`` may vary (flat config keys, :data:`~rl_select.experiments.config.FLAT_KEYS`)."""
+
+TRAIN_TASK_WORDS = ("self", "others")
+"""Values a ``[grid] train_tasks`` may hold besides a task list: ``"self"`` (the cell's task: the seen policy)
+and ``"others"`` (every other ``task`` of the grid: the transfer policy, which never sees the cell's task)."""
 
 TRAINED = ("policy", "policy_search")
 """Selectors that need a policy trained in the cell (``policy``, ``policy_search:M``)."""
@@ -79,56 +85,78 @@ COLUMNS = (
 
 @dataclass(frozen=True)
 class Cost:
-    """A selector's documented cost at selection time, for ``cfg`` (``m``: the number after ``name:``, or None).
+    """A selector's documented cost at selection time, for ``cfg`` and its ``selectors`` entry ``name``.
 
     Attributes:
-        rows: Estimated LM query rows to select.
-        labelled: Labelled examples the selector reads (demos shown, val labels scored), beyond training.
+        rows: ``rows(cfg, name)``: estimated LM query rows to select.
+        labelled: ``labelled(cfg, name)``: labelled examples the selector reads (demos shown, val labels
+            scored), beyond training.
         note: The formula, as the dry run prints it.
     """
 
-    rows: Callable[[RunConfig, Any], int]
-    labelled: Callable[[RunConfig, Any], int]
+    rows: Callable[[RunConfig, str], int]
+    labelled: Callable[[RunConfig, str], int]
     note: str
 
 
-def _greedy_rows(cfg: RunConfig, _: Any) -> int:
-    mc = cfg.selectors.args.get("greedy", {}).get("max_candidates")
+def _args(cfg: RunConfig, name: str) -> dict[str, Any]:
+    """The selector arguments of entry ``name`` (``[selectors.args."NAME:LABEL"]`` over ``[selectors.args.NAME]``)."""
+    return {**cfg.selectors.args.get(selector_kind(name), {}), **cfg.selectors.args.get(name, {})}
+
+
+def _greedy_rows(cfg: RunConfig, name: str) -> int:
+    mc = _args(cfg, name).get("max_candidates")
     p = cfg.splits.n_pool
     return sum(min(p - j, mc or p) for j in range(cfg.k)) * cfg.splits.n_val
 
 
-def _n_prompts(cfg: RunConfig) -> int:
-    return int(cfg.selectors.args.get("random_search", {}).get("n_prompts", 8))
+def _n_prompts(cfg: RunConfig, name: str) -> int:
+    return int(_args(cfg, name).get("n_prompts", 8))
 
 
 def _active(cfg: RunConfig) -> bool:
     return cfg.mdp.feature_set == "active"
 
 
-def _policy_labels(cfg: RunConfig, m: int) -> int:
+def _table(cfg: RunConfig) -> bool:
+    from rl_select.mdp.features import FeatureSpec
+
+    return FeatureSpec(cfg.mdp.feature_set).uses_table
+
+
+def _policy_rows(cfg: RunConfig) -> int:
+    """One greedy rollout: ``k x (P + V)`` for the prompt-scoring sets, ``P + V`` table rows once for the table sets."""
+    p, v = cfg.splits.n_pool, cfg.splits.n_val
+    if not _table(cfg):
+        return cfg.k * (p + v)
+    return p + v + (cfg.k * v if cfg.mdp.feature_set == "zeroshot" else 0)
+
+
+def _policy_labels(cfg: RunConfig, name: str) -> int:
+    m = selector_m(name)
     return (min(cfg.splits.n_pool, m * cfg.k) if _active(cfg) else cfg.splits.n_pool) + cfg.splits.n_val
 
 
 COSTS: dict[str, Cost] = {
-    "zero_shot": Cost(lambda c, m: 0, lambda c, m: 0, "0"),
-    "random": Cost(lambda c, m: 0, lambda c, m: c.k, "0"),
-    "knn": Cost(lambda c, m: 0, lambda c, m: c.splits.n_pool, "0 (embedder, no LM)"),
-    "max_entropy": Cost(lambda c, m: sum(c.splits.n_pool - j for j in range(c.k)), lambda c, m: c.k,
+    "zero_shot": Cost(lambda c, n: 0, lambda c, n: 0, "0"),
+    "random": Cost(lambda c, n: 0, lambda c, n: c.k, "0"),
+    "knn": Cost(lambda c, n: 0, lambda c, n: c.splits.n_pool, "0 (embedder, no LM)"),
+    "max_entropy": Cost(lambda c, n: sum(c.splits.n_pool - j for j in range(c.k)), lambda c, n: c.k,
                         "sum_j (P - j), j < k"),
-    "random_search": Cost(lambda c, m: _n_prompts(c) * c.splits.n_val,
-                          lambda c, m: min(c.splits.n_pool, _n_prompts(c) * c.k) + c.splits.n_val, "n_prompts x V"),
-    "greedy": Cost(_greedy_rows, lambda c, m: c.splits.n_pool + c.splits.n_val,
+    "random_search": Cost(lambda c, n: _n_prompts(c, n) * c.splits.n_val,
+                          lambda c, n: min(c.splits.n_pool, _n_prompts(c, n) * c.k) + c.splits.n_val,
+                          "n_prompts x V"),
+    "greedy": Cost(_greedy_rows, lambda c, n: c.splits.n_pool + c.splits.n_val,
                    "sum_j min(P - j, max_candidates) x V, j < k"),
-    "policy": Cost(lambda c, m: c.k * (c.splits.n_pool + c.splits.n_val),
-                   lambda c, m: (c.k if _active(c) else c.splits.n_pool) + (0 if _active(c) else c.splits.n_val),
-                   "k x (P + V)"),
-    "policy_search": Cost(lambda c, m: m * c.k * (c.splits.n_pool + c.splits.n_val) + m * c.splits.n_val,
-                          _policy_labels, "M x k x (P + V) + M x V"),
+    "policy": Cost(lambda c, n: _policy_rows(c),
+                   lambda c, n: (c.k if _active(c) else c.splits.n_pool) + (0 if _active(c) else c.splits.n_val),
+                   "k x (P + V); table sets: P + V table rows"),
+    "policy_search": Cost(lambda c, n: selector_m(n) * (_policy_rows(c) + c.splits.n_val),
+                          _policy_labels, "M x (policy + V)"),
 }
 """Selection cost per selector (P: pool, V: val, k). A selector without an entry is estimated at ``P x V``."""
 
-DEFAULT_COST = Cost(lambda c, m: c.splits.n_pool * c.splits.n_val, lambda c, m: c.splits.n_pool + c.splits.n_val,
+DEFAULT_COST = Cost(lambda c, n: c.splits.n_pool * c.splits.n_val, lambda c, n: c.splits.n_pool + c.splits.n_val,
                     "P x V (no COSTS entry)")
 
 
@@ -138,26 +166,46 @@ def _offline_evals(cfg: RunConfig) -> int:
     return steps // interval + (1 if steps % interval else 0)
 
 
-def training_rows(cfg: RunConfig) -> int:
+def training_rows(cfg: RunConfig, counted: set[str] | None = None) -> int:
     """Estimated LM query rows to train ``cfg.agent`` for one cell and seed (N candidates, V val, k).
 
-    An episode is ``k + 1`` feature calls (reset and every step) of ``N + V`` rows each:
+    An episode costs :meth:`~rl_select.mdp.features.FeatureSpec.lm_rows` (``(k + 1) x (N + V)`` for
+    ``active`` / ``labelled``; ``V`` for a table set with the terminal reward), plus, for the table sets,
+    the one-off table of the ``train_pool`` rows and val:
 
-    * ``offline``: ``(episodes + 3 x evals) x (k + 1) x (N + V)``: the collected rollouts, plus the agent's
-      greedy validation (3 episodes at each of its ``evals`` checkpoints, about 8);
-    * ``dqn``: ``train_steps x (1 + 1/k) x (N + V)`` (one call per env step, plus resets);
-    * ``tabular``: ``episodes x (k + 1) x (N + V)``.
+    * ``offline``: per training task, the rollouts its store still lacks (``episodes`` minus those held; a
+      store in ``counted`` was already counted by another cell or seed, so it costs nothing again), plus
+      the agent's greedy validation (``val_episodes`` episodes at each of its ``evals`` checkpoints, about
+      8; none with ``val_episodes = 0``);
+    * ``dqn``: ``train_steps / k`` episodes;
+    * ``tabular``: ``episodes`` episodes.
 
-    Upper bounds before the cache: a STOP shortens episodes, and shared rollout stores are collected once.
+    Upper bounds before the cache: a STOP shortens episodes.
     """
-    per_call = cfg.n_candidates + cfg.splits.n_val
-    per_episode = (cfg.k + 1) * per_call
+    from rl_select.mdp.features import FeatureSpec
+
+    spec = FeatureSpec(cfg.mdp.feature_set)
+    per_episode = spec.lm_rows(cfg.n_candidates, cfg.splits.n_val, reward=cfg.mdp.reward, k=cfg.k)["per_episode"]
+    one_off = (cfg.splits.train_pool + cfg.splits.n_val) if spec.uses_table else 0
     name = cfg.agent.name
     if name == "offline":
-        return (cfg.agent.episodes + 3 * _offline_evals(cfg)) * per_episode * len(cfg.train_tasks)
+        from agents.rollouts import RolloutStore
+        from rl_select.experiments.training import store_path
+
+        rows = cfg.agent.val_episodes * _offline_evals(cfg) * per_episode
+        for task in cfg.train_tasks:
+            path = store_path(cfg, task)
+            if counted is not None:
+                if str(path) in counted:
+                    continue
+                counted.add(str(path))
+            held = len(RolloutStore(path)) if path.is_file() else 0
+            missing = max(0, cfg.agent.episodes - held)
+            rows += missing * per_episode + (one_off if missing else 0)
+        return rows
     if name == "dqn":
-        return math.ceil(cfg.agent.train_steps * (1 + 1 / max(cfg.k, 1))) * per_call
-    return cfg.agent.episodes * per_episode
+        return math.ceil(cfg.agent.train_steps / max(cfg.k, 1)) * per_episode + one_off
+    return cfg.agent.episodes * per_episode + one_off
 
 
 def training_labels(cfg: RunConfig, n_train: int | None = None) -> int:
@@ -249,6 +297,23 @@ def load_plan(path: str | Path) -> Plan:
     return plan_from_dict(doc, where=where, source=source)
 
 
+def _cell_values(values: Mapping[str, Any], grid: Mapping[str, list[Any]], base: RunConfig, where: str
+                 ) -> dict[str, Any]:
+    """A cell's config keys: ``train_tasks = "self" | "others"`` resolved against the cell's task and the grid's."""
+    out = dict(values)
+    word = out.get("train_tasks")
+    if word == "self":
+        out["train_tasks"] = None
+    elif word == "others":
+        task = out.get("task", base.task)
+        others = [t for t in grid.get("task", [base.task]) if t != task]
+        if not others:
+            raise ConfigError(f"{where}: [grid] train_tasks = 'others' needs a [grid] task list with another "
+                              f"task than {task!r}")
+        out["train_tasks"] = others
+    return out
+
+
 def plan_from_dict(doc: Mapping[str, Any], *, where: str = "ablate config", source: str = "") -> Plan:
     """:func:`load_plan` on a parsed document."""
     unknown = sorted(set(doc) - set(FORMAT_KEYS))
@@ -280,7 +345,7 @@ def plan_from_dict(doc: Mapping[str, Any], *, where: str = "ablate config", sour
         values = dict(zip(keys, combo))
         label = ", ".join(f"{k}={_text(v)}" for k, v in values.items()) or "base"
         try:
-            cfg = base.updated(**values, seeds=list(seeds))
+            cfg = base.updated(**_cell_values(values, grid, base, where), seeds=list(seeds))
         except ConfigError as exc:
             raise ConfigError(f"{where}: cell [{label}] is not a valid run: {exc}") from None
         cells.append(Cell(cell_id(values), label, values, cfg))
@@ -296,6 +361,8 @@ def _text(v: Any) -> str:
 def _check_value(base: RunConfig, key: str, value: Any, where: str) -> None:
     from rl_select.tasks import resolve_task
 
+    if key == "train_tasks" and value in TRAIN_TASK_WORDS:
+        return  # resolved per cell (:func:`_cell_values`)
     try:
         if key == "task":
             resolve_task(value)
@@ -334,7 +401,7 @@ def estimate(plan: Plan, done: set[tuple[str, int, str]] | None = None) -> dict[
     """Estimated LM query rows of the plan's units (those not in ``done``) and training runs.
 
     Per row: ``select`` (:data:`COSTS`) plus evaluation ``T + V`` (test rows, and val for a fixed prompt);
-    per cell and seed with a trained selector: :func:`training_rows`, counted once.
+    per cell and seed with a trained selector: :func:`training_rows`, each rollout store counted once.
 
     Returns:
         ``{"rows": [{cell_id, cell, seed, selector, select, eval, train}], "training": rows, "selection": rows,
@@ -342,7 +409,7 @@ def estimate(plan: Plan, done: set[tuple[str, int, str]] | None = None) -> dict[
     """
     done = done or set()
     sizes: dict[tuple, int] = {}
-    rows, trained = [], set()
+    rows, trained, stores = [], set(), set()
     for cell, seed, name in plan.units:
         if (cell.id, seed, name) in done:
             continue
@@ -350,10 +417,10 @@ def estimate(plan: Plan, done: set[tuple[str, int, str]] | None = None) -> dict[
         train = 0
         if selector_kind(name) in TRAINED and (cell.id, seed) not in trained:
             trained.add((cell.id, seed))
-            train = training_rows(cfg)
+            train = training_rows(cfg.updated(seeds=[seed]), stores)
         per_query = selector_kind(name) == "knn"
         rows.append({"cell_id": cell.id, "cell": cell.label, "seed": seed, "selector": name,
-                     "select": int(_cost(name).rows(cfg, selector_m(name))),
+                     "select": int(_cost(name).rows(cfg, name)),
                      "eval": _test_rows(cfg, sizes) + (0 if per_query else cfg.splits.n_val), "train": train})
     totals = {k: sum(r[k] for r in rows) for k in ("train", "select", "eval")}
     return {"rows": rows, "training": totals["train"], "selection": totals["select"], "evaluation": totals["eval"],
@@ -537,10 +604,10 @@ class Runner:
         kind, m = selector_kind(name), selector_m(name)
         cfg = cell.cfg
         row: dict[str, Any] = {"cell_id": cell.id, "cell": cell.label, "seed": seed, "selector": name,
-                               "est_select_queries": int(_cost(name).rows(cfg, m)),
+                               "est_select_queries": int(_cost(name).rows(cfg, name)),
                                **{k: self._setting(cfg, k) for k in GRID_KEYS}}
         t0 = time.perf_counter()
-        labelled = _cost(name).labelled(cfg, m)
+        labelled = _cost(name).labelled(cfg, name)
         try:
             args = {n: dict(a) for n, a in cfg.selectors.args.items()}
             if kind in TRAINED:

@@ -142,6 +142,11 @@ class AgentConfig:
         hidden: Hidden widths of the candidate-scoring Q-network.
         train_tasks: Tasks to train on at once (transfer); ``None``: the run's task.
         store: Rollout store path (``None``: ``<out>/rollouts/<task>-<env settings>.jsonl``).
+        cql_alpha: Weight of the offline agent's CQL regulariser (0: plain offline DQN).
+        val_episodes: The offline agent's checkpoint choice: greedy episodes in the training env per check
+            (they query the LM for their reward), or 0 for the held-out TD objective (no LM).
+        rollout_seed: Seed of the rollouts (and of their pool / reward split); ``None``: the run's seed.
+            Pinning it lets every seed of a grid, and every transfer policy, learn from one store per task.
     """
 
     name: str = "offline"
@@ -150,6 +155,9 @@ class AgentConfig:
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     train_tasks: list[str] | None = None
     store: str | None = None
+    cql_alpha: float = 1.0
+    val_episodes: int = 3
+    rollout_seed: int | None = None
 
     def validate(self) -> None:
         from agents import AGENTS
@@ -158,6 +166,11 @@ class AgentConfig:
             raise ConfigError(f"agent.name={self.name!r}; expected one of {list(AGENTS)}")
         _positive("agent.episodes", self.episodes)
         _positive("agent.train_steps", self.train_steps)
+        _positive("agent.val_episodes", self.val_episodes, minimum=0)
+        if not isinstance(self.cql_alpha, (int, float)) or isinstance(self.cql_alpha, bool) or self.cql_alpha < 0:
+            raise ConfigError(f"agent.cql_alpha={self.cql_alpha!r}; expected a number >= 0")
+        if self.rollout_seed is not None:
+            _positive("agent.rollout_seed", self.rollout_seed, minimum=0)
         if not self.hidden or not all(isinstance(h, int) and h > 0 for h in self.hidden):
             raise ConfigError(f"agent.hidden={self.hidden!r}; expected positive layer widths, e.g. [64, 64]")
 
@@ -201,6 +214,8 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     **{f.name: ("mdp", f.name) for f in dataclasses.fields(MDPConfig)},
     "agent": ("agent", "name"), "episodes": ("agent", "episodes"), "train_steps": ("agent", "train_steps"),
     "hidden": ("agent", "hidden"), "train_tasks": ("agent", "train_tasks"), "store": ("agent", "store"),
+    "cql_alpha": ("agent", "cql_alpha"), "val_episodes": ("agent", "val_episodes"),
+    "rollout_seed": ("agent", "rollout_seed"),
     "executor": ("executor", "kind"), "ray_address": ("executor", "address"), "workers": ("executor", "workers"),
 }
 """Flat key (older config files, command-line flags) -> ``(table, key)``."""
@@ -261,6 +276,11 @@ class RunConfig:
     def n_candidates(self) -> int:
         """Candidates per MDP episode: ``mdp.n_candidates`` or, unset, ``splits.n_pool``."""
         return self.mdp.n_candidates or self.splits.n_pool
+
+    @property
+    def rollout_seed(self) -> int:
+        """The seed rollouts are collected with: ``agent.rollout_seed`` or ``seeds[0]``."""
+        return self.seeds[0] if self.agent.rollout_seed is None else int(self.agent.rollout_seed)
 
     @property
     def train_tasks(self) -> list[str]:

@@ -51,7 +51,7 @@ def build_task_envs(cfg: RunConfig, scorer_for: Callable[[Any], CachedScorer], *
     reward split the same ``cfg.splits.n_val`` rows the evaluation harness uses for this seed (``make_splits``
     draws val first); test rows are never seen.
     """
-    seed = cfg.seeds[0] if seed is None else seed
+    seed = cfg.rollout_seed if seed is None else seed
     out = []
     for task in cfg.train_tasks:
         spec = resolve_task(task)
@@ -133,7 +133,7 @@ def store_path(cfg: RunConfig, task: str) -> Path:
     key = {"model": lm.model, "mode": lm.mode, "calibrate": lm.calibrate, "k": cfg.k, "n_val": sp.n_val,
            "train_pool": sp.train_pool, "feature_set": mdp.feature_set, "reward": mdp.reward,
            "allow_stop": mdp.allow_stop, "min_len": mdp.min_len, "stratify": sp.stratify,
-           "task": task, "n_candidates": cfg.n_candidates, "seed": cfg.seeds[0]}
+           "task": task, "n_candidates": cfg.n_candidates, "seed": cfg.rollout_seed}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     base = Path(cfg.agent.store).parent if cfg.agent.store else Path(cfg.out) / "rollouts"
     return base / f"{task}-N{cfg.n_candidates}-k{cfg.k}-{cfg.mdp.feature_set}-{cfg.mdp.reward}-{digest}.jsonl"
@@ -171,14 +171,14 @@ def collect_rollouts(cfg: RunConfig, executor: Executor, *, progress: Callable[[
     policy's episodes), and episodes are written in index order, so every executor writes the same bytes.
 
     Args:
-        cfg: The run config (``episodes`` per task, ``seeds[0]``, the stores).
+        cfg: The run config (``episodes`` per task, the seed ``cfg.rollout_seed``, the stores).
         executor: Where the episodes run; started only if some are missing.
         progress: Called with a line after each written episode.
 
     Returns:
         Per task: ``task``, ``store``, ``episodes`` (held), ``written`` (by this call), LM spend (``lm_*``).
     """
-    seed, tasks = cfg.seeds[0], []
+    seed, tasks = cfg.rollout_seed, []
     for name in cfg.train_tasks:  # bad input fails here, before a worker starts
         spec = resolve_task(name)
         load_task(spec, data=cfg.data if name == cfg.task else None)
@@ -207,10 +207,11 @@ def collect_rollouts(cfg: RunConfig, executor: Executor, *, progress: Callable[[
 
 
 def load_rollouts(cfg: RunConfig, task_envs: Sequence[TaskEnv]) -> list[Episode]:
-    """Every stored episode of every training task."""
+    """The first ``cfg.agent.episodes`` stored episodes of every training task (a larger store serves a
+    smaller rollout count: the rollout-count ablation reads prefixes of one store)."""
     episodes: list[Episode] = []
     for te in task_envs:
-        episodes += RolloutStore(store_path(cfg, te.task)).load()
+        episodes += RolloutStore(store_path(cfg, te.task)).load()[: cfg.agent.episodes]
     return episodes
 
 
@@ -255,11 +256,13 @@ def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, progress: bool 
         episodes = load_rollouts(cfg, task_envs)
         if not episodes:
             raise ConfigError("no rollouts to learn from; run `rl-select collect` with the same settings first")
+        n_val = cfg.agent.val_episodes
         agent = OfflineCQLAgent(hidden=cfg.agent.hidden, gradient_steps=cfg.agent.train_steps, seed=seed,
-                                eval_interval=max(1, cfg.agent.train_steps // 8), eval_episodes=3)
-        agent.learn(episodes, env=task_envs[0].env, progress=progress)
+                                cql_alpha=cfg.agent.cql_alpha, eval_interval=max(1, cfg.agent.train_steps // 8),
+                                eval_episodes=max(1, n_val))
+        agent.learn(episodes, env=task_envs[0].env if n_val else None, progress=progress)
         curve = [(h["step"], h["score"]) for h in agent.summary["history"]]
-        label = "greedy validation return"
+        label = "greedy validation return" if n_val else "minus held-out TD objective"
     lm = ScorerStats()
     for te, b in zip(task_envs, before):
         lm = add_stats(lm, te.scorer.stats - b)

@@ -61,12 +61,28 @@ idx   name                  value
 8     mean_cos              mean cosine similarity to the chosen demos (0 if none)            [-1, 1]
 ====  ====================  ==========================================================================
 
+Candidate, ``kind="table_labelled"`` (14): the nine ``table`` columns, then
+
+====  ====================  ==========================================================================
+idx   name                  value (reads the CANDIDATE's own gold label; no val label, no LM)
+====  ====================  ==========================================================================
+9     same_label_share      share of chosen demos with its label (0 if none chosen)           [0, 1]
+10    under_represented     1 if count_same / max(step, 1) < 1 / L (1 if none chosen)         {0, 1}
+11    zs_gold_prob          zero-shot probability of its gold label (table)                   [0, 1]
+12    zs_wrong              1 if the zero-shot arg-max label differs from its gold label      {0, 1}
+13    same_as_last          1 if its label equals the last chosen demo's (0 if none)          {0, 1}
+====  ====================  ==========================================================================
+
+State, ``kind="table_labelled"`` (7): the five ``table`` features, then ``label_balance`` (entropy of the
+chosen demos' label counts / log L, 0 if none) and ``chosen_zs_gold_prob`` (their mean zero-shot gold
+probability, 0 if none).
+
 State, ``kind="zeroshot"``: the six ``active`` state features (val under the current prompt; the empty
 prompt's val rows come from the table). State, ``kind="table"`` (5, no LM): ``step_frac``,
 ``chosen_zs_entropy`` and ``chosen_zs_max`` (means over the chosen demos of their zero-shot entropy / max
 probability, 0 if none), ``chosen_length`` (mean length), ``chosen_mean_cos`` (mean pairwise cosine
-similarity of the chosen demos, 0 below two). Both are label-free. LM rows under the prompt per step:
-``active`` / ``labelled`` N + V, ``zeroshot`` V, ``table`` 0 (val only when the reward reads it:
+similarity of the chosen demos, 0 below two). Both are label-free (``table_labelled`` is not: see above). LM rows under the prompt per step:
+``active`` / ``labelled`` N + V, ``zeroshot`` V, ``table`` / ``table_labelled`` 0 (val only when the reward reads it:
 :meth:`FeatureSpec.lm_rows`). ``FeatureResult.pool_logprobs`` of the table sets are the zero-shot ones.
 
 ``L`` is the number of labels. Label distributions are the scorer's log-probs renormalised over the
@@ -92,11 +108,12 @@ from rl_select.mdp.table import RowTable
 from rl_select.metrics import label_ids
 from rl_select.types import Example
 
-FEATURE_SETS: tuple[str, ...] = ("active", "labelled", "zeroshot", "table")
+FEATURE_SETS: tuple[str, ...] = ("active", "labelled", "zeroshot", "table", "table_labelled")
 """Known feature-set kinds: ``"active"`` (label-free, Zhang et al. 2022), ``"labelled"``, ``"zeroshot"``
-(candidate features from the one-off row table, val under the prompt) and ``"table"`` (no LM for features)."""
+(candidate features from the one-off row table, val under the prompt), ``"table"`` (no LM for features) and
+``"table_labelled"`` (``table`` plus the candidates' own labels: label balance, zero-shot gold probability)."""
 
-TABLE_SETS: tuple[str, ...] = ("zeroshot", "table")
+TABLE_SETS: tuple[str, ...] = ("zeroshot", "table", "table_labelled")
 """Feature sets whose candidate features come from the one-off :class:`~rl_select.mdp.table.RowTable`."""
 
 FEATURE_VERSION = 1
@@ -113,6 +130,8 @@ _LABELLED_CAND = ("same_label_share", "under_represented", "max_cos", "mean_cos"
 _TABLE_CAND = ("zs_entropy", "zs_max_prob", "zs_min_prob", "zs_std_prob", "zs_log_mass", "chosen", "length",
                "max_cos", "mean_cos")
 _TABLE_STATE = ("step_frac", "chosen_zs_entropy", "chosen_zs_max", "chosen_length", "chosen_mean_cos")
+_TABLE_LABELLED_CAND = ("same_label_share", "under_represented", "zs_gold_prob", "zs_wrong", "same_as_last")
+_TABLE_LABELLED_STATE = ("label_balance", "chosen_zs_gold_prob")
 
 
 @dataclass(frozen=True)
@@ -141,18 +160,23 @@ class FeatureSpec:
         """Name of each state feature, in index order."""
         if self.kind == "table":
             return _TABLE_STATE
+        if self.kind == "table_labelled":
+            return _TABLE_STATE + _TABLE_LABELLED_STATE
         return _ACTIVE_STATE + (_LABELLED_STATE if self.kind == "labelled" else ())
 
     @property
     def cand_names(self) -> tuple[str, ...]:
         """Name of each candidate feature, in index order."""
+        if self.kind == "table_labelled":
+            return _TABLE_CAND + _TABLE_LABELLED_CAND
         if self.kind in TABLE_SETS:
             return _TABLE_CAND
         return _ACTIVE_CAND + (_LABELLED_CAND if self.kind == "labelled" else ())
 
     @property
     def uses_table(self) -> bool:
-        """Whether the candidate features come from the one-off row table (``zeroshot``, ``table``)."""
+        """Whether the candidate features come from the one-off row table (``zeroshot``, ``table``,
+        ``table_labelled``)."""
         return self.kind in TABLE_SETS
 
     @property
@@ -160,10 +184,10 @@ class FeatureSpec:
         """Which rows the features score under the current prompt, at every step after the empty prompt.
 
         ``("candidates", "val")`` for ``active`` / ``labelled``, ``("val",)`` for ``zeroshot``, ``()`` for
-        ``table`` (its features read only the table; the reward may still score val, see :meth:`lm_rows`).
-        The empty prompt's rows are read from the table by the table sets.
+        ``table`` / ``table_labelled`` (their features read only the table; the reward may still score val,
+        see :meth:`lm_rows`). The empty prompt's rows are read from the table by the table sets.
         """
-        if self.kind == "table":
+        if self.kind in ("table", "table_labelled"):
             return ()
         return ("val",) if self.kind == "zeroshot" else ("candidates", "val")
 
@@ -199,12 +223,12 @@ class FeatureSpec:
 
     @property
     def state_dim(self) -> int:
-        """Length of the state vector (6 active / zeroshot, 7 labelled, 5 table)."""
+        """Length of the state vector (6 active / zeroshot, 7 labelled, 5 table, 7 table_labelled)."""
         return len(self.state_names)
 
     @property
     def cand_dim(self) -> int:
-        """Length of each candidate's vector (6 active, 11 labelled, 9 zeroshot / table)."""
+        """Length of each candidate's vector (6 active, 11 labelled, 9 zeroshot / table, 14 table_labelled)."""
         return len(self.cand_names)
 
     def to_dict(self) -> dict[str, Any]:
@@ -471,6 +495,10 @@ class Featurizer:
         else:
             max_cos = mean_cos = np.zeros(n)
         cands = np.concatenate([zs, flags[:, None], length[:, None], max_cos[:, None], mean_cos[:, None]], axis=1)
+        extra_state: list[float] = []
+        if self.spec.kind == "table_labelled":
+            cols, extra_state = self._label_columns(pool, pool_lp, idx)
+            cands = np.concatenate([cands, cols], axis=1)
         if self.spec.kind == "zeroshot" or need_val:
             val_lp, val_acc = self._val_under(demos)
         else:
@@ -487,6 +515,7 @@ class Featurizer:
                      float(length[idx].mean()), float(off)]
         else:
             state = [0.0, 0.0, 0.0, 0.0, 0.0]
+        state += extra_state
         return FeatureResult(
             state=np.asarray(state, dtype=np.float32),
             candidates=cands.astype(np.float32),
@@ -494,6 +523,29 @@ class Featurizer:
             val_logprobs=val_lp,
             val_acc=val_acc,
         )
+
+    def _label_columns(self, pool: tuple[Example, ...], pool_lp: np.ndarray, idx: np.ndarray
+                       ) -> tuple[np.ndarray, list[float]]:
+        """The ``table_labelled`` additions: ``(candidate columns (n, 5), [label_balance, chosen_zs_gold_prob])``.
+
+        They read the candidates' own gold labels (a demonstration shows its label anyway) and their
+        zero-shot log-probs from the table; never a validation label and no LM call.
+        """
+        n, step = len(pool), idx.size
+        gold = label_ids(self.labels, pool)
+        probs = np.exp(pool_lp - np.logaddexp.reduce(pool_lp, axis=1, keepdims=True))
+        gold_p = probs[np.arange(n), gold]
+        wrong = (pool_lp.argmax(axis=1) != gold).astype(np.float64)
+        counts = np.bincount(gold[idx], minlength=self.n_labels).astype(np.float64)
+        if step:
+            same = counts[gold] / step
+            under = (same < 1.0 / self.n_labels).astype(np.float64)
+            last = (gold == gold[idx[-1]]).astype(np.float64)
+            state = [_norm_entropy(counts / step, self._log_n), float(gold_p[idx].mean())]
+        else:
+            same, under, last = np.zeros(n), np.ones(n), np.zeros(n)
+            state = [0.0, 0.0]
+        return np.stack([same, under, gold_p, wrong, last], axis=1), state
 
     def _pool_arrays(self, pool: tuple[Example, ...]) -> tuple[np.ndarray, np.ndarray]:
         """``(embeddings (n, d), gold label ids (n,))`` of the pool, reused while the pool is unchanged."""

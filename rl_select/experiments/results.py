@@ -1,0 +1,251 @@
+"""``docs/results.md`` from the reference experiment's run folder (and any ablation folders): one command.
+
+The reference run folder is an ``rl-select ablate`` folder whose grid is ``task`` x ``train_tasks =
+["self", "others"]`` (``configs/reference.toml``): the ``self`` cell of a task holds the baselines and the
+policy trained on that task (seen); the ``others`` cell holds the policy trained on the other tasks
+(transfer). Everything printed is read from ``results.csv``, the folder's ``ablate.toml`` and the rollout
+stores the cells trained from; nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rl_select.errors import ConfigError
+from rl_select.experiments.ablate import TRAINED, Plan, load_plan, read_rows, selector_kind, summarise, summary_markdown
+
+ZHANG_LM_PASSES = 1_700_000
+"""Zhang, Feng & Tan (2022): LM passes per task to collect their 2,000 random episodes (no cache)."""
+
+LABEL_FREE = ("zero_shot", "random", "knn", "max_entropy")
+"""Baselines that never read the labelled validation split."""
+
+TRANSFER_GAIN = 0.06
+"""Target: the transfer policy beats random by this much, averaged over the tasks."""
+
+SEARCH_SHARE = 0.25
+"""Target: policy-guided search spends at most this share of best-of-16's LM rows at selection time."""
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of the headline table: a selector entry of the seen (``self``) or transfer (``others``) cells."""
+
+    label: str
+    selector: str
+    cells: str  # "self" | "others"
+    labels: str  # what the selector reads at selection time
+
+
+def _lines(selectors: Sequence[str]) -> list[Line]:
+    out = []
+    for name in selectors:
+        if selector_kind(name) in TRAINED:
+            reads = "pool labels" if selector_kind(name) == "policy" else "pool + val labels"
+            out.append(Line(f"{name} (seen)", name, "self", reads))
+            out.append(Line(f"{name} (transfer)", name, "others", reads))
+        else:
+            reads = "none" if name == "zero_shot" else ("pool labels" if name in LABEL_FREE else "pool + val labels")
+            out.append(Line(name, name, "self", reads))
+    free = [x for x in out if selector_kind(x.selector) in LABEL_FREE or x.selector == "policy"]
+    return free + [x for x in out if x not in free]
+
+
+def _word(value: Any, task: str) -> str:
+    """``self`` or ``others`` for a row's resolved ``train_tasks``."""
+    if value in (None, "", "None"):
+        return "self"
+    tasks = value if isinstance(value, list) else [value]
+    return "self" if list(tasks) == [task] else "others"
+
+
+def _per_seed(rows: Sequence[Mapping[str, Any]], line: Line, tasks: Sequence[str]
+              ) -> dict[str, dict[int, Mapping[str, Any]]]:
+    """``{task: {seed: row}}`` of the ok rows of one line."""
+    out: dict[str, dict[int, Mapping[str, Any]]] = {t: {} for t in tasks}
+    for r in rows:
+        task = str(r.get("task"))
+        if r["selector"] != line.selector or r["status"] != "ok" or task not in out:
+            continue
+        if _word(r.get("train_tasks"), task) != line.cells and selector_kind(line.selector) in TRAINED:
+            continue
+        out[task].setdefault(int(r["seed"]), r)
+    return out
+
+
+def _fmt(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    a = 100 * np.asarray(values, dtype=float)
+    return f"{a.mean():.1f} ± {a.std(ddof=1):.1f}" if len(a) > 1 else f"{a.mean():.1f}"
+
+
+def headline(rows: Sequence[Mapping[str, Any]], plan: Plan) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The headline Markdown table and, per line label, its figures (for the targets).
+
+    The average column averages the tasks within each seed, then gives mean ± std over the seeds that
+    every task has.
+    """
+    tasks = list(plan.grid.get("task", [plan.base.task]))
+    head = ["| selector | labels read at selection | LM rows at selection (mean per task) | "
+            + " | ".join(tasks) + " | average |", "|---|---|---|" + "---|" * (len(tasks) + 1)]
+    figures: dict[str, dict[str, Any]] = {}
+    for line in _lines(plan.selectors):
+        by = _per_seed(rows, line, tasks)
+        cols = [_fmt([float(r["test_acc"]) for r in by[t].values()]) for t in tasks]
+        common = sorted(set.intersection(*(set(by[t]) for t in tasks))) if tasks else []
+        avg = [float(np.mean([float(by[t][s]["test_acc"]) for t in tasks])) for s in common]
+        sel = [float(r["select_queries"]) for t in tasks for r in by[t].values() if r.get("select_queries") is not None]
+        rows_mean = float(np.mean(sel)) if sel else None
+        figures[line.label] = {"avg": float(np.mean(avg)) if avg else None, "avg_seeds": avg,
+                               "select_rows": rows_mean, "complete": len(common) > 0,
+                               "per_task": {t: [float(r["test_acc"]) for r in by[t].values()] for t in tasks}}
+        head.append(f"| {line.label} | {line.labels} | {'-' if rows_mean is None else f'{rows_mean:,.0f}'} | "
+                    + " | ".join(cols) + f" | {_fmt(avg)} |")
+    return head, figures
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured yet" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def targets(figures: Mapping[str, Mapping[str, Any]], train_rows: Mapping[str, int]) -> list[str]:
+    """The issue's targets, each with its figures and whether it is met."""
+    def avg(label: str) -> float | None:
+        f = figures.get(label)
+        return None if f is None else f["avg"]
+
+    out = []
+    tr, rnd = avg("policy (transfer)"), avg("random")
+    ok = None if tr is None or rnd is None else tr - rnd >= TRANSFER_GAIN
+    gain = "-" if ok is None else f"{100 * (tr - rnd):+.1f} points"
+    out.append(f"- Transfer policy vs random, averaged over the tasks: {gain} (target ≥ +{100 * TRANSFER_GAIN:.0f}): "
+               f"{_verdict(ok)}.")
+    for base in ("zero_shot", "knn", "max_entropy"):
+        b = avg(base)
+        ok = None if tr is None or b is None else tr > b
+        diff = "-" if ok is None else f"{100 * (tr - b):+.1f} points"
+        out.append(f"- Transfer policy vs {base}: {diff} (target > 0): {_verdict(ok)}.")
+    best16 = figures.get("random_search:16")
+    for which in ("seen", "transfer"):
+        for m in (4, 2):
+            ps = figures.get(f"policy_search:{m} ({which})")
+            if ps is None or best16 is None or ps["avg"] is None or best16["avg"] is None:
+                continue
+            share = (ps["select_rows"] or 0) / best16["select_rows"] if best16["select_rows"] else float("nan")
+            ok = ps["avg"] > best16["avg"] and share <= SEARCH_SHARE
+            out.append(f"- policy_search:{m} ({which}) vs best-of-16 random search: "
+                       f"{100 * (ps['avg'] - best16['avg']):+.1f} points at {share:.0%} of its LM rows "
+                       f"(target > 0 at ≤ {SEARCH_SHARE:.0%}): {_verdict(ok)}.")
+    for task, n in train_rows.items():
+        out.append(f"- Training LM rows for {task}: {n:,} (rollout collection, one-off table included) vs Zhang et "
+                   f"al.'s ~{ZHANG_LM_PASSES:,} passes (target ≤ {ZHANG_LM_PASSES // 10:,}): "
+                   f"{_verdict(n <= ZHANG_LM_PASSES // 10)}.")
+    return out
+
+
+def training_rows_by_task(plan: Plan) -> dict[str, int]:
+    """LM query rows spent collecting each task's rollout store (``lm_queries`` summed over its episodes)."""
+    from rl_select.experiments.training import store_path
+
+    out: dict[str, int] = {}
+    for cell in plan.cells:
+        if not plan.trains:
+            break
+        for task in cell.cfg.train_tasks:
+            path = store_path(cell.cfg.updated(seeds=[plan.seeds[0]]), task)
+            if task in out or not path.is_file():
+                continue
+            total = 0
+            with path.open() as fh:
+                for line in fh:
+                    if line.strip():
+                        total += int(json.loads(line).get("lm_queries") or 0)
+            out[task] = total
+    return out
+
+
+def machine() -> str:
+    """CPU model, cores and whether it has native bf16 (``/proc/cpuinfo``)."""
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        for line in info.splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line
+    except OSError:
+        pass
+    import os
+
+    return f"{model}, {os.cpu_count()} cores, native bf16: {'yes' if 'avx512_bf16' in flags else 'no'}"
+
+
+def render(run_dir: Path, ablations: Sequence[Path] = ()) -> str:
+    """The whole ``docs/results.md`` text."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "ablate.toml").is_file() or not (run_dir / "results.csv").is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not an ablate run folder with results; expected ablate.toml and "
+                          "results.csv (run `rl-select ablate configs/reference.toml --run-dir DIR` first)")
+    plan = load_plan(run_dir / "ablate.toml")
+    rows = read_rows(run_dir / "results.csv")
+    table, figures = headline(rows, plan)
+    train = training_rows_by_task(plan)
+    done = {(r["cell_id"], int(r["seed"]), r["selector"]) for r in rows}
+    pending = sum(1 for c, s, n in plan.units if (c.id, s, n) not in done)
+    lm = sum(int(float(r.get(k) or 0)) for r in rows for k in ("select_queries", "eval_queries"))
+    seconds = sum(float(r.get("seconds") or 0) for r in rows)
+    cfg = plan.base
+    lines = [
+        "# Results: the reference experiment",
+        "",
+        "Regenerate this file: `rl-select results " + str(run_dir)
+        + "".join(f" --ablation {a}" for a in ablations) + " --out docs/results.md`.",
+        "",
+        f"- Commands: `rl-select ablate configs/reference.toml --run-dir {run_dir}` (resumable: rerun it to "
+        "continue), then the line above. The config is the run folder's `ablate.toml`.",
+        f"- Protocol: {cfg.lm.model} LM, calibrate={cfg.lm.calibrate}, mode={cfg.lm.mode}; k={cfg.k}; candidate "
+        f"pool {cfg.splits.n_pool}, reward-validation {cfg.splits.n_val}, test {cfg.splits.n_test} held-out rows; "
+        f"seeds {plan.seeds}. Policies: agent {cfg.agent.name}, {cfg.agent.episodes} random episodes per task "
+        f"(N={cfg.n_candidates} candidates from {cfg.splits.train_pool} train rows, rollout seed "
+        f"{cfg.rollout_seed}), feature set {cfg.mdp.feature_set}, reward {cfg.mdp.reward}, STOP "
+        f"{'allowed' if cfg.mdp.allow_stop else 'off'}, {cfg.agent.train_steps} gradient steps, CQL weight "
+        f"{cfg.agent.cql_alpha}.",
+        f"- Machine: {machine()}.",
+        f"- Rows: {len(rows)} of {len(plan.units)} in results.csv ({pending} still to run); LM query rows at "
+        f"selection + evaluation {lm:,} (cache hits included); training (rollouts) {sum(train.values()):,}; wall "
+        f"time of the rows {seconds / 60:.1f} min (rollout collection not included).",
+        "",
+        "## Headline: test accuracy (%), mean ± std over seeds",
+        "",
+        "*seen*: the policy trained on that task's rollouts; *transfer*: trained on the other tasks' rollouts only "
+        "(it never saw the task). The labelled validation split is read only by the search selectors.",
+        "",
+        *table,
+        "",
+        "## Targets",
+        "",
+        *targets(figures, train),
+        "",
+        "## Every cell",
+        "",
+        summary_markdown(summarise(rows)),
+    ]
+    for folder in ablations:
+        folder = Path(folder)
+        sub_rows = read_rows(folder / "results.csv")
+        title = folder.name
+        if (folder / "ablate.toml").is_file():
+            first = (folder / "ablate.toml").read_text().splitlines()[:1]
+            title = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else title
+        lines += [f"## Ablation: {title}", "", f"Run folder `{folder}`; config `{folder / 'ablate.toml'}`.", "",
+                  summary_markdown(summarise(sub_rows))]
+    return "\n".join(lines).rstrip() + "\n"
