@@ -108,3 +108,20 @@ def test_sampling_respects_the_mask_with_stop(tmp_path):
     for s in range(10):
         demos = pol.select(pool, scorer=ToyScorer(TASK), val=val, temperature=100.0, rng=np.random.default_rng(s))
         assert 2 <= len(demos) <= 4 and len({d.uid for d in demos}) == len(demos)
+
+
+def test_table_policies_ask_for_the_pool_rows_once_across_proposals(tmp_path):
+    spec = FeatureSpec("table_labelled")
+    torch.manual_seed(0)
+    qnet = CandidateQNet(spec.state_dim, spec.cand_dim, (8,))
+    path = SelectorPolicy(qnet, feature_spec=spec, k=3, task=TASK, scorer_spec=None,
+                          scorer_fingerprint=ToyScorer(TASK).fingerprint, training={}).save(tmp_path / "t.safetensors")
+    rows = {}
+    for m in (1, 4):
+        ctx = _ctx()
+        sel = make_selector("policy_search", path=str(path), m=m, temperature=0.5)
+        sel.select(ctx)
+        rows[m] = ctx.scorer.stats.queries
+        distinct = len({tuple(p) for p in sel.last_search_info["proposals"]})
+        # the table (10 pool + 12 val rows) once, then each distinct proposal's val rows
+        assert rows[m] == 10 + 12 + distinct * 12, (m, rows[m], distinct)

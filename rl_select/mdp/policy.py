@@ -45,6 +45,7 @@ from rl_select.mdp.artifacts import (
 from rl_select.mdp.episode import ActFn, EpisodeRule, SelectionEpisode, run_episode
 from rl_select.mdp.features import FeatureSpec, Featurizer
 from rl_select.mdp.qnet import CandidateQNet, masked_q
+from rl_select.mdp.table import RowTable
 from rl_select.prompts import render_prompt
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example, is_int
@@ -126,6 +127,17 @@ class SelectorPolicy:
         self.allow_stop = bool(allow_stop)
         self.min_len = int(min_len)
         self.last_selection_info: dict[str, Any] | None = None
+        self._table: tuple[Any, Any, RowTable] | None = None  # (scorer, embedder, its row table), reused
+
+    def _row_table(self, scorer: Scorer, embedder: Embedder | None) -> RowTable | None:
+        """The one-off row table of a table feature set, kept across :meth:`select` calls with the same scorer
+        and embedder (so M proposals of policy-guided search ask the LM for the pool's rows once)."""
+        if not self.feature_spec.uses_table:
+            return None
+        if self._table is None or self._table[0] is not scorer or self._table[1] is not embedder:
+            table = RowTable(scorer) if embedder is None else RowTable(scorer, embedder=embedder)
+            self._table = (scorer, embedder, table)
+        return self._table[2]
 
     def __repr__(self) -> str:
         model = self.scorer_spec.model if self.scorer_spec else self.scorer_fingerprint
@@ -313,8 +325,9 @@ class SelectorPolicy:
             raise SelectionError("temperature > 0 samples actions; expected an rng (numpy Generator)")
         self.check_scorer(scorer, force=force)
         rule = EpisodeRule(n_candidates=len(pool_t), k=k, allow_stop=self.allow_stop, min_len=min(self.min_len, k))
-        episode = SelectionEpisode(pool_t, Featurizer(self.feature_spec, scorer, val=val, embedder=embedder), rule,
-                                   reward=None)
+        featurizer = Featurizer(self.feature_spec, scorer, val=val, embedder=embedder,
+                                table=self._row_table(scorer, embedder))
+        episode = SelectionEpisode(pool_t, featurizer, rule, reward=None)
         stats = getattr(scorer, "stats", None)
         before = stats.copy() if hasattr(stats, "copy") else None
         steps: list[dict[str, Any]] = []
