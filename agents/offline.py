@@ -50,9 +50,13 @@ from rl_select.mdp.qnet import CandidateQNet, masked_q
 
 Batch = dict[str, Tensor]
 
+Q_TARGETS: tuple[str, ...] = ("td", "mc")
+"""Regression targets of the offline agent: the TD bootstrap, or the logged Monte-Carlo return-to-go."""
+
 
 def cql_dqn_loss(
-    qnet: CandidateQNet, target_net: CandidateQNet, b: Batch, *, gamma: float, cql_alpha: float, loss: str = "l1"
+    qnet: CandidateQNet, target_net: CandidateQNet, b: Batch, *, gamma: float, cql_alpha: float, loss: str = "l1",
+    target: str = "td",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The offline objective on one batch.
 
@@ -64,16 +68,23 @@ def cql_dqn_loss(
         gamma: Discount.
         cql_alpha: Weight of the CQL term.
         loss: ``"l1"`` or ``"smooth_l1"``.
+        target: ``"td"``: the masked max bootstrap above; ``"mc"``: the logged return-to-go ``b["rtg"]``
+            (the value of the logging policy, so the greedy policy is one step of policy improvement over
+            it; no bootstrap, so every step of a terminal-reward episode learns from its final reward
+            at once).
 
     Returns:
         ``(total, td, cql)`` scalars.
     """
     with torch.no_grad():
-        next_q = target_net(b["next_state"], b["next_cands"])
-        target = masked_td_target(b["reward"], b["done"], next_q, b["next_mask"], gamma)
+        if target == "mc":
+            goal = b["rtg"]
+        else:
+            next_q = target_net(b["next_state"], b["next_cands"])
+            goal = masked_td_target(b["reward"], b["done"], next_q, b["next_mask"], gamma)
     q = qnet(b["state"], b["cands"])  # (B, N + 1)
     q_data = q.gather(1, b["action"].unsqueeze(1)).squeeze(1)
-    td = F.l1_loss(q_data, target) if loss == "l1" else F.smooth_l1_loss(q_data, target)
+    td = F.l1_loss(q_data, goal) if loss == "l1" else F.smooth_l1_loss(q_data, goal)
     cql = (torch.logsumexp(masked_q(q, b["mask"]), dim=1) - q_data).mean()
     return td + cql_alpha * cql, td, cql
 
@@ -122,12 +133,15 @@ class OfflineCQLAgent(QNetAgent):
         eval_episodes: int = 8,
         eval_seed: int = 10_000,
         loss: str = "l1",
+        target: str = "td",
         max_grad_norm: float = 10.0,
         seed: int = 0,
         device: str = "cpu",
     ) -> None:
         if loss not in ("l1", "smooth_l1"):
             raise ValueError(f"loss={loss!r}; expected 'l1' or 'smooth_l1'")
+        if target not in Q_TARGETS:
+            raise ValueError(f"target={target!r}; expected one of {list(Q_TARGETS)}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
         for nm, v in (("batch_size", batch_size), ("gradient_steps", gradient_steps),
@@ -147,6 +161,7 @@ class OfflineCQLAgent(QNetAgent):
         self.eval_episodes = int(eval_episodes)
         self.eval_seed = int(eval_seed)
         self.loss = loss
+        self.target = target
         self.max_grad_norm = max_grad_norm
         self.seed = int(seed)
         self.device = device
@@ -160,7 +175,7 @@ class OfflineCQLAgent(QNetAgent):
             "batch_size": self.batch_size, "gradient_steps": self.gradient_steps, "cql_alpha": self.cql_alpha,
             "gamma": self.gamma, "target_update_interval": self.target_update_interval,
             "eval_interval": self.eval_interval, "val_fraction": self.val_fraction,
-            "eval_episodes": self.eval_episodes, "eval_seed": self.eval_seed, "loss": self.loss,
+            "eval_episodes": self.eval_episodes, "eval_seed": self.eval_seed, "loss": self.loss, "target": self.target,
             "max_grad_norm": self.max_grad_norm, "seed": self.seed, "device": self.device,
         }
 
@@ -236,7 +251,7 @@ class OfflineCQLAgent(QNetAgent):
                     return 0.0
                 with torch.no_grad():
                     total, _, _ = cql_dqn_loss(qnet, target_net, val, gamma=self.gamma, cql_alpha=self.cql_alpha,
-                                               loss=self.loss)
+                                               loss=self.loss, target=self.target)
                 return -float(total)
 
             best_score, best_step, best_state = -float("inf"), 0, copy.deepcopy(qnet.state_dict())
@@ -245,7 +260,7 @@ class OfflineCQLAgent(QNetAgent):
                 idx = torch.randint(n_train, (self.batch_size,), generator=gen).to(self.device)
                 batch = {k: v[idx] for k, v in train.items()}
                 loss, td, cql = cql_dqn_loss(qnet, target_net, batch, gamma=self.gamma, cql_alpha=self.cql_alpha,
-                                             loss=self.loss)
+                                             loss=self.loss, target=self.target)
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(qnet.parameters(), self.max_grad_norm)

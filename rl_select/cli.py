@@ -148,6 +148,7 @@ OPTIONS: dict[str, Any] = {
     "cql_alpha": _opt(float, help="Offline agent: weight of the CQL regulariser (0: plain offline DQN)."),
     "val_episodes": _opt(int, help="Offline agent: greedy episodes per checkpoint check (LM reward); "
                                    "0: held-out TD objective, no LM."),
+    "q_target": _opt(str, help="Offline agent: td (bootstrapped max) | mc (logged return-to-go)."),
     "rollout_seed": _opt(int, help="Seed of the rollouts and their pool / reward split (default: the run's "
                                    "first seed)."),
     # [executor]
@@ -165,7 +166,7 @@ RUN = ("task", "data", "k", "seeds", "n_pool", "n_val", "n_test", "cache", "out"
 LM = ("model", "backend", "base_url", "dtype", "mode", "calibrate", "length_norm")
 EXECUTOR = ("executor", "ray_address", "workers")
 MDP = ("train_tasks", "train_pool", "n_candidates", "feature_set", "reward", "allow_stop", "min_len")
-AGENT = ("agent", "episodes", "train_steps", "hidden", "store", "cql_alpha", "val_episodes", "rollout_seed")
+AGENT = ("agent", "episodes", "train_steps", "hidden", "store", "cql_alpha", "val_episodes", "q_target", "rollout_seed")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML run config; flags override it.")]
 DataOpt = OPTIONS["data"]

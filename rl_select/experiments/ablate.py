@@ -60,7 +60,7 @@ GRID_KEYS: dict[str, str] = {
     "agent": "learner", "episodes": "rollout count (offline) / episodes (tabular)",
     "train_steps": "gradient / env steps", "hidden": "Q-network hidden widths", "train_tasks": "transfer tasks",
     "cql_alpha": "CQL weight", "val_episodes": "offline checkpoint check (0: held-out TD loss)",
-    "rollout_seed": "seed of the rollouts (None: each seed's own)",
+    "rollout_seed": "seed of the rollouts (None: each seed's own)", "q_target": "offline target (td | mc)",
 }
 """Keys a ``[grid]`` may vary (flat config keys, :data:`~rl_select.experiments.config.FLAT_KEYS`)."""
 

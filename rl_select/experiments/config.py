@@ -145,6 +145,8 @@ class AgentConfig:
         cql_alpha: Weight of the offline agent's CQL regulariser (0: plain offline DQN).
         val_episodes: The offline agent's checkpoint choice: greedy episodes in the training env per check
             (they query the LM for their reward), or 0 for the held-out TD objective (no LM).
+        q_target: The offline agent's regression target: ``td`` (bootstrapped max) or ``mc`` (the logged
+            return-to-go: the random policy's value, improved on greedily).
         rollout_seed: Seed of the rollouts (and of their pool / reward split); ``None``: the run's seed.
             Pinning it lets every seed of a grid, and every transfer policy, learn from one store per task.
     """
@@ -157,6 +159,7 @@ class AgentConfig:
     store: str | None = None
     cql_alpha: float = 1.0
     val_episodes: int = 3
+    q_target: str = "td"
     rollout_seed: int | None = None
 
     def validate(self) -> None:
@@ -171,6 +174,10 @@ class AgentConfig:
             raise ConfigError(f"agent.cql_alpha={self.cql_alpha!r}; expected a number >= 0")
         if self.rollout_seed is not None:
             _positive("agent.rollout_seed", self.rollout_seed, minimum=0)
+        from agents.offline import Q_TARGETS
+
+        if self.q_target not in Q_TARGETS:
+            raise ConfigError(f"agent.q_target={self.q_target!r}; expected one of {list(Q_TARGETS)}")
         if not self.hidden or not all(isinstance(h, int) and h > 0 for h in self.hidden):
             raise ConfigError(f"agent.hidden={self.hidden!r}; expected positive layer widths, e.g. [64, 64]")
 
@@ -215,7 +222,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "agent": ("agent", "name"), "episodes": ("agent", "episodes"), "train_steps": ("agent", "train_steps"),
     "hidden": ("agent", "hidden"), "train_tasks": ("agent", "train_tasks"), "store": ("agent", "store"),
     "cql_alpha": ("agent", "cql_alpha"), "val_episodes": ("agent", "val_episodes"),
-    "rollout_seed": ("agent", "rollout_seed"),
+    "rollout_seed": ("agent", "rollout_seed"), "q_target": ("agent", "q_target"),
     "executor": ("executor", "kind"), "ray_address": ("executor", "address"), "workers": ("executor", "workers"),
 }
 """Flat key (older config files, command-line flags) -> ``(table, key)``."""
