@@ -411,6 +411,21 @@ def test_one_store_per_task_serves_every_seed_and_the_transfer_cells(tmp_path, d
     zs = [ln for ln in head.splitlines() if ln.startswith("| zero_shot |")][0]
     assert zs.count("±") == 4  # three tasks and the average, each over 2 seeds
 
+    # an ablation folder: one lever, its table per value, averaged over the tasks
+    lever = tmp_path / "lever.toml"
+    lever.write_text(path.read_text().replace('selectors = ["zero_shot", "random", "random_search:3", "policy", '
+                                              '"policy_search:2"]', 'selectors = ["policy"]')
+                     .replace('# a tiny reference grid', '# Ablation: rollout count')
+                     .replace('train_tasks = ["self", "others"]', 'train_tasks = ["others"]\nepisodes = [2]'))
+    res = invoke(str(lever), "--run-dir", str(tmp_path / "runs" / "lever"))
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["results", str(folder), "--ablation", str(tmp_path / "runs" / "lever"),
+                              "--out", str(out_file)])
+    assert res.exit_code == 0, res.output
+    text = out_file.read_text()
+    assert "## Ablation: rollout count" in text and "| selector | episodes | sst2 | subj | cb | average |" in text
+    assert [ln for ln in text.splitlines() if ln.startswith("| policy | 2 |")][0].count("±") == 4
+
 
 def test_results_refuses_a_folder_without_results(tmp_path):
     res = runner.invoke(app, ["results", str(tmp_path)])

@@ -80,11 +80,13 @@ def _per_seed(rows: Sequence[Mapping[str, Any]], line: Line, tasks: Sequence[str
     return out
 
 
-def _fmt(values: Sequence[float]) -> str:
+def _fmt(values: Sequence[float], n_seeds: int = 0) -> str:
+    """``mean ± std`` in %, with ``(n of N seeds)`` when fewer than the plan's ``n_seeds`` are done."""
     if not values:
         return "-"
     a = 100 * np.asarray(values, dtype=float)
-    return f"{a.mean():.1f} ± {a.std(ddof=1):.1f}" if len(a) > 1 else f"{a.mean():.1f}"
+    text = f"{a.mean():.1f} ± {a.std(ddof=1):.1f}" if len(a) > 1 else f"{a.mean():.1f}"
+    return text + (f" ({len(a)} of {n_seeds} seeds)" if len(a) < n_seeds else "")
 
 
 def headline(rows: Sequence[Mapping[str, Any]], plan: Plan) -> tuple[list[str], dict[str, dict[str, Any]]]:
@@ -99,7 +101,7 @@ def headline(rows: Sequence[Mapping[str, Any]], plan: Plan) -> tuple[list[str], 
     figures: dict[str, dict[str, Any]] = {}
     for line in _lines(plan.selectors):
         by = _per_seed(rows, line, tasks)
-        cols = [_fmt([float(r["test_acc"]) for r in by[t].values()]) for t in tasks]
+        cols = [_fmt([float(r["test_acc"]) for r in by[t].values()], len(plan.seeds)) for t in tasks]
         common = sorted(set.intersection(*(set(by[t]) for t in tasks))) if tasks else []
         avg = [float(np.mean([float(by[t][s]["test_acc"]) for t in tasks])) for s in common]
         sel = [float(r["select_queries"]) for t in tasks for r in by[t].values() if r.get("select_queries") is not None]
@@ -108,7 +110,7 @@ def headline(rows: Sequence[Mapping[str, Any]], plan: Plan) -> tuple[list[str], 
                                "select_rows": rows_mean, "complete": len(common) > 0,
                                "per_task": {t: [float(r["test_acc"]) for r in by[t].values()] for t in tasks}}
         head.append(f"| {line.label} | {line.labels} | {'-' if rows_mean is None else f'{rows_mean:,.0f}'} | "
-                    + " | ".join(cols) + f" | {_fmt(avg)} |")
+                    + " | ".join(cols) + f" | {_fmt(avg, len(plan.seeds))} |")
     return head, figures
 
 
@@ -189,6 +191,28 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, native bf16: {'yes' if 'avx512_bf16' in flags else 'no'}"
 
 
+def lever_table(rows: Sequence[Mapping[str, Any]], plan: Plan) -> list[str]:
+    """Per selector and value of the grid keys other than ``task`` / ``train_tasks``: test accuracy per task and
+    averaged over the tasks (within each seed, then mean ± std over seeds)."""
+    tasks = list(plan.grid.get("task", [plan.base.task]))
+    levers = [k for k in plan.grid if k not in ("task", "train_tasks")]
+    groups: dict[tuple, dict[str, dict[int, float]]] = {}
+    for r in rows:
+        if r["status"] != "ok" or str(r.get("task")) not in tasks:
+            continue
+        key = (r["selector"], *(json.dumps(r.get(k)) for k in levers))
+        groups.setdefault(key, {t: {} for t in tasks})[str(r["task"])][int(r["seed"])] = float(r["test_acc"])
+    head = ["| selector | " + " | ".join(levers) + " | " + " | ".join(tasks) + " | average |",
+            "|---|" + "---|" * len(levers) + "---|" * (len(tasks) + 1)]
+    for key, by in groups.items():
+        common = sorted(set.intersection(*(set(by[t]) for t in tasks)))
+        avg = [float(np.mean([by[t][s] for t in tasks])) for s in common]
+        head.append(f"| {key[0]} | " + " | ".join(key[1:]) + " | "
+                    + " | ".join(_fmt(list(by[t].values()), len(plan.seeds)) for t in tasks)
+                    + f" | {_fmt(avg, len(plan.seeds))} |")
+    return head
+
+
 def render(run_dir: Path, ablations: Sequence[Path] = ()) -> str:
     """The whole ``docs/results.md`` text."""
     run_dir = Path(run_dir)
@@ -244,8 +268,10 @@ def render(run_dir: Path, ablations: Sequence[Path] = ()) -> str:
         sub_rows = read_rows(folder / "results.csv")
         title = folder.name
         if (folder / "ablate.toml").is_file():
-            first = (folder / "ablate.toml").read_text().splitlines()[:1]
+            first = [ln for ln in (folder / "ablate.toml").read_text().splitlines() if ln.strip()][:1]
             title = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else title
-        lines += [f"## Ablation: {title}", "", f"Run folder `{folder}`; config `{folder / 'ablate.toml'}`.", "",
-                  summary_markdown(summarise(sub_rows))]
+        sub_plan = load_plan(folder / "ablate.toml")
+        lines += [f"## {title}", "", f"Run folder `{folder}`; command `rl-select ablate {folder / 'ablate.toml'} "
+                  f"--run-dir {folder}`. Test accuracy (%), mean ± std over seeds:", "",
+                  *lever_table(sub_rows, sub_plan), ""]
     return "\n".join(lines).rstrip() + "\n"
