@@ -120,6 +120,7 @@ def test_normalisation_ranges(kind):
         "zs_entropy": (0, 1), "zs_max_prob": (0, 1), "zs_min_prob": (0, 1), "zs_std_prob": (0, 0.5),
         "zs_log_mass": (-1, 0), "length": (0, 1), "chosen_zs_entropy": (0, 1), "chosen_zs_max": (0, 1),
         "chosen_length": (0, 1), "chosen_mean_cos": (-1, 1),
+        "zs_gold_prob": (0, 1), "zs_wrong": (0, 1), "same_as_last": (0, 1), "chosen_zs_gold_prob": (0, 1),
     }
     for n_labels in (2, 4):
         task, pool, val = _setup(n_labels, 9)

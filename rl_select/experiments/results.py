@@ -274,4 +274,11 @@ def render(run_dir: Path, ablations: Sequence[Path] = ()) -> str:
         lines += [f"## {title}", "", f"Run folder `{folder}`; command `rl-select ablate {folder / 'ablate.toml'} "
                   f"--run-dir {folder}`. Test accuracy (%), mean ± std over seeds:", "",
                   *lever_table(sub_rows, sub_plan), ""]
+    given = {Path(a).name for a in ablations}
+    pending = sorted(p for p in Path("configs").glob("ablate_*.toml") if p.stem != "ablate_example"
+                     and p.stem not in given)
+    if pending:
+        lines += ["## Ablations not run yet", "",
+                  *[f"- `rl-select ablate {p} --run-dir runs/{p.stem}`: "
+                    f"{p.read_text().splitlines()[0].lstrip('# ')}" for p in pending], ""]
     return "\n".join(lines).rstrip() + "\n"
