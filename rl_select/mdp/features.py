@@ -303,6 +303,18 @@ def _distribution_stats(logprobs: np.ndarray, log_n: float) -> tuple[np.ndarray,
     return probs, entropy, mass
 
 
+def _label_shares(gold: np.ndarray, idx: np.ndarray, n_labels: int, log_n: float
+                  ) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(same_label_share (n,), under_represented (n,), label_balance)`` of candidates with gold label ids
+    ``gold`` once the pool indices ``idx`` are chosen (``0``, ``1`` and ``0.0`` while nothing is)."""
+    step = idx.size
+    if not step:
+        return np.zeros(gold.size), np.ones(gold.size), 0.0
+    counts = np.bincount(gold[idx], minlength=n_labels).astype(np.float64)
+    same = counts[gold] / step
+    return same, (same < 1.0 / n_labels).astype(np.float64), _norm_entropy(counts / step, log_n)
+
+
 def _norm_entropy(p: np.ndarray, log_n: float) -> float:
     """Entropy of one distribution ``(L,)`` divided by log L."""
     nz = p[p > 0]
@@ -359,6 +371,8 @@ class Featurizer:
         self._tab_key: tuple[Example, ...] | None = None
         self._tab: tuple[np.ndarray, ...] | None = None
         self._val_zs: tuple[np.ndarray, float] | None = None
+        self._lab_key: tuple[Example, ...] | None = None
+        self._lab: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # --- public API -------------------------------------------------------------------------------
 
@@ -425,15 +439,13 @@ class Featurizer:
 
         if self.spec.kind == "labelled":
             emb, gold = self._pool_arrays(pool_t)
-            counts = np.bincount(gold[idx], minlength=self.n_labels).astype(np.float64)
-            state.append(_norm_entropy(counts / step, self._log_n) if step else 0.0)
-            same = counts[gold]
+            same, under, balance = _label_shares(gold, idx, self.n_labels, self._log_n)
+            state.append(balance)
             if step:
                 sims = emb @ emb[idx].T  # (n, step) cosine similarities
-                cols += [same / step, (same / step < 1.0 / self.n_labels).astype(np.float64),
-                         sims.max(axis=1), sims.mean(axis=1)]
+                cols += [same, under, sims.max(axis=1), sims.mean(axis=1)]
             else:
-                cols += [np.zeros(n), np.ones(n), np.zeros(n), np.zeros(n)]
+                cols += [same, under, np.zeros(n), np.zeros(n)]
             cols.append((pool_lp.argmax(axis=1) != gold).astype(np.float64))
 
         return FeatureResult(
@@ -529,22 +541,21 @@ class Featurizer:
         """The ``table_labelled`` additions: ``(candidate columns (n, 5), [label_balance, chosen_zs_gold_prob])``.
 
         They read the candidates' own gold labels (a demonstration shows its label anyway) and their
-        zero-shot log-probs from the table; never a validation label and no LM call.
+        zero-shot log-probs from the table; never a validation label and no LM call. The per-pool parts
+        (gold ids, zero-shot gold probability and error) are computed once per pool tuple.
         """
-        n, step = len(pool), idx.size
-        gold = label_ids(self.labels, pool)
-        probs = np.exp(pool_lp - np.logaddexp.reduce(pool_lp, axis=1, keepdims=True))
-        gold_p = probs[np.arange(n), gold]
-        wrong = (pool_lp.argmax(axis=1) != gold).astype(np.float64)
-        counts = np.bincount(gold[idx], minlength=self.n_labels).astype(np.float64)
-        if step:
-            same = counts[gold] / step
-            under = (same < 1.0 / self.n_labels).astype(np.float64)
+        if pool is not self._lab_key or self._lab is None:
+            gold = label_ids(self.labels, pool)
+            probs = np.exp(pool_lp - np.logaddexp.reduce(pool_lp, axis=1, keepdims=True))
+            self._lab = (gold, probs[np.arange(len(pool)), gold], (pool_lp.argmax(axis=1) != gold).astype(np.float64))
+            self._lab_key = pool
+        gold, gold_p, wrong = self._lab
+        same, under, balance = _label_shares(gold, idx, self.n_labels, self._log_n)
+        if idx.size:
             last = (gold == gold[idx[-1]]).astype(np.float64)
-            state = [_norm_entropy(counts / step, self._log_n), float(gold_p[idx].mean())]
+            state = [balance, float(gold_p[idx].mean())]
         else:
-            same, under, last = np.zeros(n), np.ones(n), np.zeros(n)
-            state = [0.0, 0.0]
+            last, state = np.zeros(len(pool)), [0.0, 0.0]
         return np.stack([same, under, gold_p, wrong, last], axis=1), state
 
     def _pool_arrays(self, pool: tuple[Example, ...]) -> tuple[np.ndarray, np.ndarray]:
