@@ -10,6 +10,7 @@ stores the cells trained from; nothing is typed in.
 from __future__ import annotations
 
 import json
+import os
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -186,8 +187,6 @@ def machine() -> str:
                 flags = line
     except OSError:
         pass
-    import os
-
     return f"{model}, {os.cpu_count()} cores, native bf16: {'yes' if 'avx512_bf16' in flags else 'no'}"
 
 
