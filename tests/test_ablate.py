@@ -364,15 +364,22 @@ def test_labelled_entries_cost_their_own_arguments(tmp_path, data_root, monkeypa
     rows = {r["selector"]: r for r in estimate(plan)["rows"] if r["seed"] == 0 and r["cell"].startswith("task=sst2")}
     V, P = 6, 5
     assert rows["random_search:3"]["select"] == 3 * V
-    assert rows["policy"]["select"] == P + V  # table features: the pool's and val's table rows, no prompt
-    assert rows["policy_search:2"]["select"] == 2 * (P + V + V)
+    assert rows["policy"]["select"] == P  # table features: the pool's table rows, no prompt
+    assert rows["policy_search:2"]["select"] == P + 2 * V  # the table once, then each proposal on val
+    cfg = plan.cells[0].cfg
+    assert ablate.COSTS["policy"].labelled(cfg, "policy") == P  # the candidates' own labels, no val label
+    assert ablate.COSTS["policy_search"].labelled(cfg, "policy_search:2") == P + V
+    cfg.selectors.args["policy_search:6s"] = {"screen": 2, "keep": 2}
+    assert ablate._search_rows(cfg, "policy_search:6s") == P + 6 * 2 + 2 * (V - 2)  # screened on 2 val rows
+    cfg.selectors.args["policy_search:6s"] = {"screen": V}
+    assert ablate._search_rows(cfg, "policy_search:6s") == P + 6 * V  # a screen of all of val is no screen
 
 
 def test_one_store_per_task_serves_every_seed_and_the_transfer_cells(tmp_path, data_root, monkeypatch):
     path = write_transfer_plan(tmp_path, data_root, monkeypatch)
     plan = load_plan(path)
     est = estimate(plan)
-    per_task = 4 * 6 + 30 + 6  # 4 terminal episodes of V rows, plus the one-off table of train_pool + val
+    per_task = 4 * 6 + 30  # 4 terminal episodes of V rows, plus the one-off table of train_pool (no val rows)
     assert est["training"] == 3 * per_task  # three stores, each counted once over 6 cells x 2 seeds
     folder = tmp_path / "runs" / "ref"
     res = invoke(str(path), "--run-dir", str(folder))

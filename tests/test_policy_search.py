@@ -123,5 +123,42 @@ def test_table_policies_ask_for_the_pool_rows_once_across_proposals(tmp_path):
         sel.select(ctx)
         rows[m] = ctx.scorer.stats.queries
         distinct = len({tuple(p) for p in sel.last_search_info["proposals"]})
-        # the table (10 pool + 12 val rows) once, then each distinct proposal's val rows
-        assert rows[m] == 10 + 12 + distinct * 12, (m, rows[m], distinct)
+        # the table (the 10 pool rows; val is not in a table_labelled table) once, then each distinct
+        # proposal's val rows
+        assert rows[m] == 10 + distinct * 12, (m, rows[m], distinct)
+
+
+def test_screening_scores_every_proposal_on_the_head_and_keeps_the_best_on_all_of_val(policy_file):
+    ctx = _ctx()
+    sel = make_selector("policy_search", path=str(policy_file), m=6, temperature=0.5, screen=4, keep=2)
+    demos = sel.select(ctx)
+    info = sel.last_search_info
+    distinct = {tuple(p) for p in info["proposals"]}
+    full = [a for a in info["val_acc"] if a is not None]
+    assert len({tuple(p) for p, a in zip(info["proposals"], info["val_acc"]) if a is not None}) == min(2, len(distinct))
+    # the kept proposals' val accuracy is their accuracy on all of val (head + rest)
+    by_key = {tuple(p): a for p, a in zip(info["proposals"], info["val_acc"]) if a is not None}
+    pool = ctx.pool
+    for key, acc in by_key.items():
+        assert acc == pytest.approx(accuracy(ToyScorer(TASK), demos=[pool[i] for i in key], examples=ctx.val))
+    assert accuracy(ToyScorer(TASK), demos=demos, examples=ctx.val) == pytest.approx(max(full))
+    # the kept ones are the best on the head (the first 4 val rows)
+    head = {tuple(p): s for p, s in zip(info["proposals"], info["screen_acc"])}
+    worst_kept = min(head[key] for key in by_key)
+    assert all(s <= worst_kept for key, s in head.items() if key not in by_key)
+
+
+def test_screening_spends_fewer_val_rows_than_scoring_every_proposal(policy_file):
+    rows = {}
+    for screen in (None, 4):
+        ctx = _ctx()
+        make_selector("policy_search", path=str(policy_file), m=6, temperature=0.5, screen=screen, keep=2).select(ctx)
+        rows[screen] = ctx.scorer.stats.queries
+    assert rows[4] < rows[None]
+
+
+def test_bad_screening_arguments_are_refused(policy_file):
+    with pytest.raises(SelectionError, match="screen=0"):
+        make_selector("policy_search", path=str(policy_file), screen=0)
+    with pytest.raises(SelectionError, match="keep=0"):
+        make_selector("policy_search", path=str(policy_file), screen=3, keep=0)

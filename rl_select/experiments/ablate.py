@@ -34,6 +34,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -114,10 +115,6 @@ def _n_prompts(cfg: RunConfig, name: str) -> int:
     return int(_args(cfg, name).get("n_prompts", 8))
 
 
-def _active(cfg: RunConfig) -> bool:
-    return cfg.mdp.feature_set == "active"
-
-
 def _table(cfg: RunConfig) -> bool:
     from rl_select.mdp.features import FeatureSpec
 
@@ -125,16 +122,32 @@ def _table(cfg: RunConfig) -> bool:
 
 
 def _policy_rows(cfg: RunConfig) -> int:
-    """One greedy rollout: ``k x (P + V)`` for the prompt-scoring sets, ``P + V`` table rows once for the table sets."""
+    """One greedy rollout: ``k x (P + V)`` for the prompt-scoring sets; the table sets: ``P`` table rows once
+    (``zeroshot``: ``P + V`` table rows and ``k x V`` under the prompts)."""
     p, v = cfg.splits.n_pool, cfg.splits.n_val
     if not _table(cfg):
         return cfg.k * (p + v)
-    return p + v + (cfg.k * v if cfg.mdp.feature_set == "zeroshot" else 0)
+    return p + (v + cfg.k * v if cfg.mdp.feature_set == "zeroshot" else 0)
+
+
+def _search_rows(cfg: RunConfig, name: str) -> int:
+    """``policy_search``: the rollouts (the table sets' table once, reused) plus the proposals' val rows
+    (``M x V``, or ``M x S + K x (V - S)`` with ``screen = S``, ``keep = K``)."""
+    m, v, args = selector_m(name), cfg.splits.n_val, _args(cfg, name)
+    rollouts = _policy_rows(cfg) + (0 if cfg.mdp.feature_set in ("table", "table_labelled")
+                                    else (m - 1) * _policy_rows(cfg))
+    screen, keep = args.get("screen"), int(args.get("keep", 2))
+    if screen is None or int(screen) >= v or m <= keep:
+        return rollouts + m * v
+    return rollouts + m * int(screen) + keep * (v - int(screen))
 
 
 def _policy_labels(cfg: RunConfig, name: str) -> int:
-    m = selector_m(name)
-    return (min(cfg.splits.n_pool, m * cfg.k) if _active(cfg) else cfg.splits.n_pool) + cfg.splits.n_val
+    """Labels a policy reads at selection: the pool's (the labelled sets) or the chosen demos' (label-free
+    sets); ``policy_search`` adds val's."""
+    m, labelled = selector_m(name), cfg.mdp.feature_set in ("labelled", "table_labelled")
+    reads = cfg.splits.n_pool if labelled else min(cfg.splits.n_pool, m * cfg.k)
+    return reads + (cfg.splits.n_val if selector_kind(name) == "policy_search" else 0)
 
 
 COSTS: dict[str, Cost] = {
@@ -148,11 +161,11 @@ COSTS: dict[str, Cost] = {
                           "n_prompts x V"),
     "greedy": Cost(_greedy_rows, lambda c, n: c.splits.n_pool + c.splits.n_val,
                    "sum_j min(P - j, max_candidates) x V, j < k"),
-    "policy": Cost(lambda c, n: _policy_rows(c),
-                   lambda c, n: (c.k if _active(c) else c.splits.n_pool) + (0 if _active(c) else c.splits.n_val),
-                   "k x (P + V); table sets: P + V table rows"),
-    "policy_search": Cost(lambda c, n: selector_m(n) * (_policy_rows(c) + c.splits.n_val),
-                          _policy_labels, "M x (policy + V)"),
+    "policy": Cost(lambda c, n: _policy_rows(c), _policy_labels,
+                   "k x (P + V); table sets: P table rows (zeroshot: P + V, and k x V)"),
+    "policy_search": Cost(_search_rows, _policy_labels,
+                          "M x (policy + V); table sets: the table once + M x V (screen S, keep K: "
+                          "M x S + K x (V - S))"),
 }
 """Selection cost per selector (P: pool, V: val, k). A selector without an entry is estimated at ``P x V``."""
 
@@ -171,7 +184,7 @@ def training_rows(cfg: RunConfig, counted: set[str] | None = None) -> int:
 
     An episode costs :meth:`~rl_select.mdp.features.FeatureSpec.lm_rows` (``(k + 1) x (N + V)`` for
     ``active`` / ``labelled``; ``V`` for a table set with the terminal reward), plus, for the table sets,
-    the one-off table of the ``train_pool`` rows and val:
+    the one-off table of the ``train_pool`` rows (and val's, read by ``zeroshot`` and the marginal reward):
 
     * ``offline``: per training task, the rollouts its store still lacks (``episodes`` minus those held; a
       store in ``counted`` was already counted by another cell or seed, so it costs nothing again), plus
@@ -186,7 +199,8 @@ def training_rows(cfg: RunConfig, counted: set[str] | None = None) -> int:
 
     spec = FeatureSpec(cfg.mdp.feature_set)
     per_episode = spec.lm_rows(cfg.n_candidates, cfg.splits.n_val, reward=cfg.mdp.reward, k=cfg.k)["per_episode"]
-    one_off = (cfg.splits.train_pool + cfg.splits.n_val) if spec.uses_table else 0
+    val_in_table = spec.kind == "zeroshot" or cfg.mdp.reward == "marginal"  # the empty prompt's val rows
+    one_off = (cfg.splits.train_pool + (cfg.splits.n_val if val_in_table else 0)) if spec.uses_table else 0
     name = cfg.agent.name
     if name == "offline":
         from agents.rollouts import RolloutStore
@@ -250,10 +264,15 @@ def selector_kind(name: str) -> str:
     return name.split(":")[0]
 
 
+_PS_LABEL = re.compile(r"(\d+)[a-z_]*")
+"""A ``policy_search`` label: ``M``, optionally followed by letters naming its arguments (``6s``)."""
+
+
 def selector_m(name: str) -> int:
-    """``M`` of ``policy_search:M`` (1 for a ``policy``)."""
+    """``M`` of ``policy_search:M`` (or ``policy_search:M<letters>``, e.g. ``6s``); 1 for a ``policy``."""
     head, _, tail = name.partition(":")
-    return int(tail) if head == "policy_search" else 1
+    match = _PS_LABEL.fullmatch(tail)
+    return int(match.group(1)) if head == "policy_search" and match else 1
 
 
 def cell_id(values: Mapping[str, Any]) -> str:
@@ -272,8 +291,10 @@ def _check_selectors(names: Any, where: str) -> list[str]:
         if kind not in SELECTORS:
             raise ConfigError(f"{where}: selectors entry {name!r} is not a selector; expected one of "
                               f"{sorted(SELECTORS)} (optionally NAME:LABEL; policy_search:M)")
-        if kind == "policy_search" and not (tail.isdigit() and int(tail) >= 1):
-            raise ConfigError(f"{where}: selectors entry {name!r}; expected policy_search:M with M an integer >= 1")
+        match = _PS_LABEL.fullmatch(tail)
+        if kind == "policy_search" and not (match and int(match.group(1)) >= 1):
+            raise ConfigError(f"{where}: selectors entry {name!r}; expected policy_search:M with M an integer >= 1, "
+                              f"optionally followed by letters (policy_search:6s)")
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: selectors {names} repeat a name; expected each once")
     return list(names)

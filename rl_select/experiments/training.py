@@ -258,8 +258,8 @@ def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, progress: bool 
             raise ConfigError("no rollouts to learn from; run `rl-select collect` with the same settings first")
         n_val = cfg.agent.val_episodes
         agent = OfflineCQLAgent(hidden=cfg.agent.hidden, gradient_steps=cfg.agent.train_steps, seed=seed,
-                                cql_alpha=cfg.agent.cql_alpha, target=cfg.agent.q_target, eval_interval=max(1, cfg.agent.train_steps // 8),
-                                eval_episodes=max(1, n_val))
+                                cql_alpha=cfg.agent.cql_alpha, target=cfg.agent.q_target,
+                                eval_interval=max(1, cfg.agent.train_steps // 8), eval_episodes=max(1, n_val))
         agent.learn(episodes, env=task_envs[0].env if n_val else None, progress=progress)
         curve = [(h["step"], h["score"]) for h in agent.summary["history"]]
         label = "greedy validation return" if n_val else "minus held-out TD objective"

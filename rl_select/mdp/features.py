@@ -81,9 +81,11 @@ State, ``kind="zeroshot"``: the six ``active`` state features (val under the cur
 prompt's val rows come from the table). State, ``kind="table"`` (5, no LM): ``step_frac``,
 ``chosen_zs_entropy`` and ``chosen_zs_max`` (means over the chosen demos of their zero-shot entropy / max
 probability, 0 if none), ``chosen_length`` (mean length), ``chosen_mean_cos`` (mean pairwise cosine
-similarity of the chosen demos, 0 below two). Both are label-free (``table_labelled`` is not: see above). LM rows under the prompt per step:
-``active`` / ``labelled`` N + V, ``zeroshot`` V, ``table`` / ``table_labelled`` 0 (val only when the reward reads it:
-:meth:`FeatureSpec.lm_rows`). ``FeatureResult.pool_logprobs`` of the table sets are the zero-shot ones.
+similarity of the chosen demos, 0 below two). Both are label-free (``table_labelled`` is not: see
+above). LM rows under the prompt per step: ``active`` / ``labelled`` N + V, ``zeroshot`` V, ``table`` /
+``table_labelled`` 0 (val only when the reward reads it: :meth:`FeatureSpec.lm_rows`; their table holds
+val's zero-shot rows only when the marginal reward reads the empty prompt's accuracy).
+``FeatureResult.pool_logprobs`` of the table sets are the zero-shot ones.
 
 ``L`` is the number of labels. Label distributions are the scorer's log-probs renormalised over the
 label set (calibrated when the scorer calibrates); ``log_mass`` uses the log-probs as returned, so it
@@ -485,7 +487,9 @@ class Featurizer:
         ``(zero-shot log-probs, the five zero-shot columns (n, 5), embeddings, lengths)``."""
         if pool is not self._tab_key or self._tab is None:
             assert self.table is not None
-            self.table.ensure(tuple(pool) + self.val)  # one call fills the episode's missing rows and val
+            # One call fills the episode's missing rows (and val's, which only ``zeroshot`` reads here; the
+            # empty prompt's val rows of a marginal reward are looked up when first needed).
+            self.table.ensure(tuple(pool) + (self.val if self.spec.kind == "zeroshot" else ()))
             lp, emb, length = self.table.lookup(pool)
             probs, ent, mass = _distribution_stats(lp, self._log_n)
             zs = np.stack([ent, probs.max(axis=1), probs.min(axis=1), probs.std(axis=1), mass], axis=1)

@@ -9,8 +9,15 @@ and the training env (one episode rule). Each distinct proposal is scored once o
 used); the most accurate is returned, ties to the earliest, so ``m = 1`` is the greedy policy and a
 larger ``m`` never has a lower val accuracy than ``m = 1`` on the same pool and val.
 
+**Screening** (``screen=S``, ``keep=K``, successive halving): every distinct proposal is first scored on the
+first ``S`` val rows only; the ``K`` best (ties to the earliest) are then scored on the remaining ``V - S``
+rows and the best of those on all ``V`` rows is returned. It buys more proposals for the same val rows:
+``m = 6, S = 25, K = 2`` scores ``6 x 25 + 2 x 75 = 300`` rows, as many as ``m = 3`` without screening.
+
 Cost (query rows, all through ``ctx.scorer``): ``m`` rollouts of ``k`` feature calls of ``N + V`` rows each
-(repeats are cache hits on a cached scorer, still counted), plus at most ``m`` scorings of ``V`` rows.
+for the prompt-scoring feature sets (the table sets: the pool's table rows once, reused by every rollout;
+repeats are cache hits on a cached scorer, still counted), plus at most ``m`` scorings of ``V`` rows
+(screening: ``m x S + K x (V - S)``).
 """
 
 from __future__ import annotations
@@ -34,20 +41,31 @@ class PolicySearchSelector(Selector):
         temperature: Softmax temperature of rollouts 2..m, in Q-value units (Q-values are val-accuracy
             returns, so differences are a few hundredths; ``0.05`` by default).
         force: Use the policy with a scorer other than its training one (warns).
+        screen: If set, score every proposal on the first ``screen`` val rows first (see the module
+            docstring); ``None`` (default): every proposal on all of val.
+        keep: Proposals kept after screening and scored on the rest of val (ignored without ``screen``).
 
     Attributes:
         last_search_info: After :meth:`select`: ``{"m", "proposals": [[pool index, ...], ...],
-            "val_acc": [...], "best": i}`` (``val_acc`` of distinct proposals; repeats reuse it).
+            "val_acc": [...], "best": i}`` (``val_acc`` of distinct proposals on all of val; repeats reuse
+            it; with screening, proposals dropped after it have ``None`` there and their screening
+            accuracy in ``"screen_acc"``).
     """
 
     name = "policy_search"
 
-    def __init__(self, path: str, m: int = 4, temperature: float = 0.05, force: bool = False) -> None:
+    def __init__(self, path: str, m: int = 4, temperature: float = 0.05, force: bool = False,
+                 screen: int | None = None, keep: int = 2) -> None:
         if not is_int(m) or isinstance(m, bool) or m < 1:
             raise SelectionError(f"m={m!r}; expected an integer >= 1")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise SelectionError(f"temperature={temperature!r}; expected a number > 0")
+        if screen is not None and (not is_int(screen) or isinstance(screen, bool) or screen < 1):
+            raise SelectionError(f"screen={screen!r}; expected None or an integer >= 1 (val rows of the first round)")
+        if not is_int(keep) or isinstance(keep, bool) or keep < 1:
+            raise SelectionError(f"keep={keep!r}; expected an integer >= 1")
         self.path, self.m, self.temperature, self.force = str(path), int(m), float(temperature), bool(force)
+        self.screen, self.keep = (None if screen is None else int(screen)), int(keep)
         self.policy = SelectorPolicy.load(path)
         self.last_search_info: dict[str, Any] | None = None
 
@@ -62,17 +80,26 @@ class PolicySearchSelector(Selector):
             sampled = {} if i == 0 else {"temperature": self.temperature, "rng": ctx.rng}
             proposals.append(self.policy.select(ctx.pool, scorer=ctx.scorer, val=ctx.val, k=ctx.k,
                                                 force=self.force, **sampled))
-        scored: dict[tuple, float] = {}
-        accs: list[float] = []
-        for demos in proposals:
-            key = tuple(index[id(d)] for d in demos)
-            if key not in scored:
-                scored[key] = accuracy(ctx.scorer, demos=demos, examples=ctx.val)
-            accs.append(scored[key])
-        best = max(range(len(proposals)), key=lambda i: (accs[i], -i))
-        self.last_search_info = {"m": self.m, "proposals": [[index[id(d)] for d in p] for p in proposals],
-                                 "val_acc": accs, "best": best}
+        keys = [tuple(index[id(d)] for d in p) for p in proposals]
+        first = {key: keys.index(key) for key in dict.fromkeys(keys)}  # distinct proposals, in order
+        val, info_extra = list(ctx.val), {}
+        if self.screen is not None and self.screen < len(val) and len(first) > self.keep:
+            head, rest = val[: self.screen], val[self.screen:]
+            screen_acc = {key: accuracy(ctx.scorer, demos=proposals[i], examples=head) for key, i in first.items()}
+            kept = sorted(first, key=lambda key: (-screen_acc[key], first[key]))[: self.keep]
+            scored: dict[tuple, float | None] = {key: None for key in first}
+            for key in kept:
+                tail = accuracy(ctx.scorer, demos=proposals[first[key]], examples=rest)
+                scored[key] = (screen_acc[key] * len(head) + tail * len(rest)) / len(val)
+            info_extra = {"screen": self.screen, "keep": self.keep, "screen_acc": [screen_acc[key] for key in keys]}
+        else:
+            scored = {key: accuracy(ctx.scorer, demos=proposals[i], examples=val) for key, i in first.items()}
+        accs = [scored[key] for key in keys]
+        best = max((i for i in range(len(proposals)) if accs[i] is not None), key=lambda i: (accs[i], -i))
+        self.last_search_info = {"m": self.m, "proposals": [list(key) for key in keys], "val_acc": accs,
+                                 "best": best, **info_extra}
         return proposals[best]
 
     def __repr__(self) -> str:
-        return f"PolicySearchSelector({self.path!r}, m={self.m}, temperature={self.temperature})"
+        screen = "" if self.screen is None else f", screen={self.screen}, keep={self.keep}"
+        return f"PolicySearchSelector({self.path!r}, m={self.m}, temperature={self.temperature}{screen})"
