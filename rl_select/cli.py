@@ -500,7 +500,7 @@ def ablate_cmd(
     results.csv, summary.md and plots."""
     import time
 
-    from rl_select.experiments.ablate import Runner, check_budget, estimate, load_plan, read_rows, row_key
+    from rl_select.experiments.ablate import TRAINED, Runner, check_budget, estimate, load_plan, read_rows, row_key
 
     if config is None:
         if run_dir is None or not (run_dir / "ablate.toml").is_file():
@@ -554,7 +554,7 @@ def ablate_cmd(
                                                                f"{row['seed']}: {what}"[:120]))
 
         def on_start(cell, seed: int, name: str) -> None:
-            trains = name.split(":")[0] in ("policy", "policy_search") and not (
+            trains = name.split(":")[0] in TRAINED and not (
                 run_dir / "training" / f"{cell.id}-s{seed}.json").is_file()
             progress.update(bar, description=escape(f"{cell.label} | {name} seed {seed}"
                                                     f"{': training ' + cell.cfg.agent.name if trains else ''}"[:120]))

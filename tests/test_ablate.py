@@ -311,7 +311,7 @@ def write_transfer_plan(tmp_path: Path, data_root: Path, monkeypatch, *, extra_a
     path = tmp_path / "ref.toml"
     path.write_text(f"""
 # a tiny reference grid
-selectors = ["zero_shot", "random", "random_search:3", "policy", "policy_search:2"]
+selectors = ["zero_shot", "random", "random_search:3", "policy", "policy_search:2", "policy_rank"]
 seeds = [0, 1]
 
 [base]
@@ -385,7 +385,9 @@ def test_one_store_per_task_serves_every_seed_and_the_transfer_cells(tmp_path, d
     res = invoke(str(path), "--run-dir", str(folder))
     assert res.exit_code == 0, res.output
     rows = read_rows(folder / "results.csv")
-    assert len(rows) == 6 * 2 * 5 and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows][:3]
+    assert len(rows) == 6 * 2 * 6 and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows][:3]
+    ranked = [r for r in rows if r["selector"] == "policy_rank"]
+    assert all(r["select_queries"] == 5 for r in ranked)  # the pool's table rows (P = 5), no prompt scored
     stores = sorted((tmp_path / "runs" / "rollouts").glob("*.jsonl"))
     assert len(stores) == 3 and all(len(RolloutStore(p)) == 4 for p in stores)
     transfer = [r for r in rows if r["train_tasks"] is not None and r["selector"] == "policy"]
@@ -411,7 +413,8 @@ def test_one_store_per_task_serves_every_seed_and_the_transfer_cells(tmp_path, d
     assert res.exit_code == 0, res.output
     text = out_file.read_text()
     for needle in ("| policy (seen) |", "| policy (transfer) |", "| policy_search:2 (transfer) |",
-                   "| sst2 | subj | cb | average |", "Transfer policy vs random", "Training LM rows for cb",
+                   "| sst2 | subj | cb | average |", "Transfer policy vs random", "Transfer policy_rank vs random",
+                   "Training LM rows for cb",
                    "native bf16"):
         assert needle in text, needle
     head = text[text.index("## Headline"):text.index("## Targets")]
@@ -421,7 +424,7 @@ def test_one_store_per_task_serves_every_seed_and_the_transfer_cells(tmp_path, d
     # an ablation folder: one lever, its table per value, averaged over the tasks
     lever = tmp_path / "lever.toml"
     lever.write_text(path.read_text().replace('selectors = ["zero_shot", "random", "random_search:3", "policy", '
-                                              '"policy_search:2"]', 'selectors = ["policy"]')
+                                              '"policy_search:2", "policy_rank"]', 'selectors = ["policy"]')
                      .replace('# a tiny reference grid', '# Ablation: rollout count')
                      .replace('train_tasks = ["self", "others"]', 'train_tasks = ["others"]\nepisodes = [2]'))
     res = invoke(str(lever), "--run-dir", str(tmp_path / "runs" / "lever"))

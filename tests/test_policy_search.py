@@ -162,3 +162,43 @@ def test_bad_screening_arguments_are_refused(policy_file):
         make_selector("policy_search", path=str(policy_file), screen=0)
     with pytest.raises(SelectionError, match="keep=0"):
         make_selector("policy_search", path=str(policy_file), screen=3, keep=0)
+
+
+# --- policy_rank: the Q as a critic of random prompts ----------------------------------------------------
+
+
+def test_q_of_orders_is_the_q_of_the_last_step_that_select_would_log(policy_file):
+    pol = SelectorPolicy.load(policy_file)
+    ctx = _ctx()
+    greedy = pol.select(ctx.pool, scorer=ctx.scorer, val=ctx.val, k=3)
+    steps = pol.last_selection_info["steps"]
+    order = [ctx.pool.index(d) for d in greedy]
+    q = pol.q_of_orders(ctx.pool, [order, order[::-1]], scorer=ctx.scorer, val=ctx.val)
+    assert q.shape == (2,) and q[0] == pytest.approx(steps[-1]["q_action"], abs=1e-6)
+    with pytest.raises(SelectionError, match="distinct pool indices"):
+        pol.q_of_orders(ctx.pool, [[0, 0, 1]], scorer=ctx.scorer, val=ctx.val)
+
+
+def test_policy_rank_returns_the_drawn_order_with_the_highest_q(policy_file):
+    ctx = _ctx(seed=3)
+    sel = make_selector("policy_rank", path=str(policy_file), n_sets=8)
+    demos = sel.select(ctx)
+    info = sel.last_rank_info
+    assert len(info["orders"]) == 8 and all(len(set(o)) == 3 for o in info["orders"])
+    assert info["best"] == int(np.argmax(info["q"]))
+    assert [d.uid for d in demos] == [ctx.pool[i].uid for i in info["orders"][info["best"]]]
+    again = make_selector("policy_rank", path=str(policy_file), n_sets=8).select(_ctx(seed=3))
+    assert [d.uid for d in again] == [d.uid for d in demos]  # a function of the context's rng
+    with pytest.raises(SelectionError, match="n_sets=0"):
+        make_selector("policy_rank", path=str(policy_file), n_sets=0)
+
+
+def test_policy_rank_with_a_table_policy_asks_only_for_the_pool_rows(tmp_path):
+    spec = FeatureSpec("table_labelled")
+    torch.manual_seed(0)
+    qnet = CandidateQNet(spec.state_dim, spec.cand_dim, (8,))
+    path = SelectorPolicy(qnet, feature_spec=spec, k=3, task=TASK, scorer_spec=None,
+                          scorer_fingerprint=ToyScorer(TASK).fingerprint, training={}).save(tmp_path / "t.safetensors")
+    ctx = _ctx()
+    make_selector("policy_rank", path=str(path), n_sets=16).select(ctx)
+    assert ctx.scorer.stats.queries == len(ctx.pool)  # the pool's zero-shot table rows, once; no prompt scored

@@ -16,12 +16,13 @@ tables), a ``[grid]`` table of flat keys -> lists of values (their product is th
     k = [2, 4]
     feature_set = ["active", "labelled"]
 
-A trained selector (``policy``, ``policy_search:M``; :data:`TRAINED`) makes the cell collect rollouts (offline
-agent) and train ``cfg.agent`` for that cell's MDP / agent settings and seed, then evaluate the policy; the
-``M`` of ``policy_search:M`` is its number of proposals. Every row is keyed by ``(cell_id, seed, selector)``
-(``cell_id``: a hash of the cell's grid values), so a killed grid run again on its run folder skips the rows
-already in ``results.csv``; rollout stores (:func:`~rl_select.experiments.training.store_path`), trained
-policies (``policies/``) and the score cache are reused.
+A trained selector (``policy``, ``policy_search:M``, ``policy_rank``; :data:`TRAINED`) makes the cell collect
+rollouts (offline agent) and train ``cfg.agent`` for that cell's MDP / agent settings and seed, then evaluate
+the policy; the ``M`` of ``policy_search:M`` is its number of proposals. Every row is keyed by
+``(cell_id, seed, selector)`` (``cell_id``: a hash of the cell's grid values), so a killed grid run again on
+its run folder skips the rows already in ``results.csv``; rollout stores
+(:func:`~rl_select.experiments.training.store_path`), trained policies (``policies/``) and the score cache are
+reused.
 
 Costs: :func:`estimate` gives the LM *query rows* (the scorer's ``queries`` counter, cache hits included)
 each row should spend, from :data:`COSTS` (one entry per selector) and :func:`training_rows` (per agent).
@@ -69,7 +70,7 @@ TRAIN_TASK_WORDS = ("self", "others")
 """Values a ``[grid] train_tasks`` may hold besides a task list: ``"self"`` (the cell's task: the seen policy)
 and ``"others"`` (every other ``task`` of the grid: the transfer policy, which never sees the cell's task)."""
 
-TRAINED = ("policy", "policy_search")
+TRAINED = ("policy", "policy_search", "policy_rank")
 """Selectors that need a policy trained in the cell (``policy``, ``policy_search:M``)."""
 
 COLUMNS = (
@@ -142,6 +143,13 @@ def _search_rows(cfg: RunConfig, name: str) -> int:
     return rollouts + m * int(screen) + keep * (v - int(screen))
 
 
+def _rank_rows(cfg: RunConfig, name: str) -> int:
+    """``policy_rank``: the table sets' table once; the prompt-scoring sets score every step of every order."""
+    if _table(cfg) and cfg.mdp.feature_set != "zeroshot":
+        return _policy_rows(cfg)
+    return int(_args(cfg, name).get("n_sets", 32)) * _policy_rows(cfg)
+
+
 def _policy_labels(cfg: RunConfig, name: str) -> int:
     """Labels a policy reads at selection: the pool's (the labelled sets) or the chosen demos' (label-free
     sets); ``policy_search`` adds val's."""
@@ -163,6 +171,7 @@ COSTS: dict[str, Cost] = {
                    "sum_j min(P - j, max_candidates) x V, j < k"),
     "policy": Cost(lambda c, n: _policy_rows(c), _policy_labels,
                    "k x (P + V); table sets: P table rows (zeroshot: P + V, and k x V)"),
+    "policy_rank": Cost(_rank_rows, _policy_labels, "table sets: P table rows; else n_sets x policy"),
     "policy_search": Cost(_search_rows, _policy_labels,
                           "M x (policy + V); table sets: the table once + M x V (screen S, keep K: "
                           "M x S + K x (V - S))"),

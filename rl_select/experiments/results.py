@@ -126,26 +126,30 @@ def targets(figures: Mapping[str, Mapping[str, Any]], train_rows: Mapping[str, i
         return None if f is None else f["avg"]
 
     out = []
-    tr, rnd = avg("policy (transfer)"), avg("random")
-    ok = None if tr is None or rnd is None else tr - rnd >= TRANSFER_GAIN
-    gain = "-" if ok is None else f"{100 * (tr - rnd):+.1f} points"
-    out.append(f"- Transfer policy vs random, averaged over the tasks: {gain} (target ≥ +{100 * TRANSFER_GAIN:.0f}): "
-               f"{_verdict(ok)}.")
-    for base in ("zero_shot", "knn", "max_entropy"):
-        b = avg(base)
-        ok = None if tr is None or b is None else tr > b
-        diff = "-" if ok is None else f"{100 * (tr - b):+.1f} points"
-        out.append(f"- Transfer policy vs {base}: {diff} (target > 0): {_verdict(ok)}.")
+    rnd = avg("random")
+    for sel, what in (("policy", "Transfer policy"), ("policy_rank", "Transfer policy_rank")):
+        tr = avg(f"{sel} (transfer)")
+        if tr is None and sel != "policy":
+            continue
+        ok = None if tr is None or rnd is None else tr - rnd >= TRANSFER_GAIN
+        gain = "-" if ok is None else f"{100 * (tr - rnd):+.1f} points"
+        out.append(f"- {what} vs random, averaged over the tasks: {gain} (target ≥ +{100 * TRANSFER_GAIN:.0f}): "
+                   f"{_verdict(ok)}.")
+        for base in ("zero_shot", "knn", "max_entropy"):
+            b = avg(base)
+            ok = None if tr is None or b is None else tr > b
+            diff = "-" if ok is None else f"{100 * (tr - b):+.1f} points"
+            out.append(f"- {what} vs {base}: {diff} (target > 0): {_verdict(ok)}.")
     best16 = figures.get("random_search:16")
     for which in ("seen", "transfer"):
-        for m in (4, 2):
-            ps = figures.get(f"policy_search:{m} ({which})")
-            if ps is None or best16 is None or ps["avg"] is None or best16["avg"] is None:
+        for label in sorted(lb for lb in figures if lb.startswith("policy_search:") and lb.endswith(f"({which})")):
+            ps = figures[label]
+            if best16 is None or ps["avg"] is None or best16["avg"] is None:
                 continue
             share = (ps["select_rows"] or 0) / best16["select_rows"] if best16["select_rows"] else float("nan")
             ok = ps["avg"] > best16["avg"] and share <= SEARCH_SHARE
-            out.append(f"- policy_search:{m} ({which}) vs best-of-16 random search: "
-                       f"{100 * (ps['avg'] - best16['avg']):+.1f} points at {share:.0%} of its LM rows "
+            out.append(f"- {label} vs best-of-16 random search: "
+                       f"{100 * (ps['avg'] - best16['avg']):+.1f} points at {share:.1%} of its LM rows "
                        f"(target > 0 at ≤ {SEARCH_SHARE:.0%}): {_verdict(ok)}.")
     for task, n in train_rows.items():
         out.append(f"- Training LM rows for {task}: {n:,} (rollout collection, one-off table included) vs Zhang et "

@@ -345,6 +345,62 @@ class SelectorPolicy:
         }
         return [pool_t[i] for i in res.chosen]
 
+    def q_of_orders(
+        self,
+        pool: Sequence[Example],
+        orders: Sequence[Sequence[int]],
+        *,
+        scorer: Scorer,
+        val: Sequence[Example],
+        embedder: Embedder | None = None,
+        force: bool = False,
+    ) -> np.ndarray:
+        """The Q-value of the last action of each given prompt order: the policy's predicted return of that
+        prompt (the training reward's units), without choosing anything.
+
+        Each order is replayed as one :class:`~rl_select.mdp.episode.SelectionEpisode` over ``pool`` (the
+        steps :meth:`select` takes, with the given actions instead of the arg-max), so its features are the
+        ones the policy was trained on. The table feature sets ask the LM only for the pool's table rows,
+        once across all orders; the prompt-scoring sets score every step's prompt.
+
+        Args:
+            pool: The N candidate demonstrations.
+            orders: Prompt orders, each a sequence of distinct pool indices (``1 <= len <= N``).
+            scorer, val, embedder, force: As in :meth:`select`.
+
+        Returns:
+            ``(len(orders),)`` float64: ``Q(s_last, a_last)`` of each order.
+
+        Raises:
+            SelectionError: An empty order, or one with a repeated or out-of-range index.
+            PolicyError: Another scorer than the training one, and not ``force``.
+        """
+        pool_t = tuple(pool)
+        self.check_scorer(scorer, force=force)
+        table = self._row_table(scorer, embedder)
+        device = next(self.qnet.parameters()).device
+        out = np.zeros(len(orders), dtype=np.float64)
+        for j, order in enumerate(orders):
+            order = [int(i) for i in order]
+            if not order or len(set(order)) != len(order) or not all(0 <= i < len(pool_t) for i in order):
+                raise SelectionError(f"prompt order {order} must be distinct pool indices in [0, {len(pool_t)})")
+            rule = EpisodeRule(n_candidates=len(pool_t), k=len(order), allow_stop=False, min_len=0)
+            featurizer = Featurizer(self.feature_spec, scorer, val=val, embedder=embedder, table=table)
+            episode = SelectionEpisode(pool_t, featurizer, rule, reward=None)
+            last: list[float] = []
+
+            def act(obs: Mapping[str, Any], mask: np.ndarray, chosen: list[int], order=order, last=last) -> int:
+                a = order[len(chosen)]
+                with torch.no_grad():
+                    q = self.qnet(torch.as_tensor(obs["state"], device=device).unsqueeze(0),
+                                  torch.as_tensor(obs["candidates"], device=device).unsqueeze(0))[0]
+                last[:] = [float(q[a])]
+                return a
+
+            run_episode(episode, act)
+            out[j] = last[0]
+        return out
+
     def _greedy_act(self, steps: list[dict[str, Any]], stop: int, *, temperature: float = 0.0,
                     rng: np.random.Generator | None = None) -> ActFn:
         """:meth:`select`'s ``act``: the arg-max of the masked Q-values (or, with ``temperature > 0``, a draw

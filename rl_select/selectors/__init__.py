@@ -1,7 +1,8 @@
 """Demonstration selectors behind one interface (:class:`Selector`), and their registry.
 
 The non-RL baselines, ``policy`` (a trained :class:`~rl_select.mdp.policy.SelectorPolicy`) and
-``policy_search`` (the best of ``m`` policy rollouts on val).
+``policy_search`` (the best of ``m`` policy rollouts on val) and ``policy_rank`` (the best of random prompts
+by the policy's predicted return, no val labels).
 
 Importing this package registers every built-in selector in :data:`SELECTORS`, so
 ``make_selector("greedy", max_candidates=16)`` works from anywhere.
@@ -19,6 +20,7 @@ from rl_select.selectors.base import (
 from rl_select.selectors.greedy import GreedySelector
 from rl_select.selectors.knn import KNNSelector
 from rl_select.selectors.max_entropy import MaxEntropySelector
+from rl_select.selectors.policy_rank import PolicyRankSelector
 from rl_select.selectors.policy_search import PolicySearchSelector
 from rl_select.selectors.policy_selector import PolicySelector
 from rl_select.selectors.random_search import RandomSearchSelector
@@ -30,6 +32,7 @@ __all__ = [
     "GreedySelector",
     "KNNSelector",
     "MaxEntropySelector",
+    "PolicyRankSelector",
     "PolicySearchSelector",
     "PolicySelector",
     "RandomSearchSelector",
