@@ -3,10 +3,11 @@ predicted return (the Q-value of its last step) is highest.
 
 Why: the greedy policy takes the arg-max of Q over the whole pool at every step, which drives it to the
 edges of the features the logged random episodes covered (an offline Q extrapolates there). Ranking random
-prompts keeps every prompt it judges inside the distribution it was trained on. In the LM-free check of
-``benchmarks/q_ranking.py`` (leave-one-task-out on the reference rollout stores) the top-ranked of 32
-held-out random sets beat the average held-out set by 4.4 points of validation accuracy, where the greedy
-policy's own choices were not better than random on test.
+prompts keeps every prompt it judges inside the distribution it was trained on. In the LM-free check
+``python benchmarks/q_ranking.py "runs/rollouts/*table_labelled*.jsonl" --leave-one-out --seeds 0,1,2``
+(each reference task's store held out, the Q trained on the other three) the top-ranked of 32 held-out
+random sets beat the average held-out set by 4.3 points of validation accuracy (``rank32``), where the
+greedy policy's own choices were not better than random on test. ``n_sets = 32`` is that check's setting.
 
 Label-free at selection like ``policy`` (it reads what the policy's features read: with ``table_labelled``,
 the pool's own labels; never a validation label). LM cost: the feature set's; for the table sets the
