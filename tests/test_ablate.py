@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from agents.rollouts import RolloutStore
 from rl_select.cli import app
-from rl_select.errors import ConfigError
+from rl_select.errors import ConfigError, DataError
 from rl_select.experiments import ablate, harness
 from rl_select.experiments.ablate import Runner, estimate, load_plan, read_rows, row_key, training_rows
 from rl_select.testing import toy_scorer_factory
@@ -453,3 +453,19 @@ def test_a_rollout_count_reads_a_prefix_of_a_larger_store(tmp_path, data_root, m
     envs = build_task_envs(cfg, toy_scorer_factory(cfg))
     got = load_rollouts(cfg, envs)
     assert [e.episode for e in got] == [0, 1]
+
+
+def test_a_results_file_with_an_older_header_is_migrated_not_misread(tmp_path):
+    path = tmp_path / "results.csv"
+    old = [c for c in ablate.COLUMNS if c != "q_target"]
+    path.write_text(",".join(old) + "\n" + ",".join("c1" if c == "cell_id" else "0" if c == "seed" else
+                                                    "random" if c == "selector" else "ok" if c == "status" else ""
+                                                    for c in old) + "\n")
+    ablate._append(path, {"cell_id": "c2", "seed": 1, "selector": "policy", "status": "ok", "q_target": "mc"})
+    rows = ablate.read_rows(path)
+    got = [(r["cell_id"], r["selector"], r["q_target"]) for r in rows]
+    assert got == [("c1", "random", None), ("c2", "policy", "mc")]
+    assert path.read_text().splitlines()[0].split(",") == list(ablate.COLUMNS)
+    path.write_text("cell_id,shiny\nc1,1\n")
+    with pytest.raises(DataError, match="'shiny'"):
+        ablate._append(path, {"cell_id": "c3"})

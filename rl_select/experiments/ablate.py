@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from rl_select.errors import ConfigError, RLSelectError
+from rl_select.errors import ConfigError, DataError, RLSelectError
 from rl_select.experiments.config import FLAT_KEYS, RunConfig
 
 FORMAT_KEYS = ("base", "grid", "selectors", "seeds")
@@ -487,8 +487,41 @@ def row_key(row: Mapping[str, Any]) -> tuple[str, int, str]:
     return str(row["cell_id"]), int(row["seed"]), str(row["selector"])
 
 
+def _migrate(path: Path) -> None:
+    """Rewrite ``results.csv`` under today's :data:`COLUMNS` if its header is an older one.
+
+    A row written under the old header keeps its values by name; a row already written under today's
+    columns (appended after a column was added) is read by position. Nothing is dropped: a column
+    today's schema no longer has is refused with one line.
+    """
+    with path.open(newline="") as fh:
+        if next(csv.reader(fh), None) in (None, list(COLUMNS)):
+            return
+        fh.seek(0)
+        lines = list(csv.reader(fh))
+    header, cols = lines[0], list(COLUMNS)
+    gone = [c for c in header if c not in cols]
+    if gone:
+        raise DataError(f"{path}: columns {gone} are not results columns any more; expected a subset of {cols}")
+    rows = []
+    for raw in lines[1:]:
+        if len(raw) == len(cols) and len(raw) != len(header):
+            rows.append(dict(zip(cols, raw)))
+        elif len(raw) == len(header):
+            rows.append(dict(zip(header, raw)))
+        # anything else is a line cut by a kill: dropped, as read_rows drops it
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
 def _append(path: Path, row: Mapping[str, Any]) -> None:
     new = not path.is_file() or path.stat().st_size == 0
+    if not new:
+        _migrate(path)
     if not new:  # a line cut by a kill has no newline: end it so the next row starts clean
         with path.open("rb") as fh:
             fh.seek(-1, 2)
