@@ -17,7 +17,7 @@ case "${1:-}" in
     done
     for s in runs/rollouts/*.jsonl; do
       [ -f "$s" ] || continue
-      gzip -9 -c "$s" > "docs/runs/rollouts/$(basename "$s").gz"
+      gzip -9 -n -c "$s" > "docs/runs/rollouts/$(basename "$s").gz"
       cp "$s.meta.json" docs/runs/rollouts/
     done
     du -sh docs/runs ;;
