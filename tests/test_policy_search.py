@@ -31,6 +31,16 @@ def policy_file(request, tmp_path):
     return pol.save(tmp_path / f"p{request.param}.safetensors")
 
 
+@pytest.fixture
+def table_policy_file(tmp_path):
+    """An untrained ``table_labelled`` policy (k = 3) for the toy scorer."""
+    spec = FeatureSpec("table_labelled")
+    torch.manual_seed(0)
+    qnet = CandidateQNet(spec.state_dim, spec.cand_dim, (8,))
+    return SelectorPolicy(qnet, feature_spec=spec, k=3, task=TASK, scorer_spec=None,
+                          scorer_fingerprint=ToyScorer(TASK).fingerprint, training={}).save(tmp_path / "t.safetensors")
+
+
 def _ctx(seed: int = 0, k: int = 3) -> SelectionContext:
     return SelectionContext(pool=_examples(10, 1), val=_examples(12, 2), k=k, scorer=ToyScorer(TASK),
                             rng=np.random.default_rng(seed))
@@ -110,12 +120,8 @@ def test_sampling_respects_the_mask_with_stop(tmp_path):
         assert 2 <= len(demos) <= 4 and len({d.uid for d in demos}) == len(demos)
 
 
-def test_table_policies_ask_for_the_pool_rows_once_across_proposals(tmp_path):
-    spec = FeatureSpec("table_labelled")
-    torch.manual_seed(0)
-    qnet = CandidateQNet(spec.state_dim, spec.cand_dim, (8,))
-    path = SelectorPolicy(qnet, feature_spec=spec, k=3, task=TASK, scorer_spec=None,
-                          scorer_fingerprint=ToyScorer(TASK).fingerprint, training={}).save(tmp_path / "t.safetensors")
+def test_table_policies_ask_for_the_pool_rows_once_across_proposals(table_policy_file):
+    path = table_policy_file
     rows = {}
     for m in (1, 4):
         ctx = _ctx()
@@ -193,12 +199,8 @@ def test_policy_rank_returns_the_drawn_order_with_the_highest_q(policy_file):
         make_selector("policy_rank", path=str(policy_file), n_sets=0)
 
 
-def test_policy_rank_with_a_table_policy_asks_only_for_the_pool_rows(tmp_path):
-    spec = FeatureSpec("table_labelled")
-    torch.manual_seed(0)
-    qnet = CandidateQNet(spec.state_dim, spec.cand_dim, (8,))
-    path = SelectorPolicy(qnet, feature_spec=spec, k=3, task=TASK, scorer_spec=None,
-                          scorer_fingerprint=ToyScorer(TASK).fingerprint, training={}).save(tmp_path / "t.safetensors")
+def test_policy_rank_with_a_table_policy_asks_only_for_the_pool_rows(table_policy_file):
+    path = table_policy_file
     ctx = _ctx()
     make_selector("policy_rank", path=str(path), n_sets=16).select(ctx)
     assert ctx.scorer.stats.queries == len(ctx.pool)  # the pool's zero-shot table rows, once; no prompt scored
