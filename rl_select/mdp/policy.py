@@ -379,22 +379,23 @@ class SelectorPolicy:
         self.check_scorer(scorer, force=force)
         table = self._row_table(scorer, embedder)
         device = next(self.qnet.parameters()).device
+        featurizer = Featurizer(self.feature_spec, scorer, val=val, embedder=embedder, table=table)  # one for all
         out = np.zeros(len(orders), dtype=np.float64)
         for j, order in enumerate(orders):
             order = [int(i) for i in order]
             if not order or len(set(order)) != len(order) or not all(0 <= i < len(pool_t) for i in order):
                 raise SelectionError(f"prompt order {order} must be distinct pool indices in [0, {len(pool_t)})")
             rule = EpisodeRule(n_candidates=len(pool_t), k=len(order), allow_stop=False, min_len=0)
-            featurizer = Featurizer(self.feature_spec, scorer, val=val, embedder=embedder, table=table)
             episode = SelectionEpisode(pool_t, featurizer, rule, reward=None)
             last: list[float] = []
 
             def act(obs: Mapping[str, Any], mask: np.ndarray, chosen: list[int], order=order, last=last) -> int:
                 a = order[len(chosen)]
-                with torch.no_grad():
-                    q = self.qnet(torch.as_tensor(obs["state"], device=device).unsqueeze(0),
-                                  torch.as_tensor(obs["candidates"], device=device).unsqueeze(0))[0]
-                last[:] = [float(q[a])]
+                if len(chosen) == len(order) - 1:  # only the last step's Q is wanted
+                    with torch.no_grad():
+                        q = self.qnet(torch.as_tensor(obs["state"], device=device).unsqueeze(0),
+                                      torch.as_tensor(obs["candidates"], device=device).unsqueeze(0))[0]
+                    last.append(float(q[a]))
                 return a
 
             run_episode(episode, act)

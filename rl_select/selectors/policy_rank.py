@@ -42,7 +42,7 @@ class PolicyRankSelector(Selector):
     name = "policy_rank"
 
     def __init__(self, path: str, n_sets: int = 32, force: bool = False) -> None:
-        if not is_int(n_sets) or isinstance(n_sets, bool) or n_sets < 1:
+        if not is_int(n_sets) or n_sets < 1:
             raise SelectionError(f"n_sets={n_sets!r}; expected an integer >= 1")
         self.path, self.n_sets, self.force = str(path), int(n_sets), bool(force)
         self.policy = SelectorPolicy.load(path)

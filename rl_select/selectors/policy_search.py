@@ -60,9 +60,9 @@ class PolicySearchSelector(Selector):
             raise SelectionError(f"m={m!r}; expected an integer >= 1")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise SelectionError(f"temperature={temperature!r}; expected a number > 0")
-        if screen is not None and (not is_int(screen) or isinstance(screen, bool) or screen < 1):
+        if screen is not None and (not is_int(screen) or screen < 1):
             raise SelectionError(f"screen={screen!r}; expected None or an integer >= 1 (val rows of the first round)")
-        if not is_int(keep) or isinstance(keep, bool) or keep < 1:
+        if not is_int(keep) or keep < 1:
             raise SelectionError(f"keep={keep!r}; expected an integer >= 1")
         self.path, self.m, self.temperature, self.force = str(path), int(m), float(temperature), bool(force)
         self.screen, self.keep = (None if screen is None else int(screen)), int(keep)
