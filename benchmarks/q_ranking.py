@@ -18,6 +18,8 @@ training tasks' validation split), so settings can be chosen with it.
     python benchmarks/q_ranking.py "runs/rollouts/trec-*" "runs/rollouts/subj-*" --held-out "runs/rollouts/agnews-*"
     # transfer: each store in turn held out, the agent trained on all the others (mean over tasks)
     python benchmarks/q_ranking.py "runs/rollouts/*table_labelled*.jsonl" --leave-one-out --seeds 0,1,2
+    # learning curve: the same, each training store cut to its first 25 / 50 / 100 episodes
+    python benchmarks/q_ranking.py "runs/rollouts/*table_labelled*.jsonl" --leave-one-out --train-episodes 25,50,100
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 from scipy.stats import spearmanr
 
 from agents.offline import OfflineCQLAgent
-from agents.rollouts import Episode, RolloutStore, stack_episodes
+from agents.rollouts import Episode, RolloutStore, stack_episodes, standardize_returns
 from rl_select.mdp.features import FeatureSpec
 
 
@@ -97,6 +99,9 @@ def main() -> None:
     ap.add_argument("--leave-one-out", action="store_true",
                     help="hold out each store in turn and train on all the others (transfer)")
     ap.add_argument("--episodes", type=int, default=None, help="first N episodes of each store")
+    ap.add_argument("--train-episodes", default=None,
+                    help="train on the first N episodes of each training store, held-out stores whole; "
+                         "comma-separated for a learning curve (for example 25,50,100)")
     ap.add_argument("--targets", default="td,mc")
     ap.add_argument("--alphas", default="0.1")
     ap.add_argument("--steps", default="500")
@@ -104,6 +109,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--feature-set", default="table_labelled", help="the stores' feature set (for --keep-*)")
     ap.add_argument("--keep-state", default=None, help="state features to keep (names, comma-separated)")
+    ap.add_argument("--return-norm", choices=["none", "task"], default="none",
+                    help="task: each training store's returns as z-scores within the store (standardize_returns)")
     ap.add_argument("--keep-cand", default=None, help="candidate features to keep (names, comma-separated)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -116,18 +123,33 @@ def main() -> None:
         ccols = list(range(fs.cand_dim)) if ccols is None else ccols
         stores = {k: keep_features(v, scols, ccols) for k, v in stores.items()}
         held = None if held is None else {k: keep_features(v, scols, ccols) for k, v in held.items()}
+    if args.return_norm == "task" and not args.leave_one_out:
+        raise SystemExit("--return-norm task needs --leave-one-out (the held-out store keeps its raw returns)")
+    norm = standardize_returns if args.return_norm == "task" else list
     all_train = [e for eps in stores.values() for e in eps]
-    if args.leave_one_out:
-        folds = [([e for n, eps in stores.items() if n != name for e in eps], stores[name]) for name in stores]
-        how = f"leave-one-out over {len(stores)} stores"
-    elif held is not None:
-        folds = [(all_train, [e for eps in held.values() for e in eps])]
-        how = f"{len(folds[0][1])} held-out episodes"
-    else:
-        folds = [([e for i, e in enumerate(all_train) if i % 4 != f], all_train[f::4]) for f in range(4)]
-        how = "4-fold"
+    if args.train_episodes is not None and not args.leave_one_out:
+        raise SystemExit("--train-episodes needs --leave-one-out")
+    curve = [None] if args.train_episodes is None else [int(n) for n in args.train_episodes.split(",")]
     hidden = [int(h) for h in args.hidden.split(",")]
-    print(f"{len(all_train)} training episodes, {how}", flush=True)
+    for n_train in curve:
+        if args.leave_one_out:
+            folds = [([e for n, eps in stores.items() if n != name for e in norm(eps[:n_train])], stores[name])
+                     for name in stores]
+            how = f"leave-one-out over {len(stores)} stores"
+            if n_train is not None:
+                how += f", the first {n_train} episodes of each training store"
+        elif held is not None:
+            folds = [(all_train, [e for eps in held.values() for e in eps])]
+            how = f"{len(folds[0][1])} held-out episodes"
+        else:
+            folds = [([e for i, e in enumerate(all_train) if i % 4 != f], all_train[f::4]) for f in range(4)]
+            how = "4-fold"
+        print(f"{len(folds[0][0])} training episodes per fold, {how}", flush=True)
+        _report(folds, args, hidden)
+
+
+def _report(folds: list[tuple[list[Episode], list[Episode]]], args: argparse.Namespace, hidden: list[int]) -> None:
+    """One line per (target, CQL weight, steps): rho per step and the lifts, averaged over folds and seeds."""
     for target in args.targets.split(","):
         for alpha in map(float, args.alphas.split(",")):
             for steps in map(int, args.steps.split(",")):
@@ -143,7 +165,6 @@ def main() -> None:
                 lifts = f"top10 {np.mean(tops):+.1f}, rank32 {np.mean(ranks):+.1f} points"
                 print(f"target={target} cql_alpha={alpha} steps={steps} hidden={hidden}: rho_t "
                       f"{np.round(r.mean(axis=0), 2).tolist()}, {lifts} (mean over {len(r)} folds x seeds)", flush=True)
-
 
 if __name__ == "__main__":
     main()

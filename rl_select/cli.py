@@ -151,6 +151,8 @@ OPTIONS: dict[str, Any] = {
     "q_target": _opt(str, help="Offline agent: td (bootstrapped max) | mc (logged return-to-go)."),
     "rollout_seed": _opt(int, help="Seed of the rollouts and their pool / reward split (default: the run's "
                                    "first seed)."),
+    "return_norm": _opt(str, help="Offline agent: none | task (each training task's returns as z-scores "
+                                  "within the task)."),
     # [executor]
     "executor": _opt(str, help="local (in process) | ray (units on Ray actors; same results, store and cache)."),
     "ray_address": _opt(str, help="Ray cluster: auto | ray://host:10001 (default $RL_SELECT_RAY_ADDRESS, "
@@ -166,7 +168,8 @@ RUN = ("task", "data", "k", "seeds", "n_pool", "n_val", "n_test", "cache", "out"
 LM = ("model", "backend", "base_url", "dtype", "mode", "calibrate", "length_norm")
 EXECUTOR = ("executor", "ray_address", "workers")
 MDP = ("train_tasks", "train_pool", "n_candidates", "feature_set", "reward", "allow_stop", "min_len")
-AGENT = ("agent", "episodes", "train_steps", "hidden", "store", "cql_alpha", "val_episodes", "q_target", "rollout_seed")
+AGENT = ("agent", "episodes", "train_steps", "hidden", "store", "cql_alpha", "val_episodes", "q_target", "rollout_seed",
+         "return_norm")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML run config; flags override it.")]
 DataOpt = OPTIONS["data"]

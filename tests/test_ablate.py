@@ -435,6 +435,11 @@ def test_one_store_per_task_serves_every_seed_and_the_transfer_cells(tmp_path, d
     text = out_file.read_text()
     assert "## Ablation: rollout count" in text and "| selector | episodes | sst2 | subj | cb | average |" in text
     assert [ln for ln in text.splitlines() if ln.startswith("| policy | 2 |")][0].count("±") == 4
+    # read against the reference run's own transfer policy (its episodes value), not its seen one
+    ref = [ln for ln in text.splitlines() if ln.startswith("| policy (reference) |")]
+    assert len(ref) == 1 and ref[0].startswith("| policy (reference) | 4 |") and ref[0].count("±") == 4
+    headline = [ln for ln in text.splitlines() if ln.startswith("| policy (transfer) |")][0]
+    assert ref[0].split("|")[-5:] == headline.split("|")[-5:]  # the same three tasks and average
 
 
 def test_results_refuses_a_folder_without_results(tmp_path):

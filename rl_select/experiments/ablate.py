@@ -63,6 +63,7 @@ GRID_KEYS: dict[str, str] = {
     "train_steps": "gradient / env steps", "hidden": "Q-network hidden widths", "train_tasks": "transfer tasks",
     "cql_alpha": "CQL weight", "val_episodes": "offline checkpoint check (0: held-out TD loss)",
     "rollout_seed": "seed of the rollouts (None: each seed's own)", "q_target": "offline target (td | mc)",
+    "return_norm": "offline returns: none | task (z-scores within each training task)",
 }
 """Keys a ``[grid]`` may vary (flat config keys, :data:`~rl_select.experiments.config.FLAT_KEYS`)."""
 

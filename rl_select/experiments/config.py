@@ -131,6 +131,10 @@ class MDPConfig:
         _positive("mdp.min_len", self.min_len, minimum=0)
 
 
+RETURN_NORMS: tuple[str, ...] = ("none", "task")
+"""Values of ``agent.return_norm``."""
+
+
 @dataclass
 class AgentConfig:
     """The learner and its rollouts.
@@ -149,6 +153,10 @@ class AgentConfig:
             return-to-go: the random policy's value, improved on greedily).
         rollout_seed: Seed of the rollouts (and of their pool / reward split); ``None``: the run's seed.
             Pinning it lets every seed of a grid, and every transfer policy, learn from one store per task.
+        return_norm: The offline agent's view of the logged returns: ``none`` (as logged) or ``task`` (each
+            training task's returns as z-scores within that task, :func:`agents.rollouts.standardize_returns`),
+            so a policy trained on several tasks learns what beats a task's typical prompt, not which task
+            is easier.
     """
 
     name: str = "offline"
@@ -161,6 +169,7 @@ class AgentConfig:
     val_episodes: int = 3
     q_target: str = "td"
     rollout_seed: int | None = None
+    return_norm: str = "none"
 
     def validate(self) -> None:
         from agents import AGENTS
@@ -178,6 +187,8 @@ class AgentConfig:
 
         if self.q_target not in Q_TARGETS:
             raise ConfigError(f"agent.q_target={self.q_target!r}; expected one of {list(Q_TARGETS)}")
+        if self.return_norm not in RETURN_NORMS:
+            raise ConfigError(f"agent.return_norm={self.return_norm!r}; expected one of {list(RETURN_NORMS)}")
         if not self.hidden or not all(isinstance(h, int) and h > 0 for h in self.hidden):
             raise ConfigError(f"agent.hidden={self.hidden!r}; expected positive layer widths, e.g. [64, 64]")
 
@@ -223,6 +234,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "hidden": ("agent", "hidden"), "train_tasks": ("agent", "train_tasks"), "store": ("agent", "store"),
     "cql_alpha": ("agent", "cql_alpha"), "val_episodes": ("agent", "val_episodes"),
     "rollout_seed": ("agent", "rollout_seed"), "q_target": ("agent", "q_target"),
+    "return_norm": ("agent", "return_norm"),
     "executor": ("executor", "kind"), "ray_address": ("executor", "address"), "workers": ("executor", "workers"),
 }
 """Flat key (older config files, command-line flags) -> ``(table, key)``."""

@@ -202,15 +202,27 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, native bf16: {'yes' if 'avx512_bf16' in flags else 'no'}"
 
 
-def lever_table(rows: Sequence[Mapping[str, Any]], plan: Plan) -> list[str]:
+def _base_cell(cell: str) -> str:
+    """The ``task`` / ``train_tasks`` part of a cell label (``"task=trec, train_tasks=others"``)."""
+    return ", ".join(p for p in str(cell).split(", ") if p.split("=")[0] in ("task", "train_tasks"))
+
+
+def lever_table(rows: Sequence[Mapping[str, Any]], plan: Plan,
+                reference: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """Per selector and value of the grid keys other than ``task`` / ``train_tasks``: test accuracy per task and
-    averaged over the tasks (within each seed, then mean ± std over seeds)."""
+    averaged over the tasks (within each seed, then mean ± std over seeds).
+
+    ``reference`` rows (the reference run's) of the same selectors and the same ``task`` / ``train_tasks`` cells
+    are shown first, as ``<selector> (reference)`` with their own values of the levers, so each lever is read
+    against the setting it replaces."""
     tasks = list(plan.grid.get("task", [plan.base.task]))
     levers = [k for k in plan.grid if k not in ("task", "train_tasks")]
+    ok = [r for r in rows if r["status"] == "ok" and str(r.get("task")) in tasks]
+    cells = {(r["selector"], _base_cell(r["cell"])) for r in ok}
+    ref = [dict(r, selector=f"{r['selector']} (reference)") for r in reference
+           if r["status"] == "ok" and (r["selector"], _base_cell(r["cell"])) in cells]
     groups: dict[tuple, dict[str, dict[int, float]]] = {}
-    for r in rows:
-        if r["status"] != "ok" or str(r.get("task")) not in tasks:
-            continue
+    for r in [*ref, *ok]:
         key = (r["selector"], *(json.dumps(r.get(k)) for k in levers))
         groups.setdefault(key, {t: {} for t in tasks})[str(r["task"])][int(r["seed"])] = float(r["test_acc"])
     head = ["| selector | " + " | ".join(levers) + " | " + " | ".join(tasks) + " | average |",
@@ -284,7 +296,7 @@ def render(run_dir: Path, ablations: Sequence[Path] = ()) -> str:
         sub_plan = load_plan(folder / "ablate.toml")
         lines += [f"## {title}", "", f"Run folder `{folder}`; command `rl-select ablate {folder / 'ablate.toml'} "
                   f"--run-dir {folder}`. Test accuracy (%), mean ± std over seeds:", "",
-                  *lever_table(sub_rows, sub_plan), ""]
+                  *lever_table(sub_rows, sub_plan, rows), ""]
     given = {Path(a).name for a in ablations}
     pending = sorted(p for p in Path("configs").glob("ablate_*.toml") if p.stem != "ablate_example"
                      and p.stem not in given)

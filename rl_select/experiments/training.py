@@ -20,7 +20,14 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.monitor import Monitor
 
-from agents.rollouts import Episode, RolloutStore, check_continues, random_valid_action, run_logged_episode
+from agents.rollouts import (
+    Episode,
+    RolloutStore,
+    check_continues,
+    random_valid_action,
+    run_logged_episode,
+    standardize_returns,
+)
 from envs.demo_selection import DemoSelectionEnv
 from rl_select.data import load_task, make_splits
 from rl_select.errors import ConfigError
@@ -208,10 +215,12 @@ def collect_rollouts(cfg: RunConfig, executor: Executor, *, progress: Callable[[
 
 def load_rollouts(cfg: RunConfig, task_envs: Sequence[TaskEnv]) -> list[Episode]:
     """The first ``cfg.agent.episodes`` stored episodes of every training task (a larger store serves a
-    smaller rollout count: the rollout-count ablation reads prefixes of one store)."""
+    smaller rollout count: the rollout-count ablation reads prefixes of one store); with
+    ``agent.return_norm = "task"`` each task's returns become z-scores within those episodes."""
     episodes: list[Episode] = []
     for te in task_envs:
-        episodes += RolloutStore(store_path(cfg, te.task)).load()[: cfg.agent.episodes]
+        eps = RolloutStore(store_path(cfg, te.task)).load()[: cfg.agent.episodes]
+        episodes += standardize_returns(eps) if cfg.agent.return_norm == "task" else eps
     return episodes
 
 
