@@ -15,6 +15,7 @@ from rl_select.errors import ModelError, SelectionError
 from rl_select.metrics import accuracy
 from rl_select.selectors import (
     SELECTORS,
+    GlobalEntropySelector,
     GreedySelector,
     KNNSelector,
     MaxEntropySelector,
@@ -75,13 +76,14 @@ SELECTOR_FACTORIES = {
     "random_search": lambda: RandomSearchSelector(n_prompts=6),
     "greedy": lambda: GreedySelector(),
     "greedy_sub": lambda: GreedySelector(max_candidates=5),
+    "global_entropy": lambda: GlobalEntropySelector(n_prompts=6),
 }
 WITH_K = [name for name in SELECTOR_FACTORIES if name != "zero_shot"]
 
 
 def test_registry_lists_all_selectors() -> None:
     assert set(SELECTORS) == {"random", "zero_shot", "knn", "max_entropy", "random_search", "greedy", "policy",
-                              "policy_search", "policy_rank"}
+                              "policy_search", "policy_rank", "global_entropy"}
     for name, cls in SELECTORS.items():
         assert issubclass(cls, Selector) and cls.name == name
     assert isinstance(make_selector("greedy", max_candidates=3), GreedySelector)
@@ -313,3 +315,39 @@ def test_minilm_embedder_groups_topics(monkeypatch: pytest.MonkeyPatch) -> None:
     sims = vecs @ vecs.T
     assert sims[0, 1] > sims[0, 2] + 0.1
     assert np.array_equal(embedder.encode(texts[:1]), vecs[:1])  # answered from the memo
+
+
+def test_probe_stats_are_label_free_spread_and_confidence() -> None:
+    from rl_select.metrics import probe_stats
+
+    one_label = np.log(np.array([[0.9, 0.1]] * 4))  # every query answered with label 0
+    spread = np.log(np.array([[0.9, 0.1], [0.1, 0.9]] * 2))
+    a, b = probe_stats(one_label), probe_stats(spread)
+    assert a[0] == 0.0 and b[0] == pytest.approx(1.0)  # GlobalE: histogram entropy of the arg-max labels
+    assert a[1] < 0.5 < b[1] == pytest.approx(1.0)  # entropy of the mean distribution
+    assert a[2] == pytest.approx(0.9) == b[2]  # mean top probability
+    assert a[3] == pytest.approx(b[3])  # each query is as sure in both
+    # unnormalised log-probs (label mass < 1) give the same statistics
+    np.testing.assert_allclose(probe_stats(spread - 3.0), b)
+    with pytest.raises(SelectionError, match=r"shape \(0, 2\)"):
+        probe_stats(np.zeros((0, 2)))
+
+
+def test_global_entropy_picks_among_random_search_draws_without_val_labels() -> None:
+    spy = SpyScorer()
+    sel = GlobalEntropySelector(n_prompts=5)
+    chosen = sel.select(ctx(scorer=spy, seed=2))
+    assert len(spy.calls) == 5 and all(q == [v.text for v in VAL] for _, q in spy.calls)
+    stats = np.array(sel.last_info["stats"])
+    assert sel.last_info["best"] == int(np.argmax(stats[:, 0] + 1e-6 * stats[:, 1]))
+    assert [d.text for d in chosen] == spy.calls[sel.last_info["best"]][0]
+    # the same prompts random_search:5 tries (same rng draws), whatever the val labels say
+    spy2 = SpyScorer()
+    RandomSearchSelector(n_prompts=5).select(ctx(scorer=spy2, seed=2))
+    assert [d for d, _ in spy.calls] == [d for d, _ in spy2.calls]
+    flipped = [replace(v, label="negative" if v.label == "positive" else "positive") for v in VAL]
+    assert GlobalEntropySelector(n_prompts=5).select(ctx(seed=2, val=flipped)) == chosen
+    with pytest.raises(SelectionError, match="n_prompts=0"):
+        GlobalEntropySelector(n_prompts=0)
+    with pytest.raises(SelectionError, match="unlabelled probe queries"):
+        GlobalEntropySelector().select(ctx(val=[]))

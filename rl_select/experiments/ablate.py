@@ -113,8 +113,8 @@ def _greedy_rows(cfg: RunConfig, name: str) -> int:
     return sum(min(p - j, mc or p) for j in range(cfg.k)) * cfg.splits.n_val
 
 
-def _n_prompts(cfg: RunConfig, name: str) -> int:
-    return int(_args(cfg, name).get("n_prompts", 8))
+def _n_prompts(cfg: RunConfig, name: str, default: int = 8) -> int:
+    return int(_args(cfg, name).get("n_prompts", default))
 
 
 def _table(cfg: RunConfig) -> bool:
@@ -168,6 +168,9 @@ COSTS: dict[str, Cost] = {
     "random_search": Cost(lambda c, n: _n_prompts(c, n) * c.splits.n_val,
                           lambda c, n: min(c.splits.n_pool, _n_prompts(c, n) * c.k) + c.splits.n_val,
                           "n_prompts x V"),
+    "global_entropy": Cost(lambda c, n: _n_prompts(c, n, 16) * c.splits.n_val,
+                           lambda c, n: min(c.splits.n_pool, _n_prompts(c, n, 16) * c.k),
+                           "n_prompts x V (val texts only)"),
     "greedy": Cost(_greedy_rows, lambda c, n: c.splits.n_pool + c.splits.n_val,
                    "sum_j min(P - j, max_candidates) x V, j < k"),
     "policy": Cost(lambda c, n: _policy_rows(c), _policy_labels,

@@ -25,8 +25,8 @@ from rl_select.experiments.ablate import TRAINED, Plan, load_plan, read_rows, se
 ZHANG_LM_PASSES = 1_700_000
 """Zhang, Feng & Tan (2022): LM passes per task to collect their 2,000 random episodes (no cache)."""
 
-LABEL_FREE = ("zero_shot", "random", "knn", "max_entropy")
-"""Baselines that never read the labelled validation split."""
+LABEL_FREE = ("zero_shot", "random", "knn", "max_entropy", "global_entropy")
+"""Baselines that never read a validation label (``global_entropy`` reads val's texts only)."""
 
 TRANSFER_GAIN = 0.06
 """Target: the transfer policy beats random by this much, averaged over the tasks."""
@@ -57,7 +57,8 @@ def _lines(selectors: Sequence[str]) -> list[Line]:
             out.append(Line(f"{name} (seen)", name, "self", reads))
             out.append(Line(f"{name} (transfer)", name, "others", reads))
         else:
-            reads = "none" if name == "zero_shot" else ("pool labels" if name in LABEL_FREE else "pool + val labels")
+            free = selector_kind(name) in LABEL_FREE
+            reads = "none" if name == "zero_shot" else ("pool labels" if free else "pool + val labels")
             out.append(Line(name, name, "self", reads))
     free = [x for x in out if selector_kind(x.selector) in LABEL_FREE + LABEL_FREE_TRAINED]
     return free + [x for x in out if x not in free]
@@ -139,8 +140,12 @@ def targets(figures: Mapping[str, Mapping[str, Any]], train_rows: Mapping[str, i
         gain = "-" if ok is None else f"{100 * (tr - rnd):+.1f} points"
         out.append(f"- {what} vs random, averaged over the tasks: {gain} (target ≥ +{100 * TRANSFER_GAIN:.0f}): "
                    f"{_verdict(ok)}.")
-        for base in ("zero_shot", "knn", "max_entropy"):
+        for base in [b for b in LABEL_FREE if b != "random"]:
+            if base == "global_entropy":
+                base = next((lb for lb in figures if selector_kind(lb) == "global_entropy"), base)
             b = avg(base)
+            if b is None and selector_kind(base) == "global_entropy":
+                continue  # not in this grid
             ok = None if tr is None or b is None else tr > b
             diff = "-" if ok is None else f"{100 * (tr - b):+.1f} points"
             out.append(f"- {what} vs {base}: {diff} (target > 0): {_verdict(ok)}.")

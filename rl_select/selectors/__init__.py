@@ -17,6 +17,7 @@ from rl_select.selectors.base import (
     make_selector,
     register_selector,
 )
+from rl_select.selectors.global_entropy import GlobalEntropySelector
 from rl_select.selectors.greedy import GreedySelector
 from rl_select.selectors.knn import KNNSelector
 from rl_select.selectors.max_entropy import MaxEntropySelector
@@ -29,6 +30,7 @@ from rl_select.selectors.zero_shot import ZeroShotSelector
 
 __all__ = [
     "SELECTORS",
+    "GlobalEntropySelector",
     "GreedySelector",
     "KNNSelector",
     "MaxEntropySelector",
