@@ -59,6 +59,23 @@ def prompt_stats(val_logprobs: np.ndarray, demo_labels: Sequence[int], n_labels:
     }
 
 
+FEATURES = STATS
+"""The ridge critic's inputs."""
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, lam: float = 1e-2) -> np.ndarray:
+    """Ridge weights ``(F + 1,)`` (bias last) of ``y ~ x``, ``x (n, F)``."""
+    a = np.hstack([x, np.ones((len(x), 1))])
+    reg = lam * np.eye(a.shape[1])
+    reg[-1, -1] = 0.0
+    return np.linalg.solve(a.T @ a + reg, a.T @ y)
+
+
+def critic_score(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x (n, F)`` -> ``(n,)`` predicted returns."""
+    return x @ w[:-1] + w[-1]
+
+
 def rank_lift(stat: np.ndarray, returns: np.ndarray, n: int = 32, draws: int = 300) -> float:
     """Mean return of the highest-``stat`` episode among ``n`` random ones, minus the mean return."""
     rng = np.random.default_rng(0)
@@ -79,6 +96,7 @@ def main() -> None:
         if args.tasks is None or cell.cfg.task in args.tasks.split(","):
             seen.setdefault(cell.cfg.task, cell.cfg)
     factory = None
+    per_task: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     table: list[tuple[str, dict[str, tuple[float, float]], int, int]] = []
     for task, cfg in seen.items():
         cfg = cfg.updated(train_tasks=[task])
@@ -112,8 +130,25 @@ def main() -> None:
             rho = float(spearmanr(col, ret).statistic) if col.std() > 0 else 0.0
             res[name] = (rho, 100.0 * rank_lift(col, ret))
         table.append((task, res, len(episodes), int(spent.cache_misses)))
+        per_task[task] = (np.array([[r[f] for f in FEATURES] for r in rows]), ret)
         print(f"{task}: {len(episodes)} episodes, {spent.cache_misses} LM misses, val acc {100 * ret.mean():.1f} ± "
               f"{100 * ret.std():.1f}", flush=True)
+    if len(per_task) > 1:
+        for norm in ("raw", "task"):
+            rhos, lifts = [], []
+            for held in per_task:
+                xs = [per_task[t][0] for t in per_task if t != held]
+                ys = [per_task[t][1] for t in per_task if t != held]
+                if norm == "task":
+                    ys = [(y - y.mean()) / (y.std() or 1.0) for y in ys]
+                w = fit_ridge(np.concatenate(xs), np.concatenate(ys))
+                score = critic_score(per_task[held][0], w)
+                ret = per_task[held][1]
+                rhos.append(float(spearmanr(score, ret).statistic))
+                lifts.append(100.0 * rank_lift(score, ret))
+            print(f"leave-one-task-out ridge critic on {list(FEATURES)} (returns {norm}): "
+                  + ", ".join(f"{t} rho {r:+.2f} rank32 {x:+.1f}" for t, r, x in zip(per_task, rhos, lifts))
+                  + f"; mean rank32 {np.mean(lifts):+.1f}", flush=True)
     print("\n| statistic | " + " | ".join(t for t, *_ in table) + " | mean rank32 |")
     print("|---|" + "---|" * (len(table) + 1))
     for name in STATS:

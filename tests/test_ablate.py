@@ -474,3 +474,26 @@ def test_a_results_file_with_an_older_header_is_migrated_not_misread(tmp_path):
     path.write_text("cell_id,shiny\nc1,1\n")
     with pytest.raises(DataError, match="'shiny'"):
         ablate._append(path, {"cell_id": "c3"})
+
+
+def test_policy_probe_trains_the_critic_on_the_cells_stores(tmp_path, data_root, monkeypatch):
+    path = write_transfer_plan(tmp_path, data_root, monkeypatch)
+    text = path.read_text().replace('"policy_search:2", "policy_rank"]', '"policy_probe"]')
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="policy_probe in cell .* needs agent.probe_critic = true"):
+        load_plan(path)
+    path.write_text(text.replace("val_episodes = 0", "val_episodes = 0\nprobe_critic = true"))
+    plan = load_plan(path)
+    assert sum(c.cfg.agent.probe_critic for c in plan.cells) == len(plan.cells)
+    folder = tmp_path / "runs" / "probe"
+    res = invoke(str(path), "--run-dir", str(folder))
+    assert res.exit_code == 0, res.output
+    rows = read_rows(folder / "results.csv")
+    probe = [r for r in rows if r["selector"] == "policy_probe"]
+    assert len(probe) == 6 * 2 and all(r["status"] == "ok" for r in probe), [r["error"] for r in probe][:2]
+    assert all(r["select_queries"] == 16 * 6 for r in probe)  # 16 prompts x V = 6 val texts
+    from rl_select.mdp.policy import SelectorPolicy
+
+    transfer = [p for p in sorted((folder / "policies").glob("*.safetensors"))
+                if len(SelectorPolicy.load(p).training["tasks"]) == 2]
+    assert transfer and all(SelectorPolicy.load(p).critic.n_train == 2 * 4 for p in transfer)  # 2 stores x 4

@@ -64,6 +64,7 @@ GRID_KEYS: dict[str, str] = {
     "cql_alpha": "CQL weight", "val_episodes": "offline checkpoint check (0: held-out TD loss)",
     "rollout_seed": "seed of the rollouts (None: each seed's own)", "q_target": "offline target (td | mc)",
     "return_norm": "offline returns: none | task (z-scores within each training task)",
+    "probe_critic": "fit the probe critic (policy_probe) on the rollouts",
 }
 """Keys a ``[grid]`` may vary (flat config keys, :data:`~rl_select.experiments.config.FLAT_KEYS`)."""
 
@@ -71,7 +72,7 @@ TRAIN_TASK_WORDS = ("self", "others")
 """Values a ``[grid] train_tasks`` may hold besides a task list: ``"self"`` (the cell's task: the seen policy)
 and ``"others"`` (every other ``task`` of the grid: the transfer policy, which never sees the cell's task)."""
 
-TRAINED = ("policy", "policy_search", "policy_rank")
+TRAINED = ("policy", "policy_search", "policy_rank", "policy_probe")
 """Selectors that need a policy trained in the cell (``policy``, ``policy_search:M``)."""
 
 COLUMNS = (
@@ -176,6 +177,9 @@ COSTS: dict[str, Cost] = {
     "policy": Cost(lambda c, n: _policy_rows(c), _policy_labels,
                    "k x (P + V); table sets: P table rows (zeroshot: P + V, and k x V)"),
     "policy_rank": Cost(_rank_rows, _policy_labels, "table sets: P table rows; else n_sets x policy"),
+    "policy_probe": Cost(lambda c, n: _n_prompts(c, n, 16) * c.splits.n_val,
+                         lambda c, n: min(c.splits.n_pool, _n_prompts(c, n, 16) * c.k),
+                         "n_prompts x V (val texts only)"),
     "policy_search": Cost(_search_rows, _policy_labels,
                           "M x (policy + V); table sets: the table once + M x V (screen S, keep K: "
                           "M x S + K x (V - S))"),
@@ -203,6 +207,8 @@ def training_rows(cfg: RunConfig, counted: set[str] | None = None) -> int:
       store in ``counted`` was already counted by another cell or seed, so it costs nothing again), plus
       the agent's greedy validation (``val_episodes`` episodes at each of its ``evals`` checkpoints, about
       8; none with ``val_episodes = 0``);
+      with ``probe_critic``, the replay of the episodes already stored (``V`` rows each, answered by the cache
+      that collected them);
     * ``dqn``: ``train_steps / k`` episodes;
     * ``tabular``: ``episodes`` episodes.
 
@@ -229,6 +235,8 @@ def training_rows(cfg: RunConfig, counted: set[str] | None = None) -> int:
             held = len(RolloutStore(path)) if path.is_file() else 0
             missing = max(0, cfg.agent.episodes - held)
             rows += missing * per_episode + (one_off if missing else 0)
+            if cfg.agent.probe_critic:  # the critic replays stored episodes' final prompts on val (cache hits
+                rows += min(held, cfg.agent.episodes) * cfg.splits.n_val  # where this cache collected them)
         return rows
     if name == "dqn":
         return math.ceil(cfg.agent.train_steps / max(cfg.k, 1)) * per_episode + one_off
@@ -382,6 +390,9 @@ def plan_from_dict(doc: Mapping[str, Any], *, where: str = "ablate config", sour
             cfg = base.updated(**_cell_values(values, grid, base, where), seeds=list(seeds))
         except ConfigError as exc:
             raise ConfigError(f"{where}: cell [{label}] is not a valid run: {exc}") from None
+        if "policy_probe" in map(selector_kind, selectors) and not cfg.agent.probe_critic:
+            raise ConfigError(f"{where}: selector policy_probe in cell [{label}] needs agent.probe_critic = true "
+                              "(set it in [base.agent]); expected the policy to carry its probe critic")
         cells.append(Cell(cell_id(values), label, values, cfg))
     plan = Plan(where, base, {k: list(v) for k, v in grid.items()}, cells, selectors, list(seeds), source)
     plan.units = [(c, s, n) for c in cells for s in plan.seeds for n in selectors]

@@ -157,6 +157,9 @@ class AgentConfig:
             training task's returns as z-scores within that task, :func:`agents.rollouts.standardize_returns`),
             so a policy trained on several tasks learns what beats a task's typical prompt, not which task
             is easier.
+        probe_critic: The offline agent also fits the probe critic (:mod:`rl_select.mdp.critic`, used by
+            ``policy_probe``) on the same episodes: each episode's final prompt is scored on its task's val
+            texts (the terminal reward's rows: cache hits where the store was collected with this cache).
     """
 
     name: str = "offline"
@@ -170,6 +173,7 @@ class AgentConfig:
     q_target: str = "td"
     rollout_seed: int | None = None
     return_norm: str = "none"
+    probe_critic: bool = False
 
     def validate(self) -> None:
         from agents import AGENTS
@@ -189,6 +193,11 @@ class AgentConfig:
             raise ConfigError(f"agent.q_target={self.q_target!r}; expected one of {list(Q_TARGETS)}")
         if self.return_norm not in RETURN_NORMS:
             raise ConfigError(f"agent.return_norm={self.return_norm!r}; expected one of {list(RETURN_NORMS)}")
+        if not isinstance(self.probe_critic, bool):
+            raise ConfigError(f"agent.probe_critic={self.probe_critic!r}; expected true or false")
+        if self.probe_critic and self.name != "offline":
+            raise ConfigError(f"agent.probe_critic = true with agent.name={self.name!r}; expected the offline agent "
+                              "(the critic learns from its rollout stores)")
         if not self.hidden or not all(isinstance(h, int) and h > 0 for h in self.hidden):
             raise ConfigError(f"agent.hidden={self.hidden!r}; expected positive layer widths, e.g. [64, 64]")
 
@@ -234,7 +243,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "hidden": ("agent", "hidden"), "train_tasks": ("agent", "train_tasks"), "store": ("agent", "store"),
     "cql_alpha": ("agent", "cql_alpha"), "val_episodes": ("agent", "val_episodes"),
     "rollout_seed": ("agent", "rollout_seed"), "q_target": ("agent", "q_target"),
-    "return_norm": ("agent", "return_norm"),
+    "return_norm": ("agent", "return_norm"), "probe_critic": ("agent", "probe_critic"),
     "executor": ("executor", "kind"), "ray_address": ("executor", "address"), "workers": ("executor", "workers"),
 }
 """Flat key (older config files, command-line flags) -> ``(table, key)``."""

@@ -35,7 +35,7 @@ SEARCH_SHARE = 0.25
 """Target: policy-guided search spends at most this share of best-of-16's LM rows at selection time."""
 
 
-LABEL_FREE_TRAINED: tuple[str, ...] = ("policy", "policy_rank")
+LABEL_FREE_TRAINED: tuple[str, ...] = ("policy", "policy_rank", "policy_probe")
 """Trained selectors that read no validation label at selection time."""
 
 
@@ -132,7 +132,9 @@ def targets(figures: Mapping[str, Mapping[str, Any]], train_rows: Mapping[str, i
 
     out = []
     rnd = avg("random")
-    for sel, what in (("policy", "Transfer policy"), ("policy_rank", "Transfer policy_rank")):
+    probe = sorted({lb.split(" ")[0] for lb in figures if selector_kind(lb) == "policy_probe"})
+    for sel, what in (("policy", "Transfer policy"), ("policy_rank", "Transfer policy_rank"),
+                      *((p, f"Transfer {p}") for p in probe)):
         tr = avg(f"{sel} (transfer)")
         if tr is None and sel != "policy":
             continue

@@ -35,9 +35,11 @@ from rl_select.experiments.config import RunConfig
 from rl_select.experiments.executors import Executor, ScorerFactory, add_stats
 from rl_select.lm.base import CachedScorer, ScorerStats
 from rl_select.lm.cache import default_cache_path
+from rl_select.mdp.critic import ProbeCritic, critic_features
 from rl_select.mdp.features import FeatureSpec
 from rl_select.mdp.policy import SelectorPolicy
 from rl_select.mdp.table import RowTable
+from rl_select.metrics import label_ids
 from rl_select.tasks import resolve_task
 
 
@@ -224,6 +226,35 @@ def load_rollouts(cfg: RunConfig, task_envs: Sequence[TaskEnv]) -> list[Episode]
     return episodes
 
 
+CRITIC_RETURNS = "raw"
+"""The probe critic's regression target (see docs/results.md for the leave-one-task-out check that chose it)."""
+
+
+def fit_probe_critic(cfg: RunConfig, task_envs: Sequence[TaskEnv]) -> ProbeCritic:
+    """The probe critic on the first ``cfg.agent.episodes`` stored episodes of every training task.
+
+    Each episode is replayed (its env reset with its own seed gives back its candidates) and its final
+    prompt scored on the task's val split: the rows the terminal reward scored when it was collected, so
+    with that cache every one is a hit. Refused if a replayed terminal accuracy differs from the stored
+    return (the store was collected under other settings)."""
+    per_task = []
+    for te in task_envs:
+        env, labels = te.env, list(te.scorer.spec.labels)
+        xs, ys = [], []
+        for ep in RolloutStore(store_path(cfg, te.task)).load()[: cfg.agent.episodes]:
+            env.reset(seed=ep.env_seed)
+            demos = [env.candidates[i] for i in ep.chosen]
+            lp = np.asarray(te.scorer.logprobs(demos=demos, queries=env.val), dtype=np.float64)
+            acc = float(np.mean(lp.argmax(axis=1) == label_ids(labels, env.val)))
+            if cfg.mdp.reward == "terminal" and abs(acc - ep.ret) > 1e-6:
+                raise ConfigError(f"{te.task} rollout {ep.episode}: replayed val accuracy {acc:.4f} differs from its "
+                                  f"stored return {ep.ret:.4f}; expected a store collected under this config")
+            xs.append(critic_features(lp, [d.label for d in demos], labels))
+            ys.append(acc)
+        per_task.append((np.array(xs), np.array(ys)))
+    return ProbeCritic.fit(per_task, returns=CRITIC_RETURNS)
+
+
 @dataclass
 class TrainResult:
     """What :func:`train_agent` produced."""
@@ -272,6 +303,9 @@ def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, progress: bool 
         agent.learn(episodes, env=task_envs[0].env if n_val else None, progress=progress)
         curve = [(h["step"], h["score"]) for h in agent.summary["history"]]
         label = "greedy validation return" if n_val else "minus held-out TD objective"
+    critic = None
+    if cfg.agent.probe_critic:  # validated: the offline agent's stores
+        critic = fit_probe_critic(cfg, task_envs)
     lm = ScorerStats()
     for te, b in zip(task_envs, before):
         lm = add_stats(lm, te.scorer.stats - b)
@@ -281,6 +315,7 @@ def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, progress: bool 
             agent.qnet, feature_spec=task_envs[0].env.feature_spec, k=cfg.k, task=task_envs[0].scorer.spec,
             scorer_spec=getattr(task_envs[0].scorer, "scorer_spec", None),
             scorer_fingerprint=task_envs[0].scorer.fingerprint, allow_stop=cfg.mdp.allow_stop, min_len=cfg.mdp.min_len,
+            critic=critic,
             training={"agent": cfg.agent.name, "agent_config": agent.config(), "tasks": [te.task for te in task_envs],
                       "summary": _jsonable(agent.summary), "lm_calls": lm.as_dict(), "config": cfg.to_dict()},
         )

@@ -42,6 +42,8 @@ from rl_select.mdp.artifacts import (
     read_artifact,
     write_artifact,
 )
+from rl_select.mdp.critic import TENSOR as CRITIC_TENSOR
+from rl_select.mdp.critic import ProbeCritic, critic_features
 from rl_select.mdp.episode import ActFn, EpisodeRule, SelectionEpisode, run_episode
 from rl_select.mdp.features import FeatureSpec, Featurizer
 from rl_select.mdp.qnet import CandidateQNet, masked_q
@@ -77,6 +79,7 @@ class SelectorPolicy:
         training: A JSON-serialisable training summary (agent, steps, returns, ...).
         allow_stop: Whether STOP may be chosen (as in the training env).
         min_len: Fewest demos before STOP may be chosen (as in the training env).
+        critic: The probe critic fitted on the same rollouts (``agent.probe_critic``), or ``None``.
 
     Attributes:
         last_selection_info: After :meth:`select`: ``{"k", "chosen", "stopped", "steps": [{"step",
@@ -99,6 +102,7 @@ class SelectorPolicy:
         training: Mapping[str, Any] | None = None,
         allow_stop: bool = False,
         min_len: int = 0,
+        critic: ProbeCritic | None = None,
     ) -> None:
         if not isinstance(qnet, CandidateQNet):
             raise PolicyError(f"qnet is a {type(qnet).__name__}; expected a CandidateQNet")
@@ -126,6 +130,9 @@ class SelectorPolicy:
         self.training: dict[str, Any] = training
         self.allow_stop = bool(allow_stop)
         self.min_len = int(min_len)
+        if critic is not None and not isinstance(critic, ProbeCritic):
+            raise PolicyError(f"critic is a {type(critic).__name__}; expected a ProbeCritic or None")
+        self.critic = critic
         self.last_selection_info: dict[str, Any] | None = None
         self._table: tuple[Any, Any, RowTable] | None = None  # (scorer, embedder, its row table), reused
 
@@ -154,7 +161,10 @@ class SelectorPolicy:
     # --- the document -----------------------------------------------------------------------------
 
     def _tensors(self) -> dict[str, Tensor]:
-        return {name: t.detach().to("cpu").contiguous().clone() for name, t in self.qnet.state_dict().items()}
+        out = {name: t.detach().to("cpu").contiguous().clone() for name, t in self.qnet.state_dict().items()}
+        if self.critic is not None:
+            out[CRITIC_TENSOR] = torch.as_tensor(self.critic.weights, dtype=torch.float64).clone()
+        return out
 
     def _document(self) -> dict[str, Any]:
         return {
@@ -167,6 +177,7 @@ class SelectorPolicy:
             "scorer_fingerprint": self.scorer_fingerprint,
             "qnet": qnet_document(self.qnet),
             "training": copy.deepcopy(self.training),
+            "critic": None if self.critic is None else self.critic.document(),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -220,12 +231,18 @@ class SelectorPolicy:
                 f"{where}: q-net dims (state_dim={arch.get('state_dim')}, cand_dim={arch.get('cand_dim')}) do not "
                 f"match feature set {feature_spec.kind!r}; expected {want}"
             )
+        tensors = dict(tensors)
+        critic_w = tensors.pop(CRITIC_TENSOR, None)
+        if (critic_w is None) != (doc.get("critic") is None):
+            raise PolicyError(f"{where}: the critic entry and the {CRITIC_TENSOR!r} tensor must come together; "
+                              f"found entry {doc.get('critic') is not None}, tensor {critic_w is not None}")
+        critic = None if critic_w is None else ProbeCritic.from_document(doc["critic"], critic_w.numpy(), where=where)
         qnet = qnet_from_document(arch, tensors, where=where, error=PolicyError)
         try:
             policy = cls(
                 qnet, feature_spec=feature_spec, k=doc["k"], task=task, scorer_spec=scorer_spec,
                 scorer_fingerprint=doc["scorer_fingerprint"], training=doc["training"],
-                allow_stop=doc["allow_stop"], min_len=doc["min_len"],
+                allow_stop=doc["allow_stop"], min_len=doc["min_len"], critic=critic,
             )
         except PolicyError as exc:
             raise PolicyError(f"{where}: {exc}") from None
@@ -401,6 +418,28 @@ class SelectorPolicy:
             run_episode(episode, act)
             out[j] = last[0]
         return out
+
+    def critic_values(self, prompts: Sequence[Sequence[Example]], *, scorer: Scorer, val: Sequence[Example],
+                      force: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The probe critic's value of each complete prompt: each is scored on ``val``'s texts (one scorer call
+        of ``len(val)`` queries per prompt; the val labels are not read).
+
+        Returns:
+            ``(values (n,), features (n, F))`` for the ``n`` prompts.
+
+        Raises:
+            PolicyError: The policy has no critic, or another scorer than the training one and not ``force``.
+            SelectionError: An empty ``val``.
+        """
+        if self.critic is None:
+            raise PolicyError("this policy has no probe critic; expected one trained with agent.probe_critic = true")
+        if not val:
+            raise SelectionError("the probe critic needs unlabelled probe queries (the val split); got none")
+        self.check_scorer(scorer, force=force)
+        labels = list(scorer.spec.labels)  # the task being selected for (a transfer policy trained on others)
+        feats = np.stack([critic_features(scorer.logprobs(demos=list(p), queries=val), [d.label for d in p], labels)
+                          for p in prompts]) if prompts else np.zeros((0, self.critic.weights.size - 1))
+        return self.critic.score(feats), feats
 
     def _greedy_act(self, steps: list[dict[str, Any]], stop: int, *, temperature: float = 0.0,
                     rng: np.random.Generator | None = None) -> ActFn:

@@ -1,8 +1,9 @@
 """Demonstration selectors behind one interface (:class:`Selector`), and their registry.
 
 The non-RL baselines, ``policy`` (a trained :class:`~rl_select.mdp.policy.SelectorPolicy`) and
-``policy_search`` (the best of ``m`` policy rollouts on val) and ``policy_rank`` (the best of random prompts
-by the policy's predicted return, no val labels).
+``policy_search`` (the best of ``m`` policy rollouts on val), ``policy_rank`` (the best of random prompts
+by the policy's predicted return, no val labels) and ``policy_probe`` (the best of random prompts by the
+policy's probe critic, from the val texts' predictions, no val labels).
 
 Importing this package registers every built-in selector in :data:`SELECTORS`, so
 ``make_selector("greedy", max_candidates=16)`` works from anywhere.
@@ -21,6 +22,7 @@ from rl_select.selectors.global_entropy import GlobalEntropySelector
 from rl_select.selectors.greedy import GreedySelector
 from rl_select.selectors.knn import KNNSelector
 from rl_select.selectors.max_entropy import MaxEntropySelector
+from rl_select.selectors.policy_probe import PolicyProbeSelector
 from rl_select.selectors.policy_rank import PolicyRankSelector
 from rl_select.selectors.policy_search import PolicySearchSelector
 from rl_select.selectors.policy_selector import PolicySelector
@@ -34,6 +36,7 @@ __all__ = [
     "GreedySelector",
     "KNNSelector",
     "MaxEntropySelector",
+    "PolicyProbeSelector",
     "PolicyRankSelector",
     "PolicySearchSelector",
     "PolicySelector",
