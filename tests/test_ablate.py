@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from agents.rollouts import RolloutStore
@@ -482,12 +483,24 @@ def test_policy_probe_trains_the_critic_on_the_cells_stores(tmp_path, data_root,
     path.write_text(text)
     with pytest.raises(ConfigError, match="policy_probe in cell .* needs agent.probe_critic = true"):
         load_plan(path)
+    folder = tmp_path / "runs" / "probe"
+    # first without the probe: the policies are trained and saved without a critic
+    first = tmp_path / "first.toml"
+    first.write_text(text.replace(', "policy_probe"]', "]"))
+    assert invoke(str(first), "--run-dir", str(folder)).exit_code == 0
+    from safetensors.torch import load_file
+
+    before = {p.name: load_file(str(p)) for p in (folder / "policies").glob("*.safetensors")}
     path.write_text(text.replace("val_episodes = 0", "val_episodes = 0\nprobe_critic = true"))
     plan = load_plan(path)
     assert sum(c.cfg.agent.probe_critic for c in plan.cells) == len(plan.cells)
-    folder = tmp_path / "runs" / "probe"
     res = invoke(str(path), "--run-dir", str(folder))
     assert res.exit_code == 0, res.output
+    # the stored policies gained a critic; their Q-networks are the ones the first rows used
+    for name, old in before.items():
+        new = load_file(str(folder / "policies" / name))
+        assert set(new) == set(old) | {"probe_critic"}
+        assert all(torch.equal(new[k], old[k]) for k in old)
     rows = read_rows(folder / "results.csv")
     probe = [r for r in rows if r["selector"] == "policy_probe"]
     assert len(probe) == 6 * 2 and all(r["status"] == "ok" for r in probe), [r["error"] for r in probe][:2]

@@ -639,6 +639,8 @@ class Runner:
         if record.is_file():
             doc = json.loads(record.read_text())
             if doc.get("policy") is None or policy_path.is_file():
+                if doc.get("policy") and cell.cfg.agent.probe_critic:
+                    doc = self._add_critic(cell, seed, policy_path, record, doc)
                 out = Trained(policy_path if doc.get("policy") else None, doc.get("error"), doc["queries"],
                               doc["cache_hits"], doc["seconds"])
                 self._trained[(cell.id, seed)] = out
@@ -672,6 +674,30 @@ class Runner:
         out = Trained(None if error else policy_path, error, queries, hits, seconds)
         self._trained[(cell.id, seed)] = out
         return out
+
+    def _add_critic(self, cell: Cell, seed: int, policy_path: Path, record: Path, doc: dict[str, Any]
+                    ) -> dict[str, Any]:
+        """A stored policy trained before ``agent.probe_critic`` was set: fit its critic on the same stores and
+        save it into the same file (the Q-network is unchanged, so rows already computed with it still hold);
+        the LM rows the fit spends join the training record. A policy that has a critic is left alone."""
+        from rl_select.experiments.training import build_task_envs, fit_probe_critic
+        from rl_select.mdp.policy import SelectorPolicy
+
+        policy = SelectorPolicy.load(policy_path)
+        if policy.critic is not None:
+            return doc
+        cfg = cell.cfg.updated(seeds=[seed])
+        t0 = time.perf_counter()
+        envs = build_task_envs(cfg, lambda spec: self.scorer(cfg, spec))
+        before = [te.scorer.stats.copy() for te in envs]
+        policy.critic = fit_probe_critic(cfg, envs)
+        policy.save(policy_path)
+        spent = [te.scorer.stats - b for te, b in zip(envs, before)]
+        doc = {**doc, "queries": doc["queries"] + sum(x.queries for x in spent),
+               "cache_hits": doc["cache_hits"] + sum(x.cache_hits for x in spent),
+               "seconds": doc["seconds"] + time.perf_counter() - t0, "critic_added": True}
+        record.write_text(json.dumps(doc))
+        return doc
 
     # one row --------------------------------------------------------------------------------------
 
