@@ -155,6 +155,8 @@ OPTIONS: dict[str, Any] = {
                                   "within the task)."),
     "probe_critic": _opt(bool, "--probe-critic/--no-probe-critic",
                          help="Offline agent: also fit the probe critic (policy_probe) on the rollouts."),
+    "critic_episodes": _opt(int, help="Probe critic: the first N stored episodes per task it fits on "
+                                      "(default: episodes)."),
     # [executor]
     "executor": _opt(str, help="local (in process) | ray (units on Ray actors; same results, store and cache)."),
     "ray_address": _opt(str, help="Ray cluster: auto | ray://host:10001 (default $RL_SELECT_RAY_ADDRESS, "
@@ -171,7 +173,7 @@ LM = ("model", "backend", "base_url", "dtype", "mode", "calibrate", "length_norm
 EXECUTOR = ("executor", "ray_address", "workers")
 MDP = ("train_tasks", "train_pool", "n_candidates", "feature_set", "reward", "allow_stop", "min_len")
 AGENT = ("agent", "episodes", "train_steps", "hidden", "store", "cql_alpha", "val_episodes", "q_target", "rollout_seed",
-         "return_norm", "probe_critic")
+         "return_norm", "probe_critic", "critic_episodes")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML run config; flags override it.")]
 DataOpt = OPTIONS["data"]

@@ -491,7 +491,7 @@ def test_policy_probe_trains_the_critic_on_the_cells_stores(tmp_path, data_root,
     from safetensors.torch import load_file
 
     before = {p.name: load_file(str(p)) for p in (folder / "policies").glob("*.safetensors")}
-    path.write_text(text.replace("val_episodes = 0", "val_episodes = 0\nprobe_critic = true"))
+    path.write_text(text.replace("val_episodes = 0", "val_episodes = 0\nprobe_critic = true\ncritic_episodes = 3"))
     plan = load_plan(path)
     assert sum(c.cfg.agent.probe_critic for c in plan.cells) == len(plan.cells)
     res = invoke(str(path), "--run-dir", str(folder))
@@ -509,4 +509,4 @@ def test_policy_probe_trains_the_critic_on_the_cells_stores(tmp_path, data_root,
 
     transfer = [p for p in sorted((folder / "policies").glob("*.safetensors"))
                 if len(SelectorPolicy.load(p).training["tasks"]) == 2]
-    assert transfer and all(SelectorPolicy.load(p).critic.n_train == 2 * 4 for p in transfer)  # 2 stores x 4
+    assert transfer and all(SelectorPolicy.load(p).critic.n_train == 2 * 3 for p in transfer)  # 2 stores x 3

@@ -128,3 +128,5 @@ def test_probe_critic_needs_the_offline_agent():
         RunConfig().updated(agent="dqn", probe_critic=True)
     with pytest.raises(ConfigError, match="agent.probe_critic='yes'"):
         RunConfig().updated(probe_critic="yes")
+    with pytest.raises(ConfigError, match="agent.critic_episodes=1; expected an integer >= 2"):
+        RunConfig().updated(probe_critic=True, critic_episodes=1)

@@ -65,6 +65,7 @@ GRID_KEYS: dict[str, str] = {
     "rollout_seed": "seed of the rollouts (None: each seed's own)", "q_target": "offline target (td | mc)",
     "return_norm": "offline returns: none | task (z-scores within each training task)",
     "probe_critic": "fit the probe critic (policy_probe) on the rollouts",
+    "critic_episodes": "episodes per task the probe critic fits on",
 }
 """Keys a ``[grid]`` may vary (flat config keys, :data:`~rl_select.experiments.config.FLAT_KEYS`)."""
 
@@ -236,7 +237,8 @@ def training_rows(cfg: RunConfig, counted: set[str] | None = None) -> int:
             missing = max(0, cfg.agent.episodes - held)
             rows += missing * per_episode + (one_off if missing else 0)
             if cfg.agent.probe_critic:  # the critic replays stored episodes' final prompts on val (cache hits
-                rows += min(held, cfg.agent.episodes) * cfg.splits.n_val  # where this cache collected them)
+                fit = cfg.agent.critic_episodes or cfg.agent.episodes  # where this cache collected them)
+                rows += min(held, cfg.agent.episodes, fit) * cfg.splits.n_val
         return rows
     if name == "dqn":
         return math.ceil(cfg.agent.train_steps / max(cfg.k, 1)) * per_episode + one_off

@@ -160,6 +160,7 @@ class AgentConfig:
         probe_critic: The offline agent also fits the probe critic (:mod:`rl_select.mdp.critic`, used by
             ``policy_probe``) on the same episodes: each episode's final prompt is scored on its task's val
             texts (the terminal reward's rows: cache hits where the store was collected with this cache).
+        critic_episodes: The first N stored episodes per task the critic fits on (``None``: ``episodes``).
     """
 
     name: str = "offline"
@@ -174,6 +175,7 @@ class AgentConfig:
     rollout_seed: int | None = None
     return_norm: str = "none"
     probe_critic: bool = False
+    critic_episodes: int | None = None
 
     def validate(self) -> None:
         from agents import AGENTS
@@ -195,6 +197,8 @@ class AgentConfig:
             raise ConfigError(f"agent.return_norm={self.return_norm!r}; expected one of {list(RETURN_NORMS)}")
         if not isinstance(self.probe_critic, bool):
             raise ConfigError(f"agent.probe_critic={self.probe_critic!r}; expected true or false")
+        if self.critic_episodes is not None:
+            _positive("agent.critic_episodes", self.critic_episodes, minimum=2)
         if self.probe_critic and self.name != "offline":
             raise ConfigError(f"agent.probe_critic = true with agent.name={self.name!r}; expected the offline agent "
                               "(the critic learns from its rollout stores)")
@@ -244,6 +248,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "cql_alpha": ("agent", "cql_alpha"), "val_episodes": ("agent", "val_episodes"),
     "rollout_seed": ("agent", "rollout_seed"), "q_target": ("agent", "q_target"),
     "return_norm": ("agent", "return_norm"), "probe_critic": ("agent", "probe_critic"),
+    "critic_episodes": ("agent", "critic_episodes"),
     "executor": ("executor", "kind"), "ray_address": ("executor", "address"), "workers": ("executor", "workers"),
 }
 """Flat key (older config files, command-line flags) -> ``(table, key)``."""

@@ -231,7 +231,8 @@ CRITIC_RETURNS = "raw"
 
 
 def fit_probe_critic(cfg: RunConfig, task_envs: Sequence[TaskEnv]) -> ProbeCritic:
-    """The probe critic on the first ``cfg.agent.episodes`` stored episodes of every training task.
+    """The probe critic on the first ``cfg.agent.critic_episodes`` (default ``episodes``) stored episodes of every
+    training task.
 
     Each episode is replayed (its env reset with its own seed gives back its candidates) and its final
     prompt scored on the task's val split: the rows the terminal reward scored when it was collected, so
@@ -241,7 +242,8 @@ def fit_probe_critic(cfg: RunConfig, task_envs: Sequence[TaskEnv]) -> ProbeCriti
     for te in task_envs:
         env, labels = te.env, list(te.scorer.spec.labels)
         xs, ys = [], []
-        for ep in RolloutStore(store_path(cfg, te.task)).load()[: cfg.agent.episodes]:
+        n = min(cfg.agent.episodes, cfg.agent.critic_episodes or cfg.agent.episodes)
+        for ep in RolloutStore(store_path(cfg, te.task)).load()[:n]:
             env.reset(seed=ep.env_seed)
             demos = [env.candidates[i] for i in ep.chosen]
             lp = np.asarray(te.scorer.logprobs(demos=demos, queries=env.val), dtype=np.float64)
