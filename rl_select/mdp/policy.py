@@ -8,11 +8,15 @@ summary. It needs neither gymnasium nor stable-baselines3: :meth:`SelectorPolicy
 same :class:`~rl_select.mdp.episode.SelectionEpisode` the training env wraps.
 
 File: the one artifact format of :mod:`rl_select.mdp.artifacts`, ``kind = "policy"``; the tensors are the
-Q-network's ``state_dict`` and the document holds::
+Q-network's ``state_dict`` (plus ``probe_critic``, the critic's weights, when it has one) and the document
+holds::
 
     {"feature_spec": {...FeatureSpec.to_dict()}, "k": 4, "allow_stop": false, "min_len": 0,
      "task": {...TaskSpec.to_dict()}, "scorer": {...ScorerSpec.to_dict()} | null,
-     "scorer_fingerprint": "hf:…:direct:0", "qnet": {...}, "training": {...}, ...format fields}
+     "scorer_fingerprint": "hf:…:direct:0", "qnet": {...}, "training": {...},
+     "critic": {...ProbeCritic.document()} | null, ...format fields}
+
+A file without a ``critic`` entry (written before it existed) loads with ``critic = None``.
 
 ``scorer`` is ``null`` only for a policy trained with a scorer that has no spec (a test double); then the
 scorer fingerprint alone identifies it.
