@@ -132,7 +132,7 @@ def targets(figures: Mapping[str, Mapping[str, Any]], train_rows: Mapping[str, i
 
     out = []
     rnd = avg("random")
-    probe = sorted({lb.split(" ")[0] for lb in figures if selector_kind(lb) == "policy_probe"})
+    probe = sorted({lb.split(" ")[0] for lb in figures if selector_kind(lb.split(" ")[0]) == "policy_probe"})
     for sel, what in (("policy", "Transfer policy"), ("policy_rank", "Transfer policy_rank"),
                       *((p, f"Transfer {p}") for p in probe)):
         tr = avg(f"{sel} (transfer)")
