@@ -10,7 +10,7 @@ statistics that need no validation label, and reports per task:
 * ``rank32``: the gain, in validation points, of picking among 32 random episodes the one where the
   statistic is highest, over a random one (300 draws; 0 for a statistic that knows nothing).
 
-Statistics (each "higher is better" as written; ``-x`` flips one):
+Statistics (:data:`rl_select.mdp.critic.CRITIC_FEATURES`, the probe critic's inputs):
 
 * ``pred_entropy``: entropy of the histogram of arg-max predictions / log L (Lu et al. 2022's GlobalE);
 * ``mean_entropy``: entropy of the mean predicted label distribution / log L;
@@ -35,45 +35,14 @@ from agents.rollouts import Episode, RolloutStore
 from rl_select.experiments.ablate import load_plan
 from rl_select.experiments.harness import scorer_factory
 from rl_select.experiments.training import build_task_envs, store_path
+from rl_select.mdp.critic import CRITIC_FEATURES, ProbeCritic, critic_features
 
-STATS = ("pred_entropy", "mean_entropy", "mean_max", "query_entropy", "demo_balance")
-
-
-def _entropy(p: np.ndarray, n_labels: int) -> float:
-    nz = p[p > 0]
-    return float(-(nz * np.log(nz)).sum() / np.log(n_labels)) if n_labels > 1 else 0.0
+STATS = CRITIC_FEATURES  # pred_entropy, mean_entropy, mean_max, query_entropy, demo_balance
 
 
-def prompt_stats(val_logprobs: np.ndarray, demo_labels: Sequence[int], n_labels: int) -> dict[str, float]:
-    """The label-free statistics of one prompt from its val label log-probs ``(V, L)``."""
-    lp = val_logprobs - np.logaddexp.reduce(val_logprobs, axis=1, keepdims=True)
-    probs = np.exp(lp)
-    pred = np.bincount(probs.argmax(axis=1), minlength=n_labels) / len(probs)
-    demos = np.bincount(np.asarray(demo_labels, dtype=np.int64), minlength=n_labels)
-    return {
-        "pred_entropy": _entropy(pred, n_labels),
-        "mean_entropy": _entropy(probs.mean(axis=0), n_labels),
-        "mean_max": float(probs.max(axis=1).mean()),
-        "query_entropy": float(np.mean([_entropy(p, n_labels) for p in probs])),
-        "demo_balance": _entropy(demos / demos.sum(), n_labels) if demos.sum() else 0.0,
-    }
-
-
-FEATURES = STATS
-"""The ridge critic's inputs."""
-
-
-def fit_ridge(x: np.ndarray, y: np.ndarray, lam: float = 1e-2) -> np.ndarray:
-    """Ridge weights ``(F + 1,)`` (bias last) of ``y ~ x``, ``x (n, F)``."""
-    a = np.hstack([x, np.ones((len(x), 1))])
-    reg = lam * np.eye(a.shape[1])
-    reg[-1, -1] = 0.0
-    return np.linalg.solve(a.T @ a + reg, a.T @ y)
-
-
-def critic_score(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``x (n, F)`` -> ``(n,)`` predicted returns."""
-    return x @ w[:-1] + w[-1]
+def prompt_stats(val_logprobs: np.ndarray, demo_labels: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    """The label-free statistics of one prompt (the probe critic's features) from its val log-probs ``(V, L)``."""
+    return dict(zip(STATS, critic_features(val_logprobs, demo_labels, labels).tolist()))
 
 
 def rank_lift(stat: np.ndarray, returns: np.ndarray, n: int = 32, draws: int = 300) -> float:
@@ -120,7 +89,7 @@ def main() -> None:
             if cfg.mdp.reward == "terminal" and abs(acc - ep.ret) > 1e-6:  # terminal return = val accuracy
                 raise SystemExit(f"{task} episode {ep.episode}: replayed val accuracy {acc} differs from its "
                                  f"stored return {ep.ret}; expected the store's own settings")
-            rows.append(prompt_stats(lp, [labels.index(d.label) for d in demos], len(labels)))
+            rows.append(prompt_stats(lp, [d.label for d in demos], labels))
             returns.append(acc)
         spent = scorer.stats - before
         ret = np.array(returns)
@@ -130,7 +99,7 @@ def main() -> None:
             rho = float(spearmanr(col, ret).statistic) if col.std() > 0 else 0.0
             res[name] = (rho, 100.0 * rank_lift(col, ret))
         table.append((task, res, len(episodes), int(spent.cache_misses)))
-        per_task[task] = (np.array([[r[f] for f in FEATURES] for r in rows]), ret)
+        per_task[task] = (np.array([[r[f] for f in STATS] for r in rows]), ret)
         print(f"{task}: {len(episodes)} episodes, {spent.cache_misses} LM misses, val acc {100 * ret.mean():.1f} ± "
               f"{100 * ret.std():.1f}", flush=True)
     if len(per_task) > 1:
@@ -141,12 +110,11 @@ def main() -> None:
                 ys = [per_task[t][1] for t in per_task if t != held]
                 if norm == "task":
                     ys = [(y - y.mean()) / (y.std() or 1.0) for y in ys]
-                w = fit_ridge(np.concatenate(xs), np.concatenate(ys))
-                score = critic_score(per_task[held][0], w)
+                score = ProbeCritic.fit(list(zip(xs, ys))).score(per_task[held][0])
                 ret = per_task[held][1]
                 rhos.append(float(spearmanr(score, ret).statistic))
                 lifts.append(100.0 * rank_lift(score, ret))
-            print(f"leave-one-task-out ridge critic on {list(FEATURES)} (returns {norm}): "
+            print(f"leave-one-task-out ridge critic on {list(STATS)} (returns {norm}): "
                   + ", ".join(f"{t} rho {r:+.2f} rank32 {x:+.1f}" for t, r, x in zip(per_task, rhos, lifts))
                   + f"; mean rank32 {np.mean(lifts):+.1f}", flush=True)
     print("\n| statistic | " + " | ".join(t for t, *_ in table) + " | mean rank32 |")
