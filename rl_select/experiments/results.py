@@ -210,8 +210,10 @@ def machine() -> str:
 
 
 def _base_cell(cell: str) -> str:
-    """The ``task`` / ``train_tasks`` part of a cell label (``"task=trec, train_tasks=others"``)."""
-    return ", ".join(p for p in str(cell).split(", ") if p.split("=")[0] in ("task", "train_tasks"))
+    """The ``task`` / ``train_tasks`` part of a cell label (``"task=trec, train_tasks=others"``); ``train_tasks=self``
+    is the default, so ``"task=trec, train_tasks=self"`` reads ``"task=trec"`` (a baselines-only grid's cells)."""
+    return ", ".join(p for p in str(cell).split(", ")
+                     if p.split("=")[0] in ("task", "train_tasks") and p != "train_tasks=self")
 
 
 def lever_table(rows: Sequence[Mapping[str, Any]], plan: Plan,
