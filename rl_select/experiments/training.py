@@ -227,7 +227,8 @@ def load_rollouts(cfg: RunConfig, task_envs: Sequence[TaskEnv]) -> list[Episode]
 
 
 CRITIC_RETURNS = "raw"
-"""The probe critic's regression target (see docs/results.md for the leave-one-task-out check that chose it)."""
+"""The probe critic's regression target (raw returns ranked a held-out task as well as per-task z-scores in the
+README's leave-one-task-out check, ``benchmarks/label_free_signals.py``)."""
 
 
 def fit_probe_critic(cfg: RunConfig, task_envs: Sequence[TaskEnv]) -> ProbeCritic:
@@ -241,13 +242,14 @@ def fit_probe_critic(cfg: RunConfig, task_envs: Sequence[TaskEnv]) -> ProbeCriti
     per_task = []
     for te in task_envs:
         env, labels = te.env, list(te.scorer.spec.labels)
+        gold = label_ids(labels, env.val)  # the val split is fixed per env; only the candidates change
         xs, ys = [], []
         n = min(cfg.agent.episodes, cfg.agent.critic_episodes or cfg.agent.episodes)
         for ep in RolloutStore(store_path(cfg, te.task)).load()[:n]:
             env.reset(seed=ep.env_seed)
             demos = [env.candidates[i] for i in ep.chosen]
             lp = np.asarray(te.scorer.logprobs(demos=demos, queries=env.val), dtype=np.float64)
-            acc = float(np.mean(lp.argmax(axis=1) == label_ids(labels, env.val)))
+            acc = float(np.mean(lp.argmax(axis=1) == gold))
             if cfg.mdp.reward == "terminal" and abs(acc - ep.ret) > 1e-6:
                 raise ConfigError(f"{te.task} rollout {ep.episode}: replayed val accuracy {acc:.4f} differs from its "
                                   f"stored return {ep.ret:.4f}; expected a store collected under this config")
