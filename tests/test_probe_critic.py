@@ -11,13 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from rl_select.embeddings import HashingEmbedder
 from rl_select.errors import ConfigError, PolicyError, SelectionError
 from rl_select.experiments.config import RunConfig
-from rl_select.mdp.critic import CRITIC_FEATURES, ProbeCritic, critic_features
+from rl_select.mdp.critic import CRITIC_FEATURES, ProbeCritic, critic_features, per_query_features
 from rl_select.mdp.features import FeatureSpec
 from rl_select.mdp.policy import SelectorPolicy
 from rl_select.mdp.qnet import CandidateQNet
-from rl_select.selectors import RandomSearchSelector, SelectionContext, make_selector
+from rl_select.selectors import KNNSelector, RandomSearchSelector, SelectionContext, make_selector
 from rl_select.tasks import get_task
 from rl_select.testing import ToyScorer, sentiment_examples
 
@@ -130,3 +131,49 @@ def test_probe_critic_needs_the_offline_agent():
         RunConfig().updated(probe_critic="yes")
     with pytest.raises(ConfigError, match="agent.critic_episodes=1; expected an integer >= 2"):
         RunConfig().updated(probe_critic=True, critic_episodes=1)
+
+
+def test_per_query_features_assemble_the_queries_and_average_the_demo_balance():
+    lp = np.log(np.array([[0.8, 0.2], [0.3, 0.7]]))
+    x = per_query_features(lp, [["positive", "positive"], ["positive", "negative"]], TASK.labels)
+    np.testing.assert_allclose(x[:-1], critic_features(lp, [], TASK.labels)[:-1])
+    assert x[-1] == pytest.approx(0.5)
+    with pytest.raises(PolicyError, match="1 demo lists for 2 probe queries"):
+        per_query_features(lp, [["positive"]], TASK.labels)
+
+
+def test_policy_probe_with_knn_lets_the_critic_choose_retrieval_or_a_fixed_prompt(tmp_path):
+    test_queries = sentiment_examples(5, 9)
+
+    def run(weights: np.ndarray, name: str):
+        path = _policy(ProbeCritic(weights)).save(tmp_path / f"{name}.safetensors")
+        sel = make_selector("policy_probe", path=str(path), n_prompts=1, with_knn=True, embedder=HashingEmbedder())
+        assert sel.per_query
+        ctx = _ctx(seed=3)
+        lists = sel.select_for(ctx, test_queries)
+        assert ctx.scorer.stats.queries == 2 * len(ctx.val)  # the fixed prompt + each val query with its neighbours
+        return sel.last_info, lists, path
+
+    info, lists, path = run(np.zeros(F + 1), "zero")
+    assert info["chose"] == "fixed"  # a tie keeps the fixed prompt
+    knn_val = KNNSelector(HashingEmbedder()).select_for(_ctx(seed=3), _ctx().val)
+    value, feats = _policy(ProbeCritic(np.zeros(F + 1))).critic_value_per_query(knn_val, scorer=ToyScorer(TASK),
+                                                                                 val=_ctx().val)
+    np.testing.assert_allclose(info["knn_features"], feats)
+    gap = np.asarray(info["knn_features"]) - np.asarray(info["features"][0])
+    assert np.abs(gap).sum() > 0
+    info, lists, _ = run(np.append(gap, 0.0), "to_knn")  # values kNN's features above the fixed prompt's
+    assert info["chose"] == "knn" and info["knn_value"] > info["values"][0]
+    assert lists == KNNSelector(HashingEmbedder()).select_for(_ctx(seed=3), test_queries)
+    info, lists, _ = run(np.append(-gap, 0.0), "to_fixed")
+    assert info["chose"] == "fixed"
+    fixed = make_selector("policy_probe", path=str(path), n_prompts=1).select(_ctx(seed=3))
+    assert lists == [fixed] * len(test_queries)
+    flipped = [replace(v, label="negative" if v.label == "positive" else "positive") for v in _ctx().val]
+    sel = make_selector("policy_probe", path=str(tmp_path / "to_knn.safetensors"), n_prompts=1, with_knn=True,
+                        embedder=HashingEmbedder())
+    sel.select_for(_ctx(seed=3, val=flipped), test_queries)
+    assert sel.last_info["chose"] == "knn"  # val labels are never read
+    assert not make_selector("policy_probe", path=str(path)).per_query
+    with pytest.raises(SelectionError, match="with_knn='yes'"):
+        make_selector("policy_probe", path=str(path), with_knn="yes")

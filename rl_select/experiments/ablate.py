@@ -119,6 +119,15 @@ def _n_prompts(cfg: RunConfig, name: str, default: int = 8) -> int:
     return int(_args(cfg, name).get("n_prompts", default))
 
 
+def _with_knn(cfg: RunConfig, name: str) -> int:
+    return int(bool(_args(cfg, name).get("with_knn", False)))
+
+
+def _per_query(cfg: RunConfig, name: str) -> bool:
+    """Whether the entry may prompt every test query with its own demos (no val accuracy of one prompt)."""
+    return selector_kind(name) == "knn" or (selector_kind(name) == "policy_probe" and bool(_with_knn(cfg, name)))
+
+
 def _table(cfg: RunConfig) -> bool:
     from rl_select.mdp.features import FeatureSpec
 
@@ -178,9 +187,10 @@ COSTS: dict[str, Cost] = {
     "policy": Cost(lambda c, n: _policy_rows(c), _policy_labels,
                    "k x (P + V); table sets: P table rows (zeroshot: P + V, and k x V)"),
     "policy_rank": Cost(_rank_rows, _policy_labels, "table sets: P table rows; else n_sets x policy"),
-    "policy_probe": Cost(lambda c, n: _n_prompts(c, n, 16) * c.splits.n_val,
-                         lambda c, n: min(c.splits.n_pool, _n_prompts(c, n, 16) * c.k),
-                         "n_prompts x V (val texts only)"),
+    "policy_probe": Cost(lambda c, n: (_n_prompts(c, n, 16) + _with_knn(c, n)) * c.splits.n_val,
+                         lambda c, n: c.splits.n_pool if _with_knn(c, n) else min(c.splits.n_pool,
+                                                                                  _n_prompts(c, n, 16) * c.k),
+                         "n_prompts x V (val texts only; with_knn: + V, one prompt per query)"),
     "policy_search": Cost(_search_rows, _policy_labels,
                           "M x (policy + V); table sets: the table once + M x V (screen S, keep K: "
                           "M x S + K x (V - S))"),
@@ -465,7 +475,7 @@ def estimate(plan: Plan, done: set[tuple[str, int, str]] | None = None) -> dict[
         if selector_kind(name) in TRAINED and (cell.id, seed) not in trained:
             trained.add((cell.id, seed))
             train = training_rows(cfg.updated(seeds=[seed]), stores)
-        per_query = selector_kind(name) == "knn"
+        per_query = _per_query(cfg, name)
         rows.append({"cell_id": cell.id, "cell": cell.label, "seed": seed, "selector": name,
                      "select": int(_cost(name).rows(cfg, name)),
                      "eval": _test_rows(cfg, sizes) + (0 if per_query else cfg.splits.n_val), "train": train})

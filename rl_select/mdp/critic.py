@@ -34,15 +34,29 @@ TENSOR = "probe_critic"
 """The critic's weights in a policy file: ``(len(CRITIC_FEATURES) + 1,)``, the bias last."""
 
 
-def critic_features(val_logprobs: np.ndarray, demo_labels: Sequence[str], labels: Sequence[str]) -> np.ndarray:
-    """``(F,)`` features of one prompt: its val label log-probs ``(V, L)`` and its demos' labels."""
+def demo_balance(demo_labels: Sequence[str], labels: Sequence[str]) -> float:
+    """Entropy of the demos' label counts / log L, in ``[0, 1]`` (0 for no demo or a single label)."""
     index = {lab: i for i, lab in enumerate(labels)}
     counts = np.bincount(np.array([index[d] for d in demo_labels], dtype=np.int64),
                          minlength=len(labels)).astype(np.float64)
-    balance = 0.0
-    if counts.sum() and len(labels) > 1:
-        p = counts[counts > 0] / counts.sum()
-        balance = float(-(p * np.log(p)).sum() / np.log(len(labels)))
+    if not counts.sum() or len(labels) < 2:
+        return 0.0
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum() / np.log(len(labels)))
+
+
+def critic_features(val_logprobs: np.ndarray, demo_labels: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    """``(F,)`` features of one prompt: its val label log-probs ``(V, L)`` and its demos' labels."""
+    return np.append(probe_stats(val_logprobs), demo_balance(demo_labels, labels))
+
+
+def per_query_features(val_logprobs: np.ndarray, demo_labels: Sequence[Sequence[str]], labels: Sequence[str]
+                       ) -> np.ndarray:
+    """``(F,)`` features of per-query prompts (kNN): val query ``i`` was prompted with demos labelled
+    ``demo_labels[i]``; the probe statistics of the assembled log-probs ``(V, L)``, the mean demo balance."""
+    if len(demo_labels) != len(val_logprobs):
+        raise PolicyError(f"{len(demo_labels)} demo lists for {len(val_logprobs)} probe queries; expected one each")
+    balance = float(np.mean([demo_balance(d, labels) for d in demo_labels])) if len(demo_labels) else 0.0
     return np.append(probe_stats(val_logprobs), balance)
 
 

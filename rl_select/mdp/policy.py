@@ -47,7 +47,7 @@ from rl_select.mdp.artifacts import (
     write_artifact,
 )
 from rl_select.mdp.critic import TENSOR as CRITIC_TENSOR
-from rl_select.mdp.critic import ProbeCritic, critic_features
+from rl_select.mdp.critic import ProbeCritic, critic_features, per_query_features
 from rl_select.mdp.episode import ActFn, EpisodeRule, SelectionEpisode, run_episode
 from rl_select.mdp.features import FeatureSpec, Featurizer
 from rl_select.mdp.qnet import CandidateQNet, masked_q
@@ -435,15 +435,39 @@ class SelectorPolicy:
             PolicyError: The policy has no critic, or another scorer than the training one and not ``force``.
             SelectionError: An empty ``val``.
         """
+        critic = self._critic_for(scorer, val, force=force)
+        labels = list(scorer.spec.labels)  # the task being selected for (a transfer policy trained on others)
+        feats = np.stack([critic_features(scorer.logprobs(demos=list(p), queries=val), [d.label for d in p], labels)
+                          for p in prompts]) if prompts else np.zeros((0, critic.weights.size - 1))
+        return critic.score(feats), feats
+
+    def critic_value_per_query(self, demo_lists: Sequence[Sequence[Example]], *, scorer: Scorer,
+                               val: Sequence[Example], force: bool = False) -> tuple[float, np.ndarray]:
+        """The probe critic's value of PER-QUERY prompts (kNN's): val query ``i`` prompted with ``demo_lists[i]``
+        (queries sharing a list share one scorer call; the val labels are not read).
+
+        Returns:
+            ``(value, features (F,))``.
+        """
+        critic = self._critic_for(scorer, val, force=force)
+        if len(demo_lists) != len(val):
+            raise SelectionError(f"{len(demo_lists)} demo lists for {len(val)} probe queries; expected one each")
+        groups: dict[tuple, list[int]] = {}
+        for i, demos in enumerate(demo_lists):
+            groups.setdefault(tuple(d.content() for d in demos), []).append(i)
+        lp = np.zeros((len(val), len(scorer.spec.labels)))
+        for rows in groups.values():
+            lp[rows] = scorer.logprobs(demos=list(demo_lists[rows[0]]), queries=[val[i] for i in rows])
+        feats = per_query_features(lp, [[d.label for d in demos] for demos in demo_lists], list(scorer.spec.labels))
+        return float(critic.score(feats)[0]), feats
+
+    def _critic_for(self, scorer: Scorer, val: Sequence[Example], *, force: bool) -> ProbeCritic:
         if self.critic is None:
             raise PolicyError("this policy has no probe critic; expected one trained with agent.probe_critic = true")
         if not val:
             raise SelectionError("the probe critic needs unlabelled probe queries (the val split); got none")
         self.check_scorer(scorer, force=force)
-        labels = list(scorer.spec.labels)  # the task being selected for (a transfer policy trained on others)
-        feats = np.stack([critic_features(scorer.logprobs(demos=list(p), queries=val), [d.label for d in p], labels)
-                          for p in prompts]) if prompts else np.zeros((0, self.critic.weights.size - 1))
-        return self.critic.score(feats), feats
+        return self.critic
 
     def _greedy_act(self, steps: list[dict[str, Any]], stop: int, *, temperature: float = 0.0,
                     rng: np.random.Generator | None = None) -> ActFn:
