@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from rl_select.experiments.ablate import load_plan
 from rl_select.experiments.harness import TaskData, scorer_factory
+from rl_select.lm.base import grouped_logprobs
 from rl_select.mdp.critic import ProbeCritic, critic_features, per_query_features
 from rl_select.mdp.policy import SelectorPolicy
 from rl_select.selectors import KNNSelector, SelectionContext
@@ -69,9 +70,7 @@ def measure(run_dir: Path, max_prompts: int, tasks: Sequence[str] | None) -> lis
             lp = np.asarray(scorer.logprobs(demos=demos, queries=splits.val), dtype=np.float64)
             out.append(_row(head, i, lp, gold, critic_features(lp, [d.label for d in demos], labels), critics))
         lists = knn.select_for(ctx, splits.val)
-        lp = np.zeros((len(splits.val), len(labels)))
-        for i, demos in enumerate(lists):
-            lp[i] = scorer.logprobs(demos=demos, queries=[splits.val[i]])[0]
+        lp = grouped_logprobs(scorer, lists, splits.val)
         feats = per_query_features(lp, [[d.label for d in x] for x in lists], labels)
         out.append(_row(head, "knn", lp, gold, feats, critics))
     return out
@@ -119,6 +118,21 @@ def report(rows: Sequence[dict[str, object]], sizes: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
+def read_csv(path: Path) -> list[dict[str, object]]:
+    """The rows of a ``--out`` CSV; one-line SystemExit for a missing file, column or number."""
+    try:
+        with path.open() as f:
+            reader = csv.DictReader(f)
+            missing = [k for k in FIELDS if k not in (reader.fieldnames or [])]
+            if missing:
+                raise SystemExit(f"{path}: columns {missing} missing; expected {list(FIELDS)}")
+            return [{**r, "seed": int(r["seed"]), **{k: float(r[k]) for k in FIELDS[3:]}} for r in reader]
+    except OSError as exc:
+        raise SystemExit(f"{path}: cannot read ({exc.strerror}); expected a CSV written by --out") from None
+    except ValueError as exc:
+        raise SystemExit(f"{path}: {exc}; expected numbers in {list(FIELDS[3:])} and an integer seed") from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path, help="an ablation run folder with seen and transfer policies (critics)")
@@ -128,11 +142,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write every candidate's figures to this CSV")
     ap.add_argument("--from-csv", type=Path, default=None, help="redo the table from such a CSV (no LM)")
     args = ap.parse_args()
-    sizes = [int(x) for x in args.sizes.split(",")]
+    try:
+        sizes = [int(x) for x in args.sizes.split(",")]
+    except ValueError:
+        raise SystemExit(f"--sizes {args.sizes!r}; expected comma-separated integers, e.g. 8,16,32") from None
+    if any(not 1 <= n <= args.max_prompts for n in sizes):
+        raise SystemExit(f"--sizes {args.sizes!r}; expected each between 1 and --max-prompts ({args.max_prompts})")
     if args.from_csv is not None:
-        with args.from_csv.open() as f:
-            rows: list[dict[str, object]] = [
-                {**r, "seed": int(r["seed"]), **{k: float(r[k]) for k in FIELDS[3:]}} for r in csv.DictReader(f)]
+        rows: list[dict[str, object]] = read_csv(args.from_csv)
     else:
         rows = measure(args.run_dir, args.max_prompts, args.tasks.split(",") if args.tasks else None)
     if args.out is not None:

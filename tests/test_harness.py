@@ -315,3 +315,19 @@ def test_run_dir_log_goes_to_its_own_folder_only(cfg, rl_logger):
     assert "only in the first run" in (first.path / "log.txt").read_text()
     assert "only in the second run" in (second.path / "log.txt").read_text()
     assert "only in the second run" not in (first.path / "log.txt").read_text()
+
+
+def test_grouped_logprobs_are_per_query_scores_with_one_call_per_list(data):
+    from rl_select.lm.base import grouped_logprobs
+
+    a, b = data.train[0], data.train[1]
+    test = data.test[:4]
+    lists = [[a], [b], [a], [a, b]]
+    scorer = CachedToy(cache=None)
+    got = grouped_logprobs(scorer, lists, test)
+    toy = ToyScorer(SPEC)
+    want = np.stack([toy.logprobs(demos=d, queries=[q])[0] for d, q in zip(lists, test)])
+    assert got.shape == (4, len(SPEC.labels)) and np.allclose(got, want)
+    assert len(scorer.calls) == 3
+    with pytest.raises(ValueError, match="3 demo lists for 4 queries"):
+        grouped_logprobs(scorer, lists[:3], test)

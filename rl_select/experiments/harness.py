@@ -18,7 +18,7 @@ from rl_select.data import Splits, load_task, make_splits
 from rl_select.errors import ConfigError, SelectionError
 from rl_select.experiments.config import RunConfig
 from rl_select.experiments.executors import Executor, ScorerFactory, add_stats
-from rl_select.lm.base import CachedScorer, ScorerStats
+from rl_select.lm.base import CachedScorer, ScorerStats, grouped_logprobs
 from rl_select.lm.cache import open_cache
 from rl_select.metrics import accuracy, label_ids
 from rl_select.selectors import SELECTORS, SelectionContext, Selector, ZeroShotSelector, make_selector
@@ -62,13 +62,7 @@ class TaskData:
 
 def grouped_accuracy(scorer: CachedScorer, demo_lists: Sequence[Sequence[Example]], test: Sequence[Example]) -> float:
     """Accuracy when query ``i`` is prompted with ``demo_lists[i]``; queries sharing a list share a prefix."""
-    groups: dict[tuple, list[int]] = {}
-    for i, demos in enumerate(demo_lists):
-        groups.setdefault(tuple(d.content() for d in demos), []).append(i)
-    pred = np.empty(len(test), dtype=np.int64)
-    for rows in groups.values():
-        lp = scorer.logprobs(demos=demo_lists[rows[0]], queries=[test[i] for i in rows])
-        pred[rows] = lp.argmax(axis=1)
+    pred = grouped_logprobs(scorer, demo_lists, test).argmax(axis=1)
     return float(np.mean(pred == label_ids(scorer.spec.labels, test)))
 
 

@@ -147,3 +147,18 @@ class CachedScorer(ABC):
         cf = content_free_queries(self.spec)
         raw = self.raw_logprobs(demos=demos, queries=list(queries) + cf)
         return calibrate(raw[: len(queries)], raw[len(queries):])
+
+
+def grouped_logprobs(scorer: Scorer, demo_lists: Sequence[Sequence[Example]],
+                     queries: Sequence[Example]) -> np.ndarray:
+    """Label log-probs ``(Q, L)`` when query ``i`` is prompted with ``demo_lists[i]`` (per-query prompts, kNN's):
+    queries sharing a demo list share one scorer call, so one prefix."""
+    if len(demo_lists) != len(queries):
+        raise ValueError(f"{len(demo_lists)} demo lists for {len(queries)} queries; expected one each")
+    groups: dict[tuple, list[int]] = {}
+    for i, demos in enumerate(demo_lists):
+        groups.setdefault(tuple(d.content() for d in demos), []).append(i)
+    out = np.zeros((len(queries), len(scorer.spec.labels)))
+    for rows in groups.values():
+        out[rows] = scorer.logprobs(demos=list(demo_lists[rows[0]]), queries=[queries[i] for i in rows])
+    return out

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from rl_select.embeddings import Embedder
 from rl_select.errors import ConfigError, PolicyError, SelectionError, TaskError
-from rl_select.lm.base import Scorer
+from rl_select.lm.base import Scorer, grouped_logprobs
 from rl_select.lm.spec import ScorerSpec
 from rl_select.mdp.artifacts import (
     artifact_document,
@@ -452,12 +452,7 @@ class SelectorPolicy:
         critic = self._critic_for(scorer, val, force=force)
         if len(demo_lists) != len(val):
             raise SelectionError(f"{len(demo_lists)} demo lists for {len(val)} probe queries; expected one each")
-        groups: dict[tuple, list[int]] = {}
-        for i, demos in enumerate(demo_lists):
-            groups.setdefault(tuple(d.content() for d in demos), []).append(i)
-        lp = np.zeros((len(val), len(scorer.spec.labels)))
-        for rows in groups.values():
-            lp[rows] = scorer.logprobs(demos=list(demo_lists[rows[0]]), queries=[val[i] for i in rows])
+        lp = grouped_logprobs(scorer, demo_lists, val)
         feats = per_query_features(lp, [[d.label for d in demos] for demos in demo_lists], list(scorer.spec.labels))
         return float(critic.score(feats)[0]), feats
 
