@@ -809,7 +809,12 @@ def prompt_cmd(
 def _evaluate_prompt_file(cfg, explicit: frozenset[str], path: Path) -> Path:
     """Score a saved prompt on the test split (per seed), with the task and scorer it was selected with."""
     from rl_select.experiments.harness import TaskData, build_scorer, summarise
-    from rl_select.experiments.prompt_runs import check_prompt_plan, evaluate_prompt_file, prompt_file_settings
+    from rl_select.experiments.prompt_runs import (
+        check_prompt_plan,
+        check_prompt_rows,
+        evaluate_prompt_file,
+        prompt_file_settings,
+    )
     from rl_select.experiments.report import plot_summary, summary_table
     from rl_select.experiments.rundir import RunDir
     from rl_select.prompt_file import PromptFile
@@ -822,6 +827,7 @@ def _evaluate_prompt_file(cfg, explicit: frozenset[str], path: Path) -> Path:
     cfg = cfg.updated(k=pf.k, selectors={"names": []})
     data = TaskData.load(cfg)
     check_prompt_plan(cfg, data)  # bad input fails here, before the model loads
+    check_prompt_rows(pf, data)
     run = RunDir.create(cfg, "evaluate")
     console.print(f"run folder: {escape(str(run.path))}")
     with console.status(escape(f"loading model {cfg.lm.model!r} ...")):

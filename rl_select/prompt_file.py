@@ -10,9 +10,9 @@ as JSON with the rendered demonstration prefix beside it as plain text; ``load``
     pf.render("a gorgeous, witty film")      # '...Review: a gorgeous, witty film\\nSentiment:'
     pf.verbalizers                           # {'negative': 'negative', 'positive': 'positive'}
 
-The file (``format_version`` 1)::
+The file (``format_version`` 2)::
 
-    {"format": "rl_select.prompt", "format_version": 1,
+    {"format": "rl_select.prompt", "format_version": 2,
      "kind": "fixed" | "per_query",
      "task": {...TaskSpec.to_dict()},
      "demos": [{"uid": "train.jsonl:17", "fields": {"text": "..."}, "label": "positive"}, ...],
@@ -26,17 +26,27 @@ The file (``format_version`` 1)::
      "validation": {"n_val": 32, "accuracy": 0.81 | null},
      "scorer": {...ScorerSpec.to_dict()} | null,
      "lm_calls": {"select": {...ScorerStats}, "validate": {...ScorerStats}},
-     "created": "2025-01-01T00:00:00Z", "rl_select_version": "0.1.0"}
+     "created": "2025-01-01T00:00:00Z", "rl_select_version": "0.1.0",
+     "sha256": "<hash of all the other fields>"}
 
 ``demos`` are in prompt order; ``fields`` are keyed by the task's input fields. A ``fixed`` prompt is
 ``prefix + query_template.format(text=..., text2=...)``. A ``per_query`` file (kNN) has no fixed prefix:
 it holds the rule (the pool, ``k``, the embedder) and :meth:`PromptFile.render` runs it for each query
 (the MiniLM or hashing embedder, never the LM). ``prefix``, ``query_template``, ``labels`` and
 ``label_words`` are derived (for readers without rl_select) and checked on load.
+
+Integrity: ``sha256`` is the hash of the whole document but itself (the canonical JSON text of
+:func:`rl_select.types.document_sha256`), written by :meth:`PromptFile.save` and checked by
+:meth:`PromptFile.load`: a file edited by hand, even into another valid prompt, is refused with one line
+saying it was edited or corrupted. Files of ``format_version`` 1 (written before the hash) still load,
+unchecked. Where the data is at hand (``evaluate --prompt-file``, :func:`~rl_select.experiments.prompt_runs.
+evaluate_prompt_file`), :meth:`PromptFile.check_uids` also refuses a demonstration whose uid is not a row of
+the train data its pool was drawn from; ``prompt`` reads no data, so it renders the stored demonstrations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -53,13 +63,19 @@ from rl_select.errors import ArtifactError, ConfigError, DataError, SelectionErr
 from rl_select.lm.spec import ScorerSpec
 from rl_select.prompts import render_demo, render_prefix, render_prompt, template_parts
 from rl_select.tasks import TaskSpec
-from rl_select.types import Example, is_int
+from rl_select.types import Example, document_sha256, is_int
 
 FORMAT_NAME = "rl_select.prompt"
 """The ``format`` field of a prompt file."""
 
-FORMAT_VERSION = 1
-"""The ``format_version`` this code writes and reads."""
+FORMAT_VERSION = 2
+"""The ``format_version`` this code writes (2: the whole-document ``sha256``)."""
+
+LEGACY_VERSIONS = (1,)
+"""Older versions still read, without a whole-document hash to check."""
+
+HASH_FIELD = "sha256"
+"""The field that holds the hash of the rest of the document."""
 
 KNN_ORDER = "the k pool examples nearest the query by cosine similarity, least similar first (most similar last)"
 """What ``per_query.order`` says for kNN files."""
@@ -112,6 +128,7 @@ class PromptFile:
         n_val: Validation rows it was measured on (0: not measured).
         lm_calls: LM spend: ``{"select": {...}, "validate": {...}}`` (``ScorerStats.as_dict()``).
         created: UTC time of the selection (ISO 8601).
+        origin: The file it was loaded from (``""`` when built in memory); errors name it. Not saved.
 
     Raises:
         PromptFileError: A demonstration whose label the task lacks, or that lacks one of its input
@@ -128,6 +145,7 @@ class PromptFile:
     n_val: int = 0
     lm_calls: Mapping[str, Any] = field(default_factory=dict)
     created: str = ""
+    origin: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "demos", tuple(self.demos))
@@ -215,9 +233,9 @@ class PromptFile:
     # --- the document ---------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document :meth:`save` writes (see the module docstring)."""
+        """The JSON document :meth:`save` writes (see the module docstring), ``sha256`` included."""
         pq = self.per_query
-        return {
+        doc = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "kind": self.kind,
@@ -239,25 +257,20 @@ class PromptFile:
             "created": self.created,
             "rl_select_version": _version(),
         }
+        doc[HASH_FIELD] = document_sha256(doc, exclude=HASH_FIELD)
+        return doc
 
     @classmethod
     def from_dict(cls, doc: Any, *, where: str = "prompt file") -> PromptFile:
         """Rebuild a prompt file from :meth:`to_dict`'s output, checking it.
 
+        The ``sha256`` field is not checked here (:meth:`load` checks a file's).
+
         Raises:
             PromptFileError: Another format or version, a missing or bad field (named), or derived fields
                 (``prefix``, ``query_template``, ``label_words``) that do not match the task and demos.
         """
-        if not isinstance(doc, dict):
-            raise PromptFileError(f"{where} holds a JSON {type(doc).__name__}; expected an object written by "
-                                  "rl-select select")
-        if doc.get("format") != FORMAT_NAME:
-            raise PromptFileError(f"{where} has format {doc.get('format')!r}; expected {FORMAT_NAME!r} (a prompt "
-                                  "file written by rl-select select)")
-        version = doc.get("format_version")
-        if version != FORMAT_VERSION:
-            raise PromptFileError(f"{where} has format_version {version!r}; expected {FORMAT_VERSION} (written by "
-                                  "another rl_select version: select the prompt again)")
+        _check_format(doc, where)
         missing = [key for key in _REQUIRED if key not in doc]
         if missing:
             raise PromptFileError(f"{where} lacks the fields {missing}; expected all of {list(_REQUIRED)}")
@@ -356,9 +369,12 @@ class PromptFile:
     def load(cls, path: str | Path) -> PromptFile:
         """Read a prompt file written by :meth:`save` (or ``rl-select select``).
 
+        A file of the current version must match its ``sha256`` (see the module docstring); one of the
+        legacy version 1 has none and is read unchecked.
+
         Raises:
-            PromptFileError: Missing, not JSON, another format or version, or malformed (one line naming the
-                field).
+            PromptFileError: Missing, not JSON, another format or version, edited or corrupted (its
+                contents do not match their ``sha256``), or malformed (one line naming the field).
         """
         path = Path(path)
         where = f"prompt file {str(path)!r}"
@@ -373,7 +389,38 @@ class PromptFile:
                                   "expected a prompt file written by rl-select select") from None
         except OSError as exc:
             raise PromptFileError(f"cannot read {where}: {exc.strerror or exc}") from None
-        return cls.from_dict(doc, where=where)
+        _check_format(doc, where)
+        version = doc["format_version"]
+        if version == FORMAT_VERSION or HASH_FIELD in doc:  # a legacy version never wrote one
+            if version != FORMAT_VERSION or doc.get(HASH_FIELD) != document_sha256(doc, exclude=HASH_FIELD):
+                raise PromptFileError(f"{where} was edited or corrupted: its contents do not match their recorded "
+                                      f"{HASH_FIELD}; select the prompt again")
+        return dataclasses.replace(cls.from_dict(doc, where=where), origin=str(path))
+
+    def check_uids(self, rows: Iterable[Example], *, data: str = "the data") -> None:
+        """Refuse demonstrations (or per-query pool rows) that are not rows of ``rows``: a uid the data lacks,
+        or one that names a row with another text or label.
+
+        Args:
+            rows: The rows the demonstrations were drawn from (e.g. the task's train rows).
+            data: How messages name them (``"the train data of task 'sst2'"``).
+
+        Raises:
+            PromptFileError: One line naming the uid, the file and what was expected.
+        """
+        by_uid = {ex.uid: ex for ex in rows}
+        where = f"prompt file {self.origin!r}" if self.origin else "the prompt"
+        demos = self.demos if self.per_query is None else self.per_query.pool
+        key = "demos" if self.per_query is None else "per_query.pool"
+        for i, demo in enumerate(demos):
+            row = by_uid.get(demo.uid)
+            if row is None:
+                like = f" (like {next(iter(by_uid))!r})" if by_uid else ", which has none"
+                raise PromptFileError(f"{where}: {key}[{i}] has uid {demo.uid!r}, not a row of {data}; expected a uid "
+                                      f"of its rows{like}")
+            if row.content() != demo.content():
+                raise PromptFileError(f"{where}: {key}[{i}] (uid {demo.uid!r}) differs in text or label from that row "
+                                      f"of {data}; expected the row it was selected from")
 
     @classmethod
     def from_policy(cls, policy: Any, pool: Sequence[Example], *, scorer: Any, val: Sequence[Example],
@@ -415,6 +462,21 @@ def check_writable(path: str | Path, *, overwrite: bool = False) -> None:
         if p.exists():
             raise PromptFileError(f"{str(p)!r} exists; expected a new file (pass --overwrite, or overwrite=True, "
                                   "to replace it)")
+
+
+def _check_format(doc: Any, where: str) -> None:
+    """Refuse a document that is not an object, not a prompt file, or of a version this code cannot read."""
+    if not isinstance(doc, dict):
+        raise PromptFileError(f"{where} holds a JSON {type(doc).__name__}; expected an object written by "
+                              "rl-select select")
+    if doc.get("format") != FORMAT_NAME:
+        raise PromptFileError(f"{where} has format {doc.get('format')!r}; expected {FORMAT_NAME!r} (a prompt "
+                              "file written by rl-select select)")
+    version = doc.get("format_version")
+    if not is_int(version) or (version != FORMAT_VERSION and version not in LEGACY_VERSIONS):
+        legacy = "".join(f" or {v}" for v in LEGACY_VERSIONS)
+        raise PromptFileError(f"{where} has format_version {version!r}; expected {FORMAT_VERSION}{legacy} (written "
+                              "by another rl_select version: select the prompt again)")
 
 
 def _write_atomic(path: Path, text: str) -> None:

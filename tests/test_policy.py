@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from rl_select.errors import PolicyError, SelectionError
 from rl_select.lm.spec import ScorerSpec
-from rl_select.mdp.artifacts import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, tensors_sha256
+from rl_select.mdp.artifacts import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, artifact_sha256, tensors_sha256
 from rl_select.mdp.features import FeatureSpec
 from rl_select.mdp.policy import PolicyWarning, SelectorPolicy
 from rl_select.mdp.qnet import CandidateQNet
@@ -59,11 +59,16 @@ def _data_start(path: Path) -> int:
     return 8 + int.from_bytes(path.read_bytes()[:8], "little")
 
 
-def _rewrite_metadata(src: Path, dst: Path, edit) -> None:
-    """Copy ``src`` to ``dst`` with the same tensors and ``edit(doc)`` applied to the metadata document."""
+def _rewrite_metadata(src: Path, dst: Path, edit, *, reseal: bool = True) -> None:
+    """Copy ``src`` to ``dst`` with the same tensors and ``edit(doc)`` applied to the metadata document.
+
+    ``reseal`` recomputes the whole-document ``sha256`` (a file a writer produced with those contents, to reach
+    the checks behind the hash); without it the old hashes are kept (a hand edit)."""
     with safe_open(str(src), framework="pt") as f:
         doc = json.loads(f.metadata()[METADATA_KEY])
     edit(doc)
+    if reseal and "sha256" in doc:
+        doc["sha256"] = artifact_sha256(doc, doc["tensors_sha256"])
     save_file(load_file(str(src)), str(dst), metadata={METADATA_KEY: json.dumps(doc)})
 
 
@@ -112,13 +117,14 @@ def test_file_holds_one_json_document(tmp_path, task):
         names = sorted(f.keys())
     assert list(meta) == [METADATA_KEY]
     doc = json.loads(meta[METADATA_KEY])
-    assert doc["format"] == FORMAT_NAME and doc["format_version"] == FORMAT_VERSION == 2 and doc["kind"] == "policy"
+    assert doc["format"] == FORMAT_NAME and doc["format_version"] == FORMAT_VERSION == 3 and doc["kind"] == "policy"
     assert doc["qnet"] == {"class": "CandidateQNet", "state_dim": 6, "cand_dim": 6, "hidden": [16, 8],
                            "n_parameters": sum(p.numel() for p in policy.qnet.parameters())}
     assert doc["feature_spec"]["kind"] == "active" and doc["task"]["name"] == "sst2"
     assert doc["scorer"] is None and doc["scorer_fingerprint"] == ToyScorer(task).fingerprint
     assert doc["training"] == {"agent": "dqn", "total_timesteps": 123, "seed": 0}
     assert doc["tensors_sha256"] == tensors_sha256(load_file(str(path)))
+    assert doc["sha256"] == artifact_sha256(doc, doc["tensors_sha256"])
     assert names == sorted(policy.qnet.state_dict())
     assert doc == policy.describe()
 
@@ -169,14 +175,14 @@ def test_refuses_flipped_tensor_byte(tmp_path, task):
     assert pos < len(data)
     data[pos] ^= 0x40
     path.write_bytes(bytes(data))
-    _refused(path, "sha256", "tampered")
+    _refused(path, "edited or corrupted", "tensors_sha256")
 
 
 def test_refuses_unknown_format_and_newer_version(tmp_path, task):
     src = _policy(task).save(tmp_path / "p.safetensors")
     newer = tmp_path / "newer.safetensors"
     _rewrite_metadata(src, newer, lambda d: d.update(format_version=99))
-    _refused(newer, "format_version 99", "expected 2", "upgrade rl_select")
+    _refused(newer, "format_version 99", "expected 3 or 2", "upgrade rl_select")
     older = tmp_path / "older.safetensors"
     _rewrite_metadata(src, older, lambda d: d.update(format_version=1))
     _refused(older, "format_version 1", "re-export")
@@ -186,6 +192,102 @@ def test_refuses_unknown_format_and_newer_version(tmp_path, task):
     other = tmp_path / "other.safetensors"
     _rewrite_metadata(src, other, lambda d: d.update(format="someone.else"))
     _refused(other, "'someone.else'", FORMAT_NAME)
+
+
+# --------------------------------------------------------------------------------------------- whole-file integrity
+
+LEGACY_POLICY = Path(__file__).resolve().parents[1] / "docs" / "runs" / "reference" / "policies" / \
+    "c487071679-s0.safetensors"
+
+
+def _sealed_policy(task, tmp_path: Path) -> Path:
+    """A saved policy with a calibrated scorer spec and a training record (the fields the edits below touch)."""
+    policy = _policy(task)
+    policy.scorer_spec = ScorerSpec(model="bundled", dtype="fp32", mode="direct", calibrate=True,
+                                    model_fingerprint="abc123")
+    policy.training = {"agent": "dqn", "total_timesteps": 123, "note": "trained on sst2 seeds 0-2"}
+    return policy.save(tmp_path / "sealed.safetensors")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda d: d.update(k=2), id="k-4-to-2"),
+        pytest.param(lambda d: d["scorer"].update(calibrate=False), id="scorer-calibrate-off"),
+        pytest.param(lambda d: d["training"].update(note="trained on sst2 seeds 0-3"), id="training-one-char"),
+        pytest.param(lambda d: d.update(allow_stop=True), id="allow-stop"),
+        pytest.param(lambda d: d["task"].update(instruction="Classify it."), id="task-instruction"),
+        pytest.param(lambda d: d.pop("sha256"), id="hash-removed"),
+    ],
+)
+def test_a_validly_rewritten_edited_document_is_refused(tmp_path, task, edit):
+    src = _sealed_policy(task, tmp_path)
+    SelectorPolicy.load(src)  # untouched: loads
+    edited = tmp_path / "edited.safetensors"
+    _rewrite_metadata(src, edited, edit, reseal=False)  # safetensors' own writer, the old hashes kept
+    msg = _refused(edited, "edited.safetensors", "was edited or corrupted", "sha256", "re-export")
+    assert len(msg) < 200 + len(str(tmp_path)), msg
+
+
+def test_a_flipped_byte_in_the_training_record_is_refused(tmp_path, task):
+    path = _sealed_policy(task, tmp_path)
+    data = path.read_bytes()
+    header = data[:_data_start(path)]
+    pos = header.index(b"seeds 0-2") + len(b"seeds 0-")
+    path.write_bytes(data[:pos] + b"3" + data[pos + 1:])  # same length: still a valid safetensors file
+    _refused(path, "sealed.safetensors", "was edited or corrupted")
+
+
+def test_an_unedited_rewrite_loads_and_the_hash_ignores_key_order(tmp_path, task):
+    src = _sealed_policy(task, tmp_path)
+    same = tmp_path / "same.safetensors"
+    _rewrite_metadata(src, same, lambda d: None, reseal=False)  # other key order, other whitespace
+    assert SelectorPolicy.load(same).describe() == SelectorPolicy.load(src).describe()
+
+
+def test_rewriting_through_the_writer_reseals(tmp_path, task):
+    """Code that legitimately rewrites a stored policy (the ablation's probe critic) goes through save()."""
+    from rl_select.mdp.critic import CRITIC_FEATURES, ProbeCritic
+
+    path = _sealed_policy(task, tmp_path)
+    policy = SelectorPolicy.load(path)
+    policy.critic = ProbeCritic(np.arange(len(CRITIC_FEATURES) + 1, dtype=np.float64) / 10, n_train=3)
+    policy.save(path)
+    back = SelectorPolicy.load(path)
+    assert back.critic is not None and back.critic.n_train == 3 and back.k == 4
+
+
+def test_legacy_version_2_files_load_with_the_tensor_check_only(tmp_path, task):
+    if LEGACY_POLICY.is_file():  # a committed run's policy, written before the whole-document hash
+        with safe_open(str(LEGACY_POLICY), framework="pt") as f:
+            assert json.loads(f.metadata()[METADATA_KEY])["format_version"] == 2
+        SelectorPolicy.load(LEGACY_POLICY)
+    src = _sealed_policy(task, tmp_path)
+    legacy = tmp_path / "legacy.safetensors"
+    _rewrite_metadata(src, legacy, lambda d: (d.update(format_version=2), d.pop("sha256")), reseal=False)
+    assert SelectorPolicy.load(legacy).k == 4
+    resaved = SelectorPolicy.load(legacy).save(tmp_path / "resaved.safetensors")  # re-saving seals it
+    assert SelectorPolicy.load(resaved).describe()["format_version"] == FORMAT_VERSION
+    downgraded = tmp_path / "downgraded.safetensors"  # a sealed file relabelled as legacy keeps its hash: refused
+    _rewrite_metadata(src, downgraded, lambda d: d.update(format_version=2, k=2), reseal=False)
+    _refused(downgraded, "was edited or corrupted")
+    flipped = tmp_path / "flipped.safetensors"  # a legacy file's tensors are still checked
+    _rewrite_metadata(legacy, flipped, lambda d: d.update(tensors_sha256="0" * 64), reseal=False)
+    _refused(flipped, "was edited or corrupted", "tensors_sha256")
+
+
+def test_an_agent_checkpoint_is_sealed_too(tmp_path):
+    from agents.base import load_agent, save_agent
+    from rl_select.errors import ArtifactError
+
+    path = save_agent(tmp_path / "agent.safetensors", agent="dqn", tensors={"w": torch.arange(4.0)},
+                      doc={"config": {"gamma": 0.9}})
+    tensors, doc = load_agent(path, agent="dqn")
+    assert doc["config"] == {"gamma": 0.9} and torch.equal(tensors["w"], torch.arange(4.0))
+    edited = tmp_path / "edited-agent.safetensors"
+    _rewrite_metadata(path, edited, lambda d: d["config"].update(gamma=0.5), reseal=False)
+    with pytest.raises(ArtifactError, match="agent file .*edited-agent.safetensors.* was edited or corrupted"):
+        load_agent(edited, agent="dqn")
 
 
 def test_refuses_architecture_that_does_not_match_tensors(tmp_path, task):

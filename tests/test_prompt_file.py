@@ -29,7 +29,7 @@ from rl_select.prompts import render_prefix, render_prompt
 from rl_select.selectors import KNNSelector, RandomSearchSelector
 from rl_select.tasks import TaskSpec, get_task
 from rl_select.testing import CachedToyScorer, ToyScorer
-from rl_select.types import Example
+from rl_select.types import Example, document_sha256
 
 runner = CliRunner()
 SST2 = get_task("sst2")
@@ -311,9 +311,10 @@ def test_evaluate_refuses_another_task_and_a_bad_file(prompt_file, data, tmp_pat
     one_line_error(run("evaluate", "--prompt-file", str(prompt_file), "--task", "agnews", "--data", str(data)),
                    "task 'sst2'", "'agnews'")
     bad = json.loads(prompt_file.read_text())
-    bad["format_version"] = 2
-    (tmp_path / "v2.json").write_text(json.dumps(bad))
-    one_line_error(run("evaluate", "--prompt-file", "v2.json", "--data", str(data)), "format_version 2", "expected 1")
+    bad["format_version"] = 99
+    (tmp_path / "v99.json").write_text(json.dumps(bad))
+    one_line_error(run("evaluate", "--prompt-file", "v99.json", "--data", str(data)), "format_version 99",
+                   "expected 2 or 1")
     res = run("evaluate", "--prompt-file", str(prompt_file), "--selector", "random")
     assert res.exit_code == 2 and "--prompt-file FILE" in res.output
 
@@ -415,7 +416,7 @@ def test_python_api_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "needles"),
     [
-        (lambda d: d.update(format_version=2), ("format_version 2", "expected 1")),
+        (lambda d: d.update(format_version=99), ("format_version 99", "expected 2 or 1")),
         (lambda d: d.update(format="something"), ("format 'something'",)),
         (lambda d: d.pop("demos"), ("lacks the fields", "demos")),
         (lambda d: d["demos"][1].update(label="neutral"), ("demos[1]", "'neutral'", "task 'sst2' lacks")),
@@ -427,6 +428,7 @@ def test_python_api_round_trip(tmp_path):
 def test_a_malformed_prompt_file_is_refused_in_one_line(prompt_file, tmp_path, edit, needles):
     doc = json.loads(prompt_file.read_text())
     edit(doc)
+    doc["sha256"] = document_sha256(doc)  # resealed: reach the checks behind the hash
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     with pytest.raises(PromptFileError) as info:
         PromptFile.load(tmp_path / "bad.json")
@@ -435,6 +437,99 @@ def test_a_malformed_prompt_file_is_refused_in_one_line(prompt_file, tmp_path, e
     for needle in needles:
         assert needle in msg, (needle, msg)
     one_line_error(run("prompt", "--prompt-file", "bad.json", "q"), *needles)
+
+
+# --- integrity: the whole document is hashed; demo uids are rows of the data where it is at hand ---------------
+
+
+def _retext(doc: dict) -> None:
+    """One demo's text changed, and the derived prefix rewritten to match: a valid prompt file, but another."""
+    doc["demos"][0]["fields"]["text"] += "!"
+    doc.pop("prefix")
+    doc["prefix"] = PromptFile.from_dict(doc).prefix
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda d: d["selector"].update(name="greedy"), id="selector"),
+        pytest.param(lambda d: d["validation"].update(accuracy=0.99), id="val-accuracy"),
+        pytest.param(lambda d: d["demos"][0].update(uid="train.jsonl:1"), id="demo-uid"),
+        pytest.param(lambda d: d["scorer"].update(calibrate=not d["scorer"]["calibrate"]), id="scorer-calibrate"),
+        pytest.param(_retext, id="demo-text"),
+        pytest.param(lambda d: d.pop("sha256"), id="hash-removed"),
+    ],
+)
+def test_an_edited_prompt_file_is_refused(prompt_file, tmp_path, toy_lm, edit):
+    PromptFile.load(prompt_file)  # untouched: loads
+    doc = json.loads(prompt_file.read_text())
+    edit(doc)
+    PromptFile.from_dict(doc)  # still a valid prompt document: only the hash tells
+    (tmp_path / "edited.json").write_text(json.dumps(doc, indent=2))
+    with pytest.raises(PromptFileError) as info:
+        PromptFile.load(tmp_path / "edited.json")
+    msg = str(info.value)
+    assert "\n" not in msg and "edited.json" in msg and "was edited or corrupted" in msg and "sha256" in msg, msg
+    assert len(msg) < 200 + len(str(tmp_path)), msg
+    toy_lm.refuse = True
+    one_line_error(run("prompt", "--prompt-file", "edited.json", "q"), "edited.json", "was edited or corrupted")
+
+
+def test_the_prompt_hash_ignores_layout_and_legacy_files_load(prompt_file, tmp_path):
+    doc = json.loads(prompt_file.read_text())
+    assert doc["sha256"] == document_sha256(doc) and doc["format_version"] == FORMAT_VERSION == 2
+    (tmp_path / "compact.json").write_text(json.dumps(dict(reversed(list(doc.items())))))  # other order, no indent
+    assert PromptFile.load(tmp_path / "compact.json") == PromptFile.load(prompt_file)
+    legacy = {k: v for k, v in doc.items() if k != "sha256"} | {"format_version": 1}  # written before the hash
+    (tmp_path / "v1.json").write_text(json.dumps(legacy))
+    assert PromptFile.load(tmp_path / "v1.json").demos == PromptFile.load(prompt_file).demos
+    (tmp_path / "v1-sealed.json").write_text(json.dumps({**doc, "format_version": 1}))  # relabelled: refused
+    with pytest.raises(PromptFileError, match="was edited or corrupted"):
+        PromptFile.load(tmp_path / "v1-sealed.json")
+
+
+def _resealed(path: Path, out: Path, edit) -> Path:
+    doc = json.loads(path.read_text())
+    edit(doc)
+    doc["sha256"] = document_sha256(doc)
+    out.write_text(json.dumps(doc))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("edit", "needles"),
+    [
+        (lambda d: d["demos"][1].update(uid="train.jsonl:999"), ("demos[1]", "'train.jsonl:999'", "not a row of")),
+        (lambda d: d["demos"][0].update(uid=""), ("demos[0]", "uid ''", "not a row of")),
+        (lambda d: d["demos"][0].update(uid=d["demos"][1]["uid"]), ("demos[0]", "differs in text or label")),
+    ],
+    ids=["no-such-row", "no-uid", "another-row"],
+)
+def test_evaluate_refuses_demo_uids_that_are_not_rows_of_the_data(prompt_file, data, tmp_path, toy_lm, edit,
+                                                                  needles):
+    bad = _resealed(prompt_file, tmp_path / "bad-uid.json", edit)
+    pf = PromptFile.load(bad)  # a valid, sealed file: only the data can tell
+    toy_lm.refuse = True  # refused before the LM loads
+    line = one_line_error(run("evaluate", "--prompt-file", str(bad), "--data", str(data), "--n-test", "10"),
+                          "bad-uid.json", "train data of task 'sst2'", "expected", *needles)
+    assert len(line) < 200 + len(str(tmp_path)), line
+    from rl_select.experiments.prompt_runs import evaluate_prompt_file
+
+    cfg = cfg_for(data)
+    with pytest.raises(PromptFileError, match=needles[-1]):
+        evaluate_prompt_file(cfg, pf, TaskData.load(cfg), CachedToyScorer(SST2), seed=0)
+    toy_lm.refuse = False
+    ok(run("evaluate", "--prompt-file", str(prompt_file), "--data", str(data), "--n-test", "10"))  # the good one
+
+
+def test_a_knn_pool_uid_is_checked_too_and_prompt_needs_no_data(data, tmp_path, toy_lm):
+    ok(select(data, "--selector", "knn", "--arg", "embedder=hashing", out="knn.json"))
+    bad = _resealed(Path("knn.json"), tmp_path / "knn-bad.json",
+                    lambda d: d["per_query"]["pool"][2].update(uid="train.jsonl:4040"))
+    toy_lm.refuse = True
+    one_line_error(run("evaluate", "--prompt-file", str(bad), "--data", str(data), "--n-test", "10"),
+                   "per_query.pool[2]", "'train.jsonl:4040'", "knn-bad.json")
+    ok(run("prompt", "--prompt-file", str(bad), "a fine film"))  # no data at hand: the stored demos render
 
 
 def test_not_json_is_refused(tmp_path):

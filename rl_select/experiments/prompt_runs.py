@@ -4,6 +4,7 @@
   and the seed's validation rows;
 * :func:`prompt_file_settings`: the config that scores a saved prompt as it was selected: the file's task
   (always), its scorer and data folder unless the user asked for others;
+* :func:`check_prompt_rows`: a saved prompt's demonstrations are rows of the data at hand (by uid and content);
 * :func:`evaluate_prompt_file`: the prompt's test accuracy per seed, through the harness's ``run_one``
   (a fixed prompt exactly as ``evaluate --demos`` scores it).
 """
@@ -145,16 +146,34 @@ def check_prompt_plan(cfg: RunConfig, data: TaskData) -> None:
         data.splits(cfg, seed)
 
 
+def check_prompt_rows(pf: PromptFile, data: TaskData) -> None:
+    """Refuse a prompt whose pool was drawn from the task's train data (``source.pool == "train"``) but whose
+    demonstrations are not rows of ``data``'s train split (see :meth:`PromptFile.check_uids`); a pool from a
+    file of examples is not checked (that file is not at hand).
+
+    Raises:
+        PromptFileError: One line naming the uid, the file and what was expected.
+    """
+    if pf.source.get("pool") == "train":
+        pf.check_uids(data.train, data=f"the train data of task {data.spec.name!r}")
+
+
 def evaluate_prompt_file(cfg: RunConfig, pf: PromptFile, data: TaskData, scorer: Any, *, seed: int,
                          label: str = "prompt-file") -> dict[str, Any]:
     """One result row: ``pf`` on seed ``seed``'s test rows (and, for a fixed prompt, its val rows).
 
     A fixed prompt is scored as explicit demonstrations (``evaluate --demos``'s path); a per-query file runs
-    its stored rule for each test query.
+    its stored rule for each test query. Its demonstrations are checked against ``data`` first
+    (:func:`check_prompt_rows`).
+
+    Raises:
+        DataError: ``data`` is for another task.
+        PromptFileError: A demonstration that is not a row of ``data`` (one line).
     """
     if data.spec != pf.task:
         raise DataError(f"the data is for task {data.spec.name!r}, the prompt file for task {pf.task.name!r}; "
                         "expected the file's task")
+    check_prompt_rows(pf, data)
     splits: Splits = data.splits(cfg, seed)
     if pf.per_query is None:
         return run_one(label, None, scorer, splits, k=pf.k, seed=seed, demos=list(pf.demos))

@@ -4,15 +4,28 @@ Every trained object rl_select writes (the exported :class:`~rl_select.mdp.polic
 agent's checkpoint, a tabular Q-table) is this format; ``kind`` says which document it holds::
 
     metadata {"rl_select": "<JSON>"} with JSON
-    {"format": "rl_select", "format_version": 2, "kind": "policy" | "agent", "tensors_sha256": "…",
+    {"format": "rl_select", "format_version": 3, "kind": "policy" | "agent", "tensors_sha256": "…",
+     "sha256": "…",
      "qnet": {"class": "CandidateQNet", "state_dim": 6, "cand_dim": 6, "hidden": [64, 64],
               "n_parameters": 9090},      # when the tensors are a Q-network
      ...the kind's own fields}
 
-``tensors_sha256`` (:func:`tensors_sha256`) covers every tensor's name, dtype, shape and raw bytes.
-Reading never executes code: it reads the header and data, checks the format, version, kind and hash,
-and rebuilds a Q-network only when the stored tensors have exactly the names and shapes its recorded
-architecture gives; anything else is refused with one line.
+Integrity covers everything that decides behaviour:
+
+* ``tensors_sha256`` (:func:`tensors_sha256`) covers every tensor's name, dtype, shape and raw bytes;
+* ``sha256`` (:func:`artifact_sha256`) covers the whole document (every field but ``sha256`` itself, in
+  the canonical text of :func:`rl_select.types.document_sha256`) followed by the tensors' hash, so an
+  edited ``k``, scorer spec or training record is refused even when the file is rewritten validly.
+
+Reading never executes code: it reads the header and data, checks the format, version and kind, then
+both hashes (a mismatch: one line saying the file was edited or corrupted), and rebuilds a Q-network only
+when the stored tensors have exactly the names and shapes its recorded architecture gives; anything else
+is refused with one line.
+
+Versions: 3 is written. Version 2 files (written before the whole-document hash; e.g. the policies under
+``docs/runs``) still load, with the tensors' hash as their only check: they carry no ``sha256``, so their
+metadata is not covered; re-save one (load, then ``save``) to seal it. Version 1 (two older formats) and
+newer versions are refused with one line.
 """
 
 from __future__ import annotations
@@ -32,13 +45,19 @@ from torch import Tensor
 
 from rl_select.errors import ArtifactError
 from rl_select.mdp.qnet import CandidateQNet
-from rl_select.types import is_int
+from rl_select.types import document_sha256, is_int
 
 FORMAT_NAME = "rl_select"
 """The ``format`` field of every artifact."""
 
-FORMAT_VERSION = 2
-"""The ``format_version`` this code writes and reads (1 was two separate formats, now refused)."""
+FORMAT_VERSION = 3
+"""The ``format_version`` this code writes (3: the whole-document ``sha256``)."""
+
+LEGACY_VERSIONS = (2,)
+"""Older versions still read, with the tensors' hash only (1 was two separate formats, now refused)."""
+
+HASH_FIELD = "sha256"
+"""The document field that holds :func:`artifact_sha256`."""
 
 METADATA_KEY = "rl_select"
 """The safetensors metadata key that holds the JSON document."""
@@ -62,14 +81,35 @@ def tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+def artifact_sha256(doc: Mapping[str, Any], tensors_hash: str) -> str:
+    """The whole-artifact hash: the document's canonical text (all but ``sha256``), then the tensors' hash.
+
+    Args:
+        doc: The artifact's JSON document (its ``sha256`` field, if any, is left out).
+        tensors_hash: :func:`tensors_sha256` of the stored tensors.
+
+    Returns:
+        The hex digest.
+    """
+    return document_sha256(doc, exclude=HASH_FIELD, extra=tensors_hash)
+
+
 def artifact_document(kind: str, tensors: Mapping[str, Tensor], doc: Mapping[str, Any]) -> dict[str, Any]:
-    """``doc`` with the format fields every artifact carries: format, version, kind and the tensors' hash."""
-    return {**dict(doc), "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": kind,
-            "tensors_sha256": tensors_sha256(tensors)}
+    """``doc`` as JSON values with the format fields every artifact carries: format, version, kind, both hashes.
+
+    Raises:
+        TypeError, ValueError: ``doc`` is not JSON-serialisable.
+    """
+    th = tensors_sha256(tensors)
+    full = json.loads(json.dumps({**dict(doc), "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                                  "kind": kind, "tensors_sha256": th}))
+    full.pop(HASH_FIELD, None)
+    full[HASH_FIELD] = artifact_sha256(full, th)
+    return full
 
 
 def write_artifact(path: str | Path, *, kind: str, tensors: Mapping[str, Tensor], doc: Mapping[str, Any]) -> Path:
-    """Write ``tensors`` and the JSON document ``doc`` (plus format, version, kind, hash) atomically.
+    """Write ``tensors`` and the JSON document ``doc`` (plus format, version, kind, both hashes) atomically.
 
     The file is written next to ``path`` under a temporary name and moved into place with
     ``os.replace``, so a crash never leaves a half-written artifact under ``path``.
@@ -108,7 +148,8 @@ def read_artifact(
 
     Raises:
         ArtifactError: Missing file; not a (complete) safetensors file; no or non-JSON metadata; another
-            format, version or kind; tensors that do not match their recorded hash.
+            format, version or kind; tensors or a document that do not match their recorded hashes
+            (edited or corrupted).
     """
     where = f"{what} {str(path)!r}"
     path = Path(path)
@@ -135,15 +176,21 @@ def read_artifact(
     if doc.get("format") != FORMAT_NAME:
         raise error(f"{where} has format {doc.get('format')!r}; expected {FORMAT_NAME!r}")
     version = doc.get("format_version")
-    if not is_int(version) or version != FORMAT_VERSION:
+    if not is_int(version) or (version != FORMAT_VERSION and version not in LEGACY_VERSIONS):
         newer = is_int(version) and version > FORMAT_VERSION
-        raise error(f"{where} has format_version {version!r}; expected {FORMAT_VERSION}"
+        legacy = "".join(f" or {v}" for v in LEGACY_VERSIONS)
+        raise error(f"{where} has format_version {version!r}; expected {FORMAT_VERSION}{legacy}"
                     + (" (upgrade rl_select)" if newer else " (retrain or re-export it with this rl_select)"))
     if doc.get("kind") != kind:
         raise error(f"{where} holds a {doc.get('kind')!r} document; expected {kind!r}")
-    if tensors_sha256(tensors) != doc.get("tensors_sha256"):
-        raise error(f"{where}: the tensor data do not match their recorded sha256 (corrupted or tampered with); "
-                    f"expected tensors_sha256={doc.get('tensors_sha256')!r:.80}")
+    th = tensors_sha256(tensors)
+    if th != doc.get("tensors_sha256"):
+        raise error(f"{where} was edited or corrupted: its tensor data do not match their recorded "
+                    "tensors_sha256; re-export it")
+    sealed = version == FORMAT_VERSION or HASH_FIELD in doc  # a legacy version never wrote one
+    if sealed and (version != FORMAT_VERSION or doc.get(HASH_FIELD) != artifact_sha256(doc, th)):
+        raise error(f"{where} was edited or corrupted: its contents do not match their recorded {HASH_FIELD}; "
+                    "re-export it")
     return tensors, doc
 
 

@@ -18,6 +18,10 @@ holds::
 
 A file without a ``critic`` entry (written before it existed) loads with ``critic = None``.
 
+The whole file is hash-checked on load (the artifact's ``sha256`` covers this document and the tensors):
+an edited ``k``, scorer spec or training record is refused with one line saying the policy file was edited
+or corrupted. Format-version-2 files (before that hash) load with their tensors' hash as the only check.
+
 ``scorer`` is ``null`` only for a policy trained with a scorer that has no spec (a test double); then the
 scorer fingerprint alone identifies it.
 """
@@ -185,7 +189,8 @@ class SelectorPolicy:
         }
 
     def describe(self) -> dict[str, Any]:
-        """The document this policy saves, as JSON values (with ``tensors_sha256`` of the current weights)."""
+        """The document this policy saves, as JSON values (with ``tensors_sha256`` of the current weights and
+        the whole document's ``sha256``)."""
         return json.loads(json.dumps(artifact_document(KIND, self._tensors(), self._document())))
 
     # --- save / load ------------------------------------------------------------------------------
@@ -214,8 +219,9 @@ class SelectorPolicy:
 
         Raises:
             PolicyError: Missing file; not a (complete) safetensors file; no / non-JSON metadata; another
-                format, version or kind; tensors that do not match their hash; a document that lacks a
-                field or whose architecture does not match the tensors; another feature set than expected.
+                format, version or kind; a document or tensors that do not match their recorded hashes
+                (edited or corrupted); a document that lacks a field or whose architecture does not match
+                the tensors; another feature set than expected.
         """
         where = f"policy file {str(path)!r}"
         tensors, doc = read_artifact(path, kind=KIND, error=PolicyError, what="policy file")
