@@ -981,42 +981,53 @@ def bench_scorer_cmd(
     task: Annotated[str, typer.Option(help="Task.")] = "sst2",
     data: DataOpt = None,
     model: Annotated[str, typer.Option(help="Model id.")] = "bundled",
-    dtype: Annotated[str, typer.Option(help="Fast scorer dtype (the reference is always fp32).")] = "auto",
+    dtype: Annotated[str, typer.Option(help="Scorer dtype.")] = "auto",
     k: Annotated[int, typer.Option("-k", "--k")] = 4,
-    n_queries: Annotated[int, typer.Option(help="Validation queries scored.")] = 64,
-    batch_size: Annotated[int, typer.Option(help="Fast scorer batch size.")] = 16,
+    n_queries: Annotated[int, typer.Option(help="Test rows: the one prompt's queries and kNN's prompts.")] = 500,
+    n_episodes: Annotated[int, typer.Option(help="Per-query episodes (random policy).")] = 2000,
+    m: Annotated[int, typer.Option("-m", "--m", help="Nearest pool examples an episode chooses from.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Scorer batch size.")] = 16,
+    compare: Annotated[bool, typer.Option(help="Also time kNN's prompts one scorer call each (the old path).")] = True,
     seed: int = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
 ) -> None:
-    """Fast scorer vs the plain reference scorer, side by side: speed ratio, agreement, throughput."""
+    """The scorer's three workloads (one prompt, kNN's per-query prompts, per-query episodes) against raw forwards."""
     from rl_select.experiments.bench_scorer import bench_scorer
     from rl_select.tasks import resolve_task
 
     _quiet_libraries()
     spec = resolve_task(task)
-    with console.status("benchmarking (the reference scorer takes a while) ...") as status:
+    for name, value, least in (("--n-queries", n_queries, 1), ("--n-episodes", n_episodes, 1), ("--k", k, 1),
+                               ("--m", m, 1), ("--batch-size", batch_size, 1)):
+        if value < least:
+            raise ConfigError(f"{name} {value}; expected an integer >= {least}")
+    if m < k:
+        raise ConfigError(f"--m {m} is below --k {k}; expected at least k nearest examples to choose from")
+    with console.status("benchmarking the scorer ...") as status:
         res = bench_scorer(spec=spec, data=data, model_id=model, dtype=dtype, k=k, n_queries=n_queries,
-                           batch_size=batch_size, seed=seed, progress=lambda s: status.update(s))
-    table = Table(title=f"scorer benchmark: {res['task']}, k={k}, {res['n_queries']} queries, {model} "
-                        f"({res['dtype']}, {res['threads']} threads)")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    rows = [
-        ("reference scorer (fp32, 1 forward per query x label)", f"{res['reference_seconds']:.2f} s"),
-        ("fast scorer (prefix KV cache, batched)", f"{res['fast_seconds']:.2f} s"),
-        ("speed-up", f"{res['speedup']:.1f}x"),
-        ("prediction agreement", f"{100 * res['agreement']:.1f}%"),
-        ("max |log-prob difference|", f"{res['max_abs_logprob_diff']:.2e}"),
-        ("fast: LM tokens run / s", f"{res['fast_lm_tokens_per_s']:.0f}"),
-        ("fast: prompt tokens answered / s", f"{res['prompt_tokens_answered_per_s']:.0f}"),
-        ("raw model forward, last-position logits, tok/s", f"{res['raw_forward_tokens_per_s_last_logits']:.0f}"),
-        ("raw model forward, fp32, all logits, batch 1, tok/s",
-         f"{res['raw_forward_tokens_per_s_all_logits_fp32_batch1']:.0f}"),
-        ("fast scorer / raw forward throughput", f"{100 * res['fraction_of_raw_throughput']:.0f}%"),
-    ]
-    for r in rows:
-        table.add_row(*r)
-    out.print(table)
+                           n_episodes=n_episodes, m=m, batch_size=batch_size, compare=compare, seed=seed,
+                           progress=lambda s: status.update(s))
+    say = lambda text: out.print(text, soft_wrap=True)  # noqa: E731  (one figure per line)
+    say(f"scorer benchmark: {res['task']}, k={k}, pool {res['n_pool']}, {model} ({res['dtype']}, "
+              f"{res['threads']} threads), {'calibrated' if res['calibrated'] else 'uncalibrated'}, caches off")
+    say(f"CPU: {res['cpu']}; native bf16: {'yes' if res['native_bf16'] else 'no'}; "
+              f"RSS after loading the model {res['rss_after_load_mb']:.0f} MB")
+    for w in res["workloads"]:
+        extra = f", {w['episodes_per_minute']:.0f} episodes/min" if "episodes_per_minute" in w else ""
+        say(f"{w['workload']}: {w['prompts']} prompts in {w['seconds']:.1f} s{extra}, "
+                  f"{w['lm_tokens_per_s']:.0f} LM tok/s against raw {w['raw_tokens_per_s']:.0f} tok/s "
+                  f"(batch {batch_size} x {w['raw_length']} tokens), peak RSS {w['peak_rss_mb']:.0f} MB: "
+                  f"{100 * w['fraction_of_raw']:.0f} % of raw")
+        if "one_call_per_prompt_seconds" in w:
+            say(f"  one scorer call per prompt (the path it replaces): {w['one_call_per_prompt_seconds']:.1f} s "
+                      f"({w['speedup_over_one_call_per_prompt']:.2f}x slower); same predictions on "
+                      f"{100 * w['prediction_agreement']:.1f} % of rows (differing rows had margins <= "
+                      f"{w['max_margin_where_predictions_differ']:.3f}), max |log-prob difference| "
+                      f"{w['max_abs_logprob_diff']:.3f}")
+        if "rss_at_100pct_mb" in w:
+            say(f"  RSS at 10 % of the episodes {w['rss_at_10pct_mb']:.0f} MB, at 100 % "
+                      f"{w['rss_at_100pct_mb']:.0f} MB")
+    say(f"peak RSS {res['peak_rss_mb']:.0f} MB")
     if json_out:
         json_out.write_text(json.dumps(res, indent=2))
 

@@ -269,3 +269,81 @@ def test_fingerprint_depends_on_weights_and_options(lm):
     direct = HFScorer(model, tokenizer, SST2).fingerprint
     assert HFScorer(model, tokenizer, SST2, mode="channel").fingerprint != direct
     assert HFScorer(model, tokenizer, SST2, length_norm=True).fingerprint != direct
+
+
+# --- many distinct prompts in one call (packed token trie) ---------------------------------------
+
+
+def _per_query_lists(pool, queries):
+    """Distinct, overlapping demo lists (shared first demos, different orders, one empty): what kNN makes."""
+    shapes = [[0, 1], [0, 2], [1, 0, 2], [], [2]]
+    return [[pool[i] for i in shapes[q % len(shapes)]] for q in range(len(queries))]
+
+
+@pytest.mark.parametrize("task", sorted(EXAMPLES))
+@pytest.mark.parametrize("pack_tokens", [8, 64, 4096])
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_many_prompts_match_one_call_per_prompt_and_the_reference(lm, task, pack_tokens, calibrate):
+    spec, pool, queries = EXAMPLES[task]
+    model, tokenizer = lm
+    fast = HFScorer(model, tokenizer, spec, batch_size=2, max_batch_tokens=64, pack_tokens=pack_tokens,
+                    calibrate=calibrate)
+    ref = ReferenceScorer(model, tokenizer, spec, calibrate=calibrate)
+    lists = _per_query_lists(pool, queries)
+    got = fast.logprobs_many(demo_lists=lists, queries=queries)
+    assert got.shape == (len(queries), len(spec.labels))
+    for i, (demos, q) in enumerate(zip(lists, queries)):
+        np.testing.assert_allclose(got[i], ref.logprobs(demos=demos, queries=[q])[0], atol=1e-4, rtol=RTOL)
+    # every distinct prompt counted once; with room for every path in one sequence, the shared tokens run once
+    assert fast.stats.prefix_forwards <= len({tuple(d.uid for d in lst) for lst in lists})
+    one_by_one = HFScorer(model, tokenizer, spec, batch_size=2, calibrate=calibrate)
+    for demos, q in zip(lists, queries):
+        one_by_one.logprobs(demos=demos, queries=[q])
+    if pack_tokens == 4096:
+        assert fast.stats.forward_tokens < one_by_one.stats.forward_tokens
+
+
+def test_many_prompts_length_norm_and_channel_mode(lm):
+    spec, pool, queries = EXAMPLES["mixed"]
+    model, tokenizer = lm
+    lists = _per_query_lists(pool, queries)
+    for kwargs in ({"length_norm": True}, {"mode": "channel"}):
+        fast = HFScorer(model, tokenizer, spec, batch_size=3, **kwargs)
+        ref = ReferenceScorer(model, tokenizer, spec, **kwargs)
+        got = fast.logprobs_many(demo_lists=lists, queries=queries)
+        want = np.stack([ref.logprobs(demos=d, queries=[q])[0] for d, q in zip(lists, queries)])
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=RTOL)
+
+
+def test_many_prompts_split_a_batch_that_runs_out_of_memory(lm, monkeypatch):
+    spec, pool, queries = EXAMPLES["sst2"]
+    model, tokenizer = lm
+    fast = HFScorer(model, tokenizer, spec, batch_size=16, pack_tokens=16)
+    lists = _per_query_lists(pool, queries)
+    want = fast.logprobs_many(demo_lists=lists, queries=queries)
+    real = HFScorer._packed_forward_once
+    sizes = []
+
+    def small_memory(self, seqs, *args):
+        sizes.append(len(seqs))
+        if len(seqs) > 1:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return real(self, seqs, *args)
+
+    monkeypatch.setattr(HFScorer, "_packed_forward_once", small_memory)
+    fresh = HFScorer(model, tokenizer, spec, batch_size=16, pack_tokens=16)
+    np.testing.assert_allclose(fresh.logprobs_many(demo_lists=lists, queries=queries), want, atol=1e-5)
+    assert max(sizes) > 1 and 1 in sizes
+    # any other error is not swallowed
+    monkeypatch.setattr(HFScorer, "_packed_forward_once", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        HFScorer(model, tokenizer, spec).logprobs_many(demo_lists=lists, queries=queries)
+
+
+def test_many_prompts_over_the_window_name_the_lengths():
+    tokenizer = make_tokenizer(bos=False)
+    model = make_model(tokenizer, max_positions=48)
+    fast = HFScorer(model, tokenizer, SST2)
+    lists = [[], POOL * 4]
+    with pytest.raises(ModelError, match="exceeds the context window"):
+        fast.logprobs_many(demo_lists=lists, queries=QUERIES[:2])

@@ -110,51 +110,98 @@ class CachedScorer(ABC):
 
     def raw_logprobs(self, *, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
         """Uncalibrated label log-probs, ``(len(queries), n_labels)``, through the cache."""
+        return self._raw_groups([(demos, queries)])[0]
+
+    def _raw_groups(self, groups: Sequence[tuple[Sequence[Example], Sequence[Example]]]) -> list[np.ndarray]:
+        """Uncalibrated label log-probs of many prompts: for each ``(demos, queries)`` group, ``(len(queries), L)``.
+
+        One cache look-up for every row of every group, then one :meth:`_compute_many` call for all the misses
+        (each distinct query once per prompt), then one cache write.
+        """
         n_labels = len(self.spec.labels)
-        self.stats.queries += len(queries)
-        if not queries:
-            return np.zeros((0, n_labels))
+        self.stats.queries += sum(len(q) for _, q in groups)
         if self.cache is None:
-            self.stats.cache_misses += len(queries)
-            return self._timed_compute(demos, queries)
-        prefix = prefix_digest(self.fingerprint, self.spec.digest_fields(), demos)
-        keys = [query_key(prefix, q) for q in queries]
-        found = self.cache.get_many(list(dict.fromkeys(keys)), n_labels)
-        todo: dict[str, Example] = {}
-        for key, q in zip(keys, queries):
-            if key not in found and key not in todo:
-                todo[key] = q
+            todo = [(d, list(q)) for d, q in groups if q]
+            self.stats.cache_misses += sum(len(q) for _, q in todo)
+            fresh = iter(self._timed_compute(todo)) if todo else iter(())
+            return [next(fresh) if q else np.zeros((0, n_labels)) for _, q in groups]
+        keys = []
+        for demos, queries in groups:
+            prefix = prefix_digest(self.fingerprint, self.spec.digest_fields(), demos)
+            keys.append([query_key(prefix, q) for q in queries])
+        found = self.cache.get_many(list(dict.fromkeys(k for ks in keys for k in ks)), n_labels)
+        todo_keys: list[list[str]] = []
+        todo: list[tuple[Sequence[Example], list[Example]]] = []
+        pending: set[str] = set()
+        for (demos, queries), ks in zip(groups, keys):
+            mine: dict[str, Example] = {}
+            for key, q in zip(ks, queries):
+                if key not in found and key not in pending:
+                    mine[key] = q
+                    pending.add(key)
+            if mine:
+                todo_keys.append(list(mine))
+                todo.append((demos, list(mine.values())))
         # a miss is a row the LM must compute; repeats of it within this call are free
-        self.stats.cache_misses += len(todo)
-        self.stats.cache_hits += len(queries) - len(todo)
+        n_miss = len(pending)
+        self.stats.cache_misses += n_miss
+        self.stats.cache_hits += sum(len(ks) for ks in keys) - n_miss
         if todo:
-            fresh = self._timed_compute(demos, list(todo.values()))
-            computed = dict(zip(todo.keys(), fresh))
+            computed: dict[str, np.ndarray] = {}
+            for ks, fresh in zip(todo_keys, self._timed_compute(todo)):
+                computed.update(zip(ks, fresh))
             self.cache.put_many(computed.items())
             found.update(computed)
-        return np.stack([found[k] for k in keys])
+        return [np.stack([found[k] for k in ks]) if ks else np.zeros((0, n_labels)) for ks in keys]
 
-    def _timed_compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
+    def _compute_many(self, groups: Sequence[tuple[Sequence[Example], Sequence[Example]]]) -> list[np.ndarray]:
+        """Raw label log-probs of several prompts, one ``(len(queries), n_labels)`` array per group.
+
+        Backends that can batch distinct prompts override this; the default runs :meth:`_compute` per group.
+        """
+        return [self._compute(demos, queries) for demos, queries in groups]
+
+    def _timed_compute(self, groups: Sequence[tuple[Sequence[Example], Sequence[Example]]]) -> list[np.ndarray]:
         t0 = time.perf_counter()
-        out = self._compute(demos, queries)
+        out = self._compute_many(groups)
         self.stats.seconds += time.perf_counter() - t0
         return out
 
     def logprobs(self, *, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
         """Label log-probs, ``(len(queries), n_labels)``; calibrated if the scorer was built so."""
-        if not self.calibrate:
-            return self.raw_logprobs(demos=demos, queries=queries)
-        cf = content_free_queries(self.spec)
-        raw = self.raw_logprobs(demos=demos, queries=list(queries) + cf)
-        return calibrate(raw[: len(queries)], raw[len(queries):])
+        return self.logprobs_many(demo_lists=[demos] * len(queries), queries=queries)
+
+    def logprobs_many(self, *, demo_lists: Sequence[Sequence[Example]], queries: Sequence[Example]) -> np.ndarray:
+        """Label log-probs ``(Q, L)`` when query ``i`` is prompted with ``demo_lists[i]``, in one pass.
+
+        Queries with the same demo list share one prompt (its prefix is encoded once); distinct prompts are
+        batched together by the backend (:meth:`_compute_many`). Calibrated if the scorer was built so: each
+        distinct prompt's content-free rows ride in the same pass.
+        """
+        if len(demo_lists) != len(queries):
+            raise ValueError(f"{len(demo_lists)} demo lists for {len(queries)} queries; expected one each")
+        rows_of: dict[tuple, list[int]] = {}
+        for i, demos in enumerate(demo_lists):
+            rows_of.setdefault(tuple(d.content() for d in demos), []).append(i)
+        cf = content_free_queries(self.spec) if self.calibrate else []
+        groups = [(list(demo_lists[rows[0]]), [queries[i] for i in rows] + cf) for rows in rows_of.values()]
+        out = np.zeros((len(queries), len(self.spec.labels)))
+        for rows, raw in zip(rows_of.values(), self._raw_groups(groups)):
+            out[rows] = calibrate(raw[: len(rows)], raw[len(rows):]) if cf else raw
+        return out
 
 
 def grouped_logprobs(scorer: Scorer, demo_lists: Sequence[Sequence[Example]],
                      queries: Sequence[Example]) -> np.ndarray:
-    """Label log-probs ``(Q, L)`` when query ``i`` is prompted with ``demo_lists[i]`` (per-query prompts, kNN's):
-    queries sharing a demo list share one scorer call, so one prefix."""
+    """Label log-probs ``(Q, L)`` when query ``i`` is prompted with ``demo_lists[i]`` (per-query prompts, kNN's).
+
+    A :class:`CachedScorer` scores every distinct prompt in one batched pass (:meth:`CachedScorer.logprobs_many`);
+    any other :class:`Scorer` gets one call per distinct demo list (queries sharing a list share its prefix).
+    """
     if len(demo_lists) != len(queries):
         raise ValueError(f"{len(demo_lists)} demo lists for {len(queries)} queries; expected one each")
+    if isinstance(scorer, CachedScorer):
+        return scorer.logprobs_many(demo_lists=demo_lists, queries=queries)
     groups: dict[tuple, list[int]] = {}
     for i, demos in enumerate(demo_lists):
         groups.setdefault(tuple(d.content() for d in demos), []).append(i)

@@ -30,6 +30,7 @@ from rl_select.hub import hub_unreachable, offline_env
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.bundled import BUNDLED_ID, ensure_plain_copy, is_bundled
 from rl_select.lm.cache import ScoreCache
+from rl_select.lm.packing import Read, TokenTrie, pack, sequence_arrays
 from rl_select.prompts import (
     Mode,
     channel_contexts,
@@ -205,13 +206,23 @@ def check_length(n_prefix: int, n_context: int, n_cont: int, limit: int, model_i
         )
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether a torch error is an allocation failure (CPU or CUDA), which a smaller batch can avoid."""
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower() or "can't allocate" in str(exc).lower()
+
+
 # --- the fast scorer ------------------------------------------------------------------------------
 
 BATCH_OVERHEAD_SLOTS = 64
 """Fixed cost of one forward, in token slots, for :func:`padded_batches` (measured on a 2-core CPU)."""
 
+TRIE_TOKENS = 65_536
+"""Most prompt tokens in one token trie of the many-prompt path (its Python nodes cost ~0.3 kB each)."""
 
-def padded_batches(order: Sequence[int], lengths: Sequence[int], max_rows: int, overhead: int) -> list[list[int]]:
+
+def padded_batches(
+    order: Sequence[int], lengths: Sequence[int], max_rows: int, overhead: int, max_tokens: int | None = None
+) -> list[list[int]]:
     """Cut rows sorted by length into batches of at most ``max_rows`` that minimise the padded slots.
 
     A batch of ``B`` rows whose longest has ``w`` tokens costs ``B * w + overhead`` slots (padding
@@ -223,6 +234,8 @@ def padded_batches(order: Sequence[int], lengths: Sequence[int], max_rows: int, 
         lengths: Each row's token count (indexed by row).
         max_rows: Most rows per batch.
         overhead: Fixed cost of a forward in slots.
+        max_tokens: Most padded slots (rows x longest row) per batch; a single row longer than that still
+            gets a batch of its own.
 
     Returns:
         The batches, each a list of row indices, in order.
@@ -233,6 +246,8 @@ def padded_batches(order: Sequence[int], lengths: Sequence[int], max_rows: int, 
     for end in range(1, n + 1):
         width = lengths[order[end - 1]]  # sorted: the last row is the longest
         for size in range(1, min(max_rows, end) + 1):
+            if max_tokens is not None and size > 1 and size * width > max_tokens:
+                break
             cost = best[end - size] + size * width + overhead
             if cost < best[end]:
                 best[end], cut[end] = cost, end - size
@@ -253,7 +268,8 @@ class HFScorer(CachedScorer):
         model_id: Name used in messages and run records.
         mode: ``"direct"`` (P(label | input)) or ``"channel"`` (P(input | label)).
         length_norm: Divide each summed log-prob by its token count.
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass (prefixes of distinct prompts; their query rows take up to 4x as many).
+        max_batch_tokens: Most padded token slots in one forward of the many-prompt path (bounds its memory).
         cache: Optional on-disk :class:`ScoreCache`.
         calibrate: Apply contextual calibration.
         fingerprint: Precomputed :func:`model_fingerprint` (else computed here).
@@ -269,6 +285,8 @@ class HFScorer(CachedScorer):
         mode: Mode = "direct",
         length_norm: bool = False,
         batch_size: int = 16,
+        max_batch_tokens: int = 4096,
+        pack_tokens: int = 512,
         cache: ScoreCache | None = None,
         calibrate: bool = False,
         fingerprint: str | None = None,
@@ -282,6 +300,8 @@ class HFScorer(CachedScorer):
         self.mode = mode
         self.length_norm = length_norm
         self.batch_size = int(batch_size)
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.pack_tokens = int(pack_tokens)
         self.tokens = Tokens(tokenizer)
         self.max_length = context_window(model, tokenizer)
         self.device = next(model.parameters()).device
@@ -343,6 +363,111 @@ class HFScorer(CachedScorer):
         prefix, contexts = self.tokens.split_shared(prefix_text, [render_query(self.spec, q) for q in queries])
         conts = self.tokens.encode(label_continuations(self.spec))
         return self._score(prefix, contexts, conts)
+
+    def _packed_forward(self, seqs: list, reads: dict[int, list[Read]], done: set[int], flat: np.ndarray) -> None:
+        """One forward over packed sequences (right-padded), adding every read not ``done`` yet into ``flat``
+        ``(n_rows, n_cont)``. A batch that does not fit in memory is halved until it does."""
+        try:
+            self._packed_forward_once(seqs, reads, done, flat)
+        except (RuntimeError, MemoryError) as exc:
+            if len(seqs) == 1 or not _out_of_memory(exc):
+                raise
+            half = len(seqs) // 2
+            self._packed_forward(seqs[:half], reads, done, flat)
+            self._packed_forward(seqs[half:], reads, done, flat)
+
+    @torch.inference_mode()
+    def _packed_forward_once(self, seqs: list, reads: dict[int, list[Read]], done: set[int], flat: np.ndarray) -> None:
+        width = max(len(sq[0]) for sq in seqs)
+        ids = torch.full((len(seqs), width), self.tokens.pad, dtype=torch.long)
+        pos = torch.zeros((len(seqs), width), dtype=torch.long)
+        mask = torch.eye(width, dtype=torch.bool).repeat(len(seqs), 1, 1)  # a padding slot sees itself only
+        slots: list[tuple[int, int]] = []
+        nodes_read: list[int] = []
+        seen: set[int] = set()
+        for b, (sid, spos, smask, nodes) in enumerate(seqs):
+            n = len(sid)
+            ids[b, :n] = torch.from_numpy(sid)
+            pos[b, :n] = torch.from_numpy(spos)
+            mask[b, :n, :n] = torch.from_numpy(smask)
+            for t, node in enumerate(nodes):
+                if node in reads and node not in done and node not in seen:
+                    slots.append((b, t))
+                    nodes_read.append(node)
+                    seen.add(node)
+        if not slots:
+            return
+        h = self._body(input_ids=ids.to(self.device), attention_mask=mask[:, None].to(self.device),
+                       position_ids=pos.to(self.device)).last_hidden_state  # (B, T, H)
+        self.stats.forward_tokens += sum(len(sq[0]) for sq in seqs)
+        bi, ti = zip(*slots)
+        logp = torch.log_softmax(self._head(h[list(bi), list(ti)]).float(), dim=-1).double().cpu().numpy()
+        for k, node in enumerate(nodes_read):
+            for rd in reads[node]:
+                flat[rd.row, rd.col] += logp[k, rd.target]
+        done.update(nodes_read)
+
+    def _compute_many(self, groups: Sequence[tuple[Sequence[Example], Sequence[Example]]]) -> list[np.ndarray]:
+        """Raw label log-probs of many prompts at once (see :meth:`_score_prompts`); channel mode, one prompt,
+        or a prompt with no shared prefix go through :meth:`_compute`."""
+        if self.mode == "channel" or len(groups) <= 1:
+            return [self._compute(demos, queries) for demos, queries in groups]
+        prompts = [self.tokens.split_shared(render_prefix(self.spec, d), [render_query(self.spec, q) for q in qs])
+                   for d, qs in groups]
+        conts = self.tokens.encode(label_continuations(self.spec))
+        out: list[np.ndarray | None] = [None] * len(groups)
+        for g, (prefix, contexts) in enumerate(prompts):
+            if not prefix:  # nothing shared to encode: the one-prompt path handles it
+                out[g] = self._score(prefix, contexts, conts)
+        # prompts that start alike go to the same trie; a trie holds at most TRIE_TOKENS tokens (bounded memory)
+        todo = sorted((g for g in range(len(groups)) if out[g] is None), key=lambda g: prompts[g][0])
+        chunk: list[int] = []
+        size = 0
+        for pos, g in enumerate(todo):
+            chunk.append(g)
+            size += len(prompts[g][0]) + sum(map(len, prompts[g][1]))
+            if size >= TRIE_TOKENS or pos == len(todo) - 1:
+                for h, res in zip(chunk, self._score_packed([prompts[h] for h in chunk], conts)):
+                    norm = np.array([len(c) for c in conts], dtype=np.float64)[None, :] if self.length_norm else 1.0
+                    out[h] = res / norm
+                chunk, size = [], 0
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _score_packed(self, prompts: list[tuple[list[int], list[list[int]]]],
+                      conts: list[list[int]]) -> list[np.ndarray]:
+        """Summed label log-probs for many ``(prefix_ids, [context_ids])`` prompts, ``(n_ctx, n_cont)`` each, from
+        packed sequences (:mod:`rl_select.lm.packing`): every shared token run once, label tokens in the same
+        forward, at most ``batch_size`` sequences and ``max_batch_tokens`` slots per forward."""
+        if any(len(c) == 0 for c in conts) or any(len(c) == 0 for _, ctx in prompts for c in ctx):
+            raise ModelError("a label continuation or query rendered to zero tokens; check the template")
+        trie = TokenTrie()
+        row_of: list[tuple[int, int]] = []
+        for g, (prefix, contexts) in enumerate(prompts):
+            check_length(len(prefix), max(map(len, contexts)), max(map(len, conts)), self.max_length, self.model_id)
+            for j, ctx in enumerate(contexts):
+                r = len(row_of)
+                row_of.append((g, j))
+                path = prefix + ctx
+                trie.add(path, [Read(r, c, cont[0]) for c, cont in enumerate(conts)])
+                for c, cont in enumerate(conts):
+                    for m in range(1, len(cont)):
+                        trie.add(path + cont[:m], [Read(r, c, cont[m])])
+        segments, seg_parent = trie.segments()
+        longest = max(len(p) + len(c) for p, ctx in prompts for c in ctx) + max(map(len, conts))
+        packed = pack(segments, seg_parent, max(self.pack_tokens, longest))  # every path fits one sequence
+        lengths = [sum(len(segments[x]) for x in seq) for seq in packed]
+        order = sorted(range(len(packed)), key=lambda i: lengths[i])
+        flat = np.zeros((len(row_of), len(conts)))
+        done: set[int] = set()
+        for batch in padded_batches(order, lengths, self.batch_size, BATCH_OVERHEAD_SLOTS, self.max_batch_tokens):
+            seqs = [sequence_arrays(trie, segments, seg_parent, packed[i]) for i in batch]
+            self._packed_forward(seqs, trie.reads, done, flat)
+        self.stats.prefix_forwards += len(prompts)
+        out = [np.zeros((len(ctx), len(conts))) for _, ctx in prompts]
+        for r, (g, j) in enumerate(row_of):
+            out[g][j] = flat[r]
+        return out
 
     @torch.inference_mode()
     def _score(self, prefix: list[int], contexts: list[list[int]], conts: list[list[int]]) -> np.ndarray:
