@@ -1,6 +1,8 @@
 """Learners that choose few-shot demonstrations: tabular Q, masked DQN (SB3), offline CQL-DQN.
 
-Every agent implements :class:`agents.base.Agent` (``learn`` / ``act`` / ``save`` / ``load``).
+Every agent implements :class:`agents.base.Agent` (``learn`` / ``act`` / ``save`` / ``load``) and registers
+with :func:`~agents.registry.register_agent`, declaring what it needs (:class:`~agents.registry.AgentTags`);
+``AGENTS`` (name -> class) and :func:`agent_class` load the built-in agents on first use.
 Names are imported lazily, so ``import agents.rollouts`` (used by collection workers) does not pull in
 torch or stable-baselines3.
 """
@@ -10,27 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-AGENTS: dict[str, str] = {
-    "tabular": "agents.tabular_q:TabularQAgent",
-    "dqn": "agents.dqn:DQNAgent",
-    "offline": "agents.offline:OfflineCQLAgent",
-}
-"""The agent registry: config name (= ``Agent.name``) -> ``"module:class"``. Adding an agent is one entry."""
-
-
-def agent_class(name: str) -> type:
-    """The agent class registered as ``name``.
-
-    Raises:
-        ConfigError: An unknown name, with the known ones.
-    """
-    from rl_select.errors import ConfigError
-
-    if name not in AGENTS:
-        raise ConfigError(f"unknown agent {name!r}; expected one of {list(AGENTS)}")
-    module, cls = AGENTS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
-
+from agents.registry import AgentTags, agent_class, load_agents, register_agent
 
 _EXPORTS = {
     "Agent": "agents.base",
@@ -51,7 +33,10 @@ _EXPORTS = {
 
 __all__ = [
     "AGENTS",
+    "AgentTags",
     "agent_class",
+    "load_agents",
+    "register_agent",
     "Agent",
     "ArtifactError",
     "CandidateQPolicy",
@@ -77,6 +62,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str) -> Any:
+    if name == "AGENTS":  # the registry, its built-in agents registered
+        return load_agents()
     if name not in _EXPORTS:
         raise AttributeError(f"module 'agents' has no attribute {name!r}")
     return getattr(importlib.import_module(_EXPORTS[name]), name)

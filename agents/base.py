@@ -1,8 +1,9 @@
 """The one agent interface, and the helpers every agent shares.
 
-* :class:`Agent` — ``learn`` / ``act`` / ``save`` / ``load``. ``act`` is greedy and never returns a
-  masked action: the public :meth:`Agent.act` checks the mask before and the answer after calling the
-  subclass's ``_act`` (as SB3's callbacks wrap ``_on_step``).
+* :class:`Agent` — ``learn`` / ``act`` / ``save`` / ``load``; ``tags`` (:class:`~agents.registry.AgentTags`)
+  declares what it learns from, and ``train_from`` builds and trains it from the run's agent settings.
+  ``act`` is greedy and never returns a masked action: the public :meth:`Agent.act` checks the mask before
+  and the answer after calling the subclass's ``_act`` (as SB3's callbacks wrap ``_on_step``).
 * Checkpoints are the one artifact format of :mod:`rl_select.mdp.artifacts` (``kind = "agent"``: agent
   name, hyper-parameters, training summary, and for Q-network agents the same ``"qnet"`` entry the
   exported policy has). Loading never executes code (no pickle); a file that fails its checks raises
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from agents.registry import AgentSettings, AgentTags
 from rl_select.errors import ArtifactError as ArtifactError
 from rl_select.errors import SelectionError
 from rl_select.mdp.artifacts import qnet_document, qnet_from_document, read_artifact, write_artifact
@@ -43,10 +45,26 @@ OBS_KEYS = ("state", "candidates", "action_mask")
 class Agent(ABC):
     """A learner that picks the next demonstration (or STOP) from an observation and its action mask.
 
-    Subclasses set :attr:`name` and implement ``learn``, ``_act``, ``save`` and ``load``.
+    Subclasses set :attr:`name` and :attr:`tags`, implement ``learn``, ``_act``, ``save`` and ``load``, and
+    register with :func:`~agents.registry.register_agent`.
     """
 
     name: ClassVar[str] = "agent"
+    tags: ClassVar[AgentTags]
+
+    @classmethod
+    @abstractmethod
+    def train_from(cls, source: Any, settings: AgentSettings, *, seed: int, env: Any = None,
+                   progress: bool = False) -> Self:
+        """A new agent built from the run's agent ``settings`` and trained on ``source``.
+
+        Args:
+            source: The training env (``tags.learns_from == "env"``) or the logged episodes (``"rollouts"``).
+            settings: The run's agent settings (``RunConfig.agent``).
+            seed: The run's seed.
+            env: An env to validate in, for agents that learn from rollouts (``None``: none).
+            progress: Show a progress bar.
+        """
 
     @abstractmethod
     def learn(self, *args: Any, **kwargs: Any) -> Self:

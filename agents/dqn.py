@@ -26,6 +26,7 @@ trusted places. Anything shipped or shared goes through :meth:`DQNAgent.save`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -45,6 +46,7 @@ from agents.base import (
     QNetAgent,
     masked_td_target,
 )
+from agents.registry import AgentSettings, AgentTags, register_agent
 from rl_select.errors import SelectionError
 from rl_select.mdp.qnet import CandidateQNet, masked_q
 
@@ -277,6 +279,7 @@ class MaskedDQN(DQN):
         return [*super()._excluded_save_params(), "_explore_rng"]
 
 
+@register_agent
 class DQNAgent(QNetAgent):
     """The :class:`~agents.base.Agent` wrapper around :class:`MaskedDQN`.
 
@@ -296,6 +299,8 @@ class DQNAgent(QNetAgent):
     """
 
     name = "dqn"
+    tags = AgentTags(learns_from="env", fixed_pool=False, exports_policy=True,
+                     env_episodes=lambda settings, k: math.ceil(settings.train_steps / max(k, 1)))
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "learning_rate": 1e-3,
         "buffer_size": 50_000,
@@ -320,6 +325,13 @@ class DQNAgent(QNetAgent):
         self.model: MaskedDQN | None = None
         self.qnet: CandidateQNet | None = None
         self.summary: dict[str, Any] = {}
+
+    @classmethod
+    def train_from(cls, source: Any, settings: AgentSettings, *, seed: int, env: Any = None,
+                   progress: bool = False) -> Self:
+        """``settings.train_steps`` env steps in ``source``, learning from step ``min(200, train_steps / 4)``."""
+        agent = cls(hidden=settings.hidden, seed=seed, learning_starts=min(200, settings.train_steps // 4))
+        return agent.learn(source, total_timesteps=settings.train_steps, progress_bar=progress)
 
     def config(self) -> dict[str, Any]:
         """The constructor's arguments as JSON."""

@@ -44,6 +44,7 @@ from agents.base import (
     evaluate,
     masked_td_target,
 )
+from agents.registry import AgentSettings, AgentTags, register_agent
 from agents.rollouts import Episode, RolloutStore, stack_episodes
 from rl_select.errors import DataError
 from rl_select.mdp.qnet import CandidateQNet, masked_q
@@ -52,6 +53,17 @@ Batch = dict[str, Tensor]
 
 Q_TARGETS: tuple[str, ...] = ("td", "mc")
 """Regression targets of the offline agent: the TD bootstrap, or the logged Monte-Carlo return-to-go."""
+
+
+def eval_interval(train_steps: int) -> int:
+    """Gradient steps between checkpoint checks when a run trains ``train_steps`` steps (about 8 checks)."""
+    return max(1, train_steps // 8)
+
+
+def eval_checks(train_steps: int) -> int:
+    """Checkpoint checks in ``train_steps`` steps at :func:`eval_interval` (the last step always checks)."""
+    interval = eval_interval(train_steps)
+    return train_steps // interval + (1 if train_steps % interval else 0)
 
 
 def cql_dqn_loss(
@@ -89,6 +101,7 @@ def cql_dqn_loss(
     return td + cql_alpha * cql, td, cql
 
 
+@register_agent
 class OfflineCQLAgent(QNetAgent):
     """CQL-regularised DQN on a :class:`~agents.rollouts.RolloutStore`.
 
@@ -116,6 +129,8 @@ class OfflineCQLAgent(QNetAgent):
     """
 
     name = "offline"
+    tags = AgentTags(learns_from="rollouts", fixed_pool=False, exports_policy=True,
+                     env_episodes=lambda settings, k: settings.val_episodes * eval_checks(settings.train_steps))
 
     def __init__(
         self,
@@ -195,6 +210,17 @@ class OfflineCQLAgent(QNetAgent):
     def _tensors(self, episodes: Sequence[Episode]) -> Batch:
         arrays = stack_episodes(episodes)
         return {k: torch.as_tensor(v, device=self.device) for k, v in arrays.items()}
+
+    @classmethod
+    def train_from(cls, source: Any, settings: AgentSettings, *, seed: int, env: Any = None,
+                   progress: bool = False) -> Self:
+        """``settings.train_steps`` gradient steps on the episodes ``source``; with ``settings.val_episodes``,
+        checkpoints chosen by that many greedy episodes in ``env`` about 8 times, else by the held-out TD loss."""
+        n_val = settings.val_episodes
+        agent = cls(hidden=settings.hidden, gradient_steps=settings.train_steps, seed=seed,
+                    cql_alpha=settings.cql_alpha, target=settings.q_target,
+                    eval_interval=eval_interval(settings.train_steps), eval_episodes=max(1, n_val))
+        return agent.learn(source, env=env if n_val else None, progress=progress)
 
     # ----------------------------------------------------------------------------------- learn
 

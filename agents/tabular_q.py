@@ -32,6 +32,7 @@ except ImportError:  # older releases: the function it replaced, same arguments 
 from tqdm.auto import tqdm
 
 from agents.base import Agent, check_mask, load_agent, save_agent
+from agents.registry import AgentSettings, AgentTags, register_agent
 from rl_select.errors import SelectionError
 from rl_select.mdp.episode import Step, run_episode
 
@@ -44,6 +45,7 @@ def _greedy(q: np.ndarray, mask: np.ndarray) -> int:
     return int(valid[np.argmax(q[valid])])
 
 
+@register_agent
 class TabularQAgent(Agent):
     """Epsilon-greedy tabular Q-learning over ordered demo tuples.
 
@@ -62,6 +64,8 @@ class TabularQAgent(Agent):
     """
 
     name = "tabular"
+    tags = AgentTags(learns_from="env", fixed_pool=True, exports_policy=False,
+                     env_episodes=lambda settings, k: settings.episodes)
 
     def __init__(
         self,
@@ -91,6 +95,12 @@ class TabularQAgent(Agent):
         self.q: dict[State, np.ndarray] = {}
         self.n_actions: int | None = None
         self.summary: dict[str, Any] = {}
+
+    @classmethod
+    def train_from(cls, source: Any, settings: AgentSettings, *, seed: int, env: Any = None,
+                   progress: bool = False) -> Self:
+        """``settings.episodes`` episodes in the env ``source`` (default hyper-parameters)."""
+        return cls().learn(source, episodes=settings.episodes, seed=seed, progress=progress)
 
     def config(self) -> dict[str, Any]:
         """The constructor's arguments as JSON."""

@@ -139,7 +139,8 @@ OPTIONS: dict[str, Any] = {
     "allow_stop": _opt(bool, "--allow-stop/--no-stop", help="Offer a STOP action."),
     "min_len": _opt(int, help="Fewest demonstrations before STOP is allowed."),
     # [agent]
-    "agent": _opt(str, help="tabular | dqn | offline."),
+    "agent": _opt(str, help="Learner: a name in the agent registry (agents.AGENTS), e.g. offline; an unknown name "
+                            "is refused with the list."),
     "episodes": _opt(int, help="Rollouts to collect (offline) / episodes (tabular)."),
     "train_steps": _opt(int, help="Gradient steps (offline) / env steps (dqn)."),
     "hidden": _list(int, "Q-network hidden widths, e.g. 64,64."),
@@ -455,10 +456,11 @@ def train_cmd(cfg, explicit: frozenset[str]) -> None:
     """
     import time
 
+    from agents.registry import agent_class
     from rl_select.experiments.rundir import RunDir
     from rl_select.experiments.training import plot_curve, policy_selection, train_agent
 
-    task_envs = _task_envs(cfg, fixed_pool=cfg.agent.name == "tabular")
+    task_envs = _task_envs(cfg, fixed_pool=agent_class(cfg.agent.name).tags.fixed_pool)
     run = RunDir.create(cfg, f"train-{cfg.agent.name}")
     console.print(f"run folder: {escape(str(run.path))}")
     t0 = time.perf_counter()
@@ -507,7 +509,7 @@ def ablate_cmd(
     results.csv, summary.md and plots."""
     import time
 
-    from rl_select.experiments.ablate import TRAINED, Runner, check_budget, estimate, load_plan, read_rows, row_key
+    from rl_select.experiments.ablate import Runner, check_budget, estimate, load_plan, read_rows, row_key, trains
 
     if config is None:
         if run_dir is None or not (run_dir / "ablate.toml").is_file():
@@ -561,10 +563,9 @@ def ablate_cmd(
                                                                f"{row['seed']}: {what}"[:120]))
 
         def on_start(cell, seed: int, name: str) -> None:
-            trains = name.split(":")[0] in TRAINED and not (
-                run_dir / "training" / f"{cell.id}-s{seed}.json").is_file()
+            training = trains(name) and not (run_dir / "training" / f"{cell.id}-s{seed}.json").is_file()
             progress.update(bar, description=escape(f"{cell.label} | {name} seed {seed}"
-                                                    f"{': training ' + cell.cfg.agent.name if trains else ''}"[:120]))
+                                                    f"{': training ' + cell.cfg.agent.name if training else ''}"[:120]))
 
         runner.run(on_row=on_row, on_start=on_start)
     paths = runner.finish()
@@ -598,8 +599,17 @@ def results_cmd(
 PolicyPathOpt = Annotated[str | None, typer.Option("--policy", help="A trained policy (.safetensors).")]
 SeedOpt = Annotated[int | None, typer.Option(
     help="Seed of the pool / val split and of the selector (default: a policy's first training seed, else 0).")]
+
+
+def _selector_names(keep: Callable[[Any], bool]) -> list[str]:
+    """The registered selectors whose declaration (``tags``) passes ``keep``, in registry order."""
+    from rl_select.selectors import SELECTORS
+
+    return [name for name, cls in SELECTORS.items() if keep(cls.tags)]
+
+
 SelectorOpt = Annotated[str | None, typer.Option(
-    "--selector", help="A baseline selector (zero_shot, random, knn, max_entropy, random_search, greedy); its "
+    "--selector", help=f"A baseline selector ({', '.join(_selector_names(lambda t: not t.trained))}); its "
                        "settings from --arg or the config's selectors.args.NAME table.")]
 ArgOpt = Annotated[list[str] | None, typer.Option(
     "--arg", metavar="KEY=VALUE", help="A selector setting (a JSON value, else text), e.g. --arg n_prompts=16 or "
@@ -612,8 +622,8 @@ OutFileOpt = Annotated[Path | None, typer.Option(
                        "<out>/prompts/<time>-<task>-<selector>.json.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing prompt file.")]
 ValidateOpt = Annotated[bool, typer.Option(
-    "--validate/--no-validate", help="Measure the choice's accuracy on the val rows (LM calls; zero_shot, random "
-                                     "and knn need no LM without it).")]
+    "--validate/--no-validate", help="Measure the choice's accuracy on the val rows (LM calls; "
+                                     f"{', '.join(_selector_names(lambda t: not t.lm))} need no LM without it).")]
 
 
 def _selector_args(pairs: list[str] | None) -> dict[str, Any]:
@@ -640,6 +650,7 @@ def _select_prompt(cfg, explicit: frozenset[str], *, policy: str | None, selecto
     """
     from rl_select.experiments.prompt_runs import default_prompt_path, selection_inputs
     from rl_select.prompt_file import check_writable, make_baseline, select_prompt
+    from rl_select.selectors import selector_tags
 
     if (policy is None) == (selector is None):
         raise ConfigError("give exactly one of --policy FILE or --selector NAME")
@@ -672,8 +683,7 @@ def _select_prompt(cfg, explicit: frozenset[str], *, policy: str | None, selecto
     if write:
         path = out_file or default_prompt_path(cfg, inputs.spec.name, name)
         check_writable(path, overwrite=overwrite)
-    needs_lm = pol is not None or (validate and bool(inputs.val)) or name.split(":")[0] not in ("zero_shot", "random",
-                                                                                               "knn")
+    needs_lm = pol is not None or (validate and bool(inputs.val)) or selector_tags(name).lm
     scorer = None
     if needs_lm:
         from rl_select.experiments.harness import build_scorer

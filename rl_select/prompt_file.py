@@ -82,9 +82,6 @@ KNN_ORDER = "the k pool examples nearest the query by cosine similarity, least s
 
 _REQUIRED = ("format", "format_version", "kind", "task", "demos", "per_query", "selector", "scorer")
 
-_NO_LM = ("zero_shot", "random", "knn")
-"""Baselines that choose without the LM (kNN with a MiniLM / hashing embedder)."""
-
 
 class PromptFileError(ArtifactError):
     """A prompt file is missing, not rl_select's, of another format version, malformed, or would be overwritten."""
@@ -807,7 +804,8 @@ def select_prompt(
         settings = {key: v for key, v in vars(selector).items() if not key.startswith("_") and key != "policy"}
         args = {**settings, **args}
     name = name or getattr(selector, "name", type(selector).__name__)
-    needs_lm = isinstance(selector, SelectorPolicy) or getattr(selector, "name", None) not in _NO_LM
+    tags = getattr(selector, "tags", None)  # its declaration: kNN (MiniLM / hashing embedder) needs no LM
+    needs_lm = isinstance(selector, SelectorPolicy) or tags is None or tags.lm
     if scorer is None and (needs_lm or (measure and val)):
         why = " to measure val accuracy" if measure and val and not needs_lm else ""
         raise SelectionError(f"selector {name!r} needs the LM (a scorer){why}; expected scorer=...")

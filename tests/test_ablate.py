@@ -290,12 +290,6 @@ def test_model_error_in_one_row_is_recorded(tmp_path, data_root, monkeypatch):
     assert "context window" in rows[1]["error"]
 
 
-def test_every_selector_has_a_cost_entry():
-    from rl_select.selectors import SELECTORS
-
-    assert set(SELECTORS) <= set(ablate.COSTS)
-
-
 def test_the_example_config_parses_and_is_small():
     path = Path(__file__).resolve().parents[1] / "configs" / "ablate_example.toml"
     plan = load_plan(path)
@@ -368,12 +362,12 @@ def test_labelled_entries_cost_their_own_arguments(tmp_path, data_root, monkeypa
     assert rows["policy"]["select"] == P  # table features: the pool's table rows, no prompt
     assert rows["policy_search:2"]["select"] == P + 2 * V  # the table once, then each proposal on val
     cfg = plan.cells[0].cfg
-    assert ablate.COSTS["policy"].labelled(cfg, "policy") == P  # the candidates' own labels, no val label
-    assert ablate.COSTS["policy_search"].labelled(cfg, "policy_search:2") == P + V
+    assert ablate.select_labels(cfg, "policy") == P  # the candidates' own labels, no val label
+    assert ablate.select_labels(cfg, "policy_search:2") == P + V
     cfg.selectors.args["policy_search:6s"] = {"screen": 2, "keep": 2}
-    assert ablate._search_rows(cfg, "policy_search:6s") == P + 6 * 2 + 2 * (V - 2)  # screened on 2 val rows
+    assert ablate.select_rows(cfg, "policy_search:6s") == P + 6 * 2 + 2 * (V - 2)  # screened on 2 val rows
     cfg.selectors.args["policy_search:6s"] = {"screen": V}
-    assert ablate._search_rows(cfg, "policy_search:6s") == P + 6 * V  # a screen of all of val is no screen
+    assert ablate.select_rows(cfg, "policy_search:6s") == P + 6 * V  # a screen of all of val is no screen
 
 
 def test_one_store_per_task_serves_every_seed_and_the_transfer_cells(tmp_path, data_root, monkeypatch):

@@ -16,16 +16,19 @@ tables), a ``[grid]`` table of flat keys -> lists of values (their product is th
     k = [2, 4]
     feature_set = ["active", "labelled"]
 
-A trained selector (``policy``, ``policy_search:M``, ``policy_rank``; :data:`TRAINED`) makes the cell collect
-rollouts (offline agent) and train ``cfg.agent`` for that cell's MDP / agent settings and seed, then evaluate
-the policy; the ``M`` of ``policy_search:M`` is its number of proposals. Every row is keyed by
+A trained selector (one whose ``tags.trained`` is set: ``policy``, ``policy_search:M``, ``policy_rank``,
+``policy_probe``) makes the cell collect rollouts (an agent that learns from them) and train ``cfg.agent`` for
+that cell's MDP / agent settings and seed, then evaluate the policy; the ``M`` of ``policy_search:M`` sets its
+declared ``count_arg`` (the number of proposals). Every row is keyed by
 ``(cell_id, seed, selector)`` (``cell_id``: a hash of the cell's grid values), so a killed grid run again on
 its run folder skips the rows already in ``results.csv``; rollout stores
 (:func:`~rl_select.experiments.training.store_path`), trained policies (``policies/``) and the score cache are
 reused.
 
 Costs: :func:`estimate` gives the LM *query rows* (the scorer's ``queries`` counter, cache hits included)
-each row should spend, from :data:`COSTS` (one entry per selector) and :func:`training_rows` (per agent).
+each row should spend, from each selector's declaration (``tags.lm_rows``,
+:class:`~rl_select.selectors.tags.SelectorTags`) and :func:`training_rows` (the agent's declaration,
+:class:`~agents.registry.AgentTags`).
 """
 
 from __future__ import annotations
@@ -34,19 +37,21 @@ import csv
 import hashlib
 import itertools
 import json
-import math
 import re
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rl_select.errors import ConfigError, DataError, RLSelectError
 from rl_select.experiments.config import FLAT_KEYS, RunConfig
+
+if TYPE_CHECKING:
+    from rl_select.selectors.tags import CostSetting, SelectorTags
 
 FORMAT_KEYS = ("base", "grid", "selectors", "seeds")
 """The top-level keys of an ablation file."""
@@ -73,9 +78,6 @@ TRAIN_TASK_WORDS = ("self", "others")
 """Values a ``[grid] train_tasks`` may hold besides a task list: ``"self"`` (the cell's task: the seen policy)
 and ``"others"`` (every other ``task`` of the grid: the transfer policy, which never sees the cell's task)."""
 
-TRAINED = ("policy", "policy_search", "policy_rank", "policy_probe")
-"""Selectors that need a policy trained in the cell (``policy``, ``policy_search:M``)."""
-
 COLUMNS = (
     "cell_id", "cell", "seed", "selector", "status", "error", "test_acc", "val_acc", "test_rows",
     "train_queries", "select_queries", "eval_queries", "labelled", "seconds", "train_seconds",
@@ -85,23 +87,14 @@ COLUMNS = (
 """``results.csv`` columns (the grid keys hold each row's resolved settings)."""
 
 
-# --- costs: one entry per selector ------------------------------------------------------------------
+# --- costs: read from each selector's declaration -----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Cost:
-    """A selector's documented cost at selection time, for ``cfg`` and its ``selectors`` entry ``name``.
+def _tags(name: str) -> SelectorTags:
+    """The declaration (:class:`~rl_select.selectors.tags.SelectorTags`) of a ``selectors`` entry."""
+    from rl_select.selectors import selector_tags
 
-    Attributes:
-        rows: ``rows(cfg, name)``: estimated LM query rows to select.
-        labelled: ``labelled(cfg, name)``: labelled examples the selector reads (demos shown, val labels
-            scored), beyond training.
-        note: The formula, as the dry run prints it.
-    """
-
-    rows: Callable[[RunConfig, str], int]
-    labelled: Callable[[RunConfig, str], int]
-    note: str
+    return selector_tags(name)
 
 
 def _args(cfg: RunConfig, name: str) -> dict[str, Any]:
@@ -109,102 +102,35 @@ def _args(cfg: RunConfig, name: str) -> dict[str, Any]:
     return {**cfg.selectors.args.get(selector_kind(name), {}), **cfg.selectors.args.get(name, {})}
 
 
-def _greedy_rows(cfg: RunConfig, name: str) -> int:
-    mc = _args(cfg, name).get("max_candidates")
-    p = cfg.splits.n_pool
-    return sum(min(p - j, mc or p) for j in range(cfg.k)) * cfg.splits.n_val
+def _cost_setting(cfg: RunConfig, name: str) -> CostSetting:
+    """What entry ``name``'s cost formulas read: split sizes, k, its arguments (``NAME:M``'s count included)."""
+    from rl_select.selectors import CostSetting
+
+    args, count = _args(cfg, name), _tags(name).count_arg
+    if count is not None:
+        args[count] = selector_m(name)
+    return CostSetting(n_pool=cfg.splits.n_pool, n_val=cfg.splits.n_val, n_test=cfg.splits.n_test, k=cfg.k,
+                       args=args, feature_set=cfg.mdp.feature_set)
 
 
-def _n_prompts(cfg: RunConfig, name: str, default: int = 8) -> int:
-    return int(_args(cfg, name).get("n_prompts", default))
+def select_rows(cfg: RunConfig, name: str) -> int:
+    """Estimated LM query rows entry ``name`` spends selecting (its declared ``lm_rows``)."""
+    return int(_tags(name).lm_rows(_cost_setting(cfg, name)))
 
 
-def _with_knn(cfg: RunConfig, name: str) -> int:
-    return int(bool(_args(cfg, name).get("with_knn", False)))
+def select_labels(cfg: RunConfig, name: str) -> int:
+    """Labelled examples entry ``name`` reads selecting (its declared ``labels_read``), training not included."""
+    return int(_tags(name).labels_read(_cost_setting(cfg, name)))
 
 
 def _per_query(cfg: RunConfig, name: str) -> bool:
     """Whether the entry may prompt every test query with its own demos (no val accuracy of one prompt)."""
-    return selector_kind(name) == "knn" or (selector_kind(name) == "policy_probe" and bool(_with_knn(cfg, name)))
+    return _tags(name).is_per_query(_args(cfg, name))
 
 
-def _table(cfg: RunConfig) -> bool:
-    from rl_select.mdp.features import FeatureSpec
-
-    return FeatureSpec(cfg.mdp.feature_set).uses_table
-
-
-def _policy_rows(cfg: RunConfig) -> int:
-    """One greedy rollout: ``k x (P + V)`` for the prompt-scoring sets; the table sets: ``P`` table rows once
-    (``zeroshot``: ``P + V`` table rows and ``k x V`` under the prompts)."""
-    p, v = cfg.splits.n_pool, cfg.splits.n_val
-    if not _table(cfg):
-        return cfg.k * (p + v)
-    return p + (v + cfg.k * v if cfg.mdp.feature_set == "zeroshot" else 0)
-
-
-def _search_rows(cfg: RunConfig, name: str) -> int:
-    """``policy_search``: the rollouts (the table sets' table once, reused) plus the proposals' val rows
-    (``M x V``, or ``M x S + K x (V - S)`` with ``screen = S``, ``keep = K``)."""
-    m, v, args = selector_m(name), cfg.splits.n_val, _args(cfg, name)
-    rollouts = _policy_rows(cfg) + (0 if cfg.mdp.feature_set in ("table", "table_labelled")
-                                    else (m - 1) * _policy_rows(cfg))
-    screen, keep = args.get("screen"), int(args.get("keep", 2))
-    if screen is None or int(screen) >= v or m <= keep:
-        return rollouts + m * v
-    return rollouts + m * int(screen) + keep * (v - int(screen))
-
-
-def _rank_rows(cfg: RunConfig, name: str) -> int:
-    """``policy_rank``: the table sets' table once; the prompt-scoring sets score every step of every order."""
-    if _table(cfg) and cfg.mdp.feature_set != "zeroshot":
-        return _policy_rows(cfg)
-    return int(_args(cfg, name).get("n_sets", 32)) * _policy_rows(cfg)
-
-
-def _policy_labels(cfg: RunConfig, name: str) -> int:
-    """Labels a policy reads at selection: the pool's (the labelled sets) or the chosen demos' (label-free
-    sets); ``policy_search`` adds val's."""
-    m, labelled = selector_m(name), cfg.mdp.feature_set in ("labelled", "table_labelled")
-    reads = cfg.splits.n_pool if labelled else min(cfg.splits.n_pool, m * cfg.k)
-    return reads + (cfg.splits.n_val if selector_kind(name) == "policy_search" else 0)
-
-
-COSTS: dict[str, Cost] = {
-    "zero_shot": Cost(lambda c, n: 0, lambda c, n: 0, "0"),
-    "random": Cost(lambda c, n: 0, lambda c, n: c.k, "0"),
-    "knn": Cost(lambda c, n: 0, lambda c, n: c.splits.n_pool, "0 (embedder, no LM)"),
-    "max_entropy": Cost(lambda c, n: sum(c.splits.n_pool - j for j in range(c.k)), lambda c, n: c.k,
-                        "sum_j (P - j), j < k"),
-    "random_search": Cost(lambda c, n: _n_prompts(c, n) * c.splits.n_val,
-                          lambda c, n: min(c.splits.n_pool, _n_prompts(c, n) * c.k) + c.splits.n_val,
-                          "n_prompts x V"),
-    "global_entropy": Cost(lambda c, n: _n_prompts(c, n, 16) * c.splits.n_val,
-                           lambda c, n: min(c.splits.n_pool, _n_prompts(c, n, 16) * c.k),
-                           "n_prompts x V (val texts only)"),
-    "greedy": Cost(_greedy_rows, lambda c, n: c.splits.n_pool + c.splits.n_val,
-                   "sum_j min(P - j, max_candidates) x V, j < k"),
-    "policy": Cost(lambda c, n: _policy_rows(c), _policy_labels,
-                   "k x (P + V); table sets: P table rows (zeroshot: P + V, and k x V)"),
-    "policy_rank": Cost(_rank_rows, _policy_labels, "table sets: P table rows; else n_sets x policy"),
-    "policy_probe": Cost(lambda c, n: (_n_prompts(c, n, 16) + _with_knn(c, n)) * c.splits.n_val,
-                         lambda c, n: c.splits.n_pool if _with_knn(c, n) else min(c.splits.n_pool,
-                                                                                  _n_prompts(c, n, 16) * c.k),
-                         "n_prompts x V (val texts only; with_knn: + V, one prompt per query)"),
-    "policy_search": Cost(_search_rows, _policy_labels,
-                          "M x (policy + V); table sets: the table once + M x V (screen S, keep K: "
-                          "M x S + K x (V - S))"),
-}
-"""Selection cost per selector (P: pool, V: val, k). A selector without an entry is estimated at ``P x V``."""
-
-DEFAULT_COST = Cost(lambda c, n: c.splits.n_pool * c.splits.n_val, lambda c, n: c.splits.n_pool + c.splits.n_val,
-                    "P x V (no COSTS entry)")
-
-
-def _offline_evals(cfg: RunConfig) -> int:
-    steps = cfg.agent.train_steps
-    interval = max(1, steps // 8)
-    return steps // interval + (1 if steps % interval else 0)
+def trains(name: str) -> bool:
+    """Whether entry ``name`` needs a policy trained in its cell (its declared ``trained``)."""
+    return _tags(name).trained
 
 
 def training_rows(cfg: RunConfig, counted: set[str] | None = None) -> int:
@@ -212,47 +138,46 @@ def training_rows(cfg: RunConfig, counted: set[str] | None = None) -> int:
 
     An episode costs :meth:`~rl_select.mdp.features.FeatureSpec.lm_rows` (``(k + 1) x (N + V)`` for
     ``active`` / ``labelled``; ``V`` for a table set with the terminal reward), plus, for the table sets,
-    the one-off table of the ``train_pool`` rows (and val's, read by ``zeroshot`` and the marginal reward):
+    the one-off table of the ``train_pool`` rows (and val's, read by ``zeroshot`` and the marginal reward).
+    The agent declares (:class:`~agents.registry.AgentTags`) the episodes it plays in the training env
+    (``env_episodes``: ``dqn`` ``train_steps / k``, ``tabular`` ``episodes``, ``offline`` its greedy validation,
+    ``val_episodes`` at each of about 8 checkpoints) and what it learns from:
 
-    * ``offline``: per training task, the rollouts its store still lacks (``episodes`` minus those held; a
-      store in ``counted`` was already counted by another cell or seed, so it costs nothing again), plus
-      the agent's greedy validation (``val_episodes`` episodes at each of its ``evals`` checkpoints, about
-      8; none with ``val_episodes = 0``);
-      with ``probe_critic``, the replay of the episodes already stored (``V`` rows each, answered by the cache
-      that collected them);
-    * ``dqn``: ``train_steps / k`` episodes;
-    * ``tabular``: ``episodes`` episodes.
+    * ``env`` (``dqn``, ``tabular``): those episodes and the one-off table;
+    * ``rollouts`` (``offline``): those episodes plus, per training task, the rollouts its store still lacks
+      (``episodes`` minus those held; a store in ``counted`` was already counted by another cell or seed, so
+      it costs nothing again) with the one-off table; with ``probe_critic``, the replay of the episodes
+      already stored (``V`` rows each, answered by the cache that collected them).
 
     Upper bounds before the cache: a STOP shortens episodes.
     """
+    from agents.registry import agent_class
     from rl_select.mdp.features import FeatureSpec
 
     spec = FeatureSpec(cfg.mdp.feature_set)
     per_episode = spec.lm_rows(cfg.n_candidates, cfg.splits.n_val, reward=cfg.mdp.reward, k=cfg.k)["per_episode"]
     val_in_table = spec.kind == "zeroshot" or cfg.mdp.reward == "marginal"  # the empty prompt's val rows
     one_off = (cfg.splits.train_pool + (cfg.splits.n_val if val_in_table else 0)) if spec.uses_table else 0
-    name = cfg.agent.name
-    if name == "offline":
-        from agents.rollouts import RolloutStore
-        from rl_select.experiments.training import store_path
+    tags = agent_class(cfg.agent.name).tags
+    rows = tags.env_episodes(cfg.agent, cfg.k) * per_episode
+    if tags.learns_from == "env":
+        return rows + one_off
+    from agents.rollouts import RolloutStore
+    from rl_select.experiments.training import store_path
 
-        rows = cfg.agent.val_episodes * _offline_evals(cfg) * per_episode
-        for task in cfg.train_tasks:
-            path = store_path(cfg, task)
-            if counted is not None:
-                if str(path) in counted:
-                    continue
-                counted.add(str(path))
-            held = len(RolloutStore(path)) if path.is_file() else 0
-            missing = max(0, cfg.agent.episodes - held)
-            rows += missing * per_episode + (one_off if missing else 0)
-            if cfg.agent.probe_critic:  # the critic replays stored episodes' final prompts on val (cache hits
-                fit = cfg.agent.critic_episodes or cfg.agent.episodes  # where this cache collected them)
-                rows += min(held, cfg.agent.episodes, fit) * cfg.splits.n_val
-        return rows
-    if name == "dqn":
-        return math.ceil(cfg.agent.train_steps / max(cfg.k, 1)) * per_episode + one_off
-    return cfg.agent.episodes * per_episode + one_off
+    for task in cfg.train_tasks:
+        path = store_path(cfg, task)
+        if counted is not None:
+            if str(path) in counted:
+                continue
+            counted.add(str(path))
+        held = len(RolloutStore(path)) if path.is_file() else 0
+        missing = max(0, cfg.agent.episodes - held)
+        rows += missing * per_episode + (one_off if missing else 0)
+        if cfg.agent.probe_critic:  # the critic replays stored episodes' final prompts on val (cache hits
+            fit = cfg.agent.critic_episodes or cfg.agent.episodes  # where this cache collected them)
+            rows += min(held, cfg.agent.episodes, fit) * cfg.splits.n_val
+    return rows
 
 
 def training_labels(cfg: RunConfig, n_train: int | None = None) -> int:
@@ -289,7 +214,7 @@ class Plan:
 
     @property
     def trains(self) -> bool:
-        return any(selector_kind(s) in TRAINED for s in self.selectors)
+        return any(trains(s) for s in self.selectors)
 
 
 def selector_kind(name: str) -> str:
@@ -298,14 +223,19 @@ def selector_kind(name: str) -> str:
 
 
 _PS_LABEL = re.compile(r"(\d+)[a-z_]*")
-"""A ``policy_search`` label: ``M``, optionally followed by letters naming its arguments (``6s``)."""
+"""A counted entry's label (``policy_search:M``): ``M``, optionally followed by letters naming its arguments
+(``6s``)."""
 
 
 def selector_m(name: str) -> int:
-    """``M`` of ``policy_search:M`` (or ``policy_search:M<letters>``, e.g. ``6s``); 1 for a ``policy``."""
+    """``M`` of ``NAME:M`` (or ``NAME:M<letters>``, e.g. ``policy_search:6s``) for a selector that declares a
+    ``count_arg`` (``policy_search``); 1 otherwise (``policy``)."""
+    from rl_select.selectors import SELECTORS
+
     head, _, tail = name.partition(":")
     match = _PS_LABEL.fullmatch(tail)
-    return int(match.group(1)) if head == "policy_search" and match else 1
+    counted = head in SELECTORS and SELECTORS[head].tags.count_arg is not None
+    return int(match.group(1)) if counted and match else 1
 
 
 def cell_id(values: Mapping[str, Any]) -> str:
@@ -319,15 +249,16 @@ def _check_selectors(names: Any, where: str) -> list[str]:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"{where}: selectors={names!r}; expected a non-empty list of selector names, e.g. "
                           f"['random', 'policy', 'policy_search:4']")
+    counted = "; ".join(f"{n}:M" for n, cls in SELECTORS.items() if cls.tags.count_arg is not None)
     for name in names:
         kind, _, tail = name.partition(":")
         if kind not in SELECTORS:
             raise ConfigError(f"{where}: selectors entry {name!r} is not a selector; expected one of "
-                              f"{sorted(SELECTORS)} (optionally NAME:LABEL; policy_search:M)")
+                              f"{sorted(SELECTORS)} (optionally NAME:LABEL; {counted})")
         match = _PS_LABEL.fullmatch(tail)
-        if kind == "policy_search" and not (match and int(match.group(1)) >= 1):
-            raise ConfigError(f"{where}: selectors entry {name!r}; expected policy_search:M with M an integer >= 1, "
-                              f"optionally followed by letters (policy_search:6s)")
+        if SELECTORS[kind].tags.count_arg is not None and not (match and int(match.group(1)) >= 1):
+            raise ConfigError(f"{where}: selectors entry {name!r}; expected {kind}:M with M an integer >= 1, "
+                              f"optionally followed by letters ({kind}:6s)")
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: selectors {names} repeat a name; expected each once")
     return list(names)
@@ -439,10 +370,6 @@ def _check_value(base: RunConfig, key: str, value: Any, where: str) -> None:
 # --- estimates --------------------------------------------------------------------------------------
 
 
-def _cost(name: str) -> Cost:
-    return COSTS.get(selector_kind(name), DEFAULT_COST)
-
-
 def _test_rows(cfg: RunConfig, sizes: dict[tuple, int]) -> int:
     if cfg.splits.n_test:
         return cfg.splits.n_test
@@ -457,8 +384,9 @@ def _test_rows(cfg: RunConfig, sizes: dict[tuple, int]) -> int:
 def estimate(plan: Plan, done: set[tuple[str, int, str]] | None = None) -> dict[str, Any]:
     """Estimated LM query rows of the plan's units (those not in ``done``) and training runs.
 
-    Per row: ``select`` (:data:`COSTS`) plus evaluation ``T + V`` (test rows, and val for a fixed prompt);
-    per cell and seed with a trained selector: :func:`training_rows`, each rollout store counted once.
+    Per row: ``select`` (the selector's declared ``lm_rows``, :func:`select_rows`) plus evaluation ``T + V``
+    (test rows, and val for a fixed prompt); per cell and seed with a trained selector: :func:`training_rows`,
+    each rollout store counted once.
 
     Returns:
         ``{"rows": [{cell_id, cell, seed, selector, select, eval, train}], "training": rows, "selection": rows,
@@ -472,12 +400,12 @@ def estimate(plan: Plan, done: set[tuple[str, int, str]] | None = None) -> dict[
             continue
         cfg = cell.cfg
         train = 0
-        if selector_kind(name) in TRAINED and (cell.id, seed) not in trained:
+        if trains(name) and (cell.id, seed) not in trained:
             trained.add((cell.id, seed))
             train = training_rows(cfg.updated(seeds=[seed]), stores)
         per_query = _per_query(cfg, name)
         rows.append({"cell_id": cell.id, "cell": cell.label, "seed": seed, "selector": name,
-                     "select": int(_cost(name).rows(cfg, name)),
+                     "select": select_rows(cfg, name),
                      "eval": _test_rows(cfg, sizes) + (0 if per_query else cfg.splits.n_val), "train": train})
     totals = {k: sum(r[k] for r in rows) for k in ("train", "select", "eval")}
     return {"rows": rows, "training": totals["train"], "selection": totals["select"], "evaluation": totals["eval"],
@@ -640,6 +568,7 @@ class Runner:
 
     def train(self, cell: Cell, seed: int) -> Trained:
         """The cell's policy for ``seed``: reused from ``policies/`` when there, else collected and trained."""
+        from agents.registry import agent_class, load_agents
         from rl_select.experiments.executors import LocalExecutor
         from rl_select.experiments.training import EpisodeWorker, build_task_envs, collect_rollouts, train_agent
 
@@ -662,17 +591,19 @@ class Runner:
         queries = hits = 0
         error, curve, label = None, [], ""
         try:
-            envs = build_task_envs(cfg, lambda spec: self.scorer(cfg, spec), fixed_pool=cfg.agent.name == "tabular")
+            agent = agent_class(cfg.agent.name)
+            envs = build_task_envs(cfg, lambda spec: self.scorer(cfg, spec), fixed_pool=agent.tags.fixed_pool)
             before = [te.scorer.stats.copy() for te in envs]
-            if cfg.agent.name == "offline":
+            if agent.tags.learns_from == "rollouts":
                 collect_rollouts(cfg, LocalExecutor(EpisodeWorker(envs)))
             res = train_agent(cfg, envs)
             spent = [te.scorer.stats - b for te, b in zip(envs, before)]
             queries, hits = sum(s.queries for s in spent), sum(s.cache_hits for s in spent)
             curve, label = [list(map(float, pt)) for pt in res.curve], res.curve_label
             if res.policy is None:
+                exporters = " or ".join(n for n, c in load_agents().items() if c.tags.exports_policy)
                 error = (f"agent {cfg.agent.name!r} exports no policy (its table is tied to one fixed pool); "
-                         "expected dqn or offline for policy selectors")
+                         f"expected {exporters} for policy selectors")
             else:
                 res.policy.save(policy_path)
         except RLSelectError as exc:
@@ -717,16 +648,16 @@ class Runner:
         """One row: train if needed, then the harness's :class:`EvalWorker` on this seed; failures recorded."""
         from rl_select.experiments.harness import EvalWorker
 
-        kind, m = selector_kind(name), selector_m(name)
+        kind, count = selector_kind(name), _tags(name).count_arg
         cfg = cell.cfg
         row: dict[str, Any] = {"cell_id": cell.id, "cell": cell.label, "seed": seed, "selector": name,
-                               "est_select_queries": int(_cost(name).rows(cfg, name)),
+                               "est_select_queries": select_rows(cfg, name),
                                **{k: self._setting(cfg, k) for k in GRID_KEYS}}
         t0 = time.perf_counter()
-        labelled = _cost(name).labelled(cfg, name)
+        labelled = select_labels(cfg, name)
         try:
             args = {n: dict(a) for n, a in cfg.selectors.args.items()}
-            if kind in TRAINED:
+            if trains(name):
                 row["est_train_queries"] = training_rows(cfg)
                 trained = self.train(cell, seed)
                 row.update(train_queries=trained.queries, train_cache_hits=trained.cache_hits,
@@ -734,9 +665,9 @@ class Runner:
                 if trained.policy is None:
                     raise _Failed(trained.error or "no policy")
                 args[name] = {**args.get(kind, {}), **args.get(name, {}), "path": str(trained.policy)}
-                if kind == "policy_search":
-                    args[name]["m"] = m
                 labelled += training_labels(cfg, len(self.data(cfg).train))
+            if count is not None:  # NAME:M sets the declared argument to M
+                args[name] = {**args.get(kind, {}), **args.get(name, {}), count: selector_m(name)}
             row_cfg = cfg.updated(seeds=[seed])
             row_cfg.selectors.names, row_cfg.selectors.args = [name], args
             data = self.data(row_cfg)

@@ -140,7 +140,7 @@ class AgentConfig:
     """The learner and its rollouts.
 
     Attributes:
-        name: An agent of the registry (``agents.AGENTS``): ``tabular`` | ``dqn`` | ``offline``.
+        name: An agent of the registry (``agents.AGENTS``, e.g. ``offline``).
         episodes: Rollouts to collect (offline) or episodes to learn (tabular).
         train_steps: Gradient steps (offline) or environment steps (dqn).
         hidden: Hidden widths of the candidate-scoring Q-network.
@@ -178,10 +178,11 @@ class AgentConfig:
     critic_episodes: int | None = None
 
     def validate(self) -> None:
-        from agents import AGENTS
+        from agents.registry import load_agents
 
-        if self.name not in AGENTS:
-            raise ConfigError(f"agent.name={self.name!r}; expected one of {list(AGENTS)}")
+        agents = load_agents()
+        if self.name not in agents:
+            raise ConfigError(f"agent.name={self.name!r}; expected one of {list(agents)}")
         _positive("agent.episodes", self.episodes)
         _positive("agent.train_steps", self.train_steps)
         _positive("agent.val_episodes", self.val_episodes, minimum=0)
@@ -199,9 +200,10 @@ class AgentConfig:
             raise ConfigError(f"agent.probe_critic={self.probe_critic!r}; expected true or false")
         if self.critic_episodes is not None:
             _positive("agent.critic_episodes", self.critic_episodes, minimum=2)
-        if self.probe_critic and self.name != "offline":
-            raise ConfigError(f"agent.probe_critic = true with agent.name={self.name!r}; expected the offline agent "
-                              "(the critic learns from its rollout stores)")
+        if self.probe_critic and agents[self.name].tags.learns_from != "rollouts":
+            learners = " or ".join(n for n, c in agents.items() if c.tags.learns_from == "rollouts")
+            raise ConfigError(f"agent.probe_critic = true with agent.name={self.name!r}; expected an agent that "
+                              f"learns from rollout stores ({learners}): the critic learns from them")
         if not self.hidden or not all(isinstance(h, int) and h > 0 for h in self.hidden):
             raise ConfigError(f"agent.hidden={self.hidden!r}; expected positive layer widths, e.g. [64, 64]")
 

@@ -20,13 +20,11 @@ from typing import Any
 import numpy as np
 
 from rl_select.errors import ConfigError
-from rl_select.experiments.ablate import TRAINED, Plan, load_plan, read_rows, selector_kind, summarise, summary_markdown
+from rl_select.experiments.ablate import Plan, load_plan, read_rows, selector_kind, summarise, summary_markdown
+from rl_select.selectors import SELECTORS, selector_tags
 
 ZHANG_LM_PASSES = 1_700_000
 """Zhang, Feng & Tan (2022): LM passes per task to collect their 2,000 random episodes (no cache)."""
-
-LABEL_FREE = ("zero_shot", "random", "knn", "max_entropy", "global_entropy")
-"""Baselines that never read a validation label (``global_entropy`` reads val's texts only)."""
 
 TRANSFER_GAIN = 0.06
 """Target: the transfer policy beats random by this much, averaged over the tasks."""
@@ -35,8 +33,10 @@ SEARCH_SHARE = 0.25
 """Target: policy-guided search spends at most this share of best-of-16's LM rows at selection time."""
 
 
-LABEL_FREE_TRAINED: tuple[str, ...] = ("policy", "policy_rank", "policy_probe")
-"""Trained selectors that read no validation label at selection time."""
+def label_free_baselines() -> list[str]:
+    """Registered selectors that need no policy and never read a validation label (``global_entropy`` reads
+    val's texts only), in registry order: the declarations' ``not trained and label_free``."""
+    return [n for n, cls in SELECTORS.items() if not cls.tags.trained and cls.tags.label_free]
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,16 @@ class Line:
 
 
 def _lines(selectors: Sequence[str]) -> list[Line]:
+    """A line per untrained entry, two per trained one (seen, transfer); those reading no val label first."""
     out = []
     for name in selectors:
-        if selector_kind(name) in TRAINED:
-            reads = "pool labels" if selector_kind(name) in LABEL_FREE_TRAINED else "pool + val labels"
-            out.append(Line(f"{name} (seen)", name, "self", reads))
-            out.append(Line(f"{name} (transfer)", name, "others", reads))
+        tags = selector_tags(name)
+        if tags.trained:
+            out.append(Line(f"{name} (seen)", name, "self", tags.labels()))
+            out.append(Line(f"{name} (transfer)", name, "others", tags.labels()))
         else:
-            free = selector_kind(name) in LABEL_FREE
-            reads = "none" if name == "zero_shot" else ("pool labels" if free else "pool + val labels")
-            out.append(Line(name, name, "self", reads))
-    free = [x for x in out if selector_kind(x.selector) in LABEL_FREE + LABEL_FREE_TRAINED]
+            out.append(Line(name, name, "self", tags.labels()))
+    free = [x for x in out if selector_tags(x.selector).label_free]
     return free + [x for x in out if x not in free]
 
 
@@ -80,7 +79,7 @@ def _per_seed(rows: Sequence[Mapping[str, Any]], line: Line, tasks: Sequence[str
         task = str(r.get("task"))
         if r["selector"] != line.selector or r["status"] != "ok" or task not in out:
             continue
-        if _word(r.get("train_tasks"), task) != line.cells and selector_kind(line.selector) in TRAINED:
+        if _word(r.get("train_tasks"), task) != line.cells and selector_tags(line.selector).trained:
             continue
         out[task].setdefault(int(r["seed"]), r)
     return out
@@ -142,7 +141,7 @@ def targets(figures: Mapping[str, Mapping[str, Any]], train_rows: Mapping[str, i
         gain = "-" if ok is None else f"{100 * (tr - rnd):+.1f} points"
         out.append(f"- {what} vs random, averaged over the tasks: {gain} (target ≥ +{100 * TRANSFER_GAIN:.0f}): "
                    f"{_verdict(ok)}.")
-        for base in [b for b in LABEL_FREE if b != "random"]:
+        for base in [b for b in label_free_baselines() if b != "random"]:
             if base == "global_entropy":
                 base = next((lb for lb in figures if selector_kind(lb) == "global_entropy"), base)
             b = avg(base)

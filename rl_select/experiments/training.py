@@ -272,41 +272,34 @@ class TrainResult:
 
 
 def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, progress: bool = False) -> TrainResult:
-    """Train ``cfg.agent.name``; export a :class:`SelectorPolicy` (not for tabular: its table is tied to pool indices).
+    """Train ``cfg.agent.name``; export a :class:`SelectorPolicy` where the agent declares one (not tabular: its
+    table is tied to pool indices).
 
-    The policy records the first task's full spec and the resolved spec of the scorer the agent trained with
-    (``scorer.scorer_spec``), so whoever loads it rebuilds exactly that scorer.
+    The agent's declaration (:class:`~agents.registry.AgentTags`) says what it learns from: an env agent plays
+    in the task's env (several tasks round-robin), a rollouts agent learns from the stored episodes
+    (validating in the first task's env). The policy records the first task's full spec and the resolved spec
+    of the scorer the agent trained with (``scorer.scorer_spec``), so whoever loads it rebuilds exactly that
+    scorer.
     """
-    from agents.dqn import DQNAgent
-    from agents.offline import OfflineCQLAgent
-    from agents.tabular_q import TabularQAgent
+    from agents.registry import agent_class
 
     seed = cfg.seeds[0]
+    cls = agent_class(cfg.agent.name)
     before = [te.scorer.stats.copy() for te in task_envs]
-    if cfg.agent.name == "tabular":
-        if len(task_envs) != 1:
-            raise ConfigError("the tabular agent learns one fixed pool of one task; expected a single task")
-        env = Monitor(task_envs[0].env)
-        agent = TabularQAgent().learn(env, episodes=cfg.agent.episodes, seed=seed, progress=progress)
-        curve = [(i + 1, r) for i, r in enumerate(env.get_episode_rewards())]
-        label = "episode return"
-    elif cfg.agent.name == "dqn":
-        env = Monitor(RoundRobinEnv([te.env for te in task_envs]))
-        agent = DQNAgent(hidden=cfg.agent.hidden, seed=seed, learning_starts=min(200, cfg.agent.train_steps // 4))
-        agent.learn(env, total_timesteps=cfg.agent.train_steps, progress_bar=progress)
+    if cls.tags.learns_from == "env":
+        if cls.tags.fixed_pool and len(task_envs) != 1:
+            raise ConfigError(f"the {cls.name} agent learns one fixed pool of one task; expected a single task")
+        env = Monitor(task_envs[0].env if cls.tags.fixed_pool else RoundRobinEnv([te.env for te in task_envs]))
+        agent = cls.train_from(env, cfg.agent, seed=seed, progress=progress)
         curve = [(i + 1, r) for i, r in enumerate(env.get_episode_rewards())]
         label = "episode return"
     else:
         episodes = load_rollouts(cfg, task_envs)
         if not episodes:
             raise ConfigError("no rollouts to learn from; run `rl-select collect` with the same settings first")
-        n_val = cfg.agent.val_episodes
-        agent = OfflineCQLAgent(hidden=cfg.agent.hidden, gradient_steps=cfg.agent.train_steps, seed=seed,
-                                cql_alpha=cfg.agent.cql_alpha, target=cfg.agent.q_target,
-                                eval_interval=max(1, cfg.agent.train_steps // 8), eval_episodes=max(1, n_val))
-        agent.learn(episodes, env=task_envs[0].env if n_val else None, progress=progress)
+        agent = cls.train_from(episodes, cfg.agent, seed=seed, env=task_envs[0].env, progress=progress)
         curve = [(h["step"], h["score"]) for h in agent.summary["history"]]
-        label = "greedy validation return" if n_val else "minus held-out TD objective"
+        label = "greedy validation return" if cfg.agent.val_episodes else "minus held-out TD objective"
     critic = None
     if cfg.agent.probe_critic:  # validated: the offline agent's stores
         critic = fit_probe_critic(cfg, task_envs)
@@ -314,7 +307,7 @@ def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, progress: bool 
     for te, b in zip(task_envs, before):
         lm = add_stats(lm, te.scorer.stats - b)
     policy = None
-    if cfg.agent.name != "tabular":
+    if cls.tags.exports_policy:
         policy = SelectorPolicy(
             agent.qnet, feature_spec=task_envs[0].env.feature_spec, k=cfg.k, task=task_envs[0].scorer.spec,
             scorer_spec=getattr(task_envs[0].scorer, "scorer_spec", None),

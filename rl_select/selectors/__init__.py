@@ -6,7 +6,8 @@ by the policy's predicted return, no val labels) and ``policy_probe`` (the best 
 policy's probe critic, from the val texts' predictions, no val labels).
 
 Importing this package registers every built-in selector in :data:`SELECTORS`, so
-``make_selector("greedy", max_candidates=16)`` works from anywhere.
+``make_selector("greedy", max_candidates=16)`` works from anywhere. Each selector class declares what it
+needs and costs in ``tags`` (:class:`SelectorTags`; ``selector_tags("policy_search:4")`` reads an entry's).
 """
 
 from rl_select.selectors.base import (
@@ -17,18 +18,25 @@ from rl_select.selectors.base import (
     check_val,
     make_selector,
     register_selector,
+    selector_tags,
 )
-from rl_select.selectors.global_entropy import GlobalEntropySelector
-from rl_select.selectors.greedy import GreedySelector
+from rl_select.selectors.tags import CostSetting, SelectorTags
+
+# isort: off
+# Registration order is the registry's order (help texts, the results' baselines): the label-free baselines
+# cheapest first, then the searches on val accuracy, then the trained selectors.
+from rl_select.selectors.zero_shot import ZeroShotSelector
+from rl_select.selectors.random_selector import RandomSelector
 from rl_select.selectors.knn import KNNSelector
 from rl_select.selectors.max_entropy import MaxEntropySelector
-from rl_select.selectors.policy_probe import PolicyProbeSelector
-from rl_select.selectors.policy_rank import PolicyRankSelector
-from rl_select.selectors.policy_search import PolicySearchSelector
-from rl_select.selectors.policy_selector import PolicySelector
+from rl_select.selectors.global_entropy import GlobalEntropySelector
 from rl_select.selectors.random_search import RandomSearchSelector
-from rl_select.selectors.random_selector import RandomSelector
-from rl_select.selectors.zero_shot import ZeroShotSelector
+from rl_select.selectors.greedy import GreedySelector
+from rl_select.selectors.policy_selector import PolicySelector
+from rl_select.selectors.policy_search import PolicySearchSelector
+from rl_select.selectors.policy_rank import PolicyRankSelector
+from rl_select.selectors.policy_probe import PolicyProbeSelector
+# isort: on
 
 __all__ = [
     "SELECTORS",
@@ -42,11 +50,14 @@ __all__ = [
     "PolicySelector",
     "RandomSearchSelector",
     "RandomSelector",
+    "CostSetting",
     "SelectionContext",
     "Selector",
+    "SelectorTags",
     "ZeroShotSelector",
     "check_k",
     "check_val",
     "make_selector",
     "register_selector",
+    "selector_tags",
 ]

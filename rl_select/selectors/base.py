@@ -1,9 +1,10 @@
-"""The selector interface shared by every non-RL baseline, and the name registry.
+"""The selector interface shared by every selector, and the name registry.
 
 A selector turns a :class:`SelectionContext` (candidate pool, labelled reward-validation split, ``k``,
 the frozen LM's scorer and a seeded generator) into an ordered demonstration list. All LM work goes
 through ``ctx.scorer`` so the caller can measure spend from ``scorer.stats`` deltas; all randomness
-comes from ``ctx.rng``.
+comes from ``ctx.rng``. Each selector class declares what it needs and costs in ``tags``
+(:class:`~rl_select.selectors.tags.SelectorTags`); :func:`register_selector` refuses a class without one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from rl_select.errors import SelectionError
 from rl_select.lm.base import Scorer
+from rl_select.selectors.tags import SelectorTags
 from rl_select.types import Example
 
 
@@ -59,12 +61,17 @@ def check_val(ctx: SelectionContext, selector: str) -> None:
 class Selector(ABC):
     """Chooses an ordered list of demonstrations from a pool.
 
-    Subclasses set ``name`` (the registry key) and implement :meth:`select`. Per-query selectors
-    (``per_query = True``, e.g. kNN) override :meth:`select_for`.
+    Subclasses set ``name`` (the registry key) and ``tags`` (their declaration) and implement
+    :meth:`select`. Per-query selectors (``tags.per_query``, e.g. kNN) override :meth:`select_for`.
+
+    Attributes:
+        per_query: Whether this selector gives every query its own demonstrations (the class's
+            ``tags.per_query`` where that is a bool; an instance whose arguments decide sets its own).
     """
 
     name: ClassVar[str]
-    per_query: ClassVar[bool] = False
+    tags: ClassVar[SelectorTags]
+    per_query: bool = False
 
     @abstractmethod
     def select(self, ctx: SelectionContext) -> list[Example]:
@@ -91,11 +98,35 @@ SELECTORS: dict[str, type[Selector]] = {}
 
 
 def register_selector(cls: type[Selector]) -> type[Selector]:
-    """Class decorator: add ``cls`` to :data:`SELECTORS` under ``cls.name``."""
+    """Class decorator: add ``cls`` to :data:`SELECTORS` under ``cls.name``.
+
+    The class must declare its own ``tags`` (a :class:`SelectorTags`, not inherited); its ``per_query``
+    follows the declaration where that is a bool.
+
+    Raises:
+        SelectionError: The name is taken by another class, or the class declares no tags.
+    """
     if cls.name in SELECTORS and SELECTORS[cls.name] is not cls:
         raise SelectionError(f"selector name {cls.name!r} is already registered by {SELECTORS[cls.name]}")
+    if not isinstance(vars(cls).get("tags"), SelectorTags):
+        raise SelectionError(f"selector {cls.name!r} ({cls.__qualname__}) declares no tags; expected a class "
+                             "attribute tags = SelectorTags(...) saying what it reads and costs")
+    if isinstance(cls.tags.per_query, bool):
+        cls.per_query = cls.tags.per_query
     SELECTORS[cls.name] = cls
     return cls
+
+
+def selector_tags(entry: str) -> SelectorTags:
+    """The declaration of a selector entry: a registered name, optionally ``NAME:LABEL``.
+
+    Raises:
+        SelectionError: An unknown name (the message lists the known names).
+    """
+    kind = entry.split(":")[0]
+    if kind not in SELECTORS:
+        raise SelectionError(f"unknown selector {kind!r}; expected one of {sorted(SELECTORS)}")
+    return SELECTORS[kind].tags
 
 
 def make_selector(name: str, **kwargs: Any) -> Selector:

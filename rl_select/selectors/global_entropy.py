@@ -17,6 +17,7 @@ from typing import Any
 from rl_select.errors import SelectionError
 from rl_select.metrics import probe_stats
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
+from rl_select.selectors.tags import SelectorTags, prompts_drawn
 from rl_select.types import Example, is_int
 
 
@@ -33,6 +34,10 @@ class GlobalEntropySelector(Selector):
     """
 
     name = "global_entropy"
+    tags = SelectorTags(val_labels=False, pool_labels=True, trained=False, lm=True, per_query=False, count_arg=None,
+                        lm_rows=lambda s: prompts_drawn(s, 16) * s.n_val,
+                        labels_read=lambda s: min(s.n_pool, prompts_drawn(s, 16) * s.k),
+                        cost_note="n_prompts x V (val texts only)")
 
     def __init__(self, n_prompts: int = 16) -> None:
         if not is_int(n_prompts) or n_prompts < 1:

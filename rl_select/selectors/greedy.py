@@ -10,6 +10,7 @@ from rl_select.errors import SelectionError
 from rl_select.lm.base import Scorer
 from rl_select.metrics import label_ids
 from rl_select.selectors.base import SelectionContext, Selector, check_k, check_val, register_selector
+from rl_select.selectors.tags import CostSetting, SelectorTags
 from rl_select.types import Example
 
 _TIE_ATOL = 1e-12
@@ -32,6 +33,12 @@ def val_scores(
     return acc, gold_lp
 
 
+def greedy_rows(s: CostSetting) -> int:
+    """LM rows of greedy selection: each step scores its candidates (``max_candidates`` or all left) on val."""
+    mc = s.args.get("max_candidates")
+    return sum(min(s.n_pool - j, mc or s.n_pool) for j in range(s.k)) * s.n_val
+
+
 @register_selector
 class GreedySelector(Selector):
     """Forward selection: each step appends the candidate that maximises val accuracy of the prompt.
@@ -46,6 +53,9 @@ class GreedySelector(Selector):
     """
 
     name = "greedy"
+    tags = SelectorTags(val_labels=True, pool_labels=True, trained=False, lm=True, per_query=False, count_arg=None,
+                        lm_rows=greedy_rows, labels_read=lambda s: s.n_pool + s.n_val,
+                        cost_note="sum_j min(P - j, max_candidates) x V, j < k")
 
     def __init__(self, max_candidates: int | None = None) -> None:
         if max_candidates is not None and (

@@ -14,6 +14,7 @@ import numpy as np
 from rl_select.embeddings import Embedder, MiniLMEmbedder, ScorerEmbedder, embed_examples, example_text
 from rl_select.errors import SelectionError
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
+from rl_select.selectors.tags import SelectorTags
 from rl_select.types import Example
 
 # Below any cosine similarity: a pool item identical to the query is only used when nothing else is left.
@@ -33,7 +34,9 @@ class KNNSelector(Selector):
     """
 
     name = "knn"
-    per_query = True
+    # lm=False with the default embedder (embedder="scorer" embeds with the LM's own states)
+    tags = SelectorTags(val_labels=False, pool_labels=True, trained=False, lm=False, per_query=True, count_arg=None,
+                        lm_rows=lambda s: 0, labels_read=lambda s: s.n_pool, cost_note="0 (embedder, no LM)")
 
     def __init__(
         self, embedder: Embedder | str | Path | None = None, *, exclude_same_text: bool = True

@@ -18,6 +18,7 @@ import numpy as np
 
 from rl_select.errors import SelectionError
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
+from rl_select.selectors.tags import SelectorTags
 from rl_select.types import Example
 
 _TIE_ATOL = 1e-12
@@ -48,6 +49,9 @@ class MaxEntropySelector(Selector):
     """
 
     name = "max_entropy"
+    tags = SelectorTags(val_labels=False, pool_labels=True, trained=False, lm=True, per_query=False, count_arg=None,
+                        lm_rows=lambda s: sum(s.n_pool - j for j in range(s.k)), labels_read=lambda s: s.k,
+                        cost_note="sum_j (P - j), j < k")
 
     def __init__(self, demo_labels: Literal["gold", "predicted"] = "gold") -> None:
         if demo_labels not in ("gold", "predicted"):

@@ -20,7 +20,7 @@ Label-free at selection: the val labels are never read (the demos' own labels ar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,20 @@ import numpy as np
 
 from rl_select.embeddings import Embedder
 from rl_select.errors import SelectionError
-from rl_select.mdp.policy import SelectorPolicy
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.knn import KNNSelector
+from rl_select.selectors.policy_selector import load_policy
+from rl_select.selectors.tags import CostSetting, SelectorTags, prompts_drawn
 from rl_select.types import Example, is_int
+
+
+def _with_knn(args: Mapping[str, Any]) -> bool:
+    return bool(args.get("with_knn", False))
+
+
+def probe_labels(s: CostSetting) -> int:
+    """Labels read: the drawn prompts' demos, or (``with_knn``) the whole pool kNN may show."""
+    return s.n_pool if _with_knn(s.args) else min(s.n_pool, prompts_drawn(s, 16) * s.k)
 
 
 @register_selector
@@ -52,6 +62,10 @@ class PolicyProbeSelector(Selector):
     """
 
     name = "policy_probe"
+    tags = SelectorTags(val_labels=False, pool_labels=True, trained=True, lm=True, per_query=_with_knn, count_arg=None,
+                        lm_rows=lambda s: (prompts_drawn(s, 16) + _with_knn(s.args)) * s.n_val,
+                        labels_read=probe_labels,
+                        cost_note="n_prompts x V (val texts only; with_knn: + V, one prompt per query)")
 
     def __init__(self, path: str, n_prompts: int = 16, with_knn: bool = False,
                  embedder: Embedder | str | Path | None = None, force: bool = False) -> None:
@@ -63,7 +77,7 @@ class PolicyProbeSelector(Selector):
         self.with_knn = with_knn
         self.per_query = with_knn  # the harness then asks select_for for the test queries
         self.knn = KNNSelector(embedder) if with_knn else None
-        self.policy = SelectorPolicy.load(path)
+        self.policy = load_policy(path)
         if self.policy.critic is None:
             raise SelectionError(f"policy {self.path!r} has no probe critic; expected one trained with "
                                  "agent.probe_critic = true")

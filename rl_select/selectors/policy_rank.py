@@ -21,9 +21,17 @@ from typing import Any
 import numpy as np
 
 from rl_select.errors import SelectionError
-from rl_select.mdp.policy import SelectorPolicy
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
+from rl_select.selectors.policy_selector import load_policy, policy_labels, rollout_rows, uses_table
+from rl_select.selectors.tags import CostSetting, SelectorTags
 from rl_select.types import Example, is_int
+
+
+def rank_rows(s: CostSetting) -> int:
+    """LM rows of ranking: the table sets' table once; the prompt-scoring sets score every step of every order."""
+    if uses_table(s) and s.feature_set != "zeroshot":
+        return rollout_rows(s)
+    return int(s.args.get("n_sets", 32)) * rollout_rows(s)
 
 
 @register_selector
@@ -40,12 +48,15 @@ class PolicyRankSelector(Selector):
     """
 
     name = "policy_rank"
+    tags = SelectorTags(val_labels=False, pool_labels=True, trained=True, lm=True, per_query=False, count_arg=None,
+                        lm_rows=rank_rows, labels_read=policy_labels,
+                        cost_note="table sets: P table rows; else n_sets x policy")
 
     def __init__(self, path: str, n_sets: int = 32, force: bool = False) -> None:
         if not is_int(n_sets) or n_sets < 1:
             raise SelectionError(f"n_sets={n_sets!r}; expected an integer >= 1")
         self.path, self.n_sets, self.force = str(path), int(n_sets), bool(force)
-        self.policy = SelectorPolicy.load(path)
+        self.policy = load_policy(path)
         self.last_rank_info: dict[str, Any] | None = None
 
     def select(self, ctx: SelectionContext) -> list[Example]:

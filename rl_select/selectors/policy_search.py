@@ -25,10 +25,22 @@ from __future__ import annotations
 from typing import Any
 
 from rl_select.errors import SelectionError
-from rl_select.mdp.policy import SelectorPolicy
 from rl_select.metrics import accuracy
 from rl_select.selectors.base import SelectionContext, Selector, check_k, check_val, register_selector
+from rl_select.selectors.policy_selector import load_policy, policy_labels, rollout_rows
+from rl_select.selectors.tags import CostSetting, SelectorTags
 from rl_select.types import Example, is_int
+
+
+def search_rows(s: CostSetting) -> int:
+    """LM rows of the search: the rollouts (the table sets' table once, reused) plus the proposals' val rows
+    (``M x V``, or ``M x S + K x (V - S)`` with ``screen = S``, ``keep = K``)."""
+    m, v = int(s.args.get("m", 1)), s.n_val
+    rollouts = rollout_rows(s) + (0 if s.feature_set in ("table", "table_labelled") else (m - 1) * rollout_rows(s))
+    screen, keep = s.args.get("screen"), int(s.args.get("keep", 2))
+    if screen is None or int(screen) >= v or m <= keep:
+        return rollouts + m * v
+    return rollouts + m * int(screen) + keep * (v - int(screen))
 
 
 @register_selector
@@ -53,6 +65,10 @@ class PolicySearchSelector(Selector):
     """
 
     name = "policy_search"
+    tags = SelectorTags(val_labels=True, pool_labels=True, trained=True, lm=True, per_query=False, count_arg="m",
+                        lm_rows=search_rows, labels_read=lambda s: policy_labels(s, int(s.args.get("m", 1))) + s.n_val,
+                        cost_note="M x (policy + V); table sets: the table once + M x V (screen S, keep K: "
+                                  "M x S + K x (V - S))")
 
     def __init__(self, path: str, m: int = 4, temperature: float = 0.05, force: bool = False,
                  screen: int | None = None, keep: int = 2) -> None:
@@ -66,7 +82,7 @@ class PolicySearchSelector(Selector):
             raise SelectionError(f"keep={keep!r}; expected an integer >= 1")
         self.path, self.m, self.temperature, self.force = str(path), int(m), float(temperature), bool(force)
         self.screen, self.keep = (None if screen is None else int(screen)), int(keep)
-        self.policy = SelectorPolicy.load(path)
+        self.policy = load_policy(path)
         self.last_search_info: dict[str, Any] | None = None
 
     def select(self, ctx: SelectionContext) -> list[Example]:

@@ -1,10 +1,49 @@
-"""A trained :class:`~rl_select.mdp.policy.SelectorPolicy` behind the baseline selector interface."""
+"""A trained :class:`~rl_select.mdp.policy.SelectorPolicy` behind the selector interface, and the LM cost of
+its rollouts that every policy selector shares.
+
+The policy module (and torch) is imported when a policy is loaded, so the registry itself stays light.
+"""
 
 from __future__ import annotations
 
-from rl_select.mdp.policy import SelectorPolicy
+from typing import TYPE_CHECKING
+
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
+from rl_select.selectors.tags import CostSetting, SelectorTags
 from rl_select.types import Example
+
+if TYPE_CHECKING:
+    from rl_select.mdp.policy import SelectorPolicy
+
+LABELLED_SETS = ("labelled", "table_labelled")
+"""Feature sets that read every candidate's label."""
+
+
+def load_policy(path: str) -> SelectorPolicy:
+    """The policy file at ``path`` (:meth:`SelectorPolicy.load <rl_select.mdp.policy.SelectorPolicy.load>`)."""
+    from rl_select.mdp.policy import SelectorPolicy
+
+    return SelectorPolicy.load(path)
+
+
+def uses_table(s: CostSetting) -> bool:
+    """Whether the policy's feature set reads the one-off row table."""
+    from rl_select.mdp.features import FeatureSpec
+
+    return FeatureSpec(s.feature_set).uses_table
+
+
+def rollout_rows(s: CostSetting) -> int:
+    """LM rows of one greedy rollout: ``k x (P + V)`` for the prompt-scoring sets; the table sets: ``P`` table
+    rows once (``zeroshot``: ``P + V`` table rows and ``k x V`` under the prompts)."""
+    if not uses_table(s):
+        return s.k * (s.n_pool + s.n_val)
+    return s.n_pool + (s.n_val + s.k * s.n_val if s.feature_set == "zeroshot" else 0)
+
+
+def policy_labels(s: CostSetting, m: int = 1) -> int:
+    """Labels ``m`` rollouts read: the pool's (the labelled sets) or the chosen demos' (label-free sets)."""
+    return s.n_pool if s.feature_set in LABELLED_SETS else min(s.n_pool, m * s.k)
 
 
 @register_selector
@@ -18,11 +57,14 @@ class PolicySelector(Selector):
     """
 
     name = "policy"
+    tags = SelectorTags(val_labels=False, pool_labels=True, trained=True, lm=True, per_query=False, count_arg=None,
+                        lm_rows=rollout_rows, labels_read=policy_labels,
+                        cost_note="k x (P + V); table sets: P table rows (zeroshot: P + V, and k x V)")
 
     def __init__(self, path: str, force: bool = False) -> None:
         self.path = str(path)
         self.force = force
-        self.policy = SelectorPolicy.load(path)
+        self.policy = load_policy(path)
 
     def select(self, ctx: SelectionContext) -> list[Example]:
         check_k(ctx)

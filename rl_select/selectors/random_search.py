@@ -5,6 +5,7 @@ from __future__ import annotations
 from rl_select.errors import SelectionError
 from rl_select.metrics import accuracy
 from rl_select.selectors.base import SelectionContext, Selector, check_k, check_val, register_selector
+from rl_select.selectors.tags import SelectorTags, prompts_drawn
 from rl_select.types import Example
 
 
@@ -19,6 +20,10 @@ class RandomSearchSelector(Selector):
     """
 
     name = "random_search"
+    tags = SelectorTags(val_labels=True, pool_labels=True, trained=False, lm=True, per_query=False, count_arg=None,
+                        lm_rows=lambda s: prompts_drawn(s, 8) * s.n_val,
+                        labels_read=lambda s: min(s.n_pool, prompts_drawn(s, 8) * s.k) + s.n_val,
+                        cost_note="n_prompts x V")
 
     def __init__(self, n_prompts: int = 8) -> None:
         if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
