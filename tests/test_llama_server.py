@@ -5,8 +5,9 @@ they can be (the server SIGKILLed mid-run, a time-out shorter than its answers, 
 of prompts); 500s, malformed JSON and slowness on demand come from a small proxy in front of it that
 forwards every other request untouched.
 
-This server takes ~40 ms per prompt token (it turns every position's logits into sorted log-probs in
-Python), so prompts here are short: one demonstration and the shortest SST-2 sentences.
+This server takes ~40 ms per prompt token in the echo styles (it turns every position's logits into
+sorted log-probs in Python), so prompts here are short: one or two demonstrations and the shortest
+SST-2 sentences. The next-token style sorts one position per query and is much cheaper.
 
 Skipped where the ``server`` extra is missing, unless ``RL_SELECT_REQUIRE_SERVER=1`` (set by CI), where a
 missing server is a failure.
@@ -73,7 +74,7 @@ def test_real_server_agrees_with_the_hf_backend(llama_server, smollm2, short_row
     from rl_select.lm.hf import HFScorer
 
     demos, queries = short_rows
-    server = scorer_for(llama_server.url, batch_size=4)
+    server = scorer_for(llama_server.url, batch_size=4, logprob_style="echo")  # ("auto" picks next_token here)
     with pytest.warns(RuntimeWarning) as seen:
         got = server.logprobs(demos=demos, queries=queries)
     said = " ".join(str(w.message) for w in seen)
@@ -94,6 +95,43 @@ def test_real_server_agrees_with_the_hf_backend(llama_server, smollm2, short_row
     wrong = late.logprobs(demos=demos, queries=queries[:2])
     print(f"read naively (one token late): mean |diff| {np.abs(wrong - ref[:2]).mean():.2f} nats")
     assert np.abs(wrong - ref[:2]).mean() > 1.0
+
+
+@pytest.fixture(scope="module")
+def agreement_rows(data_root: Path) -> tuple[list[Example], list[Example]]:
+    """Two short demonstrations (one per label) and 20 short queries (ten per label) from SST-2's train file."""
+    from rl_select.data import load_task
+
+    train, _ = load_task(SPEC, data=data_root / "sst2")
+    rows = sorted((e for e in train if 15 <= len(e.text) <= 40), key=lambda e: (len(e.text), e.uid))
+    pos = [e for e in rows if e.label == SPEC.labels[1]]
+    neg = [e for e in rows if e.label == SPEC.labels[0]]
+    return [neg[0], pos[0]], [e for pair in zip(neg[1:11], pos[1:11]) for e in pair]
+
+
+def test_next_token_agrees_with_echo_on_the_real_server(llama_server, agreement_rows) -> None:
+    """The next-token style (one request per query: the context alone, the labels read from the first
+    generated token's top log-probs) against the echo style (one request per (query, label), the label
+    read from the echoed prompt): same predictions, the same log-probs up to float noise."""
+    demos, queries = agreement_rows
+    nxt = scorer_for(llama_server.url)  # "auto" settles on next_token: " positive" and " negative" are one token
+    t0 = time.perf_counter()
+    got = nxt.logprobs(demos=demos, queries=queries)
+    t_next = time.perf_counter() - t0
+    assert nxt.style == "next_token" and nxt.echo_fallbacks == 0
+    echo = scorer_for(llama_server.url, logprob_style="echo_shifted")  # what "echo" finds on this server
+    t0 = time.perf_counter()
+    ref = echo.logprobs(demos=demos, queries=queries)
+    t_echo = time.perf_counter() - t0
+    agree = float(np.mean(got.argmax(1) == ref.argmax(1)))
+    diff = np.abs(got - ref)
+    print(f"next_token vs echo, {len(queries)} SST-2 queries after {len(demos)} demos: agreement {agree:.3f}, "
+          f"max |diff| {diff.max():.2e} nats; next_token {t_next:.1f} s ({nxt.requests} requests), "
+          f"echo {t_echo:.1f} s ({echo.requests} requests)")
+    assert agree == 1.0
+    assert diff.max() < 1e-4  # the same quantity (bit-identical here): the cache shares rows between styles
+    assert echo.requests == 2 * len(queries)
+    assert nxt.requests <= len(queries) + 2  # one per query (plus a retry with more top log-probs, if any)
 
 
 def test_server_killed_mid_run_keeps_what_was_scored(server_extra, data_root, short_rows, tmp_path: Path) -> None:

@@ -2,13 +2,16 @@
 
 The fake tokenises with a GPT-2-like regex (words carry their leading space) and gives every token a
 deterministic log-prob (a hash of the token and the text before it), so the exact score of any
-continuation is known here without a model. It speaks both response styles (echo + ``text_offset``,
-and vLLM's ``prompt_logprobs``), can play a chat-only API or a llama.cpp build without echo, and
-injects faults (5xx, 429, a redirect, slow answers, bad JSON, a server that dies) one request at a time.
+continuation is known here without a model. It speaks the prompt-log-prob styles (echo +
+``text_offset``, and vLLM's ``prompt_logprobs``) and, when asked to (``next_token=True``), the next
+token's top log-probs (OpenAI's layout or llama-server's), with labels ranked on demand outside the
+top ``N`` asked; it can play a chat-only API or a llama.cpp build without echo, and injects faults
+(5xx, 429, a redirect, slow answers, bad JSON, a server that dies) one request at a time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import hashlib
 import json
@@ -28,16 +31,21 @@ from rl_select.lm.cache import ScoreCache
 from rl_select.lm.calibration import calibrate
 from rl_select.lm.openai import (
     MAX_RETRY_AFTER,
+    NEXT_TOKEN_TOP_LOGPROBS,
+    NEXT_TOKEN_TOP_LOGPROBS_RETRY,
+    NO_NEXT_TOKEN_LOGPROBS,
     NO_PROMPT_LOGPROBS,
     SHIFT_PROBE,
     SHIFTED_TOP_LOGPROBS,
     SHIFTED_TOP_LOGPROBS_RETRY,
     OpenAICompletionsScorer,
     echo_continuation,
+    next_token_logprobs,
     split_base_url,
     vllm_continuation,
 )
 from rl_select.lm.openai.transport import retry_after_seconds
+from rl_select.lm.openai.wire import NoNextLogprobs, prefix_token
 from rl_select.prompts import (
     channel_contexts,
     channel_target,
@@ -46,7 +54,7 @@ from rl_select.prompts import (
     render_prefix,
     render_query,
 )
-from rl_select.tasks import get_task
+from rl_select.tasks import TaskSpec, get_task
 from rl_select.types import Example
 
 SPEC = get_task("sst2")
@@ -90,23 +98,26 @@ def truth_pair(context: str, cont: str) -> tuple[float, int]:
     return sum(lps), len(lps)
 
 
-def truth(demos: list[Example], queries: list[Example], *, mode: str = "direct", length_norm: bool = False):
+def truth(demos: list[Example], queries: list[Example], *, mode: str = "direct", length_norm: bool = False,
+          spec: TaskSpec = SPEC):
     """Ground-truth label log-probs, shape ``(len(queries), n_labels)``."""
-    out = np.zeros((len(queries), len(SPEC.labels)))
+    out = np.zeros((len(queries), len(spec.labels)))
     for i, q in enumerate(queries):
-        for j in range(len(SPEC.labels)):
+        for j in range(len(spec.labels)):
             if mode == "channel":
-                context = render_prefix(SPEC, demos, channel=True) + channel_contexts(SPEC)[j]
-                cont = channel_target(SPEC, q)
+                context = render_prefix(spec, demos, channel=True) + channel_contexts(spec)[j]
+                cont = channel_target(spec, q)
             else:
-                context = render_prefix(SPEC, demos) + render_query(SPEC, q)
-                cont = label_continuations(SPEC)[j]
+                context = render_prefix(spec, demos) + render_query(spec, q)
+                cont = label_continuations(spec)[j]
             total, n = truth_pair(context, cont)
             out[i, j] = total / n if length_norm else total
     return out
 
 
 GENERATED = " the"
+#: The fake's next-token candidates: SST-2's label words, " very" (the first token of " very good"), others.
+NEXT_VOCAB = (GENERATED, " positive", " negative", " very", " good", " bad", " a", "\n", " ")
 
 
 class FakeServer:
@@ -122,12 +133,26 @@ class FakeServer:
         delay: Seconds each request takes.
         single: Answer HTTP 500 to a list of more than one prompt (as llama-cpp-python's server does).
         port: Port to bind (0: any free one).
+        next_token: Answer a request without ``echo`` and with an integer ``logprobs`` with the next
+            token's top log-probs (over :data:`NEXT_VOCAB`); off: ``"logprobs": null`` (a server that
+            only scores prompts).
+        next_format: ``"openai"`` (``top_logprobs: [{token: lp}]``) or ``"llama_server"``
+            (``content: [{top_logprobs: [{token, logprob}]}]``).
+
+    Attributes (next token): ``rank(prompt, token)`` places a token in the top ``N`` only when ``N >= rank``;
+    ``stops(prompt)``: generate no token (end of text, no log-probs, as llama-cpp-python does);
+    ``max_logprobs``: answer HTTP 400 to a larger ``logprobs`` (vLLM's ``--max-logprobs``).
     """
 
     def __init__(self, style: str = "echo", *, bos: bool = False, delay: float = 0.0, port: int = 0,
-                 single: bool = False) -> None:
+                 single: bool = False, next_token: bool = False, next_format: str = "openai") -> None:
         self.style = style
         self.single = single
+        self.next_token = next_token
+        self.next_format = next_format
+        self.rank = lambda prompt, token: 1
+        self.stops = lambda prompt: False
+        self.max_logprobs: int | None = None
         self.late_rank = 1  # "late" style: the rank of every next token (outside the top n when n < this)
         self.bos = bos
         self.delay = delay
@@ -210,6 +235,27 @@ class FakeServer:
         return {"index": index, "text": GENERATED, "finish_reason": "length", "logprobs": None,
                 "prompt_logprobs": entries}
 
+    def next_choice(self, index: int, prompt: str, top_n: int) -> dict[str, Any]:
+        """The next token's top-``top_n`` log-probs after ``prompt``: log P(t | prompt) as echo would score t."""
+        dist = {t: token_logprob(prompt, t) for t in NEXT_VOCAB}
+        if self.stops(prompt):
+            empty: dict[str, Any] = {"content": []} if self.next_format == "llama_server" else \
+                {"tokens": [], "token_logprobs": [], "text_offset": [], "top_logprobs": []}
+            return {"index": index, "text": "", "finish_reason": "stop", "logprobs": empty}
+        gen = max(dist, key=dist.__getitem__)
+        shown = sorted(((t, lp) for t, lp in dist.items() if self.rank(prompt, t) <= top_n), key=lambda x: -x[1])
+        shown = shown[:top_n]
+        if self.next_format == "llama_server":
+            def entry(t: str, lp: float) -> dict[str, Any]:
+                return {"id": NEXT_VOCAB.index(t), "token": t, "logprob": lp, "bytes": list(t.encode())}
+
+            first = {**entry(gen, dist[gen]), "top_logprobs": [entry(*x) for x in shown]}
+            logprobs: dict[str, Any] = {"content": [first]}
+        else:
+            logprobs = {"tokens": [gen], "token_logprobs": [dist[gen]], "text_offset": [len(prompt)],
+                        "top_logprobs": [dict(shown)]}
+        return {"index": index, "text": gen, "finish_reason": "length", "logprobs": logprobs}
+
     def generated_only_choice(self, index: int, prompt: str) -> dict[str, Any]:
         return {"index": index, "text": GENERATED, "finish_reason": "length",
                 "logprobs": {"tokens": [GENERATED], "token_logprobs": [-1.0], "text_offset": [0]}}
@@ -223,9 +269,16 @@ class FakeServer:
         echo = bool(req.get("echo")) and req.get("logprobs") is not None
         if self.style == "reject_echo" and req.get("echo"):
             return 400, {"error": {"message": "Only no echo is supported", "type": "invalid_request_error"}}
+        top_n = req.get("logprobs")
+        if self.max_logprobs is not None and isinstance(top_n, int) and top_n > self.max_logprobs:
+            return 400, {"error": {"message": f"Requested sample logprobs of {top_n}, which is greater than max "
+                                              f"allowed: {self.max_logprobs}", "type": "BadRequestError"}}
+        next_token = self.next_token and not req.get("echo") and isinstance(top_n, int)
         choices = []
         for i, p in enumerate(prompts):
-            if self.style == "echo" and echo:
+            if next_token:
+                choices.append(self.next_choice(i, p, top_n))
+            elif self.style == "echo" and echo:
                 choices.append(self.echo_choice(i, p, int(req.get("max_tokens", 16))))
             elif self.style == "late" and echo:
                 choices.append(self.late_choice(i, p, int(req["logprobs"])))
@@ -236,7 +289,8 @@ class FakeServer:
             else:
                 choices.append({"index": i, "text": GENERATED, "finish_reason": "length", "logprobs": None})
         choices.reverse()  # the client must match choices to prompts by index
-        return 200, {"id": "cmpl-1", "object": "text_completion", "model": MODEL, "choices": choices}
+        usage = {"prompt_tokens": sum(len(tokenize(p)) for p in prompts)}
+        return 200, {"id": "cmpl-1", "object": "text_completion", "model": MODEL, "choices": choices, "usage": usage}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -392,7 +446,8 @@ def test_a_server_that_refuses_lists_gets_one_prompt_per_request(serve) -> None:
         lp = scorer.logprobs(demos=DEMOS, queries=QUERIES)
     np.testing.assert_allclose(lp, truth(DEMOS, QUERIES), atol=1e-9)
     assert scorer.batch_size == 1 and scorer.style == "echo"
-    assert server.batch_sizes == [1] * (len(QUERIES) * len(SPEC.labels))
+    # the next-token probe ("auto"; this server scores prompts only), then one prompt per request
+    assert server.batch_sizes == [1] * (1 + len(QUERIES) * len(SPEC.labels))
     assert scorer.retries == 0  # the probe's 500 is not retried
     more = [Example(text="plain", label=SPEC.labels[0], uid="x9")]
     scorer.logprobs(demos=DEMOS, queries=more)  # no second probe, no second warning
@@ -443,7 +498,7 @@ def test_a_late_echo_without_the_token_in_its_top_logprobs_is_a_clear_error(serv
 
 def test_max_concurrency_is_respected(serve) -> None:
     server = serve("echo", delay=0.1)
-    scorer = scorer_for(server, batch_size=1, max_concurrency=3)
+    scorer = scorer_for(server, batch_size=1, max_concurrency=3, logprob_style="echo")
     got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
     np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-9)
     assert server.requests == len(QUERIES) * len(SPEC.labels)
@@ -482,6 +537,191 @@ def test_calibration_through_the_base_class(serve) -> None:
     np.testing.assert_allclose(got, expected, atol=1e-9)
 
 
+# --- the next-token style ------------------------------------------------------------------------
+
+
+def contexts_of(demos: list[Example], queries: list[Example], spec: TaskSpec = SPEC) -> list[str]:
+    """The direct-mode context of each query (demonstrations + query, no label)."""
+    return [render_prefix(spec, demos) + render_query(spec, q) for q in queries]
+
+
+@pytest.mark.parametrize("fmt", ["openai", "llama_server"])
+def test_next_token_reads_every_label_from_one_request_per_query(serve, fmt: str) -> None:
+    server = serve("echo", next_token=True, next_format=fmt)
+    scorer = scorer_for(server, batch_size=4)
+    got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES), rtol=0, atol=1e-12)  # log P(token | context), as echo
+    assert scorer.style == "next_token"
+    # the first query alone (it settles the style), then the other five as lists of 4 and 1: no request per label
+    assert server.requests == scorer.requests == 3 and sorted(server.batch_sizes) == [1, 1, 4]
+    for body in server.bodies:
+        assert "echo" not in body and body["max_tokens"] == 1 and body["temperature"] == 0
+        assert body["logprobs"] == NEXT_TOKEN_TOP_LOGPROBS
+    # the prompts are the contexts alone: they share the demonstrations' prefix, which a server can cache
+    assert sorted(server.prompts_seen) == sorted(contexts_of(DEMOS, QUERIES))
+    assert all(p.endswith("\nSentiment:") for p in server.prompts_seen)  # the label's leading space is its own
+    assert scorer.stats.forward_tokens == sum(len(tokenize(c)) for c in contexts_of(DEMOS, QUERIES))
+    normed = scorer_for(server, length_norm=True).logprobs(demos=DEMOS, queries=QUERIES)
+    np.testing.assert_allclose(normed, truth(DEMOS, QUERIES, length_norm=True), atol=1e-12)  # one token each
+
+
+def test_next_token_label_outside_the_top_n_is_asked_again_with_more(serve) -> None:
+    server = serve("echo", next_token=True)
+    server.rank = lambda prompt, token: 100 if token == " negative" else 1  # outside the top 20, inside the top 1000
+    scorer = scorer_for(server, batch_size=1, max_concurrency=1)
+    got = scorer.logprobs(demos=DEMOS, queries=QUERIES[:3])
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES[:3]), atol=1e-12)
+    assert scorer.style == "next_token" and scorer.echo_fallbacks == 0
+    asked = [b["logprobs"] for b in server.bodies]
+    assert asked == [NEXT_TOKEN_TOP_LOGPROBS, NEXT_TOKEN_TOP_LOGPROBS_RETRY] * 3  # each query again, alone
+    assert not any(b.get("echo") for b in server.bodies)
+
+
+def test_next_token_label_still_missing_is_scored_with_echo_never_zero(serve) -> None:
+    server = serve("echo", next_token=True)
+    deep, mute = QUERIES[3], QUERIES[5]
+    # " negative" ranks below the top 1000 after one query; the server stops at once (end of text) after another
+    server.rank = lambda prompt, token: 5000 if token == " negative" and prompt.endswith(deep.text + "\nSentiment:") \
+        else 1
+    server.stops = lambda prompt: prompt.endswith(mute.text + "\nSentiment:")
+    scorer = scorer_for(server, batch_size=1, max_concurrency=1)
+    with pytest.warns(RuntimeWarning, match=r"' negative' not among the top 1000 next tokens; scoring its missing "
+                                            r"labels with echo"):
+        got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-12)
+    assert scorer.style == "next_token" and scorer.echo_fallbacks == 2
+    ctx = contexts_of(DEMOS, QUERIES)
+    echoed = [b["prompt"] for b in server.bodies if b.get("echo")]
+    assert echoed == [[ctx[3] + " negative"]] + [[ctx[5] + c] for c in label_continuations(SPEC)]  # missing only
+    # named explicitly, the style does not fall back: a one-line error
+    for queries, said in (([deep], "' negative' not among the top 1000 next tokens"),
+                          ([mute], "the server generated no token for a query")):
+        strict = scorer_for(server, logprob_style="next_token")
+        strict.logprobs(demos=DEMOS, queries=QUERIES[:1])  # settled on a query that works
+        with pytest.raises(ModelError, match=said) as info:
+            strict.logprobs(demos=DEMOS, queries=queries)
+        assert "\n" not in str(info.value) and "logprob_style='auto'" in str(info.value)
+
+
+def test_multi_token_labels_keep_the_echo_path(serve) -> None:
+    spec = dataclasses.replace(SPEC, name="sst2-very", verbalizers={"positive": "very good", "negative": "very bad"})
+    server = serve("echo", next_token=True)
+    scorer = OpenAICompletionsScorer(spec, base_url=server.url, model=MODEL, backoff=0.01)
+    with pytest.warns(RuntimeWarning, match=r"' very' is a proper prefix of ' very good'.*several tokens on this "
+                                            r"server's tokenizer\); scoring this task with echo"):
+        got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES, spec=spec), atol=1e-12)
+    assert scorer.style == "echo"
+    assert [b.get("logprobs") for b in server.bodies[:2]] == [NEXT_TOKEN_TOP_LOGPROBS, NEXT_TOKEN_TOP_LOGPROBS_RETRY]
+    assert all(b.get("echo") for b in server.bodies[2:])
+    n = len(server.bodies)
+    scorer.logprobs(demos=DEMOS[:1], queries=QUERIES[:2])  # decided for the scorer's life: no second probe
+    assert all(b.get("echo") for b in server.bodies[n:])
+    with pytest.raises(ModelError, match=r"several tokens.*use logprob_style='auto' or 'echo'") as info:
+        OpenAICompletionsScorer(spec, base_url=server.url, model=MODEL, logprob_style="next_token").logprobs(
+            demos=DEMOS, queries=QUERIES[:1])
+    assert "\n" not in str(info.value)
+
+
+def test_a_server_that_caps_logprobs_keeps_echo_for_labels_beyond_its_cap(serve) -> None:
+    server = serve("echo", next_token=True)
+    server.max_logprobs = 20  # vLLM's default --max-logprobs: the retry for 1000 is HTTP 400
+    server.rank = lambda prompt, token: 100 if token == " negative" else 1
+    scorer = scorer_for(server)
+    with pytest.warns(RuntimeWarning) as seen:
+        got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    said = [str(w.message) for w in seen]
+    assert any("refused logprobs=1000 (HTTP 400: Requested sample logprobs of 1000" in m for m in said)
+    assert any("' negative' not among the top 20 next tokens; scoring this task with echo" in m for m in said)
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-12)
+    assert scorer.style == "echo"  # the label's token was never seen: it may be several tokens
+
+
+def test_next_token_on_a_server_that_refuses_lists(serve) -> None:
+    server = serve("echo", next_token=True, single=True)
+    scorer = scorer_for(server, batch_size=4)
+    with pytest.warns(RuntimeWarning, match="refused a list of 4 prompts"):
+        got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-12)
+    assert scorer.style == "next_token" and scorer.batch_size == 1
+    assert server.batch_sizes == [1] * len(QUERIES)  # one request per query (the refused list is not counted)
+
+
+def test_channel_mode_never_asks_for_the_next_token(serve) -> None:
+    server = serve("echo", next_token=True)
+    got = scorer_for(server, mode="channel").logprobs(demos=DEMOS, queries=QUERIES[:2])
+    np.testing.assert_allclose(got, truth(DEMOS, QUERIES[:2], mode="channel"), atol=1e-12)
+    assert all(b.get("echo") for b in server.bodies)
+    with pytest.raises(ModelError, match="direct mode only"):
+        scorer_for(server, mode="channel", logprob_style="next_token")
+
+
+def test_no_logprobs_and_server_down_are_two_different_lines(serve) -> None:
+    chat = serve("chat")  # answers, but with no log-probs of any kind
+    with pytest.raises(ModelError) as strict:
+        scorer_for(chat, logprob_style="next_token").logprobs(demos=DEMOS, queries=QUERIES[:1])
+    with pytest.raises(ModelError) as auto:
+        scorer_for(chat).logprobs(demos=DEMOS, queries=QUERIES[:1])
+    refusing = serve("echo", next_token=True)
+    refusing.max_logprobs = 0  # refuses any logprobs without echo... and with it: nothing to read
+    with pytest.raises(ModelError) as rejected:
+        scorer_for(refusing, logprob_style="next_token").logprobs(demos=DEMOS, queries=QUERIES[:1])
+    down = serve("echo", next_token=True)
+    url = down.url
+    down.stop()
+    downs = []
+    for style in ("next_token", "auto"):
+        with pytest.raises(ModelError) as info:
+            OpenAICompletionsScorer(SPEC, base_url=url, model=MODEL, logprob_style=style).logprobs(  # type: ignore[arg-type]
+                demos=DEMOS, queries=QUERIES[:1])
+        downs.append(str(info.value))
+    messages = [str(strict.value), str(auto.value), str(rejected.value), *downs]
+    assert all("\n" not in m and MODEL in m for m in messages)
+    assert NO_NEXT_TOKEN_LOGPROBS in messages[0]
+    assert NO_PROMPT_LOGPROBS in messages[1] and "next_token: no top_logprobs in the answer" in messages[1]
+    assert NO_NEXT_TOKEN_LOGPROBS in messages[2] and "HTTP 400: Requested sample logprobs of 20" in messages[2]
+    for m in downs:
+        assert f"connection refused; is the server running at {url}?" in m
+        assert "log-probs" not in m
+
+
+def test_styles_share_the_cache_they_score_the_same_quantity(serve, tmp_path: Path) -> None:
+    """Next token reads log P(label token | context), which echo reads for a one-token label: one fingerprint."""
+    server = serve("echo", next_token=True)
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    try:
+        echo = scorer_for(server, cache=cache, logprob_style="echo")
+        nxt = scorer_for(server, cache=cache, logprob_style="next_token")
+        assert echo.fingerprint == nxt.fingerprint == scorer_for(server).fingerprint
+        a = echo.logprobs(demos=DEMOS, queries=QUERIES[:3])
+        b = nxt.logprobs(demos=DEMOS, queries=QUERIES[3:])
+        np.testing.assert_allclose(np.vstack([a, b]), truth(DEMOS, QUERIES), atol=1e-12)
+        n = server.requests
+        both = scorer_for(server, cache=cache).logprobs(demos=DEMOS, queries=QUERIES)
+        assert server.requests == n  # rows of either style serve the other
+        np.testing.assert_array_equal(both, np.vstack([a, b]))
+    finally:
+        cache.close()
+
+
+def test_next_token_parsing() -> None:
+    legacy = {"logprobs": {"tokens": [" a"], "token_logprobs": [-0.5], "text_offset": [9],
+                           "top_logprobs": [{" a": -0.5, " positive": -1.0, "positive": -3.0}]}}
+    assert next_token_logprobs(legacy) == {" a": -0.5, " positive": -1.0, "positive": -3.0}
+    server = {"logprobs": {"content": [{"token": " a", "logprob": -0.5, "top_logprobs": [
+        {"id": 1, "token": " positive", "logprob": -1.0}, {"id": 2, "token": " positive", "logprob": -4.0}]}]}}
+    assert next_token_logprobs(server) == {" positive": -1.0}  # the same text twice: the likelier one
+    assert next_token_logprobs({"logprobs": {"tokens": [], "top_logprobs": []}}) == {}  # stopped: no token
+    assert next_token_logprobs({"logprobs": {"content": []}}) == {}
+    for bad in ({"logprobs": None}, {}, {"logprobs": {"tokens": [" a"], "token_logprobs": [-0.5]}},
+                {"logprobs": {"tokens": [" a"], "top_logprobs": [None]}}, {"logprobs": {"top_logprobs": [{}]}}):
+        with pytest.raises(NoNextLogprobs):
+            next_token_logprobs(bad)
+    top = {" ": -1.0, " pos": -2.0, " po": -3.0, "positive": -4.0}
+    assert prefix_token(top, " positive") == " pos"  # the longest; a lone space is no evidence
+    assert prefix_token({" ": -1.0, " positive": -2.0}, " positive") is None
+
+
 # --- faults ---------------------------------------------------------------------------------------
 
 
@@ -507,7 +747,7 @@ def test_a_transient_500_on_the_first_list_keeps_lists(serve, recwarn: pytest.Wa
 def test_429_honours_retry_after(serve) -> None:
     server = serve("echo")
     server.faults = ["429", "429"]
-    scorer = scorer_for(server, backoff=30.0)  # only Retry-After: 0 makes this fast
+    scorer = scorer_for(server, backoff=30.0, logprob_style="echo")  # only Retry-After: 0 makes this fast
     t0 = time.perf_counter()
     got = scorer.logprobs(demos=DEMOS, queries=QUERIES[:2])
     assert time.perf_counter() - t0 < 5.0
@@ -599,7 +839,7 @@ def test_server_dies_mid_run_keeps_what_was_scored(serve, tmp_path: Path) -> Non
     server.faults = [None, None, None, "die"]  # one query (two labels) per request, one at a time
     cache = ScoreCache(tmp_path / "scores.sqlite")
     try:
-        scorer = scorer_for(server, cache=cache, batch_size=2, max_concurrency=1, max_retries=3)
+        scorer = scorer_for(server, cache=cache, batch_size=2, max_concurrency=1, max_retries=3, logprob_style="echo")
         with pytest.raises(ModelError, match="is the server running at") as info:
             scorer.logprobs(demos=DEMOS, queries=QUERIES)
         assert "\n" not in str(info.value)
@@ -607,7 +847,7 @@ def test_server_dies_mid_run_keeps_what_was_scored(serve, tmp_path: Path) -> Non
         cache.close()
         cache = ScoreCache(tmp_path / "scores.sqlite")  # as a new run would
         again = serve("echo", port=port)
-        scorer = scorer_for(again, cache=cache, batch_size=2, max_concurrency=1)
+        scorer = scorer_for(again, cache=cache, batch_size=2, max_concurrency=1, logprob_style="echo")
         got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
         np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-9)
         assert again.requests == 3

@@ -6,9 +6,12 @@ SmolLM2) under a model alias, with ``logits_all`` on (prompt log-probs need it).
 manager it waits until ``/v1/models`` answers and stops the server on exit (SIGTERM, then SIGKILL).
 
 Notes on that server, measured with llama-cpp-python 0.3.x (see ``docs/serving.md``): it takes one
-prompt per request (a list gets HTTP 500), echoes prompt log-probs one token late (the scorer detects
-this and corrects it, see :mod:`rl_select.lm.openai`), and turns every prompt token's logits into
-log-probs in Python, which makes it slow (tens of tokens per second on 2 cores) whatever the model.
+prompt per request (a list gets HTTP 500); it returns next-token log-probs (the scorer's
+``"next_token"`` style, chosen by ``"auto"`` for one-token labels: one request per query, and the
+server reuses the previous prompt's KV cache for the shared demonstrations); it echoes prompt
+log-probs one token late (the scorer detects this and corrects it, see :mod:`rl_select.lm.openai`), and
+in echo it turns every prompt token's logits into sorted log-probs in Python, which makes it slow (tens
+of tokens per second on 2 cores) whatever the model.
 """
 
 from __future__ import annotations

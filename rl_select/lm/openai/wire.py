@@ -1,6 +1,20 @@
-"""Wire formats of ``/v1/completions`` prompt log-probs: request bodies, response parsing, style detection.
+"""Wire formats of ``/v1/completions`` log-probs: request bodies, response parsing, style detection.
 
-Three response styles are understood:
+Four response styles are understood. One reads the NEXT token's distribution after the prompt:
+
+* ``"next_token"`` (vLLM, SGLang, llama.cpp's ``llama-server``, llama-cpp-python, OpenAI completions
+  models): the prompt is the context alone (demonstrations + query, no label) and the request asks
+  for ``max_tokens: 1, logprobs: N, temperature: 0``; the first generated token's top-``N``
+  log-probs (:func:`next_token_logprobs`) hold each label whose continuation (``" positive"``) is ONE
+  token, keyed by the token's text. The text must equal the continuation exactly, leading space
+  included (:func:`label_logprobs`); a label that is not there is never read as zero (the scorer asks
+  again with more, or scores it with an echo style). One request per query, and since the prompt
+  carries no label and asks no prompt log-probs, servers with prefix caching reuse the shared
+  demonstration prefix. Two layouts are parsed: OpenAI's legacy ``{"top_logprobs": [{token: lp}]}``
+  and llama-server's ``{"content": [{"top_logprobs": [{"token", "logprob"}]}]}``.
+
+Three read the log-probs the server gives the prompt's OWN tokens, for a prompt
+``context + continuation`` (any continuation, several tokens included):
 
 * ``"echo"`` (OpenAI legacy completions, vLLM, llama.cpp builds that support it): the request asks
   for ``echo: true, logprobs: 1, max_tokens: 1`` and each choice's ``logprobs`` holds
@@ -15,7 +29,10 @@ Three response styles are understood:
   ``i + 1``, and the true log-prob of a continuation token is read there. :func:`looks_late` and
   :func:`confirms_late` tell such a server from a correct one.
 
-**Which tokens are the continuation's.** A token belongs to the continuation when it ends after the
+For a one-token continuation ``"next_token"`` and the echo styles read the same number,
+``log P(token | context)``; they differ only by the server's floating-point noise.
+
+**Which tokens are the continuation's** (echo styles). A token belongs to the continuation when it ends after the
 context does (``end > len(context)``) and starts before the prompt's end. So a token that straddles
 the context/continuation boundary (BPE merged the context's last characters with the continuation's
 first ones) is counted, with its whole log-prob: that is the only choice that scores every character
@@ -23,9 +40,10 @@ of the continuation, and it is what a token-level scorer would see; the count fo
 normalisation includes it too. With the templates of :mod:`rl_select.prompts` the boundary falls before
 a space or after a newline, where BPE tokenisers split anyway, so a straddle is rare.
 
-Every parser returns ``(sum of log-probs, continuation tokens, prompt tokens)`` and raises
+Every echo-style parser returns ``(sum of log-probs, continuation tokens, prompt tokens)`` and raises
 :class:`NoPromptLogprobs` when the response holds no prompt log-probs (the caller may try another
 style), or :class:`~rl_select.errors.ModelError` when it holds them but they cannot score the prompt.
+The next-token parser raises :class:`NoNextLogprobs` when the response holds no top log-probs.
 """
 
 from __future__ import annotations
@@ -36,9 +54,10 @@ from typing import Any, Literal
 
 from rl_select.errors import ModelError
 
-#: A concrete response style (``"auto"`` resolves to one of these).
+#: A concrete prompt-log-prob (echo) style: ``"auto"`` resolves to one of these when ``"next_token"`` does
+#: not apply (the labels are several tokens, channel mode, a server without next-token log-probs).
 Style = Literal["echo", "echo_shifted", "vllm"]
-#: Styles ``"auto"`` tries, in order (``"echo"`` may turn out to be ``"echo_shifted"``).
+#: Echo styles ``"auto"`` tries, in order (``"echo"`` may turn out to be ``"echo_shifted"``).
 AUTO_STYLES: tuple[Style, ...] = ("echo", "vllm")
 #: ``(summed log-prob of a continuation, its token count, prompt tokens scored)``.
 Parsed = tuple[float, int, int]
@@ -49,6 +68,12 @@ NO_PROMPT_LOGPROBS = (
     "llama-server does not echo yet); chat-only APIs cannot score labels"
 )
 
+NO_NEXT_TOKEN_LOGPROBS = (
+    "this endpoint returned no next-token log-probs (top_logprobs of the generated token); the next_token "
+    "style needs /v1/completions with an integer logprobs (vLLM, SGLang, llama.cpp's llama-server, "
+    "llama-cpp-python's server, OpenAI completions models); chat-only APIs cannot score labels"
+)
+
 #: Tokens generated per request: 1 is accepted everywhere (vLLM refuses 0); the token is ignored.
 MAX_TOKENS = 1
 #: ``logprobs`` asked for in echo style: llama.cpp reads 0 as "none", so 1.
@@ -57,6 +82,11 @@ ECHO_TOP_LOGPROBS = 1
 SHIFTED_TOP_LOGPROBS = 50
 #: A prompt whose continuation is not among those is asked again, alone, with this many.
 SHIFTED_TOP_LOGPROBS_RETRY = 1000
+#: Top log-probs asked for the next token in the ``"next_token"`` style: vLLM's default cap (``--max-logprobs``).
+NEXT_TOKEN_TOP_LOGPROBS = 20
+#: A query whose label is not among those is asked again, alone, with this many (a server that caps
+#: ``logprobs`` lower answers HTTP 400; the label is then scored with an echo style).
+NEXT_TOKEN_TOP_LOGPROBS_RETRY = 1000
 #: A prompt whose greedy continuation differs from the token that ends it (" 9" after ","): it tells a
 #: server that echoes log-probs one position late from one that does not.
 SHIFT_PROBE = "1, 2, 3, 4, 5, 6, 7, 8,"
@@ -70,6 +100,10 @@ class NoPromptLogprobs(Exception):
 
 class NotInTop(ModelError):
     """A continuation token outside the top log-probs a late-echo server gave (``"echo_shifted"``)."""
+
+
+class NoNextLogprobs(Exception):
+    """A response without the generated token's top log-probs (``"next_token"`` style)."""
 
 
 class ChoiceCountError(ModelError):
@@ -100,6 +134,20 @@ def request_body(style: Style, model: str, prompts: Sequence[str], *, top: int =
     else:
         body.update(prompt_logprobs=0)
     return body
+
+
+def next_token_body(model: str, prompts: Sequence[str], *, top: int = NEXT_TOKEN_TOP_LOGPROBS) -> dict[str, Any]:
+    """The JSON body that asks for the top-``top`` log-probs of the token after each prompt.
+
+    Args:
+        model: Model name as the server knows it.
+        prompts: The contexts alone (demonstrations + query, no label).
+        top: Top log-probs asked for (the completions API's integer ``logprobs``).
+
+    Returns:
+        A greedy one-token completions request without ``echo``.
+    """
+    return {"model": model, "prompt": list(prompts), "max_tokens": MAX_TOKENS, "temperature": 0, "logprobs": top}
 
 
 # --- responses ------------------------------------------------------------------------------------
@@ -318,6 +366,89 @@ def vllm_continuation(prompt_logprobs: Any, prompt: str, n_context: int) -> Pars
     if n_cont == 0:
         raise NoPromptLogprobs
     return total, n_cont, len(prompt_logprobs)
+
+
+# --- the next token's distribution ---------------------------------------------------------------
+
+
+def _logprob(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def next_token_logprobs(choice: Mapping[str, Any]) -> dict[str, float]:
+    """Token text -> log-prob, from the first generated token's top log-probs in one choice.
+
+    Reads OpenAI's legacy layout (``logprobs.top_logprobs[0]``, a ``{token: logprob}`` object) and
+    llama.cpp's ``llama-server`` layout (``logprobs.content[0].top_logprobs``, a list of
+    ``{"token", "logprob"}``). Two entries with the same text keep the larger log-prob.
+
+    Returns:
+        The distribution's top entries; ``{}`` when the server generated no token (it stopped at the
+        end of text at once: llama-cpp-python then reports no log-probs).
+
+    Raises:
+        NoNextLogprobs: when the choice holds no top log-probs at all.
+    """
+    logprobs = choice.get("logprobs")
+    if not isinstance(logprobs, Mapping):
+        raise NoNextLogprobs
+    out: dict[str, float] = {}
+
+    def keep(token: Any, value: Any) -> None:
+        lp = _logprob(value)
+        if isinstance(token, str) and lp is not None and lp > out.get(token, float("-inf")):
+            out[token] = lp
+
+    if isinstance(logprobs.get("top_logprobs"), list):  # OpenAI legacy completions, vLLM, SGLang, llama-cpp-python
+        tops = logprobs["top_logprobs"]
+        if not tops:
+            tokens = logprobs.get("tokens")
+            if isinstance(tokens, list) and not tokens:
+                return out  # no token generated
+            raise NoNextLogprobs
+        first = tops[0]
+        if not isinstance(first, Mapping):
+            raise NoNextLogprobs
+        for token, value in first.items():
+            keep(token, value)
+    elif isinstance(logprobs.get("content"), list):  # llama.cpp's llama-server
+        content = logprobs["content"]
+        if not content:
+            return out
+        first = content[0]
+        if not isinstance(first, Mapping) or not isinstance(first.get("top_logprobs"), list):
+            raise NoNextLogprobs
+        for entry in first["top_logprobs"]:
+            if isinstance(entry, Mapping):
+                keep(entry.get("token"), entry.get("logprob"))
+    else:
+        raise NoNextLogprobs
+    if not out:
+        raise NoNextLogprobs
+    return out
+
+
+def label_logprobs(top: Mapping[str, float], continuations: Sequence[str]) -> list[float | None]:
+    """Each continuation's log-prob in ``top`` (a next-token distribution), ``None`` where absent.
+
+    Matching is exact: the token text must equal the whole continuation, leading space included
+    (``" positive"`` matches ``" positive"``, never ``"positive"``: those are different tokens).
+    """
+    return [top.get(c) for c in continuations]
+
+
+def prefix_token(top: Mapping[str, float], continuation: str) -> str | None:
+    """A top token that is a proper prefix of ``continuation`` (``" pos"`` of ``" positive"``), else ``None``.
+
+    Evidence that the continuation is several tokens on the server's tokenizer (whitespace-only
+    tokens are no evidence: they prefix every continuation that starts with a space).
+    """
+    best = None
+    for token in top:
+        if token.strip() and token != continuation and continuation.startswith(token):
+            if best is None or len(token) > len(best):
+                best = token
+    return best
 
 
 # --- detecting a one-token-late echo --------------------------------------------------------------
