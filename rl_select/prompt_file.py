@@ -60,7 +60,9 @@ import numpy as np
 
 from rl_select.data import read_jsonl_objects
 from rl_select.errors import ArtifactError, ConfigError, DataError, SelectionError, TaskError
+from rl_select.lm.base import grouped_logprobs
 from rl_select.lm.spec import ScorerSpec
+from rl_select.metrics import label_ids
 from rl_select.prompts import render_demo, render_prefix, render_prompt, template_parts
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example, document_sha256, is_int
@@ -833,7 +835,7 @@ def select_prompt(
     val_acc = None
     if measure and val:
         lists = [demos] * len(val) if per_query is None else _knn_demos(per_query, val)
-        val_acc = _accuracy(scorer, lists, val)
+        val_acc = float(np.mean(grouped_logprobs(scorer, lists, val).argmax(1) == label_ids(scorer.spec.labels, val)))
     after = stats.copy() if stats is not None else None
     lm_calls = {"select": (mid - before).as_dict(), "validate": (after - mid).as_dict()} if stats is not None \
         else {}
@@ -852,19 +854,6 @@ def select_prompt(
 def _plain(args: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else repr(v))
             for k, v in args.items()}
-
-
-def _accuracy(scorer: Any, lists: Sequence[Sequence[Example]], queries: Sequence[Example]) -> float:
-    """Accuracy when query ``i`` is prompted with ``lists[i]``; queries sharing a list are scored together."""
-    groups: dict[tuple, list[int]] = {}
-    for i, demos in enumerate(lists):
-        groups.setdefault(tuple(d.content() for d in demos), []).append(i)
-    labels = list(scorer.spec.labels)
-    correct = 0
-    for rows in groups.values():
-        lp = np.asarray(scorer.logprobs(demos=list(lists[rows[0]]), queries=[queries[i] for i in rows]))
-        correct += sum(int(lp[j].argmax()) == labels.index(queries[i].label) for j, i in enumerate(rows))
-    return correct / len(queries)
 
 
 class SavedPromptSelector:

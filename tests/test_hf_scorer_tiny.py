@@ -347,3 +347,18 @@ def test_many_prompts_over_the_window_name_the_lengths():
     lists = [[], POOL * 4]
     with pytest.raises(ModelError, match="exceeds the context window"):
         fast.logprobs_many(demo_lists=lists, queries=QUERIES[:2])
+
+
+@pytest.mark.parametrize("task", ["sst2", "multi", "mixed"])
+def test_one_prompt_encodes_its_demonstrations_once_and_packs_its_queries_on_top(lm, task, monkeypatch):
+    spec, pool, queries = EXAMPLES[task]
+    model, tokenizer = lm
+    fast = HFScorer(model, tokenizer, spec, batch_size=2, pack_tokens=16)
+    ref = ReferenceScorer(model, tokenizer, spec)
+    encoded = []
+    real = HFScorer._encode_prefix
+    monkeypatch.setattr(HFScorer, "_encode_prefix", lambda self, p: encoded.append(len(p)) or real(self, p))
+    demos = pool * 3  # a long shared prefix
+    got = fast.logprobs(demos=demos, queries=queries)
+    assert len(encoded) == 1 and encoded[0] >= 32
+    np.testing.assert_allclose(got, ref.logprobs(demos=demos, queries=queries), atol=1e-4, rtol=RTOL)

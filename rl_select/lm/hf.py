@@ -206,6 +206,15 @@ def check_length(n_prefix: int, n_context: int, n_cont: int, limit: int, model_i
         )
 
 
+def shape_bucket(n: int) -> int:
+    """``n`` rounded up to a multiple of 32 (to 256 tokens), 64 (to 1,024) or 256: the widths forwards are padded to.
+
+    The CPU kernels keep buffers per tensor shape; with every prompt's own width a long run grows by megabytes per
+    distinct shape (gigabytes over a long-input evaluation), with a few dozen widths it levels off."""
+    step = 32 if n <= 256 else 64 if n <= 1024 else 256
+    return -(-n // step) * step
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     """Whether a torch error is an allocation failure (CPU or CUDA), which a smaller batch can avoid."""
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower() or "can't allocate" in str(exc).lower()
@@ -215,6 +224,9 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 BATCH_OVERHEAD_SLOTS = 64
 """Fixed cost of one forward, in token slots, for :func:`padded_batches` (measured on a 2-core CPU)."""
+
+CACHED_PREFIX_TOKENS = 32
+"""A run of at least this many tokens shared by every path of a trie is encoded once and cached (one prompt)."""
 
 TRIE_TOKENS = 65_536
 """Most prompt tokens in one token trie of the many-prompt path (its Python nodes cost ~0.3 kB each)."""
@@ -364,24 +376,47 @@ class HFScorer(CachedScorer):
         conts = self.tokens.encode(label_continuations(self.spec))
         return self._score(prefix, contexts, conts)
 
-    def _packed_forward(self, seqs: list, reads: dict[int, list[Read]], done: set[int], flat: np.ndarray) -> None:
-        """One forward over packed sequences (right-padded), adding every read not ``done`` yet into ``flat``
-        ``(n_rows, n_cont)``. A batch that does not fit in memory is halved until it does."""
+    def _cached_root(self, trie: TokenTrie, segments: list[list[int]], seg_parent: list[int]):
+        """When every path starts with one long shared run (one prompt's demonstrations), encode it once as a KV
+        cache and return the segment tree without it (its children become tops): ``(kv, mask (1, P'), segments,
+        seg_parent)``; else an empty cache and the tree unchanged."""
+        tops = [i for i, p in enumerate(seg_parent) if p < 0]
+        none = ([], torch.ones((1, 0), dtype=torch.long), segments, seg_parent)
+        if len(tops) != 1 or len(segments[tops[0]]) < CACHED_PREFIX_TOKENS:
+            return none
+        root = tops[0]
+        if any(node in trie.reads for node in segments[root]) or len(segments) == 1:
+            return none
+        kv, mask = self._encode_prefix([trie.token[n] for n in segments[root]])
+        keep = [i for i in range(len(segments)) if i != root]
+        index = {old: new for new, old in enumerate(keep)}
+        return kv, mask, [segments[i] for i in keep], [index.get(seg_parent[i], -1) for i in keep]
+
+    def _packed_forward(self, seqs: list, reads: dict[int, list[Read]], done: set[int], flat: np.ndarray,
+                        prefix_kv: KV, prefix_mask: torch.Tensor) -> None:
+        """One forward over packed sequences (right-padded) on top of a shared prefix cache (maybe empty), adding
+        every read not ``done`` yet into ``flat`` ``(n_rows, n_cont)``. A batch that does not fit in memory is
+        halved until it does."""
         try:
-            self._packed_forward_once(seqs, reads, done, flat)
+            self._packed_forward_once(seqs, reads, done, flat, prefix_kv, prefix_mask)
         except (RuntimeError, MemoryError) as exc:
             if len(seqs) == 1 or not _out_of_memory(exc):
                 raise
             half = len(seqs) // 2
-            self._packed_forward(seqs[:half], reads, done, flat)
-            self._packed_forward(seqs[half:], reads, done, flat)
+            self._packed_forward(seqs[:half], reads, done, flat, prefix_kv, prefix_mask)
+            self._packed_forward(seqs[half:], reads, done, flat, prefix_kv, prefix_mask)
 
     @torch.inference_mode()
-    def _packed_forward_once(self, seqs: list, reads: dict[int, list[Read]], done: set[int], flat: np.ndarray) -> None:
-        width = max(len(sq[0]) for sq in seqs)
+    def _packed_forward_once(self, seqs: list, reads: dict[int, list[Read]], done: set[int], flat: np.ndarray,
+                             prefix_kv: KV, prefix_mask: torch.Tensor) -> None:
+        width = shape_bucket(max(len(sq[0]) for sq in seqs))
+        n_prefix = prefix_mask.shape[1]
         ids = torch.full((len(seqs), width), self.tokens.pad, dtype=torch.long)
         pos = torch.zeros((len(seqs), width), dtype=torch.long)
-        mask = torch.eye(width, dtype=torch.bool).repeat(len(seqs), 1, 1)  # a padding slot sees itself only
+        # (B, T, P' + T): every slot sees the cached prefix's real slots; a padding slot sees itself too
+        mask = torch.zeros((len(seqs), width, n_prefix + width), dtype=torch.bool)
+        mask[:, :, :n_prefix] = prefix_mask.bool()[:, None, :]
+        mask[:, :, n_prefix:] = torch.eye(width, dtype=torch.bool)
         slots: list[tuple[int, int]] = []
         nodes_read: list[int] = []
         seen: set[int] = set()
@@ -389,7 +424,7 @@ class HFScorer(CachedScorer):
             n = len(sid)
             ids[b, :n] = torch.from_numpy(sid)
             pos[b, :n] = torch.from_numpy(spos)
-            mask[b, :n, :n] = torch.from_numpy(smask)
+            mask[b, :n, n_prefix:n_prefix + n] = torch.from_numpy(smask)
             for t, node in enumerate(nodes):
                 if node in reads and node not in done and node not in seen:
                     slots.append((b, t))
@@ -397,8 +432,12 @@ class HFScorer(CachedScorer):
                     seen.add(node)
         if not slots:
             return
+        kw = {}
+        if prefix_kv:
+            shared = [(k.expand(len(seqs), -1, -1, -1), v.expand(len(seqs), -1, -1, -1)) for k, v in prefix_kv]
+            kw = {self._cache_kw: DynamicCache(ddp_cache_data=shared), "use_cache": True}
         h = self._body(input_ids=ids.to(self.device), attention_mask=mask[:, None].to(self.device),
-                       position_ids=pos.to(self.device)).last_hidden_state  # (B, T, H)
+                       position_ids=pos.to(self.device), **kw).last_hidden_state  # (B, T, H)
         self.stats.forward_tokens += sum(len(sq[0]) for sq in seqs)
         bi, ti = zip(*slots)
         logp = torch.log_softmax(self._head(h[list(bi), list(ti)]).float(), dim=-1).double().cpu().numpy()
@@ -408,17 +447,14 @@ class HFScorer(CachedScorer):
         done.update(nodes_read)
 
     def _compute_many(self, groups: Sequence[tuple[Sequence[Example], Sequence[Example]]]) -> list[np.ndarray]:
-        """Raw label log-probs of many prompts at once (see :meth:`_score_prompts`); channel mode, one prompt,
-        or a prompt with no shared prefix go through :meth:`_compute`."""
-        if self.mode == "channel" or len(groups) <= 1:
+        """Raw label log-probs of many prompts at once (:meth:`_score_packed`); channel mode goes through
+        :meth:`_compute`, one prompt at a time."""
+        if self.mode == "channel":
             return [self._compute(demos, queries) for demos, queries in groups]
         prompts = [self.tokens.split_shared(render_prefix(self.spec, d), [render_query(self.spec, q) for q in qs])
                    for d, qs in groups]
         conts = self.tokens.encode(label_continuations(self.spec))
         out: list[np.ndarray | None] = [None] * len(groups)
-        for g, (prefix, contexts) in enumerate(prompts):
-            if not prefix:  # nothing shared to encode: the one-prompt path handles it
-                out[g] = self._score(prefix, contexts, conts)
         # prompts that start alike go to the same trie; a trie holds at most TRIE_TOKENS tokens (bounded memory)
         todo = sorted((g for g in range(len(groups)) if out[g] is None), key=lambda g: prompts[g][0])
         chunk: list[int] = []
@@ -455,6 +491,8 @@ class HFScorer(CachedScorer):
                         trie.add(path + cont[:m], [Read(r, c, cont[m])])
         segments, seg_parent = trie.segments()
         longest = max(len(p) + len(c) for p, ctx in prompts for c in ctx) + max(map(len, conts))
+        prefix_kv, prefix_mask, segments, seg_parent = self._cached_root(trie, segments, seg_parent)
+        longest -= int(prefix_mask.sum())
         packed = pack(segments, seg_parent, max(self.pack_tokens, longest))  # every path fits one sequence
         lengths = [sum(len(segments[x]) for x in seq) for seq in packed]
         order = sorted(range(len(packed)), key=lambda i: lengths[i])
@@ -462,7 +500,7 @@ class HFScorer(CachedScorer):
         done: set[int] = set()
         for batch in padded_batches(order, lengths, self.batch_size, BATCH_OVERHEAD_SLOTS, self.max_batch_tokens):
             seqs = [sequence_arrays(trie, segments, seg_parent, packed[i]) for i in batch]
-            self._packed_forward(seqs, trie.reads, done, flat)
+            self._packed_forward(seqs, trie.reads, done, flat, prefix_kv, prefix_mask)
         self.stats.prefix_forwards += len(prompts)
         out = [np.zeros((len(ctx), len(conts))) for _, ctx in prompts]
         for r, (g, j) in enumerate(row_of):
@@ -475,19 +513,20 @@ class HFScorer(CachedScorer):
         if any(len(c) == 0 for c in conts) or any(len(c) == 0 for c in contexts):
             raise ModelError("a label continuation or query rendered to zero tokens; check the template")
         check_length(len(prefix), max(map(len, contexts)), max(map(len, conts)), self.max_length, self.model_id)
-        prefix_kv = self._encode_prefix(prefix)
+        prefix_kv, prefix_mask = self._encode_prefix(prefix)
+        self.stats.prefix_forwards += 1
         first = torch.tensor([c[0] for c in conts], device=self.device)
         result = np.zeros((len(contexts), len(conts)))
         order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
         for rows in padded_batches(order, [len(c) for c in contexts], self.batch_size, BATCH_OVERHEAD_SLOTS):
-            ids, mask, pos = self._left_pad([contexts[i] for i in rows], len(prefix))
+            ids, mask, pos = self._left_pad([contexts[i] for i in rows], prefix_mask.expand(len(rows), -1))
             # broadcast (not copy) the prefix cache to every row of the batch
             n = len(rows)
             shared = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix_kv]
             cache = DynamicCache(ddp_cache_data=shared)
             out = self._body(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                              **{self._cache_kw: cache})
-            self.stats.forward_tokens += int(mask[:, len(prefix):].sum())
+            self.stats.forward_tokens += int(mask[:, prefix_mask.shape[1]:].sum())
             logp = torch.log_softmax(self._head(out.last_hidden_state[:, -1]).float(), dim=-1)  # (B, V)
             scores = logp[:, first]  # (B, n_cont)
             if any(len(c) > 1 for c in conts):
@@ -501,26 +540,34 @@ class HFScorer(CachedScorer):
     def _cache_of(self, out) -> DynamicCache:
         return getattr(out, self._cache_kw)
 
-    def _encode_prefix(self, prefix: list[int]) -> KV:
-        """KV cache of the prefix, one tensor pair per layer, each ``(1, kv_heads, P, head_dim)``."""
-        if not prefix:
-            return []
-        ids = torch.tensor([prefix], device=self.device)
-        out = self._body(input_ids=ids, use_cache=True)
-        self.stats.prefix_forwards += 1
-        self.stats.forward_tokens += len(prefix)
-        return [(layer.keys, layer.values) for layer in self._cache_of(out).layers]
+    def _encode_prefix(self, prefix: list[int]) -> tuple[KV, torch.Tensor]:
+        """KV cache of the prefix right-padded to its :func:`shape_bucket`, one tensor pair per layer, each
+        ``(1, kv_heads, P', head_dim)``, and the mask of its real slots ``(1, P')`` (``P' = 0`` for no prefix).
 
-    def _left_pad(self, seqs: list[list[int]], n_prefix: int):
-        """Left-padded ids ``(B, L)``, mask over prefix + ids ``(B, P + L)``, positions ``(B, L)``."""
+        The padding comes after every real token, so causal attention keeps it out of the real slots' cache."""
+        if not prefix:
+            return [], torch.ones((1, 0), dtype=torch.long)
+        width = shape_bucket(len(prefix))
+        ids = torch.full((1, width), self.tokens.pad, dtype=torch.long)
+        ids[0, : len(prefix)] = torch.tensor(prefix)
+        out = self._body(input_ids=ids.to(self.device), use_cache=True)
+        self.stats.forward_tokens += len(prefix)
+        mask = torch.zeros((1, width), dtype=torch.long)
+        mask[0, : len(prefix)] = 1
+        return [(layer.keys, layer.values) for layer in self._cache_of(out).layers], mask
+
+    def _left_pad(self, seqs: list[list[int]], prefix_mask: torch.Tensor):
+        """Ids left-padded to a :func:`shape_bucket` width ``(B, L)``, mask over prefix + ids ``(B, P + L)``, and
+        positions ``(B, L)``; ``prefix_mask`` ``(B, P)`` marks the real prefix slots, and positions count real
+        tokens only, so every row continues where the prefix ends."""
         lengths = torch.tensor([len(s) for s in seqs])
-        width = int(lengths.max())
-        ids = torch.nn.utils.rnn.pad_sequence(
-            [torch.tensor(s) for s in seqs], batch_first=True, padding_value=self.tokens.pad, padding_side="left"
-        )
+        width = shape_bucket(int(lengths.max()))
+        ids = torch.full((len(seqs), width), self.tokens.pad, dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s):] = torch.tensor(s)
         real = torch.arange(width)[None, :] >= (width - lengths)[:, None]  # (B, L) True on real tokens
-        mask = torch.cat([torch.ones((len(seqs), n_prefix), dtype=torch.long), real.long()], dim=1)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_prefix:]
+        mask = torch.cat([prefix_mask.cpu().long(), real.long()], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix_mask.shape[1]:]
         return ids.to(self.device), mask.to(self.device), pos.to(self.device)
 
     def _continue(self, kv: KV, mask: torch.Tensor, last_pos: torch.Tensor, conts: list[list[int]]) -> torch.Tensor:
