@@ -288,7 +288,8 @@ def test_a_slow_answer_is_waited_out_or_retried(proxy, short_rows) -> None:
     proxy.faults = ["slow"]
     hasty = scorer_for(proxy.url, timeout=3.0, logprob_style="echo_shifted")  # gives up on the slow one, retries
     np.testing.assert_allclose(hasty.logprobs(demos=demos, queries=queries[:1]), first, atol=1e-6)
-    assert hasty.retries == 1
+    # at least the slow answer was given up on; on a loaded machine a real answer can pass 3 s too (CI saw 2)
+    assert hasty.retries >= 1
     json.dumps(hasty.stats.as_dict())  # the counters stay plain numbers
 
 
