@@ -169,7 +169,9 @@ class CachedScorer(ABC):
 
     def logprobs(self, *, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
         """Label log-probs, ``(len(queries), n_labels)``; calibrated if the scorer was built so."""
-        return self.logprobs_many(demo_lists=[demos] * len(queries), queries=queries)
+        if not queries:
+            return np.zeros((0, len(self.spec.labels)))
+        return self._calibrated([(demos, list(queries))])[0]
 
     def logprobs_many(self, *, demo_lists: Sequence[Sequence[Example]], queries: Sequence[Example]) -> np.ndarray:
         """Label log-probs ``(Q, L)`` when query ``i`` is prompted with ``demo_lists[i]``, in one pass.
@@ -178,17 +180,28 @@ class CachedScorer(ABC):
         batched together by the backend (:meth:`_compute_many`). Calibrated if the scorer was built so: each
         distinct prompt's content-free rows ride in the same pass.
         """
-        if len(demo_lists) != len(queries):
-            raise ValueError(f"{len(demo_lists)} demo lists for {len(queries)} queries; expected one each")
-        rows_of: dict[tuple, list[int]] = {}
-        for i, demos in enumerate(demo_lists):
-            rows_of.setdefault(tuple(d.content() for d in demos), []).append(i)
-        cf = content_free_queries(self.spec) if self.calibrate else []
-        groups = [(list(demo_lists[rows[0]]), [queries[i] for i in rows] + cf) for rows in rows_of.values()]
+        rows_of = rows_by_demo_list(demo_lists, queries)
+        parts = self._calibrated([(demo_lists[rows[0]], [queries[i] for i in rows]) for rows in rows_of])
         out = np.zeros((len(queries), len(self.spec.labels)))
-        for rows, raw in zip(rows_of.values(), self._raw_groups(groups)):
-            out[rows] = calibrate(raw[: len(rows)], raw[len(rows):]) if cf else raw
+        for rows, part in zip(rows_of, parts):
+            out[rows] = part
         return out
+
+    def _calibrated(self, groups: Sequence[tuple[Sequence[Example], list[Example]]]) -> list[np.ndarray]:
+        """Each group's label log-probs, calibrated (content-free rows added to its prompt) if the scorer is."""
+        cf = content_free_queries(self.spec) if self.calibrate else []
+        raws = self._raw_groups([(demos, queries + cf) for demos, queries in groups])
+        return [calibrate(raw[: len(q)], raw[len(q):]) if cf else raw for (_, q), raw in zip(groups, raws)]
+
+
+def rows_by_demo_list(demo_lists: Sequence[Sequence[Example]], queries: Sequence[Example]) -> list[list[int]]:
+    """The query indices of each distinct demo list (by content), in first-seen order; one list per query."""
+    if len(demo_lists) != len(queries):
+        raise ValueError(f"{len(demo_lists)} demo lists for {len(queries)} queries; expected one each")
+    rows_of: dict[tuple, list[int]] = {}
+    for i, demos in enumerate(demo_lists):
+        rows_of.setdefault(tuple(d.content() for d in demos), []).append(i)
+    return list(rows_of.values())
 
 
 def grouped_logprobs(scorer: Scorer, demo_lists: Sequence[Sequence[Example]],
@@ -198,14 +211,9 @@ def grouped_logprobs(scorer: Scorer, demo_lists: Sequence[Sequence[Example]],
     A :class:`CachedScorer` scores every distinct prompt in one batched pass (:meth:`CachedScorer.logprobs_many`);
     any other :class:`Scorer` gets one call per distinct demo list (queries sharing a list share its prefix).
     """
-    if len(demo_lists) != len(queries):
-        raise ValueError(f"{len(demo_lists)} demo lists for {len(queries)} queries; expected one each")
     if isinstance(scorer, CachedScorer):
         return scorer.logprobs_many(demo_lists=demo_lists, queries=queries)
-    groups: dict[tuple, list[int]] = {}
-    for i, demos in enumerate(demo_lists):
-        groups.setdefault(tuple(d.content() for d in demos), []).append(i)
     out = np.zeros((len(queries), len(scorer.spec.labels)))
-    for rows in groups.values():
+    for rows in rows_by_demo_list(demo_lists, queries):
         out[rows] = scorer.logprobs(demos=list(demo_lists[rows[0]]), queries=[queries[i] for i in rows])
     return out

@@ -454,20 +454,20 @@ class HFScorer(CachedScorer):
         prompts = [self.tokens.split_shared(render_prefix(self.spec, d), [render_query(self.spec, q) for q in qs])
                    for d, qs in groups]
         conts = self.tokens.encode(label_continuations(self.spec))
-        out: list[np.ndarray | None] = [None] * len(groups)
+        norm = np.array([len(c) for c in conts], dtype=np.float64)[None, :] if self.length_norm else 1.0
+        out: list[np.ndarray] = [np.zeros(0)] * len(groups)
         # prompts that start alike go to the same trie; a trie holds at most TRIE_TOKENS tokens (bounded memory)
-        todo = sorted((g for g in range(len(groups)) if out[g] is None), key=lambda g: prompts[g][0])
+        order = sorted(range(len(groups)), key=lambda g: prompts[g][0])
         chunk: list[int] = []
         size = 0
-        for pos, g in enumerate(todo):
+        for pos, g in enumerate(order):
             chunk.append(g)
             size += len(prompts[g][0]) + sum(map(len, prompts[g][1]))
-            if size >= TRIE_TOKENS or pos == len(todo) - 1:
+            if size >= TRIE_TOKENS or pos == len(order) - 1:
                 for h, res in zip(chunk, self._score_packed([prompts[h] for h in chunk], conts)):
-                    norm = np.array([len(c) for c in conts], dtype=np.float64)[None, :] if self.length_norm else 1.0
                     out[h] = res / norm
                 chunk, size = [], 0
-        return out  # type: ignore[return-value]
+        return out
 
     @torch.inference_mode()
     def _score_packed(self, prompts: list[tuple[list[int], list[list[int]]]],
