@@ -594,6 +594,43 @@ def results_cmd(
     out.print(escape(f"written: {out_file}"))
 
 
+@app.command("per-query")
+@_friendly
+def per_query_cmd(
+    stage: Annotated[str, typer.Argument(help="collect | train | evaluate | report (each resumes).")],
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="The run folder.")] = Path("runs/per_query"),
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="JSON of the run's settings (PerQueryRunConfig fields).")] = None,
+    tasks: Annotated[str | None, typer.Option(
+        metavar="A,B,...", help="collect: tasks to collect; else the held-out tasks.")] = None,
+    feature_sets: Annotated[str | None, typer.Option(metavar="A,B,...", help="Feature sets to train.")] = None,
+    rewards: Annotated[str | None, typer.Option(metavar="A,B,...", help="Rewards to train on.")] = None,
+    split: Annotated[str, typer.Option(help="val (choosing settings) or test (reporting).")] = "test",
+    seeds: Annotated[str | None, typer.Option(metavar="0,1,...", help="Evaluation seeds.")] = None,
+    no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Evaluate the policies only.")] = False,
+) -> None:
+    """Per-query policies across tasks: collect episodes per task, train leave-one-task-out, evaluate, report."""
+    from rl_select.experiments.per_query_runs import PerQueryRunConfig, run_stage
+
+    def names(text: str | None) -> list[str]:
+        return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+    try:
+        fields = json.loads(config.read_text(encoding="utf-8")) if config else {}
+        cfg = PerQueryRunConfig(**fields)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot read per-query config {str(config)!r}: {str(exc).splitlines()[0]}") from None
+    try:
+        seed_list = [int(x) for x in names(seeds)] if seeds else None
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}; expected integers separated by commas") from None
+    table = run_stage(stage, run_dir, cfg, tasks=names(tasks) or None, feature_sets=names(feature_sets),
+                      rewards=names(rewards), split=split, seeds=seed_list, with_baselines=not no_baselines,
+                      say=lambda line: out.print(escape(line)))
+    if table:
+        print(table)
+
+
 # --- offline prompt construction: select / prompt (a policy or any selector -> a prompt file) ----------
 
 PolicyPathOpt = Annotated[str | None, typer.Option("--policy", help="A trained policy (.safetensors).")]

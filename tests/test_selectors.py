@@ -83,7 +83,8 @@ WITH_K = [name for name in SELECTOR_FACTORIES if name != "zero_shot"]
 
 def test_registry_lists_all_selectors() -> None:
     assert set(SELECTORS) == {"random", "zero_shot", "knn", "max_entropy", "random_search", "greedy", "policy",
-                              "policy_search", "policy_rank", "global_entropy", "policy_probe"}
+                              "policy_search", "policy_rank", "global_entropy", "policy_probe", "knn_majority",
+                              "knn_balanced", "knn_mmr", "policy_pq"}
     for name, cls in SELECTORS.items():
         assert issubclass(cls, Selector) and cls.name == name
     assert isinstance(make_selector("greedy", max_candidates=3), GreedySelector)

@@ -26,14 +26,16 @@ EXPECTED = {
         "global_entropy": (144, 12, False), "random_search": (72, 21, False), "random_search:3": (27, 21, False),
         "greedy": (180, 21, False), "policy": (84, 4, False), "policy_search:3": (279, 21, False),
         "policy_search:6s": (534, 21, False), "policy_rank": (504, 4, False), "policy_probe": (144, 12, False),
-        "policy_probe:knn": (81, 12, True),
+        "policy_probe:knn": (81, 12, True), "knn_majority": (0, 12, True), "knn_balanced": (0, 12, True),
+        "knn_mmr": (0, 12, True), "policy_pq": (20, 12, True),
     },
     "table_labelled": {
         "zero_shot": (0, 0, False), "random": (0, 4, False), "knn": (0, 12, True), "max_entropy": (42, 4, False),
         "global_entropy": (144, 12, False), "random_search": (72, 21, False), "random_search:3": (27, 21, False),
         "greedy": (180, 21, False), "policy": (12, 12, False), "policy_search:3": (39, 21, False),
         "policy_search:6s": (42, 21, False), "policy_rank": (12, 12, False), "policy_probe": (144, 12, False),
-        "policy_probe:knn": (81, 12, True),
+        "policy_probe:knn": (81, 12, True), "knn_majority": (0, 12, True), "knn_balanced": (0, 12, True),
+        "knn_mmr": (0, 12, True), "policy_pq": (20, 12, True),
     },
 }
 
@@ -109,7 +111,8 @@ def test_the_hand_kept_lists_are_gone():
 
 
 def test_results_group_by_the_declarations():
-    assert results.label_free_baselines() == ["zero_shot", "random", "knn", "max_entropy", "global_entropy"]
+    assert results.label_free_baselines() == ["zero_shot", "random", "knn", "knn_majority", "knn_balanced", "knn_mmr",
+                                             "max_entropy", "global_entropy"]
     lines = {x.label: x.labels for x in results._lines(["greedy", "zero_shot", "policy_search:2", "policy", "knn"])}
     assert list(lines) == ["zero_shot", "policy (seen)", "policy (transfer)", "knn", "greedy",
                            "policy_search:2 (seen)", "policy_search:2 (transfer)"]

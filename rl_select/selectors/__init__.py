@@ -28,6 +28,11 @@ from rl_select.selectors.tags import CostSetting, SelectorTags
 from rl_select.selectors.zero_shot import ZeroShotSelector
 from rl_select.selectors.random_selector import RandomSelector
 from rl_select.selectors.knn import KNNSelector
+from rl_select.selectors.neighbour_rules import (
+    BalancedNeighboursSelector,
+    MajorityNeighboursSelector,
+    MMRNeighboursSelector,
+)
 from rl_select.selectors.max_entropy import MaxEntropySelector
 from rl_select.selectors.global_entropy import GlobalEntropySelector
 from rl_select.selectors.random_search import RandomSearchSelector
@@ -36,10 +41,15 @@ from rl_select.selectors.policy_selector import PolicySelector
 from rl_select.selectors.policy_search import PolicySearchSelector
 from rl_select.selectors.policy_rank import PolicyRankSelector
 from rl_select.selectors.policy_probe import PolicyProbeSelector
+from rl_select.selectors.policy_per_query import PerQueryPolicySelector
 # isort: on
 
 __all__ = [
     "SELECTORS",
+    "BalancedNeighboursSelector",
+    "MajorityNeighboursSelector",
+    "MMRNeighboursSelector",
+    "PerQueryPolicySelector",
     "GlobalEntropySelector",
     "GreedySelector",
     "KNNSelector",

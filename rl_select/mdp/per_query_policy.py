@@ -1,0 +1,225 @@
+"""The exported per-query policy: a candidate-scoring Q-network that builds each query's prompt on its own.
+
+One ``.safetensors`` file (kind ``"per_query_policy"``) whose JSON document records the episode shape
+(``"per_query"``), the feature set, ``M`` neighbours per query, ``k``, the reward it was trained on, the
+scorer spec and the training summary; the whole file is hash-checked (:mod:`rl_select.mdp.artifacts`).
+It needs neither gymnasium nor SB3: :meth:`PerQueryPolicy.select_for` embeds the pool and the queries,
+scores the pool and the queries zero-shot (one cached LM row each, for the LM features), then rolls every
+query's episode out greedily under the shared :class:`~rl_select.mdp.episode.EpisodeRule`, all queries
+of a step in one Q-network forward.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rl_select.embeddings import Embedder
+from rl_select.errors import ConfigError, PolicyError, SelectionError
+from rl_select.lm.base import Scorer
+from rl_select.lm.spec import ScorerSpec
+from rl_select.mdp.artifacts import qnet_document, qnet_from_document, read_artifact, write_artifact
+from rl_select.mdp.episode import EpisodeRule
+from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, PoolTable, QueryContexts
+from rl_select.mdp.qnet import CandidateQNet, masked_q
+from rl_select.types import Example, is_int
+
+KIND = "per_query_policy"
+"""The artifact kind of a per-query policy (a fixed-prompt policy file is kind ``"policy"``)."""
+
+SHAPE = "per_query"
+"""The episode shape this policy was trained on (recorded in the document)."""
+
+_REQUIRED = ("shape", "feature_set", "m", "k", "reward", "scorer", "qnet", "training")
+
+
+class PerQueryPolicyWarning(UserWarning):
+    """A per-query policy used with another scorer than its training one (forced)."""
+
+
+def greedy_orders(qnet: CandidateQNet, view: FeatureView, table: PoolTable, ctx: QueryContexts, k: int,
+                  *, rows: Sequence[int] | None = None) -> list[list[int]]:
+    """Every query's greedy episode: at each step, one Q forward over all queries, masked argmax.
+
+    Args:
+        qnet: The Q-network (dims of ``view``).
+        view: The feature set.
+        table: The pool's table.
+        ctx: The queries' neighbourhoods.
+        k: Demonstrations per query (``1 <= k <= M``).
+        rows: Which queries (indices into ``ctx``); all by default.
+
+    Returns:
+        For each query, the chosen candidate positions (indices into its ``M`` neighbours), prompt order.
+    """
+    rule = EpisodeRule(n_candidates=ctx.m, k=k)
+    rows = list(range(len(ctx.queries))) if rows is None else [int(r) for r in rows]
+    chosen: list[list[int]] = [[] for _ in rows]
+    qnet.eval()
+    for _ in range(k):
+        feats = [view(table, ctx, i, ch, k) for i, ch in zip(rows, chosen)]
+        masks = np.stack([rule.mask(ch) for ch in chosen])
+        if not feats:
+            break
+        with torch.no_grad():
+            q = qnet(torch.as_tensor(np.stack([f[0] for f in feats])), torch.as_tensor(np.stack([f[1] for f in feats])))
+            q = masked_q(q, torch.as_tensor(masks))
+        for b, a in enumerate(q.argmax(dim=1).tolist()):
+            _, chosen[b], _ = rule.apply(np.int64(a), chosen[b], False)
+    return chosen
+
+
+class PerQueryPolicy:
+    """A trained per-query selector: ``Q(s, a)`` over a query's ``M`` nearest pool examples.
+
+    Args:
+        qnet: The trained :class:`CandidateQNet`.
+        feature_set: The feature set's name (:data:`~rl_select.mdp.per_query.FEATURE_SETS`).
+        m: Neighbours per query offered as candidates.
+        k: Demonstrations per query.
+        reward: The terminal reward it was trained on (:data:`~rl_select.mdp.per_query.PER_QUERY_REWARDS`).
+        scorer_spec: The scorer its rewards and LM features came from (``None``: not recorded).
+        training: Training summary (tasks, episodes, LM rows, agent settings).
+
+    Raises:
+        PolicyError: Settings that do not fit together (one line).
+    """
+
+    def __init__(self, qnet: CandidateQNet, *, feature_set: str, m: int, k: int, reward: str,
+                 scorer_spec: ScorerSpec | None = None, training: Mapping[str, Any] | None = None) -> None:
+        try:
+            self.view = FeatureView.of(feature_set)
+        except ConfigError as exc:
+            raise PolicyError(str(exc)) from None
+        if (qnet.state_dim, qnet.cand_dim) != self.view.dims:
+            raise PolicyError(f"q-net dims ({qnet.state_dim}, {qnet.cand_dim}) do not match feature set "
+                              f"{feature_set!r}; expected {self.view.dims}")
+        if not is_int(m) or not is_int(k) or not 1 <= k <= m:
+            raise PolicyError(f"m={m!r}, k={k!r}; expected integers with 1 <= k <= m")
+        if reward not in PER_QUERY_REWARDS:
+            raise PolicyError(f"reward {reward!r}; expected one of {list(PER_QUERY_REWARDS)}")
+        self.qnet = qnet.eval()
+        self.feature_set, self.m, self.k, self.reward = feature_set, int(m), int(k), reward
+        self.scorer_spec = scorer_spec
+        self.training = dict(training or {})
+
+    def __repr__(self) -> str:
+        return f"PerQueryPolicy(feature_set={self.feature_set!r}, m={self.m}, k={self.k}, reward={self.reward!r})"
+
+    # --- save / load ------------------------------------------------------------------------------
+
+    def _document(self) -> dict[str, Any]:
+        return {"shape": SHAPE, "feature_set": self.feature_set, "m": self.m, "k": self.k, "reward": self.reward,
+                "scorer": None if self.scorer_spec is None else self.scorer_spec.to_dict(),
+                "qnet": qnet_document(self.qnet), "training": copy.deepcopy(self.training)}
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {n: t.detach().to("cpu").contiguous().clone() for n, t in self.qnet.state_dict().items()}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the policy as one ``.safetensors`` file, atomically; returns the path."""
+        return write_artifact(path, kind=KIND, tensors=self._tensors(), doc=self._document())
+
+    @classmethod
+    def load(cls, path: str | Path) -> PerQueryPolicy:
+        """Read and check a file written by :meth:`save` (never executes code).
+
+        Raises:
+            PolicyError: Missing, unreadable, edited or corrupted file; a fixed-prompt policy file; a document
+                that lacks a field or does not match its tensors (one line naming the file).
+        """
+        where = f"policy file {str(path)!r}"
+        try:
+            tensors, doc = read_artifact(path, kind=KIND, error=PolicyError, what="policy file")
+        except PolicyError as exc:
+            if "holds a 'policy' document" in str(exc):
+                raise PolicyError(f"{where} is a fixed-prompt policy (one prompt for every query); expected a "
+                                  "per-query policy (rl-select train-per-query)") from None
+            raise
+        missing = [key for key in _REQUIRED if key not in doc]
+        if missing:
+            raise PolicyError(f"{where}: the metadata lacks {missing}; expected all of {list(_REQUIRED)}")
+        if doc["shape"] != SHAPE:
+            raise PolicyError(f"{where} records episode shape {doc['shape']!r}; expected {SHAPE!r}")
+        try:
+            scorer_spec = None if doc["scorer"] is None else ScorerSpec.from_dict(doc["scorer"], where="scorer")
+        except ConfigError as exc:
+            raise PolicyError(f"{where}: {exc}") from None
+        qnet = qnet_from_document(doc["qnet"], tensors, where=where, error=PolicyError)
+        try:
+            return cls(qnet, feature_set=doc["feature_set"], m=doc["m"], k=doc["k"], reward=doc["reward"],
+                       scorer_spec=scorer_spec, training=doc["training"])
+        except PolicyError as exc:
+            raise PolicyError(f"{where}: {exc}") from None
+
+    # --- use --------------------------------------------------------------------------------------
+
+    def check_scorer(self, scorer: Scorer, *, force: bool = False) -> bool:
+        """Refuse a scorer other than the training one unless ``force`` (then warn); ``True`` when the same.
+
+        Raises:
+            PolicyError: The scorers differ (one line naming the fields, trained vs given).
+        """
+        other: ScorerSpec | None = getattr(scorer, "scorer_spec", None)
+        if self.scorer_spec is None or other is None:
+            return True
+        diff = self.scorer_spec.differences(other)
+        if not diff:
+            return True
+        msg = f"this per-query policy was trained with another scorer ({'; '.join(diff)}; trained vs given)"
+        if not force:
+            raise PolicyError(f"{msg}; expected the training scorer (pass force=True / --force to use it anyway)")
+        warnings.warn(f"{msg}; its choices may not transfer", PerQueryPolicyWarning, stacklevel=3)
+        return False
+
+    def contexts(self, pool: Sequence[Example], queries: Sequence[Example], *, labels: Sequence[str],
+                 embedder: Embedder, scorer: Scorer | None) -> tuple[PoolTable, QueryContexts]:
+        """The pool's table and the queries' neighbourhoods this policy reads (LM rows only if its features need them).
+
+        Raises:
+            SelectionError: ``M`` larger than the pool, or a feature set that needs the LM without a scorer.
+        """
+        if self.m > len(pool):
+            raise SelectionError(f"this policy takes M={self.m} neighbours per query but the pool has {len(pool)} "
+                                 f"examples; expected a pool of at least {self.m}")
+        lm = scorer if self.view.needs_lm else None
+        if self.view.needs_lm and scorer is None:
+            raise SelectionError(f"feature set {self.feature_set!r} reads zero-shot LM features; expected a scorer")
+        table = PoolTable.build(pool, labels=labels, embedder=embedder, scorer=lm)
+        return table, QueryContexts.build(table, queries, m=self.m, embedder=embedder, scorer=lm)
+
+    def select_for(self, pool: Sequence[Example], queries: Sequence[Example], *, labels: Sequence[str],
+                   embedder: Embedder, scorer: Scorer | None = None, force: bool = False) -> list[list[Example]]:
+        """Each query's ``k`` demonstrations, in prompt order (the most relevant last, where the Q put it).
+
+        Args:
+            pool: Labelled candidate examples (at least ``M``).
+            queries: The queries (labels unused).
+            labels: The task's label names (pool labels are read as ids of these).
+            embedder: Sentence embedder for the neighbourhoods (the one the policy was trained with).
+            scorer: The frozen LM, for the zero-shot features (``P + Q`` rows, cached).
+            force: Use a scorer other than the training one (warns).
+
+        Returns:
+            ``len(queries)`` lists of ``k`` distinct pool examples.
+        """
+        if scorer is not None:
+            self.check_scorer(scorer, force=force)
+        if not queries:
+            return []
+        table, ctx = self.contexts(pool, queries, labels=labels, embedder=embedder, scorer=scorer)
+        orders = greedy_orders(self.qnet, self.view, table, ctx, self.k)
+        return [ctx.demos(table, i, order) for i, order in enumerate(orders)]
+
+
+def check_k_fits(k: int, m: int) -> None:
+    """One-line error unless ``1 <= k <= m`` (demonstrations per query against neighbours offered)."""
+    if not is_int(k) or not is_int(m) or not 1 <= k <= m:
+        raise SelectionError(f"k={k!r} demonstrations from M={m!r} neighbours; expected 1 <= k <= M")

@@ -1,0 +1,145 @@
+"""Hand-written per-query rules over each query's ``M`` nearest pool examples (no LM, no training).
+
+The baselines a learned per-query policy has to beat (issue 22): each reads the same neighbourhood the
+per-query policy reads (:class:`~rl_select.mdp.per_query.QueryContexts`), and puts the most similar
+chosen demonstration last, next to the query, like kNN.
+
+* ``knn_majority``: only neighbours carrying the neighbourhood's (similarity-weighted) majority label, the
+  ``k`` most similar of them (topped up with the nearest others when fewer than ``k`` carry it);
+* ``knn_balanced``: labels in turn, most voted label first, each time its most similar unused neighbour;
+* ``knn_mmr``: maximal marginal relevance (Carbonell & Goldstein 1998): greedily the neighbour with the
+  best ``lam * sim(query) - (1 - lam) * max sim(chosen)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rl_select.embeddings import Embedder, MiniLMEmbedder
+from rl_select.errors import SelectionError
+from rl_select.mdp.per_query import PoolTable, QueryContexts, vote_shares
+from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
+from rl_select.selectors.tags import SelectorTags
+from rl_select.types import Example
+
+_TAGS = dict(val_labels=False, pool_labels=True, trained=False, lm=False, per_query=True, count_arg="m",
+             lm_rows=lambda s: 0, labels_read=lambda s: s.n_pool, cost_note="0 (embedder, no LM)")
+
+
+class NeighbourRuleSelector(Selector):
+    """A rule over each query's ``m`` nearest pool examples; subclasses implement :meth:`order`.
+
+    Args:
+        m: Neighbours per query the rule chooses from (``k <= m``; capped at the pool size).
+        embedder: An :class:`~rl_select.embeddings.Embedder`, or ``None`` / a model id for MiniLM.
+    """
+
+    def __init__(self, m: int = 16, embedder: Embedder | str | Path | None = None) -> None:
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+            raise SelectionError(f"m={m!r}; expected a positive integer (neighbours per query)")
+        self.m = int(m)
+        self.embedder = embedder
+        self._emb: Embedder | None = None
+
+    def _embedder(self) -> Embedder:
+        if isinstance(self.embedder, Embedder):
+            return self.embedder
+        if self._emb is None:
+            self._emb = MiniLMEmbedder(None if self.embedder in (None, "minilm") else self.embedder)
+        return self._emb
+
+    def order(self, table: PoolTable, ctx: QueryContexts, i: int, k: int) -> list[int]:
+        """Neighbour positions (0 = nearest) for query ``i``, in prompt order."""
+        raise NotImplementedError
+
+    def select_for(self, ctx: SelectionContext, queries: Sequence[Example]) -> list[list[Example]]:
+        """``ctx.k`` demonstrations per query, the most similar chosen one last."""
+        check_k(ctx)
+        if ctx.k == 0 or not queries:
+            return [[] for _ in queries]
+        m = max(ctx.k, min(self.m, len(ctx.pool)))
+        emb = self._embedder()
+        table = PoolTable.build(ctx.pool, labels=ctx.scorer.spec.labels, embedder=emb)
+        qc = QueryContexts.build(table, queries, m=m, embedder=emb)
+        return [qc.demos(table, i, self.order(table, qc, i, ctx.k)) for i in range(len(queries))]
+
+    def select(self, ctx: SelectionContext) -> list[Example]:
+        """Per-query only: one prompt for every query has no query to be near."""
+        raise SelectionError(f"{self.name} chooses demonstrations per query; call select_for(ctx, queries)")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(m={self.m})"
+
+
+def _nearest_last(positions: list[int]) -> list[int]:
+    """Positions sorted so the nearest (smallest position) sits last."""
+    return sorted(positions, reverse=True)
+
+
+@register_selector
+class MajorityNeighboursSelector(NeighbourRuleSelector):
+    """The ``k`` most similar neighbours carrying the neighbourhood's majority label (see the module)."""
+
+    name = "knn_majority"
+    tags = SelectorTags(**_TAGS)
+
+    def order(self, table: PoolTable, ctx: QueryContexts, i: int, k: int) -> list[int]:
+        top = int(np.argmax(vote_shares(table, ctx, i)))
+        y = table.labels[ctx.nbr[i]]
+        same = [j for j in range(ctx.m) if y[j] == top]
+        other = [j for j in range(ctx.m) if y[j] != top]
+        return _nearest_last((same + other)[:k])
+
+
+@register_selector
+class BalancedNeighboursSelector(NeighbourRuleSelector):
+    """Labels in turn (most voted first), each its most similar unused neighbour (see the module)."""
+
+    name = "knn_balanced"
+    tags = SelectorTags(**_TAGS)
+
+    def order(self, table: PoolTable, ctx: QueryContexts, i: int, k: int) -> list[int]:
+        vote = vote_shares(table, ctx, i)
+        y = table.labels[ctx.nbr[i]]
+        queues = [[j for j in range(ctx.m) if y[j] == lab] for lab in np.argsort(-vote, kind="stable")]
+        queues = [q for q in queues if q]
+        chosen: list[int] = []
+        while len(chosen) < k:
+            for q in queues:
+                if q and len(chosen) < k:
+                    chosen.append(q.pop(0))
+        return _nearest_last(chosen)
+
+
+@register_selector
+class MMRNeighboursSelector(NeighbourRuleSelector):
+    """Maximal marginal relevance over the neighbours (see the module).
+
+    Args:
+        m: Neighbours per query.
+        lam: Relevance weight, ``0 <= lam <= 1`` (1 is kNN).
+        embedder: As :class:`NeighbourRuleSelector`.
+    """
+
+    name = "knn_mmr"
+    tags = SelectorTags(**_TAGS)
+
+    def __init__(self, m: int = 16, lam: float = 0.7, embedder: Embedder | str | Path | None = None) -> None:
+        super().__init__(m, embedder)
+        if not 0.0 <= float(lam) <= 1.0:
+            raise SelectionError(f"lam={lam!r}; expected a number in [0, 1]")
+        self.lam = float(lam)
+
+    def order(self, table: PoolTable, ctx: QueryContexts, i: int, k: int) -> list[int]:
+        emb = table.emb[ctx.nbr[i]]
+        sim_q = ctx.sims[i]
+        chosen: list[int] = []
+        for _ in range(k):
+            red = (emb @ emb[chosen].T).max(axis=1) if chosen else np.zeros(ctx.m)
+            score = self.lam * sim_q - (1.0 - self.lam) * red
+            score[chosen] = -np.inf
+            chosen.append(int(np.argmax(score)))
+        return chosen[::-1]  # the first pick (most relevant) sits last

@@ -1,0 +1,64 @@
+"""A trained :class:`~rl_select.mdp.per_query_policy.PerQueryPolicy` behind the selector interface.
+
+Each query gets its own ``k`` demonstrations from its ``M`` nearest pool examples, chosen greedily by the
+policy's Q-network. Selection reads pool labels only (no validation label); the LM features cost one
+zero-shot row per pool example and per query (cached), no prompt is scored at selection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rl_select.embeddings import Embedder, MiniLMEmbedder
+from rl_select.errors import SelectionError
+from rl_select.mdp.per_query_policy import PerQueryPolicy
+from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
+from rl_select.selectors.tags import SelectorTags
+from rl_select.types import Example
+
+
+@register_selector
+class PerQueryPolicySelector(Selector):
+    """Greedy per-query rollouts of a trained per-query policy (``rl-select per-query train``).
+
+    Args:
+        path: The policy's ``.safetensors`` file (kind ``per_query_policy``).
+        embedder: The sentence embedder of the neighbourhoods (MiniLM by default, as in training).
+        force: Use the policy with a scorer other than its training one (warns); refused by default.
+    """
+
+    name = "policy_pq"
+    tags = SelectorTags(val_labels=False, pool_labels=True, trained=True, lm=True, per_query=True, count_arg=None,
+                        lm_rows=lambda s: s.n_pool + (s.n_test or 0), labels_read=lambda s: s.n_pool,
+                        cost_note="P + T zero-shot rows (pool and queries, cached); no prompt scored")
+
+    def __init__(self, path: str | Path, embedder: Embedder | str | Path | None = None, force: bool = False) -> None:
+        self.path = str(path)
+        self.force = force
+        self.policy = PerQueryPolicy.load(path)
+        self.embedder = embedder
+        self._emb: Embedder | None = None
+
+    def _embedder(self) -> Embedder:
+        if isinstance(self.embedder, Embedder):
+            return self.embedder
+        if self._emb is None:
+            self._emb = MiniLMEmbedder(None if self.embedder in (None, "minilm") else self.embedder)
+        return self._emb
+
+    def select_for(self, ctx: SelectionContext, queries: Sequence[Example]) -> list[list[Example]]:
+        """The policy's ``k`` demonstrations for every query (``ctx.k`` must equal the policy's ``k``)."""
+        check_k(ctx)
+        if ctx.k != self.policy.k:
+            raise SelectionError(f"k={ctx.k}, but policy {self.path!r} was trained for k={self.policy.k}; "
+                                 f"expected k={self.policy.k}")
+        return self.policy.select_for(ctx.pool, queries, labels=ctx.scorer.spec.labels, embedder=self._embedder(),
+                                      scorer=ctx.scorer, force=self.force)
+
+    def select(self, ctx: SelectionContext) -> list[Example]:
+        """Per-query only."""
+        raise SelectionError(f"policy {self.path!r} is a per-query policy; call select_for(ctx, queries)")
+
+    def __repr__(self) -> str:
+        return f"PerQueryPolicySelector({self.path!r})"
