@@ -633,7 +633,8 @@ def per_query_cmd(
 
 # --- offline prompt construction: select / prompt (a policy or any selector -> a prompt file) ----------
 
-PolicyPathOpt = Annotated[str | None, typer.Option("--policy", help="A trained policy (.safetensors).")]
+PolicyPathOpt = Annotated[str | None, typer.Option(
+    "--policy", help="A trained policy (.safetensors), or 'pretrained' (the shipped per-query policy).")]
 SeedOpt = Annotated[int | None, typer.Option(
     help="Seed of the pool / val split and of the selector (default: a policy's first training seed, else 0).")]
 
@@ -695,6 +696,13 @@ def _select_prompt(cfg, explicit: frozenset[str], *, policy: str | None, selecto
         check_writable(out_file, overwrite=overwrite)
     _quiet_libraries()
     pol = None
+    from rl_select.mdp.artifacts import peek_kind
+    from rl_select.mdp.per_query_policy import KIND as PER_QUERY_KIND
+    from rl_select.mdp.per_query_policy import resolve_policy_path
+
+    if policy is not None and peek_kind(resolve_policy_path(policy)) == PER_QUERY_KIND:
+        return _select_per_query(cfg, explicit, policy=policy, seed=seed, force=force, validate=validate,
+                                 out_file=out_file, overwrite=overwrite, write=write)
     if policy is not None:
         from rl_select.experiments.reproduce import policy_settings
         from rl_select.mdp.policy import SelectorPolicy
@@ -732,6 +740,44 @@ def _select_prompt(cfg, explicit: frozenset[str], *, policy: str | None, selecto
     if path is not None:
         pf.save(path, overwrite=overwrite)
     return pf, inputs, scorer, path, seed, pol
+
+
+def _select_per_query(cfg, explicit: frozenset[str], *, policy: str, seed: int | None, force: bool, validate: bool,
+                      out_file: Path | None,
+                      overwrite: bool, write: bool):
+    """A per-query policy's choices for every test row of the data, as a per-query prompt file (see
+    :func:`~rl_select.prompt_file.select_per_query_prompt`); the task and data are the user's (the policy is
+    task-agnostic), the scorer the policy's training one unless --force."""
+    from rl_select.experiments.harness import build_scorer
+    from rl_select.experiments.prompt_runs import default_prompt_path, selection_inputs
+    from rl_select.mdp.per_query_policy import PerQueryPolicy
+    from rl_select.prompt_file import check_writable, select_per_query_prompt
+
+    pol = PerQueryPolicy.load(policy)
+    seed = 0 if seed is None else seed
+    cfg = cfg.updated(seeds=[seed], n_test=1)
+    if pol.scorer_spec is not None:  # the training scorer's settings, where the user set none (a set one is checked)
+        trained = pol.scorer_spec.to_dict()
+        cfg = cfg.updated(lm={key: trained[key] for key in ("backend", "model", "mode", "length_norm", "calibrate")
+                              if key in trained and key not in explicit})
+    inputs = selection_inputs(cfg, seed)
+    if pol.m > len(inputs.pool):
+        raise ConfigError(f"policy {policy!r} takes M={pol.m} neighbours per query but the pool has "
+                          f"{len(inputs.pool)}; expected --n-pool >= {pol.m}")
+    path = None
+    if write:
+        path = out_file or default_prompt_path(cfg, inputs.spec.name, "policy_pq")
+        check_writable(path, overwrite=overwrite)
+    with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
+        scorer = build_scorer(cfg, inputs.spec)
+    queries = list(inputs.data.test) if inputs.data is not None else []
+    pf = select_per_query_prompt(pol, task=inputs.spec, pool=inputs.pool, queries=queries, scorer=scorer,
+                                 val=inputs.val if validate else (), seed=seed, measure=validate,
+                                 args={"path": policy}, source={**inputs.source, "queries": "test", "n_queries":
+                                                                len(queries)}, scorer_spec=cfg.lm, force=force)
+    if path is not None:
+        pf.save(path, overwrite=overwrite)
+    return pf, inputs, scorer, path, seed, None
 
 
 @config_command("select", ("task", "data", "k", "n_pool", "n_val", "cache", "out"), LM)

@@ -82,6 +82,9 @@ HASH_FIELD = "sha256"
 KNN_ORDER = "the k pool examples nearest the query by cosine similarity, least similar first (most similar last)"
 """What ``per_query.order`` says for kNN files."""
 
+POLICY_ORDER = "chosen per query by a trained per-query policy from the query's M nearest pool examples"
+"""What ``per_query.order`` says for per-query policy files."""
+
 _REQUIRED = ("format", "format_version", "kind", "task", "demos", "per_query", "selector", "scorer")
 
 
@@ -94,7 +97,11 @@ class PromptFileError(ArtifactError):
 
 @dataclass(frozen=True)
 class PerQuery:
-    """How a per-query prompt file chooses demonstrations for each query (kNN, as at selection time).
+    """How a per-query prompt file gives each query its demonstrations.
+
+    ``"knn"`` stores the rule (kNN, as at selection time) and runs it for any query without the LM. A trained
+    per-query policy needs the LM's zero-shot features to choose, so its file (``"policy"``) stores each
+    query's chosen demonstrations (:attr:`assigned`) and renders those queries only.
 
     Attributes:
         pool: The candidate demonstrations.
@@ -102,7 +109,8 @@ class PerQuery:
         embedder: ``"minilm"`` (the bundled all-MiniLM-L6-v2), ``"hashing"`` / ``"hashing:<dim>"`` (the
             model-free hashing embedder), or a sentence-transformers model id or folder.
         exclude_same_text: Rank pool items whose text equals the query's last.
-        method: ``"knn"`` (the only per-query rule a file stores).
+        method: ``"knn"`` or ``"policy"``.
+        assigned: ``"policy"`` only: ``(query key, pool uids in prompt order)`` per query (:func:`query_key`).
     """
 
     pool: tuple[Example, ...]
@@ -110,6 +118,16 @@ class PerQuery:
     embedder: str = "minilm"
     exclude_same_text: bool = True
     method: str = "knn"
+    assigned: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+PER_QUERY_METHODS: tuple[str, ...] = ("knn", "policy")
+"""How a per-query file chooses (see :class:`PerQuery`)."""
+
+
+def query_key(ex: Example) -> str:
+    """The key a ``"policy"`` file stores a query under: its input text(s), a pair joined by a unit separator."""
+    return ex.text if ex.text2 is None else f"{ex.text}\x1f{ex.text2}"
 
 
 @dataclass(frozen=True)
@@ -153,8 +171,17 @@ class PromptFile:
         if pq is not None:
             if self.demos:
                 raise PromptFileError("a per-query prompt holds no fixed demos; expected demos=() with per_query")
-            if pq.method != "knn":
-                raise PromptFileError(f"per_query.method={pq.method!r}; expected 'knn'")
+            if pq.method not in PER_QUERY_METHODS:
+                raise PromptFileError(f"per_query.method={pq.method!r}; expected one of {list(PER_QUERY_METHODS)}")
+            if (pq.method == "policy") != bool(pq.assigned):
+                raise PromptFileError(f"per_query.method={pq.method!r} with {len(pq.assigned)} assigned queries; "
+                                      "expected assigned queries exactly for method 'policy'")
+            uids = {d.uid for d in pq.pool}
+            for key, chosen in pq.assigned:
+                bad = [u for u in chosen if u not in uids]
+                if bad or len(chosen) != pq.k:
+                    raise PromptFileError(f"per_query.assigned: query {key[:60]!r} has demos {list(chosen)!r:.120}; "
+                                          f"expected k={pq.k} uids of the stored pool")
             if not is_int(pq.k) or not 0 <= pq.k <= len(pq.pool):
                 raise PromptFileError(f"per_query.k={pq.k!r}; expected 0 <= k <= the pool's {len(pq.pool)} examples")
             if pq.embedder == "scorer" or not isinstance(pq.embedder, str) or not pq.embedder:
@@ -209,6 +236,8 @@ class PromptFile:
         examples = [self.example(q, where=f"query {i + 1}") for i, q in enumerate(queries)]
         if self.per_query is None:
             return [list(self.demos) for _ in examples]
+        if self.per_query.method == "policy":
+            return _assigned_demos(self.per_query, examples, origin=self.origin)
         return _knn_demos(self.per_query, examples)
 
     def render(self, query: Example | str | Sequence[str] | Mapping[str, Any]) -> str:
@@ -242,7 +271,10 @@ class PromptFile:
             "demos": [_demo_doc(self.task, d) for d in self.demos],
             "per_query": None if pq is None else {
                 "method": pq.method, "k": pq.k, "embedder": pq.embedder, "exclude_same_text": pq.exclude_same_text,
-                "order": KNN_ORDER, "pool": [_demo_doc(self.task, d) for d in pq.pool],
+                "order": KNN_ORDER if pq.method == "knn" else POLICY_ORDER,
+                "pool": [_demo_doc(self.task, d) for d in pq.pool],
+                **({"assigned": [{"query": key, "demos": list(chosen)} for key, chosen in pq.assigned]}
+                   if pq.method == "policy" else {}),
             },
             "prefix": self.prefix,
             "query_template": self.query_template,
@@ -293,7 +325,7 @@ class PromptFile:
             per_query = PerQuery(pool=tuple(_read_demos(task, pq_doc["pool"], where=where, key="per_query.pool")),
                                  k=pq_doc["k"], embedder=pq_doc["embedder"],
                                  exclude_same_text=bool(pq_doc.get("exclude_same_text", True)),
-                                 method=pq_doc.get("method", "knn"))
+                                 method=pq_doc.get("method", "knn"), assigned=_read_assigned(pq_doc, where))
         scorer = None
         if doc["scorer"] is not None:
             try:
@@ -325,6 +357,15 @@ class PromptFile:
         if self.per_query is None:
             return self.prefix or ""
         pq = self.per_query
+        if pq.method == "policy":
+            by_uid = {d.uid: d for d in pq.pool}
+            blocks = [f"# rl_select per-query prompts (a trained per-query policy): {len(pq.assigned)} queries, "
+                      f"each with its own k={pq.k} demonstrations ({POLICY_ORDER}).", ""]
+            for key, chosen in pq.assigned:
+                ex = Example(text=key.split("\x1f")[0], text2=key.split("\x1f")[1] if "\x1f" in key else None,
+                             label=self.task.labels[0])
+                blocks += [render_prompt(self.task, [by_uid[u] for u in chosen], ex), "", "# ---", ""]
+            return "\n".join(blocks)
         pool = "".join(render_demo(self.task, d) + self.task.separator for d in pq.pool)
         head = [
             f"# rl_select per-query prompt ({pq.method}): there is no fixed demonstration prefix.",
@@ -735,6 +776,81 @@ def make_baseline(name: str, args: Mapping[str, Any] | None = None) -> Any:
     if base == "knn" and isinstance(args.get("embedder"), str):
         args["embedder"] = embedder_from_name(args["embedder"])  # refuses "scorer": files render without the LM
     return make_selector(base, **args)
+
+
+def _read_assigned(pq_doc: Mapping[str, Any], where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    items = pq_doc.get("assigned", [])
+    if not isinstance(items, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("query"), str) and isinstance(i.get("demos"), list)
+            for i in items):
+        raise PromptFileError(f"{where}: field 'per_query.assigned' is {items!r:.80}; expected a list of "
+                              "{'query': text, 'demos': [uid, ...]}")
+    return tuple((i["query"], tuple(str(u) for u in i["demos"])) for i in items)
+
+
+def _assigned_demos(pq: PerQuery, queries: Sequence[Example], *, origin: str = "") -> list[list[Example]]:
+    by_uid = {d.uid: d for d in pq.pool}
+    table = dict(pq.assigned)
+    out = []
+    for i, q in enumerate(queries):
+        chosen = table.get(query_key(q))
+        if chosen is None:
+            where = f"prompt file {origin!r}" if origin else "this prompt file"
+            raise PromptFileError(f"query {i + 1} ({q.text[:50]!r}) is not one of the {len(table)} queries {where} "
+                                  "holds; a per-query policy needs the LM to choose for a new query (rl-select select "
+                                  "--policy FILE with those queries)")
+        out.append([by_uid[u] for u in chosen])
+    return out
+
+
+def select_per_query_prompt(
+    policy: Any, *, task: TaskSpec, pool: Sequence[Example], queries: Sequence[Example], scorer: Any,
+    val: Sequence[Example] = (), seed: int = 0, measure: bool = True, args: Mapping[str, Any] | None = None,
+    source: Mapping[str, Any] | None = None, scorer_spec: ScorerSpec | None = None, force: bool = False,
+    embedder: Any = None,
+) -> PromptFile:
+    """A per-query policy's choices for ``queries`` as a ``"policy"`` per-query prompt file.
+
+    Args:
+        policy: A :class:`~rl_select.mdp.per_query_policy.PerQueryPolicy`.
+        task: The task.
+        pool: Labelled candidates (at least the policy's ``M``).
+        queries: The queries to choose for (labels unused).
+        scorer: The frozen LM (zero-shot features; the policy's training scorer unless ``force``).
+        val: Validation rows; with ``measure``, the policy chooses for them too and their accuracy is stored.
+        seed, args, source, scorer_spec: Recorded in the file.
+        embedder: The neighbourhoods' embedder (the bundled MiniLM, as in training, by default).
+
+    Raises:
+        PolicyError, SelectionError: As :meth:`PerQueryPolicy.select_for` (one line).
+    """
+    from rl_select.embeddings import MiniLMEmbedder
+    from rl_select.lm.base import grouped_logprobs
+    from rl_select.metrics import label_ids
+
+    emb = embedder or MiniLMEmbedder()
+    before = scorer.stats.copy()
+    lists = policy.select_for(pool, queries, labels=task.labels, embedder=emb, scorer=scorer, force=force)
+    select_stats = scorer.stats - before
+    assigned = dict.fromkeys(query_key(q) for q in queries)
+    for q, demos in zip(queries, lists):
+        assigned[query_key(q)] = tuple(d.uid for d in demos)
+    used = {u for chosen in assigned.values() for u in chosen}
+    per_query = PerQuery(pool=tuple(d for d in pool if d.uid in used), k=policy.k, embedder="minilm",
+                         method="policy", assigned=tuple(assigned.items()))
+    acc, lm_calls = None, {"select": select_stats.as_dict()}
+    if measure and val:
+        before = scorer.stats.copy()
+        val_lists = policy.select_for(pool, val, labels=task.labels, embedder=emb, scorer=scorer, force=force)
+        pred = grouped_logprobs(scorer, val_lists, list(val)).argmax(axis=1)
+        acc = float(np.mean(pred == label_ids(task.labels, val)))
+        lm_calls["validate"] = (scorer.stats - before).as_dict()
+    spec = getattr(scorer, "scorer_spec", None) or scorer_spec
+    return PromptFile(task=task, per_query=per_query, scorer=spec, source=dict(source or {}),
+                      selector={"name": "policy_pq", "args": dict(args or {}), "k": policy.k, "seed": seed,
+                                "m": policy.m, "feature_set": policy.feature_set},
+                      val_accuracy=acc, n_val=len(val) if acc is not None else 0, lm_calls=lm_calls,
+                      created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 def _knn_demos(pq: PerQuery, queries: Sequence[Example]) -> list[list[Example]]:

@@ -3,6 +3,8 @@ the neighbour rules and the per-query policy selector (toy scorer, hashing embed
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -243,8 +245,9 @@ def test_policy_files_refuse_edits_the_other_shape_and_too_small_pools(tmp_path)
     scorer, table, ctx, _, policy = _trained(tmp_path, n=60)
     path = policy.save(tmp_path / "pq.safetensors")
     raw = bytearray(path.read_bytes())
-    at = raw.find(b'"k":3')
-    raw[at:at + 5] = b'"k":2'
+    at = raw.find(b'\\"k\\": 3,')  # the document is JSON inside the header's JSON: quotes are escaped
+    assert at > 0
+    raw[at + 7] = ord("2")
     edited = tmp_path / "edited.safetensors"
     edited.write_bytes(bytes(raw))
     with pytest.raises(PolicyError, match="edited or corrupted"):
@@ -308,3 +311,39 @@ def test_policy_selector_uses_the_policy_and_checks_k(tmp_path):
     with pytest.raises(SelectionError, match="trained for k=3; expected k=3"):
         sel.select_for(SelectionContext(pool=POOL, val=[], k=2, scorer=scorer, rng=np.random.default_rng(0)),
                        QUERIES[:5])
+
+
+# --- per-query prompt files --------------------------------------------------------------------------------
+
+
+def test_a_per_query_policy_writes_a_prompt_file_that_renders_each_query_with_its_own_demos(tmp_path):
+    from rl_select.prompt_file import PromptFile, PromptFileError, select_per_query_prompt
+
+    scorer, table, ctx, _, policy = _trained(tmp_path, n=60)
+    queries = QUERIES[:6]
+    pf = select_per_query_prompt(policy, task=SPEC, pool=POOL, queries=queries, scorer=scorer, val=QUERIES[6:16],
+                                 embedder=EMB)
+    want = policy.select_for(POOL, queries, labels=SPEC.labels, embedder=EMB, scorer=scorer)
+    assert pf.kind == "per_query" and pf.per_query.method == "policy" and pf.k == 3
+    assert pf.demos_for(queries) == want and 0.0 <= pf.val_accuracy <= 1.0 and pf.n_val == 10
+    path = pf.save(tmp_path / "pq.json")
+    loaded = PromptFile.load(path)
+    assert loaded.render_many(queries) == pf.render_many(queries)
+    assert queries[0].text in path.with_suffix(".txt").read_text()
+    with pytest.raises(PromptFileError, match="not one of the 6 queries .*needs the LM to choose for a new query"):
+        loaded.render("a query nobody chose for")
+    doc = json.loads(path.read_text())
+    doc["per_query"]["assigned"][0]["demos"][0] = "toy:999"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(PromptFileError, match="edited or corrupted"):
+        PromptFile.load(path)
+
+
+def test_the_pretrained_name_resolves_to_the_shipped_policy():
+    from rl_select.mdp.per_query_policy import resolve_policy_path
+
+    path = resolve_policy_path("pretrained")
+    policy = PerQueryPolicy.load("pretrained")
+    assert path.is_file() and path.stat().st_size < 1_000_000
+    assert policy.training["tasks"] and policy.training["rebuild"].startswith("rl-select per-query")
+    assert resolve_policy_path("x.safetensors").name == "x.safetensors"

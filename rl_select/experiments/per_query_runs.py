@@ -33,6 +33,7 @@ from rl_select.lm.spec import ScorerSpec
 from rl_select.mdp.per_query import FeatureView, PoolTable, QueryContexts, vote_shares
 from rl_select.mdp.per_query_policy import PerQueryPolicy
 from rl_select.metrics import label_ids
+from rl_select.prompts import content_free_queries
 from rl_select.selectors import SelectionContext, make_selector
 from rl_select.tasks import TaskSpec, resolve_task
 from rl_select.types import Example
@@ -165,7 +166,7 @@ class PerQueryRun:
         return self._episodes[key]
 
     def train(self, policy_name: str, tasks: Sequence[str], *, feature_set: str | None = None,
-              reward: str | None = None, seed: int = 0, limit: int | None = None) -> Path:
+              reward: str | None = None, seed: int = 0, limit: int | None = None, rebuild: str = "") -> Path:
         """Train (or reuse) ``RUN/policies/<policy_name>.safetensors`` on the stores of ``tasks``."""
         c = self.cfg
         fs, rw = feature_set or c.feature_set, reward or c.reward
@@ -183,8 +184,13 @@ class PerQueryRun:
         qnet, summary = train_per_query(eps, seed=seed, steps=c.train_steps, hidden=tuple(c.hidden),
                                         cql_alpha=c.cql_alpha)
         summary.pop("history", None)
-        training = {"tasks": list(tasks), "episodes_per_task": rows, "seconds": round(time.perf_counter() - t0, 1),
-                    "run_config": asdict(c), **summary}
+        cf = c.scorer_spec().calibrate
+        # each episode: its query's row, plus its prompt's content-free rows when calibrated
+        lm_rows = {name: n * (1 + (len(content_free_queries(self.task(name)[0])) if cf else 0))
+                   for name, n in rows.items()}
+        training = {"tasks": list(tasks), "episodes_per_task": rows, "prompt_lm_rows_per_task": lm_rows,
+                    "seconds": round(time.perf_counter() - t0, 1), "rebuild": rebuild,
+                    "run_config": {k: v for k, v in asdict(c).items() if k != "cache"}, **summary}
         PerQueryPolicy(qnet, feature_set=fs, m=c.m, k=c.k, reward=rw, scorer_spec=self.scorer(tasks[0]).scorer_spec,
                        training=training).save(path)
         self.say(f"trained {policy_name} on {sum(rows.values())} episodes of {list(tasks)} "
@@ -313,7 +319,7 @@ def baselines(run: PerQueryRun) -> dict[str, Callable[..., Any]]:
             "knn_mmr": registered("knn_mmr", c.k, m=c.m, embedder=emb), "knn_vote": knn_vote(run, c.m)}
 
 
-STAGES: tuple[str, ...] = ("collect", "train", "evaluate", "report")
+STAGES: tuple[str, ...] = ("collect", "train", "general", "evaluate", "report")
 """The stages of a per-query run, in order (each resumes)."""
 
 
@@ -326,6 +332,8 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
     * ``collect``: fill the stores of ``tasks`` (default: the config's training tasks);
     * ``train``: for every held-out task (``tasks``, default the config's eval tasks) and every
       ``(feature_set, reward)``, a policy trained on every other training task (``loo-<task>-<fs>-<reward>``);
+    * ``general``: one policy per ``(feature_set, reward)`` trained on every training task
+      (``general-<fs>-<reward>``, the one that ships with the package);
     * ``evaluate``: train what is missing, then append the baselines' and the policies' accuracy on ``split``
       rows of every held-out task and seed to ``results.csv``;
     * ``report``: the Markdown table of ``results.csv`` (returned).
@@ -342,6 +350,12 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
     run = PerQueryRun(cfg, run_dir, say=say)
     if stage == "collect":
         run.collect(tasks)
+        return None
+    if stage == "general":
+        for fs, rw in variants(cfg, feature_sets, rewards):
+            run.train(f"general-{fs}-{rw}", cfg.train_tasks, feature_set=fs, reward=rw,
+                      rebuild=f"rl-select per-query collect --config CONFIG && rl-select per-query general --config "
+                              f"CONFIG --feature-sets {fs} --rewards {rw}")
         return None
     held_out = list(tasks or cfg.eval_tasks)
     for target in held_out:

@@ -194,6 +194,17 @@ def read_artifact(
     return tensors, doc
 
 
+def peek_kind(path: str | Path) -> str | None:
+    """The ``kind`` an rl_select artifact declares (unchecked; ``None`` for anything else). To dispatch on, then load
+    with the class of that kind, which checks the whole file."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            doc = json.loads((f.metadata() or {}).get(METADATA_KEY, "{}"))
+    except Exception:  # not a readable artifact: the real loader says why
+        return None
+    return doc.get("kind") if isinstance(doc, dict) else None
+
+
 def qnet_document(qnet: CandidateQNet) -> dict[str, Any]:
     """The ``"qnet"`` entry of a document: the architecture that rebuilds ``qnet``."""
     return {"class": type(qnet).__name__, "state_dim": qnet.state_dim, "cand_dim": qnet.cand_dim,

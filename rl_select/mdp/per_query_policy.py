@@ -37,11 +37,27 @@ KIND = "per_query_policy"
 SHAPE = "per_query"
 """The episode shape this policy was trained on (recorded in the document)."""
 
+PRETRAINED = "pretrained"
+"""The name that stands for the general per-query policy shipped in the package (:func:`resolve_policy_path`)."""
+
+_PACKAGED = Path(__file__).resolve().parent.parent / "pretrained" / "per_query.safetensors"
+
 _REQUIRED = ("shape", "feature_set", "m", "k", "reward", "scorer", "qnet", "training")
 
 
 class PerQueryPolicyWarning(UserWarning):
     """A per-query policy used with another scorer than its training one (forced)."""
+
+
+def resolve_policy_path(path: str | Path) -> Path:
+    """``path``, or for ``"pretrained"`` the general per-query policy shipped in the package (trained on the nine
+    shared tasks for the bundled model; its document records the command that rebuilds it)."""
+    if str(path) == PRETRAINED:
+        if not _PACKAGED.is_file():
+            raise PolicyError(f"the pretrained per-query policy is missing from this install ({str(_PACKAGED)!r}); "
+                              "expected it in the package (reinstall rl_select)")
+        return _PACKAGED
+    return Path(path)
 
 
 def greedy_orders(qnet: CandidateQNet, view: FeatureView, table: PoolTable, ctx: QueryContexts, k: int,
@@ -129,12 +145,13 @@ class PerQueryPolicy:
 
     @classmethod
     def load(cls, path: str | Path) -> PerQueryPolicy:
-        """Read and check a file written by :meth:`save` (never executes code).
+        """Read and check a file written by :meth:`save` (never executes code); ``"pretrained"`` is the shipped one.
 
         Raises:
             PolicyError: Missing, unreadable, edited or corrupted file; a fixed-prompt policy file; a document
                 that lacks a field or does not match its tensors (one line naming the file).
         """
+        path = resolve_policy_path(path)
         where = f"policy file {str(path)!r}"
         try:
             tensors, doc = read_artifact(path, kind=KIND, error=PolicyError, what="policy file")
