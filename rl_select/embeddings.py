@@ -161,6 +161,14 @@ class MiniLMEmbedder:
         return f"MiniLMEmbedder(model={self.model!r}, device={self.device!r})"
 
 
+def as_embedder(embedder: Embedder | str | Path | None) -> Embedder:
+    """An :class:`Embedder` as given, or a :class:`MiniLMEmbedder` for ``None`` / ``"minilm"`` (the bundled
+    model) or another sentence-transformers model id or folder (loaded lazily, on first use)."""
+    if isinstance(embedder, Embedder):
+        return embedder
+    return MiniLMEmbedder(None if embedder in (None, "minilm") else embedder)
+
+
 class ScorerEmbedder:
     """Embeds with the LM scorer's own ``embed(texts) -> np.ndarray[n, d]`` (e.g. mean-pooled states).
 

@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from rl_select.errors import ArtifactError
+from rl_select.errors import ArtifactError, PolicyError
 from rl_select.mdp.qnet import CandidateQNet
 from rl_select.types import document_sha256, is_int
 
@@ -192,6 +193,30 @@ def read_artifact(
         raise error(f"{where} was edited or corrupted: its contents do not match their recorded {HASH_FIELD}; "
                     "re-export it")
     return tensors, doc
+
+
+def refuse_other_scorer(diff: list[str], *, force: bool, warning: type[Warning], what: str = "this policy") -> bool:
+    """The one rule for a policy used with another scorer than its training one: refused unless ``force``.
+
+    Args:
+        diff: How the scorers differ (``"field: trained vs given"`` each); empty: the same scorer.
+        force: Use it anyway (warns with ``warning``).
+        warning: The warning class of a forced use.
+        what: How the message names the policy.
+
+    Returns:
+        ``True`` for the training scorer, ``False`` after the warning (forced).
+
+    Raises:
+        PolicyError: The scorers differ and ``force`` is not set (one line naming the fields).
+    """
+    if not diff:
+        return True
+    msg = f"{what} was trained with another scorer ({'; '.join(diff)}; trained vs given)"
+    if not force:
+        raise PolicyError(f"{msg}; expected the training scorer (pass force=True / --force to use it anyway)")
+    warnings.warn(f"{msg}; its choices may not transfer", warning, stacklevel=4)
+    return False
 
 
 def peek_kind(path: str | Path) -> str | None:

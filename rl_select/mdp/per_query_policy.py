@@ -12,7 +12,6 @@ of a step in one Q-network forward.
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,13 @@ from rl_select.embeddings import Embedder
 from rl_select.errors import ConfigError, PolicyError, SelectionError
 from rl_select.lm.base import Scorer
 from rl_select.lm.spec import ScorerSpec
-from rl_select.mdp.artifacts import qnet_document, qnet_from_document, read_artifact, write_artifact
+from rl_select.mdp.artifacts import (
+    qnet_document,
+    qnet_from_document,
+    read_artifact,
+    refuse_other_scorer,
+    write_artifact,
+)
 from rl_select.mdp.episode import EpisodeRule
 from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, PoolTable, QueryContexts
 from rl_select.mdp.qnet import CandidateQNet, masked_q
@@ -185,16 +190,8 @@ class PerQueryPolicy:
             PolicyError: The scorers differ (one line naming the fields, trained vs given).
         """
         other: ScorerSpec | None = getattr(scorer, "scorer_spec", None)
-        if self.scorer_spec is None or other is None:
-            return True
-        diff = self.scorer_spec.differences(other)
-        if not diff:
-            return True
-        msg = f"this per-query policy was trained with another scorer ({'; '.join(diff)}; trained vs given)"
-        if not force:
-            raise PolicyError(f"{msg}; expected the training scorer (pass force=True / --force to use it anyway)")
-        warnings.warn(f"{msg}; its choices may not transfer", PerQueryPolicyWarning, stacklevel=3)
-        return False
+        diff = [] if self.scorer_spec is None or other is None else self.scorer_spec.differences(other)
+        return refuse_other_scorer(diff, force=force, warning=PerQueryPolicyWarning, what="this per-query policy")
 
     def contexts(self, pool: Sequence[Example], queries: Sequence[Example], *, labels: Sequence[str],
                  embedder: Embedder, scorer: Scorer | None) -> tuple[PoolTable, QueryContexts]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from rl_select.mdp.artifacts import (
     qnet_document,
     qnet_from_document,
     read_artifact,
+    refuse_other_scorer,
     write_artifact,
 )
 from rl_select.mdp.critic import TENSOR as CRITIC_TENSOR
@@ -285,14 +285,7 @@ class SelectorPolicy:
         Raises:
             PolicyError: The scorers differ and ``force`` is not set; one line naming both settings.
         """
-        diff = self.scorer_differences(scorer)
-        if not diff:
-            return True
-        msg = f"this policy was trained with another scorer ({'; '.join(diff)}; trained vs given)"
-        if not force:
-            raise PolicyError(f"{msg}; expected the training scorer (pass force=True / --force to use it anyway)")
-        warnings.warn(f"{msg}; its choices may not transfer", PolicyWarning, stacklevel=3)
-        return False
+        return refuse_other_scorer(self.scorer_differences(scorer), force=force, warning=PolicyWarning)
 
     def select(
         self,

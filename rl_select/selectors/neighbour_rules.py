@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rl_select.embeddings import Embedder, MiniLMEmbedder
+from rl_select.embeddings import Embedder, as_embedder
 from rl_select.errors import SelectionError
 from rl_select.mdp.per_query import PoolTable, QueryContexts, vote_shares
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
@@ -42,14 +42,7 @@ class NeighbourRuleSelector(Selector):
             raise SelectionError(f"m={m!r}; expected a positive integer (neighbours per query)")
         self.m = int(m)
         self.embedder = embedder
-        self._emb: Embedder | None = None
-
-    def _embedder(self) -> Embedder:
-        if isinstance(self.embedder, Embedder):
-            return self.embedder
-        if self._emb is None:
-            self._emb = MiniLMEmbedder(None if self.embedder in (None, "minilm") else self.embedder)
-        return self._emb
+        self._emb = as_embedder(embedder)
 
     def order(self, table: PoolTable, ctx: QueryContexts, i: int, k: int) -> list[int]:
         """Neighbour positions (0 = nearest) for query ``i``, in prompt order."""
@@ -61,7 +54,7 @@ class NeighbourRuleSelector(Selector):
         if ctx.k == 0 or not queries:
             return [[] for _ in queries]
         m = max(ctx.k, min(self.m, len(ctx.pool)))
-        emb = self._embedder()
+        emb = self._emb
         table = PoolTable.build(ctx.pool, labels=ctx.scorer.spec.labels, embedder=emb)
         qc = QueryContexts.build(table, queries, m=m, embedder=emb)
         return [qc.demos(table, i, self.order(table, qc, i, ctx.k)) for i in range(len(queries))]

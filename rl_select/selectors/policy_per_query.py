@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from rl_select.embeddings import Embedder, MiniLMEmbedder
+from rl_select.embeddings import Embedder, as_embedder
 from rl_select.errors import SelectionError
 from rl_select.mdp.per_query_policy import PerQueryPolicy
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
@@ -38,14 +38,7 @@ class PerQueryPolicySelector(Selector):
         self.force = force
         self.policy = PerQueryPolicy.load(path)
         self.embedder = embedder
-        self._emb: Embedder | None = None
-
-    def _embedder(self) -> Embedder:
-        if isinstance(self.embedder, Embedder):
-            return self.embedder
-        if self._emb is None:
-            self._emb = MiniLMEmbedder(None if self.embedder in (None, "minilm") else self.embedder)
-        return self._emb
+        self._emb = as_embedder(embedder)
 
     def select_for(self, ctx: SelectionContext, queries: Sequence[Example]) -> list[list[Example]]:
         """The policy's ``k`` demonstrations for every query (``ctx.k`` must equal the policy's ``k``)."""
@@ -53,7 +46,7 @@ class PerQueryPolicySelector(Selector):
         if ctx.k != self.policy.k:
             raise SelectionError(f"k={ctx.k}, but policy {self.path!r} was trained for k={self.policy.k}; "
                                  f"expected k={self.policy.k}")
-        return self.policy.select_for(ctx.pool, queries, labels=ctx.scorer.spec.labels, embedder=self._embedder(),
+        return self.policy.select_for(ctx.pool, queries, labels=ctx.scorer.spec.labels, embedder=self._emb,
                                       scorer=ctx.scorer, force=self.force)
 
     def select(self, ctx: SelectionContext) -> list[Example]:
