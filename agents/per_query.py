@@ -10,8 +10,12 @@ The store keeps what the LM said, not features: per episode the query's uid, the
 prompt order and the final prompt's label log-probs. Features are recomputed from the pool table at
 training time, so a feature-set or reward ablation costs no LM row.
 
-Behaviour policies (:data:`BEHAVIOURS`): ``random`` (uniform over legal actions) and ``knn_perturbed``
-(kNN's order, least similar first, with each slot swapped for a random neighbour with probability 1/2).
+Behaviour policies (:data:`BEHAVIOURS`), used in turn, one block of ``Q`` episodes each: ``random``
+(uniform over legal actions); ``knn_perturbed`` (kNN's order, least similar first, with each slot swapped
+for a random neighbour with probability 1/2); ``one_label`` (the nearest neighbours carrying one label:
+the neighbourhood vote's top label half the time, else a label drawn from the neighbours' labels; each
+slot swapped for a random neighbour with probability 1/4), so the logged prompts cover pushing each label.
+A run of ``2 Q`` episodes draws the first two only.
 """
 
 from __future__ import annotations
@@ -31,11 +35,11 @@ from agents.rollouts import Episode
 from rl_select.errors import ConfigError, DataError
 from rl_select.lm.base import CachedScorer
 from rl_select.mdp.episode import EpisodeRule
-from rl_select.mdp.per_query import FeatureView, PoolTable, QueryContexts, reward_of
+from rl_select.mdp.per_query import FeatureView, PoolTable, QueryContexts, reward_of, vote_shares
 from rl_select.mdp.qnet import CandidateQNet
 from rl_select.metrics import label_ids
 
-BEHAVIOURS: tuple[str, ...] = ("random", "knn_perturbed")
+BEHAVIOURS: tuple[str, ...] = ("random", "knn_perturbed", "one_label")
 """Behaviour policies of :func:`collect_per_query`, used in turn."""
 
 
@@ -116,11 +120,16 @@ def _line(e: LoggedEpisode) -> str:
                        "policy": e.policy}, separators=(",", ":")) + "\n"
 
 
-def behaviour_order(policy: str, m: int, k: int, rng: np.random.Generator) -> list[int]:
+def behaviour_order(policy: str, m: int, k: int, rng: np.random.Generator, *,
+                    labels: np.ndarray | None = None, vote_top: int | None = None) -> list[int]:
     """One behaviour episode's candidate positions in prompt order (each step legal under the episode rule).
 
+    Args:
+        labels: ``int (M,)`` the neighbours' label ids (``one_label`` only).
+        vote_top: The neighbourhood vote's top label id (``one_label`` only).
+
     Raises:
-        ConfigError: An unknown behaviour policy.
+        ConfigError: An unknown behaviour policy, or ``one_label`` without ``labels`` and ``vote_top``.
     """
     rule = EpisodeRule(n_candidates=m, k=k)
     if policy == "random":
@@ -138,6 +147,18 @@ def behaviour_order(policy: str, m: int, k: int, rng: np.random.Generator) -> li
                 if free:
                     slots[s] = int(rng.choice(free))
         return slots
+    if policy == "one_label":
+        if labels is None or vote_top is None:
+            raise ConfigError("behaviour 'one_label' needs the neighbours' labels and the vote's top label")
+        target = vote_top if rng.random() < 0.5 else int(rng.choice(labels))
+        same = [j for j in range(m) if labels[j] == target]
+        picked = (same + [j for j in range(m) if labels[j] != target])[:k]
+        for s in range(len(picked)):
+            if rng.random() < 0.25:
+                free = [j for j in range(m) if j not in picked]
+                if free:
+                    picked[s] = int(rng.choice(free))
+        return sorted(picked, reverse=True)  # the nearest last
     raise ConfigError(f"unknown behaviour policy {policy!r}; expected one of {list(BEHAVIOURS)}")
 
 
@@ -145,8 +166,8 @@ def collect_per_query(scorer: CachedScorer, table: PoolTable, ctx: QueryContexts
                       n_episodes: int, k: int, seed: int, batch: int = 200, progress: bool = False) -> int:
     """Collect up to ``n_episodes`` episodes into ``store`` (resuming it), ``batch`` prompts per scorer call.
 
-    Episode ``j`` is query ``j mod Q`` under behaviour ``BEHAVIOURS[(j // Q) mod 2]``, its actions from the
-    generator seeded ``(seed, j)``: a resumed store continues exactly where a killed run stopped.
+    Episode ``j`` is query ``j mod Q`` under behaviour ``BEHAVIOURS[(j // Q) mod len(BEHAVIOURS)]``, its actions
+    from the generator seeded ``(seed, j)``: a resumed store continues exactly where a killed run stopped.
 
     Returns:
         Episodes added.
@@ -162,7 +183,10 @@ def collect_per_query(scorer: CachedScorer, table: PoolTable, ctx: QueryContexts
         for j in ids:
             policy = BEHAVIOURS[(j // len(ctx.queries)) % len(BEHAVIOURS)]
             rows.append(j % len(ctx.queries))
-            orders.append(behaviour_order(policy, ctx.m, k, np.random.default_rng([seed, j])))
+            i = j % len(ctx.queries)
+            orders.append(behaviour_order(policy, ctx.m, k, np.random.default_rng([seed, j]),
+                                          labels=table.labels[ctx.nbr[i]],
+                                          vote_top=int(np.argmax(vote_shares(table, ctx, i)))))
             policies.append(policy)
         lp = scorer.logprobs_many(demo_lists=[ctx.demos(table, i, o) for i, o in zip(rows, orders)],
                                   queries=[ctx.queries[i] for i in rows])

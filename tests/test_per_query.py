@@ -3,6 +3,7 @@ the neighbour rules and the per-query policy selector (toy scorer, hashing embed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import gymnasium as gym
@@ -30,6 +31,7 @@ from rl_select.mdp.per_query import (
     PoolTable,
     QueryContexts,
     features,
+    pool_reliability,
     reward_of,
 )
 from rl_select.mdp.per_query_policy import PerQueryPolicy, greedy_orders
@@ -92,7 +94,31 @@ def test_feature_sets_select_columns_and_say_whether_they_need_the_lm(name):
     table, ctx = _contexts(m=6, scorer=_scorer())
     s, c = view(table, ctx, 1, [0], 3)
     assert (s.shape[0], c.shape[1]) == view.dims
-    assert view.needs_lm == (name == "full")
+    assert view.needs_lm == name.startswith("full")
+
+
+def test_pool_reliability_is_the_pools_zero_shot_and_leave_one_out_vote_accuracy():
+    table, ctx = _contexts(m=6, scorer=_scorer())
+    zs_acc, vote_acc = pool_reliability(table, 6)
+    assert zs_acc == pytest.approx(np.mean(table.zs_correct)) and 0.0 <= vote_acc <= 1.0
+    assert np.allclose(ctx.pool_acc, [zs_acc, vote_acc])
+    # brute force: each pool row's 6 nearest other rows vote, weighted by similarity
+    sims = table.emb @ table.emb.T
+    np.fill_diagonal(sims, -np.inf)
+    right = []
+    for i in range(len(table.pool)):
+        nb = np.argsort(-sims[i], kind="stable")[:6]
+        right.append(np.argmax(np.bincount(table.labels[nb], weights=np.clip(sims[i, nb], 1e-6, None),
+                                           minlength=table.n_labels)) == table.labels[i])
+    assert vote_acc == pytest.approx(np.mean(right))
+    # a pool whose neighbours always share the label: the vote is always right
+    labels = np.arange(len(table.pool)) % 2
+    sorted_emb = np.zeros_like(table.emb)
+    sorted_emb[:, 0], sorted_emb[:, 1] = labels == 0, labels == 1
+    clean = dataclasses.replace(table, emb=sorted_emb, labels=labels)
+    assert pool_reliability(clean, 3)[1] == 1.0
+    state, _ = features(table, ctx, 0, [], 4)
+    assert list(state[-2:]) == pytest.approx([zs_acc, vote_acc])
 
 
 def test_unknown_feature_set_and_bad_m_are_one_line_errors():
@@ -150,19 +176,32 @@ def test_env_refuses_masked_actions_and_bad_queries_in_one_line():
 
 def test_behaviour_orders_are_legal_and_knn_perturbed_keeps_the_nearest_often():
     rng = np.random.default_rng(0)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
     for policy in BEHAVIOURS:
         for _ in range(20):
-            order = behaviour_order(policy, 8, 4, rng)
+            order = behaviour_order(policy, 8, 4, rng, labels=labels, vote_top=0)
             assert len(order) == 4 == len(set(order)) and all(0 <= j < 8 for j in order)
     orders = [behaviour_order("knn_perturbed", 16, 4, np.random.default_rng(i)) for i in range(200)]
     assert np.mean([o[-1] == 0 for o in orders]) > 0.4
     with pytest.raises(ConfigError, match="unknown behaviour policy"):
         behaviour_order("greedy", 8, 4, rng)
+    with pytest.raises(ConfigError, match="needs the neighbours' labels"):
+        behaviour_order("one_label", 8, 4, rng)
+
+
+def test_one_label_behaviour_pushes_one_label_mostly_the_votes():
+    labels = np.array([1, 0, 2, 0, 1, 0, 2, 0, 1, 2, 1, 2, 0, 1, 2, 1])
+    orders = [behaviour_order("one_label", 16, 3, np.random.default_rng(i), labels=labels, vote_top=0)
+              for i in range(400)]
+    majority = [np.bincount(labels[o], minlength=3).argmax() for o in orders]
+    homogeneous = np.mean([np.bincount(labels[o]).max() >= 2 for o in orders])
+    assert homogeneous > 0.9 and 0.55 < np.mean(np.array(majority) == 0) < 0.8  # 1/2 + 1/2 * 5/16 ~ 0.66
+    assert all(o == sorted(o, reverse=True) for o in orders)  # the nearest last
 
 
 def test_collection_scores_a_whole_batch_in_one_call_and_resumes_to_the_same_store(tmp_path, monkeypatch):
     scorer = _scorer()
-    table, ctx = _contexts(m=8, scorer=scorer)
+    table, ctx = _contexts(m=8, scorer=scorer, queries=QUERIES[:50])  # 150 episodes: each behaviour in turn
     calls = []
     real = scorer.logprobs_many
     monkeypatch.setattr(scorer, "logprobs_many", lambda **kw: calls.append(len(kw["queries"])) or real(**kw))
@@ -209,7 +248,8 @@ def _trained(tmp_path, feature_set="full", n=300, faithful=False):
 def test_logged_episodes_become_training_episodes_with_the_terminal_reward(tmp_path):
     scorer, table, ctx, eps, _ = _trained(tmp_path, n=60)
     ep = eps[0]
-    assert ep.states.shape == (4, len(STATE_FEATURES)) and ep.candidates.shape == (4, 8, len(CANDIDATE_FEATURES))
+    assert ep.states.shape == (4, FeatureView.of("full").dims[0])
+    assert ep.candidates.shape == (4, 8, len(CANDIDATE_FEATURES))
     assert ep.masks[-1].sum() == 0 and ep.rewards[:2] == [0.0, 0.0]
     rule = EpisodeRule(n_candidates=8, k=3)
     assert all((ep.masks[t] == rule.mask(ep.actions[:t])).all() for t in range(3))

@@ -33,12 +33,16 @@ from rl_select.types import Example
 
 STATE_FEATURES: tuple[str, ...] = (
     "step", "inv_labels", "zs_conf", "vote_top", "vote_zs_agree", "nbr_labels", "chosen_entropy",
-    "chosen_sim", "chosen_vote_top",
+    "chosen_sim", "chosen_vote_top", "pool_zs_acc", "pool_vote_acc",
 )
 """State features: step ``t / k``; ``1 / L``; the LM's zero-shot top probability for the query; the
 neighbourhood vote's top share; whether vote and zero-shot agree; distinct neighbour labels ``/ L``; the
 label entropy of the chosen demonstrations ``/ log L``; their mean similarity to the query; the share of
-them that carry the vote's top label."""
+them that carry the vote's top label; and two facts about the task, measured on the labelled pool (see
+:func:`pool_reliability`): the LM's zero-shot accuracy and the neighbour vote's leave-one-out accuracy."""
+
+_POOL_STATE = ("pool_zs_acc", "pool_vote_acc")
+_BASE_STATE = tuple(f for f in STATE_FEATURES if f not in _POOL_STATE)
 
 CANDIDATE_FEATURES: tuple[str, ...] = (
     "sim", "rank", "sim_gap", "redundancy", "vote_share", "is_vote_top", "zs_prob", "is_zs_top", "own_gold",
@@ -51,21 +55,25 @@ query; whether that is the zero-shot top label; the LM's zero-shot probability o
 (difficulty); the share of chosen demonstrations with its label; that share after adding it; log length
 ratio to the query; whether its label equals the last chosen one's."""
 
-_LM_STATE = {"zs_conf", "vote_zs_agree"}
+_LM_STATE = {"zs_conf", "vote_zs_agree", "pool_zs_acc"}
 _LM_CANDIDATE = {"zs_prob", "is_zs_top", "own_gold"}
-_LABEL_STATE = {"vote_top", "vote_zs_agree", "nbr_labels", "chosen_entropy", "chosen_vote_top", "zs_conf"}
+_LABEL_STATE = {"vote_top", "vote_zs_agree", "nbr_labels", "chosen_entropy", "chosen_vote_top", "zs_conf",
+                "pool_zs_acc", "pool_vote_acc"}
 _LABEL_CANDIDATE = {"vote_share", "is_vote_top", "zs_prob", "is_zs_top", "own_gold", "chosen_share",
                     "balance_after", "same_as_last"}
 
 FEATURE_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "full": (STATE_FEATURES, CANDIDATE_FEATURES),
-    "no_lm": (tuple(f for f in STATE_FEATURES if f not in _LM_STATE),
+    "full": (_BASE_STATE, CANDIDATE_FEATURES),
+    "full_pool": (STATE_FEATURES, CANDIDATE_FEATURES),
+    "no_lm": (tuple(f for f in _BASE_STATE if f not in _LM_STATE),
               tuple(f for f in CANDIDATE_FEATURES if f not in _LM_CANDIDATE)),
-    "no_labels": (tuple(f for f in STATE_FEATURES if f not in _LABEL_STATE),
+    "no_labels": (tuple(f for f in _BASE_STATE if f not in _LABEL_STATE),
                   tuple(f for f in CANDIDATE_FEATURES if f not in _LABEL_CANDIDATE)),
 }
-"""Named feature sets: ``(state names, candidate names)``. ``no_lm`` needs no LM row before the prompt
-(no zero-shot features); ``no_labels`` reads no label (similarity, redundancy, length, step only)."""
+"""Named feature sets: ``(state names, candidate names)``. ``full`` reads every per-query feature;
+``full_pool`` adds the pool's two reliability figures (the task-level facts of :func:`pool_reliability`);
+``no_lm`` needs no LM row before the prompt (no zero-shot features); ``no_labels`` reads no label
+(similarity, redundancy, length, step only)."""
 
 # Below any cosine similarity: a pool item whose text equals the query's is a neighbour only when nothing else is left.
 SAME_TEXT_SIM = -2.0
@@ -98,6 +106,8 @@ class PoolTable:
         labels: ``int64 (P,)`` label ids.
         own_gold: ``float64 (P,)`` the LM's zero-shot probability of each example's own gold label
             (NaN where the table was built without the LM).
+        zs_correct: ``float64 (P,)`` 1.0 where the LM's zero-shot top label is the example's gold label
+            (NaN without the LM).
         lengths: ``float64 (P,)`` characters of each example's input text.
         n_labels: ``L``.
     """
@@ -106,6 +116,7 @@ class PoolTable:
     emb: np.ndarray
     labels: np.ndarray
     own_gold: np.ndarray
+    zs_correct: np.ndarray
     lengths: np.ndarray
     n_labels: int
 
@@ -121,9 +132,13 @@ class PoolTable:
         if not pool:
             raise SelectionError("the pool is empty; expected at least one labelled example")
         y = label_ids(labels, pool)
-        own = (zero_shot_probs(scorer, pool)[np.arange(len(pool)), y] if scorer is not None
-               else np.full(len(pool), np.nan))
+        if scorer is not None:
+            zs = zero_shot_probs(scorer, pool)
+            own, right = zs[np.arange(len(pool)), y], (zs.argmax(axis=1) == y).astype(np.float64)
+        else:
+            own, right = np.full(len(pool), np.nan), np.full(len(pool), np.nan)
         return cls(pool=pool, emb=embed_examples(embedder, pool).astype(np.float32), labels=y, own_gold=own,
+                   zs_correct=right,
                    lengths=np.array([len(example_text(e)) for e in pool], dtype=np.float64), n_labels=len(labels))
 
 
@@ -137,6 +152,7 @@ class QueryContexts:
         sims: ``float64 (Q, M)`` their cosine similarities.
         zs: ``float64 (Q, L)`` the LM's zero-shot label distribution (uniform without the LM).
         qlen: ``float64 (Q,)`` characters of each query's input text.
+        pool_acc: ``float64 (2,)`` :func:`pool_reliability` of the table at this ``M``.
     """
 
     queries: tuple[Example, ...]
@@ -144,6 +160,7 @@ class QueryContexts:
     sims: np.ndarray
     zs: np.ndarray
     qlen: np.ndarray
+    pool_acc: np.ndarray
 
     @property
     def m(self) -> int:
@@ -176,11 +193,41 @@ class QueryContexts:
         zs = (zero_shot_probs(scorer, queries) if scorer is not None
               else np.full((len(queries), table.n_labels), 1.0 / table.n_labels))
         return cls(queries=queries, nbr=nbr.astype(np.int64), sims=np.take_along_axis(sims, nbr, axis=1), zs=zs,
-                   qlen=np.array([len(example_text(q)) for q in queries], dtype=np.float64))
+                   qlen=np.array([len(example_text(q)) for q in queries], dtype=np.float64),
+                   pool_acc=pool_reliability(table, m))
 
     def demos(self, table: PoolTable, i: int, chosen: Sequence[int]) -> list[Example]:
         """Query ``i``'s demonstrations for candidate positions ``chosen``, in prompt order."""
         return [table.pool[int(self.nbr[i, j])] for j in chosen]
+
+
+def pool_reliability(table: PoolTable, m: int, *, max_rows: int = 1000, chunk: int = 256) -> np.ndarray:
+    """How far each signal can be trusted on this task, measured on the labelled pool: ``float64 (2,)``.
+
+    ``[0]``: the LM's zero-shot accuracy over the pool (NaN without the LM); ``[1]``: the leave-one-out
+    accuracy of the similarity-weighted vote of a pool example's ``m`` nearest other pool examples (rows
+    with the same text left out), over at most ``max_rows`` evenly spaced pool rows. Reads pool labels
+    only, never a validation label; no LM row.
+    """
+    n = len(table.pool)
+    zs_acc = float(np.mean(table.zs_correct)) if n and not np.isnan(table.zs_correct).any() else np.nan
+    m = min(m, n - 1)
+    if m < 1:
+        return np.array([zs_acc, np.nan])
+    text_id: dict[str, int] = {}
+    tid = np.array([text_id.setdefault(example_text(e), len(text_id)) for e in table.pool])
+    probe = np.unique(np.linspace(0, n - 1, min(n, max_rows)).round().astype(np.int64))
+    right = []
+    for lo in range(0, len(probe), chunk):
+        rows = probe[lo:lo + chunk]
+        sims = (table.emb[rows] @ table.emb.T).astype(np.float64)  # (r, P)
+        sims[tid[rows][:, None] == tid[None, :]] = -np.inf
+        nbr = np.argsort(-sims, axis=1, kind="stable")[:, :m]
+        w = np.clip(np.take_along_axis(sims, nbr, axis=1), 1e-6, None)
+        votes = np.zeros((len(rows), table.n_labels))
+        np.add.at(votes, (np.repeat(np.arange(len(rows)), m), table.labels[nbr].ravel()), w.ravel())
+        right.append(votes.argmax(axis=1) == table.labels[rows])
+    return np.array([zs_acc, float(np.mean(np.concatenate(right)))])
 
 
 def vote_shares(table: PoolTable, ctx: QueryContexts, i: int) -> np.ndarray:
@@ -218,7 +265,7 @@ def features(table: PoolTable, ctx: QueryContexts, i: int, chosen: Sequence[int]
     state = np.array([
         t / k, 1.0 / n_labels, float(zs.max()), float(vote.max()), float(vote_top == zs_top),
         len(np.unique(y)) / n_labels, entropy, float(sims[ch].mean()) if t else 0.0,
-        counts[vote_top] / t if t else 0.0,
+        counts[vote_top] / t if t else 0.0, *np.nan_to_num(ctx.pool_acc, nan=1.0 / n_labels),
     ], dtype=np.float32)
     cands = np.stack([
         sims, np.arange(m) / max(m - 1, 1), sims - sims[0], redundancy, vote[y], (y == vote_top).astype(float),
