@@ -79,6 +79,12 @@ def test_put_overwrites_and_wrong_length_is_a_miss(cache):
     assert len(cache) == 1
 
 
+def test_a_row_that_dropped_demonstrations_keeps_its_count(cache):
+    cache.put_many([("cut", np.array([-0.5, -1.0, 2.0])), ("odd", np.array([-0.5, -1.0, 2.0, 1.0]))])
+    np.testing.assert_array_equal(cache.get_many(["cut"], 2)["cut"], [-0.5, -1.0, 2.0])
+    assert cache.get_many(["odd"], 2) == {}
+
+
 def test_many_keys_in_chunks(cache):
     items = [(f"k{i}", np.array([float(i), -float(i)])) for i in range(1203)]
     cache.put_many(items)

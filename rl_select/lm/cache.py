@@ -2,8 +2,10 @@
 
 A key is a hash of (scorer fingerprint, the prompt-defining task fields, the ordered demonstrations'
 contents, the query's content): so the same prompt is free in any run, split or ablation. Values are
-the raw (uncalibrated) label log-probs of one query, stored as float64 bytes. The database runs in WAL
-mode and every ``put_many`` is one transaction: a crash loses at most the batch being written.
+the raw (uncalibrated) label log-probs of one query, stored as float64 bytes; a row that dropped
+demonstrations to fit the context window (:mod:`rl_select.lm.window`) has one more value, how many. The
+database runs in WAL mode and every ``put_many`` is one transaction: a crash loses at most the batch
+being written.
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ class ScoreCache:
             ) from None
 
     def get_many(self, keys: Sequence[str], n_labels: int) -> dict[str, np.ndarray]:
-        """Cached vectors for the keys that are present (entries of another length are ignored)."""
-        found = {k: self._memo[k] for k in keys if k in self._memo and self._memo[k].shape == (n_labels,)}
+        """Cached vectors for the keys that are present: ``n_labels`` values, or ``n_labels + 1`` for a row that
+        dropped demonstrations (the last value is how many); entries of another length are ignored."""
+        sizes = (n_labels, n_labels + 1)
+        found = {k: self._memo[k] for k in keys if k in self._memo and len(self._memo[k]) in sizes}
         missing = [k for k in keys if k not in found]
         try:
             for start in range(0, len(missing), 500):
@@ -84,7 +88,7 @@ class ScoreCache:
                 marks = ",".join("?" * len(chunk))
                 for key, blob in self._db.execute(f"SELECT key, value FROM scores WHERE key IN ({marks})", chunk):
                     vec = np.frombuffer(blob, dtype=np.float64)
-                    if vec.shape == (n_labels,):
+                    if len(vec) in sizes:
                         found[key] = self._remember(key, vec.copy())
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"score cache {str(self.path)!r} is corrupt ({exc}); move it aside") from None
