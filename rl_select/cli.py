@@ -272,7 +272,7 @@ def _run(cfg, command: str, *, explicit: frozenset[str] = frozenset(), force: bo
     """Load data and model, run the grid with a progress bar, write the run folder, print the table."""
     from rl_select.experiments.executors import LocalExecutor, RayExecutor
     from rl_select.experiments.harness import EvalWorker, TaskData, build_scorer, check_plan, run_grid, summarise
-    from rl_select.experiments.report import plot_summary, summary_table
+    from rl_select.experiments.report import plot_summary, summary_table, window_line
     from rl_select.experiments.rundir import RunDir
 
     _quiet_libraries()
@@ -330,6 +330,8 @@ def _run(cfg, command: str, *, explicit: frozenset[str] = frozenset(), force: bo
         f"LM: {s.queries} query rows ({s.cache_hits} cache hits, {s.cache_misses} misses), "
         f"{s.prefix_forwards} prefixes, {s.forward_tokens} tokens, {s.seconds:.1f} s in the LM"
     )
+    if window_line(s):
+        out.print(escape(window_line(s)))
     out.print(escape(f"results: {run.path}/summary.csv, results.json, test_accuracy.png"))
     return run.path
 
@@ -908,7 +910,7 @@ def _evaluate_prompt_file(cfg, explicit: frozenset[str], path: Path) -> Path:
         evaluate_prompt_file,
         prompt_file_settings,
     )
-    from rl_select.experiments.report import plot_summary, summary_table
+    from rl_select.experiments.report import plot_summary, summary_table, window_line
     from rl_select.experiments.rundir import RunDir
     from rl_select.prompt_file import PromptFile
 
@@ -953,6 +955,8 @@ def _evaluate_prompt_file(cfg, explicit: frozenset[str], path: Path) -> Path:
     out.print(summary_table(summary, escape(title)))
     out.print(f"LM: {stats.queries} query rows ({stats.cache_hits} cache hits, {stats.cache_misses} misses), "
               f"{stats.prefix_forwards} prefixes, {stats.forward_tokens} tokens, {stats.seconds:.1f} s in the LM")
+    if window_line(stats):
+        out.print(escape(window_line(stats)))
     out.print(escape(f"results: {run.path}/summary.csv, results.json, test_accuracy.png"))
     return run.path
 

@@ -95,6 +95,27 @@ def test_tasks_lists_builtin_tasks():
     assert "positive" in result.output
 
 
+def test_baselines_with_a_huge_test_query_loses_one_row_and_says_so(monkeypatch, tmp_path):
+    from rl_select.testing import CachedToyScorer
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", ROWS)
+    write_jsonl(folder / "test.jsonl", ROWS[:5] + [{"text": " ".join(["good"] * 20_000), "label": "positive"}])
+    monkeypatch.setattr(harness, "build_scorer", lambda cfg, spec: CachedToyScorer(spec, window=300))
+    result = run("baselines", "--task", "sst2", "--data", str(folder), "--n-pool", "4", "--n-val", "4",
+                 "--n-test", "6", "--seeds", "0,1", "--cache", "none", "--selectors", "zero_shot,random,greedy")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert re.search(r"row '[^']+': the query alone is 20,00\d tokens .* 300-token context window; scored as a "
+                     r"failure", result.output), result.output
+    assert re.search(r"random .* 2 failed", result.output), result.output  # the table's window column
+    assert "context window: 6 LM rows scored as failures" in result.output
+    run_dir = next((tmp_path / "runs").iterdir())
+    doc = json.loads((run_dir / "results.json").read_text())
+    assert [s["test_rows_failed"] for s in doc["summary"]] == [2, 2, 2]
+    assert doc["lm_calls"]["rows_failed"] == 6 and all(r["test_rows_failed"] == 1 for r in doc["rows"])
+
+
 # --- bad input: refused before the model loads --------------------------------------------------------
 
 

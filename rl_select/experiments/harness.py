@@ -74,7 +74,8 @@ def run_one(
     name: str, selector: Selector | None, scorer: CachedScorer, splits: Splits, *, k: int, seed: int,
     demos: Sequence[Example] | None = None,
 ) -> dict[str, Any]:
-    """Select (or take ``demos``), then measure val and test accuracy; one result row."""
+    """Select (or take ``demos``), then measure val and test accuracy; one result row (with the test rows over the
+    LM's context window: ``test_rows_failed``, scored wrong, and ``test_rows_dropped_demos``)."""
     ctx = SelectionContext(pool=splits.pool, val=splits.val, k=k, scorer=scorer, rng=np.random.default_rng(seed))
     before = scorer.stats.copy()
     if demos is not None:
@@ -90,8 +91,9 @@ def run_one(
     fixed = all(lst is lists[0] or lst == lists[0] for lst in lists)
     before = scorer.stats.copy()
     val_acc = accuracy(scorer, demos=lists[0], examples=splits.val) if fixed and splits.val else None
+    mid = scorer.stats.copy()
     test_acc = grouped_accuracy(scorer, lists, splits.test)
-    eval_stats = scorer.stats - before
+    eval_stats, test_stats = scorer.stats - before, scorer.stats - mid
     return {
         "selector": name,
         "seed": seed,
@@ -102,6 +104,8 @@ def run_one(
         "demos": [d.uid for d in lists[0]] if fixed else "per-query",
         **_spend("select", select_stats),
         **_spend("eval", eval_stats),
+        "test_rows_failed": test_stats.rows_failed,
+        "test_rows_dropped_demos": test_stats.rows_dropped_demos,
     }
 
 
@@ -209,7 +213,8 @@ def run_grid(cfg: RunConfig, executor: Executor, *, names: Sequence[str] | None 
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per selector: test accuracy mean and std over seeds, val accuracy, mean LM spend of selection."""
+    """Per selector: test accuracy mean and std over seeds, val accuracy, mean LM spend of selection, and the
+    test rows over the LM's context window, summed over seeds (:mod:`rl_select.lm.window`)."""
     out = []
     for name in dict.fromkeys(r["selector"] for r in rows):
         rs = [r for r in rows if r["selector"] == name]
@@ -227,5 +232,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "select_lm_misses": sum(r["select_cache_misses"] for r in rs) / len(rs),
             "select_cache_hit_rate": hits / queries if queries else None,
             "select_seconds": sum(r["select_seconds"] for r in rs) / len(rs),
+            "test_rows_failed": sum(r.get("test_rows_failed", 0) for r in rs),
+            "test_rows_dropped_demos": sum(r.get("test_rows_dropped_demos", 0) for r in rs),
         })
     return out
