@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from agents.rollouts import RolloutStore
 from rl_select.cli import app
-from rl_select.errors import ConfigError, DataError
+from rl_select.errors import MAX_MESSAGE, ConfigError, DataError
 from rl_select.experiments import ablate, harness
 from rl_select.experiments.ablate import Runner, estimate, load_plan, read_rows, row_key, training_rows
 from rl_select.testing import toy_scorer_factory
@@ -77,6 +78,7 @@ def one_line_error(result, *needles: str) -> str:
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert len(re.sub(r"'[^']*/[^']*'", "''", errors[0])) < MAX_MESSAGE + len("error: "), errors[0]  # paths aside
     for n in needles:
         assert n in errors[0], (n, errors[0])
     return errors[0]
@@ -99,7 +101,8 @@ def test_plan_is_the_product_of_the_grid(tmp_path, data_root):
 
 
 @pytest.mark.parametrize("grid, needles", [
-    ("colour = [1, 2]", ["'colour'", "is not a grid key", "feature_set", "grid.toml"]),
+    ("colour = [1, 2]", ["'colour'", "is not a grid key", "agent, allow_stop", "more) (docs/ablate.md)", "grid.toml"]),
+    ("feature_st = [1, 2]", ["'feature_st'", "expected one of feature_set,"]),  # the closest key first
     ('feature_set = ["active", "shiny"]', ["feature_set = 'shiny'", "expected one of", "labelled", "grid.toml"]),
     ('agent = ["offline", "ppo"]', ["agent = 'ppo'", "dqn", "tabular"]),
     ('task = ["sst2", "nope"]', ["task = 'nope'", "grid.toml"]),

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rl_select.errors import ConfigError, DataError, RLSelectError
+from rl_select.errors import ConfigError, DataError, RLSelectError, one_of, read_utf8
 from rl_select.experiments.config import FLAT_KEYS, RunConfig
 
 if TYPE_CHECKING:
@@ -249,12 +249,11 @@ def _check_selectors(names: Any, where: str) -> list[str]:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"{where}: selectors={names!r}; expected a non-empty list of selector names, e.g. "
                           f"['random', 'policy', 'policy_search:4']")
-    counted = "; ".join(f"{n}:M" for n, cls in SELECTORS.items() if cls.tags.count_arg is not None)
     for name in names:
         kind, _, tail = name.partition(":")
         if kind not in SELECTORS:
             raise ConfigError(f"{where}: selectors entry {name!r} is not a selector; expected one of "
-                              f"{sorted(SELECTORS)} (optionally NAME:LABEL; {counted})")
+                              f"{one_of(sorted(SELECTORS), kind, width=70)} (optionally NAME:LABEL)")
         match = _PS_LABEL.fullmatch(tail)
         if SELECTORS[kind].tags.count_arg is not None and not (match and int(match.group(1)) >= 1):
             raise ConfigError(f"{where}: selectors entry {name!r}; expected {kind}:M with M an integer >= 1, "
@@ -274,10 +273,10 @@ def load_plan(path: str | Path) -> Plan:
     where = f"ablate config {str(p)!r}"
     if not p.is_file():
         raise ConfigError(f"{where} does not exist; expected a TOML file with [base] and [grid]")
+    source = read_utf8(p, where, ConfigError)
     try:
-        source = p.read_text()
         doc = tomllib.loads(source)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where} is not valid TOML: {exc}") from None
     return plan_from_dict(doc, where=where, source=source)
 
@@ -314,7 +313,7 @@ def plan_from_dict(doc: Mapping[str, Any], *, where: str = "ablate config", sour
             hint = " (list selectors in the top-level `selectors`, seeds in `seeds`)" if key in (
                 "selectors", "selector", "seeds", "seed") else ""
             raise ConfigError(f"{where}: [grid] key {key!r} is not a grid key{hint}; expected one of "
-                              f"{sorted(GRID_KEYS)}")
+                              f"{one_of(sorted(GRID_KEYS), key, width=60)} (docs/ablate.md)")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: [grid] {key} = {values!r}; expected a non-empty list of values")
         for value in values:
@@ -841,6 +840,5 @@ def check_budget(est: Mapping[str, Any], budget: int | None, where: str) -> None
         ConfigError: One line with the estimate and the budget.
     """
     if budget is not None and est["total"] > budget:
-        raise ConfigError(f"{where}: the estimated {est['total']} LM query rows (training {est['training']}, "
-                          f"selection {est['selection']}, evaluation {est['evaluation']}; {est['pending']} rows "
-                          f"pending) exceed --budget {budget}; expected a smaller grid or a larger budget")
+        raise ConfigError(f"{where}: the estimated {est['total']} LM query rows ({est['pending']} rows pending) "
+                          f"exceed --budget {budget}; expected a smaller grid or budget (--dry-run itemises it)")

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from rl_select.data import Splits, load_task, make_splits
-from rl_select.errors import ConfigError, SelectionError
+from rl_select.errors import ConfigError, SelectionError, one_of
 from rl_select.experiments.config import RunConfig
 from rl_select.experiments.executors import Executor, ScorerFactory, add_stats
 from rl_select.lm.base import CachedScorer, ScorerStats, grouped_logprobs
@@ -116,8 +116,9 @@ def make_jobs(cfg: RunConfig) -> list[tuple[str, Selector]]:
         raise ConfigError("selectors is empty; expected at least one selector name")
     unknown = {name for name in cfg.selectors.args if name.split(":")[0] not in SELECTORS}
     if unknown:
+        first = sorted(unknown)[0]
         raise ConfigError(f"selector_args names {sorted(unknown)}, which are not selectors; expected some of "
-                          f"{sorted(SELECTORS)}")
+                          f"{one_of(sorted(SELECTORS), first.split(':')[0])}")
     args = cfg.selectors.args
     return [(name, make_selector(name.split(":")[0], **args.get(name, {}))) for name in cfg.selectors.names]
 
