@@ -19,7 +19,7 @@ from rl_select.errors import ConfigError, SelectionError, one_of
 from rl_select.experiments.config import RunConfig
 from rl_select.experiments.executors import Executor, ScorerFactory, add_stats
 from rl_select.lm.base import CachedScorer, ScorerStats, grouped_logprobs
-from rl_select.lm.cache import open_cache
+from rl_select.lm.cache import check_cache, open_cache
 from rl_select.metrics import accuracy, label_ids
 from rl_select.selectors import SELECTORS, SelectionContext, Selector, ZeroShotSelector, make_selector
 from rl_select.tasks import TaskSpec, resolve_task
@@ -126,12 +126,13 @@ def make_jobs(cfg: RunConfig) -> list[tuple[str, Selector]]:
 def check_plan(cfg: RunConfig, data: TaskData, *, demos: Sequence[Example] | None = None) -> None:
     """Refuse, before any model is loaded, a run that :func:`run_grid` would refuse part-way.
 
-    Checks the selector names and arguments, that every seed's splits fit the data, and that ``k``
-    fits the pool for every selector that draws demonstrations from it.
+    Checks the selector names and arguments, that every seed's splits fit the data, that ``k``
+    fits the pool for every selector that draws demonstrations from it, and that the score cache can be opened.
 
     Raises:
-        ConfigError, SelectionError, DataError: One line naming the bad value.
+        ConfigError, SelectionError, DataError, CacheError: One line naming the bad value.
     """
+    check_cache(cfg.cache)
     jobs = [] if demos is not None else make_jobs(cfg)
     for seed in cfg.seeds:
         data.splits(cfg, seed)
