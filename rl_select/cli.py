@@ -409,9 +409,10 @@ def evaluate_cmd(
 
 def _task_envs(cfg, *, fixed_pool: bool = False):
     from rl_select.experiments.harness import scorer_factory
-    from rl_select.experiments.training import build_task_envs
+    from rl_select.experiments.training import build_task_envs, check_task_envs
 
     _quiet_libraries()
+    check_task_envs(cfg)  # bad input fails here, before the model loads
     with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
         make = scorer_factory(cfg)
     return build_task_envs(cfg, make, fixed_pool=fixed_pool)
@@ -423,8 +424,9 @@ def collect_cmd(cfg, explicit: frozenset[str]) -> None:
     import time
 
     from rl_select.experiments.executors import Executor, LocalExecutor, RayExecutor
-    from rl_select.experiments.training import EpisodeWorker, collect_rollouts
+    from rl_select.experiments.training import EpisodeWorker, check_task_envs, collect_rollouts
 
+    check_task_envs(cfg)  # bad input fails here, before any model loads
     t0 = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     if cfg.executor.kind == "ray":

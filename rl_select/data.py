@@ -433,14 +433,14 @@ def make_splits(
     ``pool`` from what remains, so changing ``n_pool`` keeps ``val`` fixed (comparable rewards), and
     without ``stratify`` a smaller pool is a prefix of a larger one. The test subsample uses its own
     random stream: it does not change with ``n_pool`` / ``n_val`` and is never stratified; with
-    ``n_test=None`` the test split is kept whole, in its given order.
+    ``n_test=None`` (or ``0``) the test split is kept whole, in its given order.
 
     Args:
         train: Labelled examples to draw pool and val from.
         test: Held-out examples.
         n_pool: Pool size (>= 1).
         n_val: Validation size (>= 0).
-        n_test: Test subsample size; ``None`` keeps the whole test split.
+        n_test: Test subsample size; ``None`` or ``0`` keeps the whole test split.
         seed: Seed for ``numpy.random.default_rng``.
         stratify: Balance labels in pool and val as evenly as the data allows (a rare class gives
             all it has; the others fill the rest).
@@ -461,8 +461,11 @@ def make_splits(
         raise DataError(
             f"n_pool + n_val = {n_pool} + {n_val} = {n_pool + n_val} exceeds the {len(train)} train examples"
         )
+    if n_test == 0:
+        n_test = None  # the run config's "0: the whole test file"
     if n_test is not None and not 1 <= n_test <= len(test):
-        raise DataError(f"n_test={n_test}; expected 1..{len(test)} (the test split's size) or None")
+        raise DataError(f"n_test={n_test} but the test split has {len(test)} rows; expected 1..{len(test)}, or 0 for "
+                        "the whole test split")
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     ordered = _stable_order(train)
     if stratify:

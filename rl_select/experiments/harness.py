@@ -55,7 +55,7 @@ class TaskData:
     def splits(self, cfg: RunConfig, seed: int) -> Splits:
         sp = cfg.splits
         return make_splits(
-            self.train, self.test, n_pool=sp.n_pool, n_val=sp.n_val, n_test=sp.n_test or None, seed=seed,
+            self.train, self.test, n_pool=sp.n_pool, n_val=sp.n_val, n_test=sp.n_test, seed=seed,
             stratify=sp.stratify,
         )
 
