@@ -508,12 +508,17 @@ def ablate_cmd(
     budget: Annotated[int | None, typer.Option(
         "--budget", metavar="ROWS", help="Refuse a grid whose estimated LM query rows (pending rows) exceed ROWS.")
     ] = None,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="With --run-dir: run the rows that failed again (each replaces its failed row).")
+    ] = False,
 ) -> None:
     """A grid of runs (cells x seeds x selectors, trained policies included), resumable, into one run folder:
     results.csv, summary.md and plots."""
     import time
 
-    from rl_select.experiments.ablate import Runner, check_budget, estimate, load_plan, read_rows, row_key, trains
+    from rl_select.experiments.ablate import Runner, check_budget, done_keys, estimate, load_plan, read_rows, trains
+    from rl_select.experiments.rundir import read_status
+    from rl_select.lm.cache import check_cache
 
     if config is None:
         if run_dir is None or not (run_dir / "ablate.toml").is_file():
@@ -523,7 +528,8 @@ def ablate_cmd(
     if run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         run_dir = Path(plan.base.out) / f"{stamp}-ablate-{config.stem}"
-    done = {row_key(r) for r in read_rows(run_dir / "results.csv")}
+    earlier = read_rows(run_dir / "results.csv")
+    done = done_keys(earlier, retry_failed=retry_failed)
     est = estimate(plan, done)
     head = (f"{len(plan.cells)} cells x {len(plan.seeds)} seeds x {len(plan.selectors)} selectors = "
             f"{len(plan.units)} rows ({len(plan.units) - est['pending']} done, {est['pending']} to run); estimated "
@@ -549,9 +555,18 @@ def ablate_cmd(
         check_budget(est, budget, f"ablate config {str(config)!r}")
         return
     check_budget(est, budget, f"ablate config {str(config)!r}")
+    for cache in dict.fromkeys(cell.cfg.cache for cell in plan.cells):
+        check_cache(cache)  # before any model loads
     _quiet_libraries()
-    runner = Runner(plan, run_dir)
+    runner = Runner(plan, run_dir, retry_failed=retry_failed)
     console.print(f"run folder: {escape(str(run_dir))}")
+    status = read_status(run_dir) or {}
+    if status.get("state") in ("failed", "interrupted", "running"):
+        console.print(escape(f"resuming: the last run ({status.get('state')}, {status.get('time')}) stopped: "
+                             f"{status.get('error') or 'no reason recorded (killed?)'}"), soft_wrap=True)
+    failed_before = sum(r["status"] == "failed" for r in earlier)
+    if failed_before and not retry_failed:
+        console.print(f"{failed_before} rows failed before and are kept; --retry-failed runs them again")
     console.print(escape(head), soft_wrap=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     failed = 0
