@@ -272,9 +272,12 @@ def test_run_dir_files(cfg, data, rl_logger):
     run = RunDir.create(cfg, "baselines")
     assert run.path.parent == Path(cfg.out)
     assert run.path.name.endswith("-baselines-sst2")
+    assert json.loads((run.path / "status.json").read_text())["state"] == "running"
     rows = grid(cfg, data, ToyScorer(SPEC), on_row=run.add_row)
     summary = summarise(rows)
     run.finish(summary, {"config": cfg.to_dict(), "lm_calls": {"queries": 1}})
+    status = json.loads((run.path / "status.json").read_text())
+    assert (status["state"], status["command"]) == ("done", "baselines") and "error" not in status
 
     assert load_config(run.path / "config.toml") == cfg
     assert 'k = 3' in (run.path / "config.toml").read_text().splitlines()

@@ -15,11 +15,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from rl_select.data import Splits, load_task, make_splits
-from rl_select.errors import ConfigError, SelectionError
+from rl_select.errors import ConfigError, SelectionError, one_of
 from rl_select.experiments.config import RunConfig
 from rl_select.experiments.executors import Executor, ScorerFactory, add_stats
 from rl_select.lm.base import CachedScorer, ScorerStats, grouped_logprobs
-from rl_select.lm.cache import open_cache
+from rl_select.lm.cache import check_cache, open_cache
 from rl_select.metrics import accuracy, label_ids
 from rl_select.selectors import SELECTORS, SelectionContext, Selector, ZeroShotSelector, make_selector
 from rl_select.tasks import TaskSpec, resolve_task
@@ -55,7 +55,7 @@ class TaskData:
     def splits(self, cfg: RunConfig, seed: int) -> Splits:
         sp = cfg.splits
         return make_splits(
-            self.train, self.test, n_pool=sp.n_pool, n_val=sp.n_val, n_test=sp.n_test or None, seed=seed,
+            self.train, self.test, n_pool=sp.n_pool, n_val=sp.n_val, n_test=sp.n_test, seed=seed,
             stratify=sp.stratify,
         )
 
@@ -120,8 +120,9 @@ def make_jobs(cfg: RunConfig) -> list[tuple[str, Selector]]:
         raise ConfigError("selectors is empty; expected at least one selector name")
     unknown = {name for name in cfg.selectors.args if name.split(":")[0] not in SELECTORS}
     if unknown:
+        first = sorted(unknown)[0]
         raise ConfigError(f"selector_args names {sorted(unknown)}, which are not selectors; expected some of "
-                          f"{sorted(SELECTORS)}")
+                          f"{one_of(sorted(SELECTORS), first.split(':')[0])}")
     args = cfg.selectors.args
     return [(name, make_selector(name.split(":")[0], **args.get(name, {}))) for name in cfg.selectors.names]
 
@@ -129,12 +130,13 @@ def make_jobs(cfg: RunConfig) -> list[tuple[str, Selector]]:
 def check_plan(cfg: RunConfig, data: TaskData, *, demos: Sequence[Example] | None = None) -> None:
     """Refuse, before any model is loaded, a run that :func:`run_grid` would refuse part-way.
 
-    Checks the selector names and arguments, that every seed's splits fit the data, and that ``k``
-    fits the pool for every selector that draws demonstrations from it.
+    Checks the selector names and arguments, that every seed's splits fit the data, that ``k``
+    fits the pool for every selector that draws demonstrations from it, and that the score cache can be opened.
 
     Raises:
-        ConfigError, SelectionError, DataError: One line naming the bad value.
+        ConfigError, SelectionError, DataError, CacheError: One line naming the bad value.
     """
+    check_cache(cfg.cache)
     jobs = [] if demos is not None else make_jobs(cfg)
     for seed in cfg.seeds:
         data.splits(cfg, seed)

@@ -63,7 +63,14 @@ class ScoreCache:
         #: When a list, every stored ``(key, vector)`` is also appended here (a Ray worker hands these back
         #: to the driver, whose cache then holds them even when the worker's disk is another machine's).
         self.journal: list[tuple[str, np.ndarray]] | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        problem = cache_problem(self.path)
+        if problem is not None:
+            raise CacheError(problem)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cannot create the cache folder {str(self.path.parent)!r} ({exc.strerror or exc}); "
+                             f"{_ELSEWHERE}") from None
         try:
             self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -71,10 +78,12 @@ class ScoreCache:
             self._db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
             self._db.execute("SELECT count(*) FROM scores LIMIT 1").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise CacheError(
-                f"score cache {str(self.path)!r} is not a readable SQLite database ({exc}); "
-                f"move it aside or pass another --cache path (nothing was overwritten)"
-            ) from None
+            if getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise CacheError(
+                    f"score cache {str(self.path)!r} is not a readable SQLite database ({exc}); "
+                    f"move it aside or pass another --cache path (nothing was overwritten)"
+                ) from None
+            raise CacheError(f"cannot open score cache {str(self.path)!r} for writing ({exc}); {_ELSEWHERE}") from None
 
     def get_many(self, keys: Sequence[str], n_labels: int) -> dict[str, np.ndarray]:
         """Cached vectors for the keys that are present: ``n_labels`` values, or ``n_labels + 1`` for a row that
@@ -127,6 +136,43 @@ class ScoreCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+_ELSEWHERE = "expected a writable place: pass another --cache path, or --cache none"
+
+
+def cache_problem(path: str | os.PathLike) -> str | None:
+    """Why a score cache cannot be kept at ``path`` (one line), or ``None``; creates nothing.
+
+    The file must be readable and writable, or else its nearest existing folder writable (SQLite also
+    writes its WAL files beside the database).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return f"score cache {str(path)!r} is a folder; expected a file path, e.g. {str(path / 'scores.sqlite')!r}"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f"score cache file {str(path)!r} is not writable; {_ELSEWHERE}"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"the cache folder {str(folder)!r} is a file, not a folder; {_ELSEWHERE}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the cache folder {str(folder)!r} is not writable; {_ELSEWHERE}"
+    return None
+
+
+def check_cache(path: str | None) -> None:
+    """Refuse, before any model loads, a ``--cache`` value :func:`open_cache` could not open (nothing is created).
+
+    Raises:
+        CacheError: One line naming the file or folder.
+    """
+    if path and path.lower() == "none":
+        return
+    problem = cache_problem(path or default_cache_path())
+    if problem is not None:
+        raise CacheError(problem)
 
 
 def open_cache(path: str | None) -> ScoreCache | None:
