@@ -272,7 +272,7 @@ def _run(cfg, command: str, *, explicit: frozenset[str] = frozenset(), force: bo
     """Load data and model, run the grid with a progress bar, write the run folder, print the table."""
     from rl_select.experiments.executors import LocalExecutor, RayExecutor
     from rl_select.experiments.harness import EvalWorker, TaskData, build_scorer, check_plan, run_grid, summarise
-    from rl_select.experiments.report import plot_summary, summary_table
+    from rl_select.experiments.report import plot_summary, summary_table, window_line
     from rl_select.experiments.rundir import RunDir
 
     _quiet_libraries()
@@ -286,52 +286,55 @@ def _run(cfg, command: str, *, explicit: frozenset[str] = frozenset(), force: bo
         cfg = cfg.updated(k=len(demos))
     check_plan(cfg, data, demos=demos)  # bad input fails here, before the model loads
     run = RunDir.create(cfg, command)
-    console.print(f"run folder: {escape(str(run.path))}")
-    scorer = None
-    if cfg.executor.kind == "ray":
-        console.print(escape(f"executor: Ray, {cfg.executor.workers} workers, {_worker_lm(cfg)}; "
-                             f"task {data.spec.name}: train {len(data.train)}, test {len(data.test)}"))
-    else:
-        with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
-            scorer = build_scorer(cfg, data.spec)
-        lm = scorer.scorer_spec or cfg.lm
-        console.print(escape(
-            f"model {lm.model} ({lm.backend}, {lm.dtype}, {getattr(scorer, 'device', lm.base_url or '-')}); "
-            f"task {data.spec.name}: train {len(data.train)}, test {len(data.test)}"
-        ))
-    n_jobs = len(cfg.seeds) * (1 if demos is not None else len(cfg.selectors.names))
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("selectors x seeds", total=n_jobs)
-
-        def on_row(row: dict[str, Any]) -> None:
-            run.add_row(row)
-            progress.update(bar, advance=1, description=escape(f"{row['selector']} seed {row['seed']}: "
-                                                               f"test {100 * row['test_acc']:.1f}"))
-
-        executor = RayExecutor(EvalWorker, cfg) if scorer is None else \
-            LocalExecutor(EvalWorker(cfg, data, scorer, demos=demos, label=label))
-        rows, stats, fingerprint = run_grid(cfg, executor, names=None if demos is None else [label], on_row=on_row)
-        if scorer is None:
-            cache_info = {"path": cfg.cache or "default", "hits": stats.cache_hits, "misses": stats.cache_misses}
+    with run.recording():
+        console.print(f"run folder: {escape(str(run.path))}")
+        scorer = None
+        if cfg.executor.kind == "ray":
+            console.print(escape(f"executor: Ray, {cfg.executor.workers} workers, {_worker_lm(cfg)}; "
+                                 f"task {data.spec.name}: train {len(data.train)}, test {len(data.test)}"))
         else:
-            cache = scorer.cache
-            cache_info = None if cache is None else {"path": str(cache.path), "hits": cache.hits,
-                                                     "misses": cache.misses}
-    summary = summarise(rows)
-    extra = {"config": cfg.to_dict(), "lm_calls": stats.as_dict(), "cache": cache_info,
-             "model_fingerprint": fingerprint}
-    run.finish(summary, extra)
-    title = _title(cfg, data.spec.name, rows[0]["n_test"])
-    plot_summary(summary, rows, run.path / "test_accuracy.png", title)
-    out.print(summary_table(summary, escape(title)))
-    s = stats
-    out.print(
-        f"LM: {s.queries} query rows ({s.cache_hits} cache hits, {s.cache_misses} misses), "
-        f"{s.prefix_forwards} prefixes, {s.forward_tokens} tokens, {s.seconds:.1f} s in the LM"
-    )
-    out.print(escape(f"results: {run.path}/summary.csv, results.json, test_accuracy.png"))
-    return run.path
+            with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
+                scorer = build_scorer(cfg, data.spec)
+            lm = scorer.scorer_spec or cfg.lm
+            console.print(escape(
+                f"model {lm.model} ({lm.backend}, {lm.dtype}, {getattr(scorer, 'device', lm.base_url or '-')}); "
+                f"task {data.spec.name}: train {len(data.train)}, test {len(data.test)}"
+            ))
+        n_jobs = len(cfg.seeds) * (1 if demos is not None else len(cfg.selectors.names))
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            bar = progress.add_task("selectors x seeds", total=n_jobs)
+
+            def on_row(row: dict[str, Any]) -> None:
+                run.add_row(row)
+                progress.update(bar, advance=1, description=escape(f"{row['selector']} seed {row['seed']}: "
+                                                                   f"test {100 * row['test_acc']:.1f}"))
+
+            executor = RayExecutor(EvalWorker, cfg) if scorer is None else \
+                LocalExecutor(EvalWorker(cfg, data, scorer, demos=demos, label=label))
+            rows, stats, fingerprint = run_grid(cfg, executor, names=None if demos is None else [label], on_row=on_row)
+            if scorer is None:
+                cache_info = {"path": cfg.cache or "default", "hits": stats.cache_hits, "misses": stats.cache_misses}
+            else:
+                cache = scorer.cache
+                cache_info = None if cache is None else {"path": str(cache.path), "hits": cache.hits,
+                                                         "misses": cache.misses}
+        summary = summarise(rows)
+        extra = {"config": cfg.to_dict(), "lm_calls": stats.as_dict(), "cache": cache_info,
+                 "model_fingerprint": fingerprint}
+        run.finish(summary, extra)
+        title = _title(cfg, data.spec.name, rows[0]["n_test"])
+        plot_summary(summary, rows, run.path / "test_accuracy.png", title)
+        out.print(summary_table(summary, escape(title)))
+        s = stats
+        out.print(
+            f"LM: {s.queries} query rows ({s.cache_hits} cache hits, {s.cache_misses} misses), "
+            f"{s.prefix_forwards} prefixes, {s.forward_tokens} tokens, {s.seconds:.1f} s in the LM"
+        )
+        if window_line(s):
+            out.print(escape(window_line(s)))
+        out.print(escape(f"results: {run.path}/summary.csv, results.json, test_accuracy.png"))
+        return run.path
 
 
 def _title(cfg, task: str, n_test: Any) -> str:
@@ -409,9 +412,10 @@ def evaluate_cmd(
 
 def _task_envs(cfg, *, fixed_pool: bool = False):
     from rl_select.experiments.harness import scorer_factory
-    from rl_select.experiments.training import build_task_envs
+    from rl_select.experiments.training import build_task_envs, check_task_envs
 
     _quiet_libraries()
+    check_task_envs(cfg)  # bad input fails here, before the model loads
     with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
         make = scorer_factory(cfg)
     return build_task_envs(cfg, make, fixed_pool=fixed_pool)
@@ -423,8 +427,9 @@ def collect_cmd(cfg, explicit: frozenset[str]) -> None:
     import time
 
     from rl_select.experiments.executors import Executor, LocalExecutor, RayExecutor
-    from rl_select.experiments.training import EpisodeWorker, collect_rollouts
+    from rl_select.experiments.training import EpisodeWorker, check_task_envs, collect_rollouts
 
+    check_task_envs(cfg)  # bad input fails here, before any model loads
     t0 = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     if cfg.executor.kind == "ray":
@@ -462,29 +467,30 @@ def train_cmd(cfg, explicit: frozenset[str]) -> None:
 
     task_envs = _task_envs(cfg, fixed_pool=agent_class(cfg.agent.name).tags.fixed_pool)
     run = RunDir.create(cfg, f"train-{cfg.agent.name}")
-    console.print(f"run folder: {escape(str(run.path))}")
-    t0 = time.perf_counter()
-    console.print(f"training {cfg.agent.name} ...")
-    res = train_agent(cfg, task_envs, progress=True)
-    seconds = time.perf_counter() - t0
-    selection = None
-    if res.policy is not None:
-        res.policy.save(run.path / "policy.safetensors")
-        selection = policy_selection(cfg, res.policy, task_envs[0].scorer)
-    else:
-        res.agent.save(run.path / f"agent-{cfg.agent.name}.safetensors")
-    plot_curve(res.curve, run.path / "learning_curve.png", ylabel=res.curve_label,
-               title=f"{cfg.agent.name} on {', '.join(te.task for te in task_envs)}: k={cfg.k}, "
-                     f"N={task_envs[0].env.n_candidates}")
-    run.finish([], {"config": cfg.to_dict(), "training": res.summary, "lm_calls": res.lm.as_dict(),
-                    "seconds": seconds, "curve": res.curve, "policy_selection": selection})
-    out.print(f"trained {cfg.agent.name} in {seconds:.0f} s; LM: {res.lm.queries} query rows "
-              f"({res.lm.cache_hits} hits, {res.lm.cache_misses} misses), {res.lm.forward_tokens} tokens")
-    if selection is not None:
-        out.print(escape(f"policy: {run.path / 'policy.safetensors'}  (use with --policy); on seed "
-                         f"{selection['seed']}'s pool it picks {selection['demos']} (val acc "
-                         f"{100 * selection['val_acc']:.1f})"))
-    out.print(escape(f"learning curve: {run.path / 'learning_curve.png'}"))
+    with run.recording():
+        console.print(f"run folder: {escape(str(run.path))}")
+        t0 = time.perf_counter()
+        console.print(f"training {cfg.agent.name} ...")
+        res = train_agent(cfg, task_envs, progress=True)
+        seconds = time.perf_counter() - t0
+        selection = None
+        if res.policy is not None:
+            res.policy.save(run.path / "policy.safetensors")
+            selection = policy_selection(cfg, res.policy, task_envs[0].scorer)
+        else:
+            res.agent.save(run.path / f"agent-{cfg.agent.name}.safetensors")
+        plot_curve(res.curve, run.path / "learning_curve.png", ylabel=res.curve_label,
+                   title=f"{cfg.agent.name} on {', '.join(te.task for te in task_envs)}: k={cfg.k}, "
+                         f"N={task_envs[0].env.n_candidates}")
+        run.finish([], {"config": cfg.to_dict(), "training": res.summary, "lm_calls": res.lm.as_dict(),
+                        "seconds": seconds, "curve": res.curve, "policy_selection": selection})
+        out.print(f"trained {cfg.agent.name} in {seconds:.0f} s; LM: {res.lm.queries} query rows "
+                  f"({res.lm.cache_hits} hits, {res.lm.cache_misses} misses), {res.lm.forward_tokens} tokens")
+        if selection is not None:
+            out.print(escape(f"policy: {run.path / 'policy.safetensors'}  (use with --policy); on seed "
+                             f"{selection['seed']}'s pool it picks {selection['demos']} (val acc "
+                             f"{100 * selection['val_acc']:.1f})"))
+        out.print(escape(f"learning curve: {run.path / 'learning_curve.png'}"))
 
 
 # --- ablation grids ---------------------------------------------------------------------------------
@@ -504,12 +510,17 @@ def ablate_cmd(
     budget: Annotated[int | None, typer.Option(
         "--budget", metavar="ROWS", help="Refuse a grid whose estimated LM query rows (pending rows) exceed ROWS.")
     ] = None,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="With --run-dir: run the rows that failed again (each replaces its failed row).")
+    ] = False,
 ) -> None:
     """A grid of runs (cells x seeds x selectors, trained policies included), resumable, into one run folder:
     results.csv, summary.md and plots."""
     import time
 
-    from rl_select.experiments.ablate import Runner, check_budget, estimate, load_plan, read_rows, row_key, trains
+    from rl_select.experiments.ablate import Runner, check_budget, done_keys, estimate, load_plan, read_rows, trains
+    from rl_select.experiments.rundir import read_status
+    from rl_select.lm.cache import check_cache
 
     if config is None:
         if run_dir is None or not (run_dir / "ablate.toml").is_file():
@@ -519,7 +530,8 @@ def ablate_cmd(
     if run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         run_dir = Path(plan.base.out) / f"{stamp}-ablate-{config.stem}"
-    done = {row_key(r) for r in read_rows(run_dir / "results.csv")}
+    earlier = read_rows(run_dir / "results.csv")
+    done = done_keys(earlier, retry_failed=retry_failed)
     est = estimate(plan, done)
     head = (f"{len(plan.cells)} cells x {len(plan.seeds)} seeds x {len(plan.selectors)} selectors = "
             f"{len(plan.units)} rows ({len(plan.units) - est['pending']} done, {est['pending']} to run); estimated "
@@ -545,9 +557,18 @@ def ablate_cmd(
         check_budget(est, budget, f"ablate config {str(config)!r}")
         return
     check_budget(est, budget, f"ablate config {str(config)!r}")
+    for cache in dict.fromkeys(cell.cfg.cache for cell in plan.cells):
+        check_cache(cache)  # before any model loads
     _quiet_libraries()
-    runner = Runner(plan, run_dir)
+    runner = Runner(plan, run_dir, retry_failed=retry_failed)
     console.print(f"run folder: {escape(str(run_dir))}")
+    status = read_status(run_dir) or {}
+    if status.get("state") in ("failed", "interrupted", "running"):
+        console.print(escape(f"resuming: the last run ({status.get('state')}, {status.get('time')}) stopped: "
+                             f"{status.get('error') or 'no reason recorded (killed?)'}"), soft_wrap=True)
+    failed_before = sum(r["status"] == "failed" for r in earlier)
+    if failed_before and not retry_failed:
+        console.print(f"{failed_before} rows failed before and are kept; --retry-failed runs them again")
     console.print(escape(head), soft_wrap=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     failed = 0
@@ -908,7 +929,7 @@ def _evaluate_prompt_file(cfg, explicit: frozenset[str], path: Path) -> Path:
         evaluate_prompt_file,
         prompt_file_settings,
     )
-    from rl_select.experiments.report import plot_summary, summary_table
+    from rl_select.experiments.report import plot_summary, summary_table, window_line
     from rl_select.experiments.rundir import RunDir
     from rl_select.prompt_file import PromptFile
 
@@ -922,39 +943,43 @@ def _evaluate_prompt_file(cfg, explicit: frozenset[str], path: Path) -> Path:
     check_prompt_plan(cfg, data)  # bad input fails here, before the model loads
     check_prompt_rows(pf, data)
     run = RunDir.create(cfg, "evaluate")
-    console.print(f"run folder: {escape(str(run.path))}")
-    with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
-        scorer = build_scorer(cfg, data.spec)
-    lm = getattr(scorer, "scorer_spec", None)
-    diff = pf.scorer.differences(lm) if pf.scorer is not None and lm is not None else []
-    for note in notes or diff:
-        console.print(escape(f"warning: the prompt was selected with another scorer ({note})"), highlight=False)
-    lm = lm or cfg.lm
-    console.print(escape(f"model {lm.model} ({lm.backend}, {lm.dtype}); prompt file {path}: {pf.kind}, k={pf.k}, "
-                         f"selected by {pf.selector.get('name', '?')}; task {data.spec.name}: test {len(data.test)}"))
-    before = scorer.stats.copy()
-    rows = []
-    for seed in cfg.seeds:
-        row = evaluate_prompt_file(cfg, pf, data, scorer, seed=seed)
-        run.add_row(row)
-        rows.append(row)
-        console.print(escape(f"seed {seed}: test {100 * row['test_acc']:.1f} on {row['n_test']} rows"))
-    stats = scorer.stats - before
-    cache = getattr(scorer, "cache", None)
-    summary = summarise(rows)
-    run.finish(summary, {"config": cfg.to_dict(), "lm_calls": stats.as_dict(), "prompt_file": str(path),
-                         "prompt": {"kind": pf.kind, "selector": dict(pf.selector), "val_accuracy": pf.val_accuracy,
-                                    "demos": [d.uid for d in pf.demos]},
-                         "cache": None if cache is None else {"path": str(cache.path), "hits": cache.hits,
-                                                              "misses": cache.misses},
-                         "model_fingerprint": scorer.fingerprint})
-    title = _title(cfg, data.spec.name, rows[0]["n_test"])
-    plot_summary(summary, rows, run.path / "test_accuracy.png", title)
-    out.print(summary_table(summary, escape(title)))
-    out.print(f"LM: {stats.queries} query rows ({stats.cache_hits} cache hits, {stats.cache_misses} misses), "
-              f"{stats.prefix_forwards} prefixes, {stats.forward_tokens} tokens, {stats.seconds:.1f} s in the LM")
-    out.print(escape(f"results: {run.path}/summary.csv, results.json, test_accuracy.png"))
-    return run.path
+    with run.recording():
+        console.print(f"run folder: {escape(str(run.path))}")
+        with console.status(escape(f"loading model {cfg.lm.model!r} ...")):
+            scorer = build_scorer(cfg, data.spec)
+        lm = getattr(scorer, "scorer_spec", None)
+        diff = pf.scorer.differences(lm) if pf.scorer is not None and lm is not None else []
+        for note in notes or diff:
+            console.print(escape(f"warning: the prompt was selected with another scorer ({note})"), highlight=False)
+        lm = lm or cfg.lm
+        console.print(escape(f"model {lm.model} ({lm.backend}, {lm.dtype}); prompt file {path}: {pf.kind}, "
+                             f"k={pf.k}, selected by {pf.selector.get('name', '?')}; task {data.spec.name}: "
+                             f"test {len(data.test)}"))
+        before = scorer.stats.copy()
+        rows = []
+        for seed in cfg.seeds:
+            row = evaluate_prompt_file(cfg, pf, data, scorer, seed=seed)
+            run.add_row(row)
+            rows.append(row)
+            console.print(escape(f"seed {seed}: test {100 * row['test_acc']:.1f} on {row['n_test']} rows"))
+        stats = scorer.stats - before
+        cache = getattr(scorer, "cache", None)
+        summary = summarise(rows)
+        run.finish(summary, {"config": cfg.to_dict(), "lm_calls": stats.as_dict(), "prompt_file": str(path),
+                             "prompt": {"kind": pf.kind, "selector": dict(pf.selector), "val_accuracy": pf.val_accuracy,
+                                        "demos": [d.uid for d in pf.demos]},
+                             "cache": None if cache is None else {"path": str(cache.path), "hits": cache.hits,
+                                                                  "misses": cache.misses},
+                             "model_fingerprint": scorer.fingerprint})
+        title = _title(cfg, data.spec.name, rows[0]["n_test"])
+        plot_summary(summary, rows, run.path / "test_accuracy.png", title)
+        out.print(summary_table(summary, escape(title)))
+        out.print(f"LM: {stats.queries} query rows ({stats.cache_hits} cache hits, {stats.cache_misses} misses), "
+                  f"{stats.prefix_forwards} prefixes, {stats.forward_tokens} tokens, {stats.seconds:.1f} s in the LM")
+        if window_line(stats):
+            out.print(escape(window_line(stats)))
+        out.print(escape(f"results: {run.path}/summary.csv, results.json, test_accuracy.png"))
+        return run.path
 
 
 @app.command("report")
@@ -966,8 +991,14 @@ def report_cmd(
     """Print the summary table of a finished run from its folder (no model needed)."""
     from rl_select.errors import DataError
     from rl_select.experiments.report import summary_markdown, summary_table
+    from rl_select.experiments.rundir import read_status
 
     path = run_dir / "results.json"
+    status = read_status(run_dir)
+    if not path.is_file() and status is not None and status.get("state") != "done":
+        why = str(status.get("error") or "no reason recorded (killed?)")
+        raise DataError(f"run folder {str(run_dir)!r} did not finish ({status.get('state')}, {status.get('time')}): "
+                        f"{why[:100]}")
     if not path.is_file():
         raise DataError(f"{str(run_dir)!r} has no results.json; expected a finished run folder")
     try:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from rl_select.errors import DataError
+from rl_select.errors import DataError, not_utf8, utf8_position
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
@@ -91,8 +91,8 @@ def read_jsonl_objects(path: Path) -> Iterator[tuple[int, str, Mapping[str, Any]
                 if not isinstance(obj, dict):
                     raise DataError(f"{where} holds a JSON {type(obj).__name__}; expected an object")
                 yield lineno, where, obj
-    except UnicodeDecodeError as exc:
-        raise DataError(f"data file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except UnicodeDecodeError:
+        raise DataError(not_utf8(f"data file {str(path)!r}", utf8_position(path.read_bytes()))) from None
     except OSError as exc:
         raise DataError(f"cannot read data file {str(path)!r}: {exc.strerror or exc}") from None
 
@@ -109,6 +109,8 @@ def _read_table(path: Path, *, spec: TaskSpec) -> Iterator[tuple[int, str, Mappi
             frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"data file {str(path)!r} is empty; expected a header and rows") from None
+    except UnicodeDecodeError:
+        raise DataError(not_utf8(f"data file {str(path)!r}", utf8_position(path.read_bytes()))) from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot read data file {str(path)!r}: {msg}") from None
@@ -278,16 +280,13 @@ def load_hf(
         if (offline or unreachable) and isinstance(exc, ConnectionError | FileNotFoundError):  # not cached
             why = f"{offline} is set" if offline else unreachable
             raise DataError(
-                f"cannot load dataset {dataset_id!r}: {why}, and it is not in the local datasets cache; "
-                "expected local files (--data DIR with train.jsonl and test.jsonl, or a copy under "
-                f"${DATA_ENV_VAR}/{spec.name}/) or network access to the hub"
-                + (f" (unset {offline.split('=')[0]})" if offline else "")
+                f"cannot load dataset {dataset_id!r}: {why}; not cached; expected --data DIR or network access to "
+                "the hub" + (f" (unset {offline.split('=')[0]})" if offline else "")
             ) from None
-        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        detail = " ".join(str(exc).split())[:60] or type(exc).__name__
         raise DataError(
-            f"cannot load dataset {dataset_id!r} from the Hugging Face hub ({type(exc).__name__}: {detail}); "
-            "pass local files with --data DIR (train.jsonl and test.jsonl) or set up network access "
-            "(and unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
+            f"cannot load dataset {dataset_id!r} from the hub ({type(exc).__name__}: {detail}); expected --data DIR "
+            "(train.jsonl, test.jsonl) or network access"
         ) from None
     for split in (hf.train_split, hf.test_split):
         if split not in loaded:
@@ -434,14 +433,14 @@ def make_splits(
     ``pool`` from what remains, so changing ``n_pool`` keeps ``val`` fixed (comparable rewards), and
     without ``stratify`` a smaller pool is a prefix of a larger one. The test subsample uses its own
     random stream: it does not change with ``n_pool`` / ``n_val`` and is never stratified; with
-    ``n_test=None`` the test split is kept whole, in its given order.
+    ``n_test=None`` (or ``0``) the test split is kept whole, in its given order.
 
     Args:
         train: Labelled examples to draw pool and val from.
         test: Held-out examples.
         n_pool: Pool size (>= 1).
         n_val: Validation size (>= 0).
-        n_test: Test subsample size; ``None`` keeps the whole test split.
+        n_test: Test subsample size; ``None`` or ``0`` keeps the whole test split.
         seed: Seed for ``numpy.random.default_rng``.
         stratify: Balance labels in pool and val as evenly as the data allows (a rare class gives
             all it has; the others fill the rest).
@@ -462,8 +461,11 @@ def make_splits(
         raise DataError(
             f"n_pool + n_val = {n_pool} + {n_val} = {n_pool + n_val} exceeds the {len(train)} train examples"
         )
+    if n_test == 0:
+        n_test = None  # the run config's "0: the whole test file"
     if n_test is not None and not 1 <= n_test <= len(test):
-        raise DataError(f"n_test={n_test}; expected 1..{len(test)} (the test split's size) or None")
+        raise DataError(f"n_test={n_test} but the test split has {len(test)} rows; expected 1..{len(test)}, or 0 for "
+                        "the whole test split")
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     ordered = _stable_order(train)
     if stratify:

@@ -59,7 +59,15 @@ from typing import Any
 import numpy as np
 
 from rl_select.data import read_jsonl_objects
-from rl_select.errors import ArtifactError, ConfigError, DataError, SelectionError, TaskError
+from rl_select.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    SelectionError,
+    TaskError,
+    not_utf8,
+    utf8_position,
+)
 from rl_select.lm.base import grouped_logprobs
 from rl_select.lm.spec import ScorerSpec
 from rl_select.metrics import label_ids
@@ -422,8 +430,8 @@ class PromptFile:
             raise PromptFileError(f"{where} not found; expected a .json file written by rl-select select")
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as exc:
-            raise PromptFileError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except UnicodeDecodeError:
+            raise PromptFileError(not_utf8(where, utf8_position(path.read_bytes()))) from None
         except json.JSONDecodeError as exc:
             raise PromptFileError(f"{where} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
                                   "expected a prompt file written by rl-select select") from None
@@ -698,6 +706,8 @@ def read_query_file(task: TaskSpec, path: str | Path) -> list[tuple[str, Example
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         except pd.errors.EmptyDataError:
             raise DataError(f"query file {str(path)!r} is empty; expected a header and rows") from None
+        except UnicodeDecodeError:
+            raise DataError(not_utf8(f"query file {str(path)!r}", utf8_position(path.read_bytes()))) from None
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(f"cannot read query file {str(path)!r}: {msg}") from None
@@ -732,9 +742,8 @@ def embedder_name(embedder: Any) -> str:
     if isinstance(embedder, (str, Path)):
         name = str(embedder)
         if name == "scorer":
-            raise PromptFileError("knn with embedder='scorer' needs the LM to choose each query's demos, and a "
-                                  "prompt file renders without it; expected embedder 'minilm', 'hashing' or a "
-                                  "sentence-transformers model")
+            raise PromptFileError("knn with embedder='scorer' needs the LM per query, and a prompt file renders "
+                                  "without it; expected embedder 'minilm', 'hashing' or a sentence-transformers model")
         return name
     if isinstance(embedder, HashingEmbedder):
         return "hashing" if embedder.dim == 256 else f"hashing:{embedder.dim}"
@@ -796,9 +805,8 @@ def _assigned_demos(pq: PerQuery, queries: Sequence[Example], *, origin: str = "
         chosen = table.get(query_key(q))
         if chosen is None:
             where = f"prompt file {origin!r}" if origin else "this prompt file"
-            raise PromptFileError(f"query {i + 1} ({q.text[:50]!r}) is not one of the {len(table)} queries {where} "
-                                  "holds; a per-query policy needs the LM to choose for a new query (rl-select select "
-                                  "--policy FILE with those queries)")
+            raise PromptFileError(f"query {i + 1} ({q.text[:30]!r}) is not one of the {len(table)} queries {where} "
+                                  "holds; a per-query policy needs the LM to choose for a new query (select --policy)")
         out.append([by_uid[u] for u in chosen])
     return out
 

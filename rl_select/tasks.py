@@ -13,11 +13,11 @@ A user's own task is a JSON or TOML file read by :func:`load_task_spec`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from rl_select.errors import TaskError
+from rl_select.errors import TaskError, one_of, read_utf8
 
 
 @dataclass(frozen=True)
@@ -113,31 +113,33 @@ class TaskSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TaskSpec:
-        """Build a spec from :meth:`to_dict`'s output (lists are accepted for tuples).
+    def from_dict(cls, d: dict[str, Any], *, where: str = "task spec") -> TaskSpec:
+        """Build a spec from :meth:`to_dict`'s output (lists are accepted for tuples); ``where`` names it in errors.
 
         Raises:
-            TaskError: A key is unknown or missing, or the spec is inconsistent.
+            TaskError: A key is unknown or missing (named against the valid ones), or the spec is inconsistent.
         """
         if not isinstance(d, dict):
-            raise TaskError(f"bad task spec {d!r:.200}: expected a mapping of fields")
+            raise TaskError(f"bad task spec {d!r:.80}: expected a mapping of fields")
         d = dict(d)
+        _check_fields(where, d, cls)
         hf = d.pop("hf", None)
         for key in ("labels", "input_fields"):
             if key in d:
                 d[key] = _as_tuple(key, d[key])
+        if hf is not None:
+            if not isinstance(hf, dict):
+                raise TaskError(f"task spec field 'hf' is {hf!r:.60}; expected a table of hub fields")
+            hf = dict(hf)
+            _check_fields(f"{where} [hf]", hf, HFSource)
+            for key in ("text_columns", "label_names"):
+                if hf.get(key) is not None:
+                    hf[key] = _as_tuple(f"hf.{key}", hf[key])
+            hf = HFSource(**hf)
         try:
-            if hf is not None:
-                if not isinstance(hf, dict):
-                    raise TypeError(f"'hf' must be a mapping, got {hf!r:.80}")
-                hf = dict(hf)
-                for key in ("text_columns", "label_names"):
-                    if hf.get(key) is not None:
-                        hf[key] = _as_tuple(f"hf.{key}", hf[key])
-                hf = HFSource(**hf)
             return cls(hf=hf, **d)
-        except TypeError as exc:
-            raise TaskError(f"bad task spec {json.dumps(d, default=str)[:200]}: {exc}") from None
+        except TypeError as exc:  # a value of the wrong kind, e.g. verbalizers given as a list
+            raise TaskError(f"bad task spec {d.get('name')!r}: {str(exc)[:120]}") from None
 
     def digest_fields(self) -> dict[str, Any]:
         """The fields that change the prompt (part of every cache key)."""
@@ -148,6 +150,19 @@ class TaskSpec:
             "separator": self.separator,
             "instruction": self.instruction,
         }
+
+
+def _check_fields(where: str, d: dict[str, Any], cls: type) -> None:
+    """Refuse unknown and missing keys of a dataclass's mapping, each named against the valid fields."""
+    known = [f.name for f in fields(cls)]
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    unknown = [key for key in d if key not in known]
+    if unknown:
+        raise TaskError(f"{where}: unknown field {unknown[0]!r}; expected some of {one_of(known, unknown[0])}")
+    missing = [key for key in required if key not in d]
+    if missing:
+        raise TaskError(f"{where}: missing field{'s' * (len(missing) > 1)} {', '.join(missing)}; "
+                        f"required: {', '.join(required)}")
 
 
 def _as_tuple(key: str, value: Any) -> tuple[str, ...]:
@@ -211,19 +226,21 @@ def load_task_spec(path: str | Path) -> TaskSpec:
     suffix = path.suffix.lower()
     if suffix not in (".json", ".toml"):
         raise TaskError(f"task spec file {str(path)!r} has suffix {suffix!r}; expected .json or .toml")
+    where = f"task spec file {str(path)!r}"
+    text = read_utf8(path, where, TaskError)
     try:
-        text = path.read_text(encoding="utf-8")
         raw = json.loads(text) if suffix == ".json" else _parse_toml(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise TaskError(f"cannot parse task spec file {str(path)!r}: {exc}") from None
+    except ValueError as exc:
+        raise TaskError(f"cannot parse {where}: {exc}") from None
     if isinstance(raw, dict) and set(raw) == {"task"} and isinstance(raw["task"], dict):
         raw = raw["task"]
     if not isinstance(raw, dict):
-        raise TaskError(f"task spec file {str(path)!r} holds {type(raw).__name__}; expected an object")
+        raise TaskError(f"{where} holds {type(raw).__name__}; expected an object")
     try:
-        return TaskSpec.from_dict(raw)
+        return TaskSpec.from_dict(raw, where=where)
     except TaskError as exc:
-        raise TaskError(f"task spec file {str(path)!r}: {exc}") from None
+        msg = str(exc)
+        raise TaskError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
 
 def _parse_toml(text: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Test doubles and synthetic tasks (for rl_select's tests and users' own); nothing in the product imports this.
 
-* :class:`ToyScorer`, :class:`CachedToyScorer`, :func:`toy_scorer_factory`: model-free scorers;
+* :class:`ToyScorer`, :class:`CachedToyScorer`, :func:`toy_scorer_factory`: model-free scorers (the cached
+  one with an optional context window counted in words, for the window rule of :mod:`rl_select.lm.window`);
 * :func:`toy_task`, :func:`toy_examples`: a synthetic task and its data;
 * :func:`toy_env`: a small :class:`~envs.demo_selection.DemoSelectionEnv` on them
   (``gymnasium.make("rl_select/ToyDemoSelection-v0")``).
@@ -28,6 +29,7 @@ import numpy as np
 
 from rl_select.errors import ConfigError
 from rl_select.lm.base import CachedScorer, ScorerStats
+from rl_select.prompts import label_continuations, render_prefix, render_query
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
@@ -92,16 +94,30 @@ class CachedToyScorer(CachedScorer):
 
     Args:
         spec: The task.
+        window: A context window in whitespace-separated words (``None``: unlimited); rows over it follow
+            :mod:`rl_select.lm.window`'s rule, as with a real LM.
         **kwargs: ``cache``, ``calibrate`` (see :class:`~rl_select.lm.base.CachedScorer`).
     """
 
-    def __init__(self, spec: TaskSpec, **kwargs) -> None:
+    def __init__(self, spec: TaskSpec, *, window: int | None = None, **kwargs) -> None:
         super().__init__(spec, **kwargs)
         self.toy = ToyScorer(spec)
+        self.window = window
 
     @property
     def fingerprint(self) -> str:
-        return "cached-toy:v1"
+        return "cached-toy:v1" + ("" if self.window is None else f":w{self.window}")
+
+    def words(self, demos: Sequence[Example], query: Example) -> int:
+        """A row's length in words: demonstrations, query and its longest label."""
+        text = render_prefix(self.spec, demos) + render_query(self.spec, query)
+        return len(text.split()) + max(len(c.split()) for c in label_continuations(self.spec))
+
+    def _compute_many(self, groups: Sequence[tuple[Sequence[Example], Sequence[Example]]]) -> list[np.ndarray]:
+        if self.window is None:
+            return super()._compute_many(groups)
+        full = [[self.words(demos, q) for q in queries] for demos, queries in groups]
+        return self._within_window(groups, full, self.words, super()._compute_many, limit=self.window)
 
     def _compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
         return self.toy.logprobs(demos=demos, queries=queries)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from agents.rollouts import RolloutStore
 from rl_select.cli import app
-from rl_select.errors import ConfigError, DataError
+from rl_select.errors import MAX_MESSAGE, ConfigError, DataError
 from rl_select.experiments import ablate, harness
 from rl_select.experiments.ablate import Runner, estimate, load_plan, read_rows, row_key, training_rows
 from rl_select.testing import toy_scorer_factory
@@ -77,6 +78,7 @@ def one_line_error(result, *needles: str) -> str:
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert len(re.sub(r"'[^']*/[^']*'", "''", errors[0])) < MAX_MESSAGE + len("error: "), errors[0]  # paths aside
     for n in needles:
         assert n in errors[0], (n, errors[0])
     return errors[0]
@@ -99,7 +101,8 @@ def test_plan_is_the_product_of_the_grid(tmp_path, data_root):
 
 
 @pytest.mark.parametrize("grid, needles", [
-    ("colour = [1, 2]", ["'colour'", "is not a grid key", "feature_set", "grid.toml"]),
+    ("colour = [1, 2]", ["'colour'", "is not a grid key", "agent, allow_stop", "more) (docs/ablate.md)", "grid.toml"]),
+    ("feature_st = [1, 2]", ["'feature_st'", "expected one of feature_set,"]),  # the closest key first
     ('feature_set = ["active", "shiny"]', ["feature_set = 'shiny'", "expected one of", "labelled", "grid.toml"]),
     ('agent = ["offline", "ppo"]', ["agent = 'ppo'", "dqn", "tabular"]),
     ('task = ["sst2", "nope"]', ["task = 'nope'", "grid.toml"]),
@@ -504,3 +507,80 @@ def test_policy_probe_trains_the_critic_on_the_cells_stores(tmp_path, data_root,
     transfer = [p for p in sorted((folder / "policies").glob("*.safetensors"))
                 if len(SelectorPolicy.load(p).training["tasks"]) == 2]
     assert transfer and all(SelectorPolicy.load(p).critic.n_train == 2 * 3 for p in transfer)  # 2 stores x 3
+
+
+# --- a run that stops early records why in its folder; results reports it, ablate resumes it ----------
+
+
+def test_a_crashed_grid_records_why_and_resumes(tmp_path, data_root):
+    path = write_plan(tmp_path, data_root, grid="k = [1]", selectors='["random", "random_search"]')
+    folder = tmp_path / "runs" / "crash"
+
+    def disk_full(row):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        Runner(load_plan(path), folder).run(on_row=disk_full)
+    status = json.loads((folder / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"] == "OSError: [Errno 28] No space left on device"
+    assert status["command"] == "ablate" and status["time"] and status["error_type"] == "OSError"
+    log = (folder / "log.txt").read_text()
+    assert "run failed: OSError: [Errno 28] No space left on device" in log and "Traceback" in log
+
+    res = runner.invoke(app, ["results", str(folder), "--out", str(tmp_path / "r.md")])
+    assert res.exit_code == 0, res.output
+    shown = " ".join(res.output.split())  # the printed head, as rich wrapped it
+    assert "Run state: **failed** at" in shown and "No space left on device; resume with" in shown, shown
+    assert "Run state: **failed**" in (tmp_path / "r.md").read_text()
+
+    res = invoke("--run-dir", str(folder))
+    assert res.exit_code == 0, res.output
+    shown = " ".join(res.output.split())
+    assert "resuming: the last run (failed" in shown and "No space left" in shown, shown
+    assert len(read_rows(folder / "results.csv")) == 4
+    status = json.loads((folder / "status.json").read_text())
+    assert status["state"] == "done" and status["rows"] == 4 and status["failed_rows"] == 0
+
+
+def test_failed_rows_are_reported_and_run_again_on_request(tmp_path, data_root, monkeypatch):
+    from rl_select.errors import ModelError
+    from rl_select.selectors.random_search import RandomSearchSelector
+
+    real = RandomSearchSelector.select
+
+    def too_long(self, ctx):
+        raise ModelError("prompt of 4096 tokens does not fit the context window of 2048; expected fewer demos")
+
+    monkeypatch.setattr(RandomSearchSelector, "select", too_long)
+    path = write_plan(tmp_path, data_root, grid="k = [1]", selectors='["random", "random_search"]')
+    folder = tmp_path / "runs" / "rows"
+    assert invoke(str(path), "--run-dir", str(folder)).exit_code == 0
+    assert json.loads((folder / "status.json").read_text())["failed_rows"] == 2
+    assert "context window" in (folder / "log.txt").read_text()
+    res = runner.invoke(app, ["results", str(folder), "--out", str(tmp_path / "r.md")])
+    shown = " ".join(res.output.split())
+    assert "Failed rows: 2 (k=1 | random_search seed 0: prompt of 4096 tokens" in shown, shown
+    assert "--retry-failed` runs them again" in shown and "Run state" not in shown  # the run itself ended
+
+    monkeypatch.setattr(RandomSearchSelector, "select", real)  # the cause is fixed
+    res = invoke("--run-dir", str(folder))
+    assert "2 rows failed before and are kept; --retry-failed" in " ".join(res.output.split())
+    assert sum(r["status"] == "failed" for r in read_rows(folder / "results.csv")) == 2
+    res = invoke("--run-dir", str(folder), "--retry-failed")
+    assert res.exit_code == 0, res.output
+    rows = read_rows(folder / "results.csv")
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    assert [row_key(r) for r in rows] == [row_key(u) for u in ({"cell_id": c.id, "seed": s, "selector": n}
+                                                               for c, s, n in load_plan(path).units)]
+
+
+def test_results_names_a_run_that_failed_before_any_row(tmp_path, data_root):
+    from rl_select.experiments.rundir import write_status
+
+    folder = tmp_path / "runs" / "early"
+    folder.mkdir(parents=True)
+    (folder / "ablate.toml").write_text(write_plan(tmp_path, data_root).read_text())
+    write_status(folder, "running", command="ablate")
+    write_status(folder, "failed", error="the cache folder '/x' is not writable", error_type="CacheError")
+    res = runner.invoke(app, ["results", str(folder)])
+    one_line_error(res, "has no results: its run stopped (failed", "'/x' is not writable", "--run-dir")

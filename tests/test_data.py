@@ -18,7 +18,7 @@ from rl_select.data import (
     load_task,
     make_splits,
 )
-from rl_select.errors import DataError, TaskError
+from rl_select.errors import MAX_MESSAGE, DataError, TaskError
 from rl_select.tasks import BUILTIN_TASKS, HFSource, TaskSpec, get_task, load_task_spec
 from rl_select.types import Example
 
@@ -106,6 +106,35 @@ def test_load_task_spec_json_and_toml(tmp_path: Path) -> None:
     )
     got = load_task_spec(toml)
     assert got.labels == ("ham", "spam") and got.template.endswith("Type: {label}")
+
+
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        ('name = "x"\nlabels = ["a", "b"]\n', ["missing fields verbalizers, template",
+                                                "required: name, labels, verbalizers, template"]),
+        ('name = "x"\nlabels = ["a", "b"]\ntemplate = "{text} {label}"\nlabelz = 1\n[verbalizers]\na = "a"\nb = "b"\n',
+         ["unknown field 'labelz'", "expected some of labels, name, verbalizers, template, input_fields"]),
+        ('name = "x"\nlabels = ["a", "b"]\ntemplate = "{text} {label}"\n[verbalizers]\na = "a"\nb = "b"\n'
+         '[hf]\npath = "p"\ntext_column = ["t"]\n', ["[hf]: unknown field 'text_column'", "text_columns"]),
+    ],
+)
+def test_task_spec_fields_are_named_against_the_valid_ones(tmp_path: Path, content: str, needles: list[str]) -> None:
+    path = tmp_path / "spec.toml"
+    path.write_text(content)
+    with pytest.raises(TaskError) as info:
+        load_task_spec(path)
+    msg = str(info.value)
+    assert "\n" not in msg and "__init__" not in msg and len(msg.replace(str(tmp_path), "")) < MAX_MESSAGE, msg
+    for needle in [str(path), *needles]:
+        assert needle in msg, msg
+
+
+def test_a_task_spec_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "spec.json"
+    path.write_bytes(b'{"name": "x",\n "labels": ["caf\xe9", "b"]}')
+    with pytest.raises(TaskError, match=r"spec.json' is not UTF-8 text at line 2, column 17 \(byte 0xe9\)"):
+        load_task_spec(path)
 
 
 @pytest.mark.parametrize(
@@ -206,6 +235,23 @@ def test_malformed_jsonl_line(tmp_path: Path) -> None:
     _raises_one_line("line 1.*expected an object", load_examples, path, spec=get_task("sst2"))
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_file_that_is_not_utf8_names_the_line(tmp_path: Path, suffix: str) -> None:
+    """Past the reader's first chunk, so a byte offset within a chunk would point elsewhere."""
+    good = [{"text": f"fine film number {i}", "label": "positive"} for i in range(400)]
+    if suffix == ".jsonl":
+        body = b"".join(json.dumps(r).encode() + b"\n" for r in good) + b'{"text": "caf\xe9", "label": "negative"}\n'
+        column = 14
+    else:
+        body = b"text,label\n" + b"".join(f"{r['text']},positive\n".encode() for r in good) + b"caf\xe9,negative\n"
+        column = 4
+    path = tmp_path / f"train{suffix}"
+    path.write_bytes(body)
+    msg = _raises_one_line("not UTF-8", load_examples, path, spec=get_task("sst2"))
+    assert f"line {401 + (suffix == '.csv')}, column {column} (byte 0xe9)" in msg, msg
+    assert "position" not in msg and str(path) in msg and len(msg.replace(str(tmp_path), "")) < MAX_MESSAGE
+
+
 def test_missing_column(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "train.jsonl", [{"sentence": "x", "label": "positive"}])
     msg = _raises_one_line("'text'", load_examples, path, spec=get_task("sst2"))
@@ -249,7 +295,9 @@ def test_empty_files(tmp_path: Path) -> None:
 def test_split_size_errors() -> None:
     train, test = _synthetic(10, ("a", "b")), _synthetic(4, ("a", "b"), "q")
     _raises_one_line("8 \\+ 5 = 13 exceeds the 10", make_splits, train, test, n_pool=8, n_val=5, seed=0)
-    _raises_one_line("n_test=9.*1..4", make_splits, train, test, n_pool=2, n_val=2, n_test=9, seed=0)
+    msg = _raises_one_line("n_test=9", make_splits, train, test, n_pool=2, n_val=2, n_test=9, seed=0)
+    assert "expected 1..4, or 0 for the whole test split" in msg and "None" not in msg, msg  # as --n-test's help
+    assert make_splits(train, test, n_pool=2, n_val=2, n_test=0, seed=0).test == tuple(test)
     _raises_one_line("train split is empty", make_splits, [], test, n_pool=1, n_val=0, seed=0)
     _raises_one_line("test split is empty", make_splits, train, [], n_pool=1, n_val=0, seed=0)
     _raises_one_line("n_pool=0", make_splits, train, test, n_pool=0, n_val=1, seed=0)

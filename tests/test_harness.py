@@ -272,9 +272,12 @@ def test_run_dir_files(cfg, data, rl_logger):
     run = RunDir.create(cfg, "baselines")
     assert run.path.parent == Path(cfg.out)
     assert run.path.name.endswith("-baselines-sst2")
+    assert json.loads((run.path / "status.json").read_text())["state"] == "running"
     rows = grid(cfg, data, ToyScorer(SPEC), on_row=run.add_row)
     summary = summarise(rows)
     run.finish(summary, {"config": cfg.to_dict(), "lm_calls": {"queries": 1}})
+    status = json.loads((run.path / "status.json").read_text())
+    assert (status["state"], status["command"]) == ("done", "baselines") and "error" not in status
 
     assert load_config(run.path / "config.toml") == cfg
     assert 'k = 3' in (run.path / "config.toml").read_text().splitlines()
@@ -331,3 +334,31 @@ def test_grouped_logprobs_are_per_query_scores_with_one_call_per_list(data):
     assert len(scorer.calls) == 3
     with pytest.raises(ValueError, match="3 demo lists for 4 queries"):
         grouped_logprobs(scorer, lists[:3], test)
+
+
+# --- a row over the LM's context window ---------------------------------------------------------------
+
+
+def test_a_huge_test_query_costs_one_failed_row_not_the_run(cfg, data):
+    from rl_select.lm.window import ContextWindowWarning
+    from rl_select.testing import CachedToyScorer
+
+    huge = Example(text=" ".join(["positive"] * 20_000), label="positive", uid="test:huge")
+    data = replace(data, test=data.test[:11] + [huge])
+    cfg = cfg.updated(n_test=12)
+    demos = data.train[:3]
+    assert ToyScorer(SPEC).logprobs(demos=demos, queries=[huge]).argmax() == SPEC.labels.index("positive")  # right
+    with pytest.warns(ContextWindowWarning, match="row 'test:huge'"):
+        cut = grid(cfg, data, CachedToyScorer(SPEC, window=300), demos=demos)
+        rows = grid(cfg, data, CachedToyScorer(SPEC, window=300))
+    free = grid(cfg, data, CachedToyScorer(SPEC), demos=demos)
+    for a, b in zip(cut, free):
+        assert a["test_acc"] == pytest.approx(b["test_acc"] - 1 / 12)
+        assert (a["test_rows_failed"], b["test_rows_failed"], a["eval_rows_failed"]) == (1, 0, 1)
+    assert [(r["selector"], r["seed"]) for r in rows] == [(s, seed) for seed in (0, 1) for s in SELECTORS]
+    assert all(r["test_rows_failed"] == 1 and r["test_acc"] <= 11 / 12 for r in rows)
+    summary = summarise(rows)
+    assert {(s["test_rows_failed"], s["test_rows_dropped_demos"]) for s in summary} == {(2, 0)}
+    table = summary_table(summary, "toy run")
+    assert table.columns[-1].header == "window" and list(table.columns[-1].cells) == ["2 failed"] * len(SELECTORS)
+    assert summary_table(summarise(free), "toy run").columns[-1].header == "sec"  # no column when none

@@ -6,6 +6,7 @@ The tokenizer is a small byte-level BPE trained here in well under a second, wra
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -15,8 +16,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rl_select.errors import ModelError
+from rl_select.lm.cache import ScoreCache
 from rl_select.lm.hf import HFScorer, Tokens, load_causal_lm, model_fingerprint
 from rl_select.lm.reference import ReferenceScorer
+from rl_select.lm.window import ContextWindowWarning, failure_row
 from rl_select.tasks import TaskSpec, get_task
 from rl_select.types import Example
 
@@ -205,20 +208,81 @@ def test_prefix_is_encoded_once_per_call(lm):
 # --- errors and extras ----------------------------------------------------------------------------
 
 
-def test_prompt_longer_than_window_raises_model_error():
+@pytest.mark.parametrize("mode", ["direct", "channel"])
+def test_query_over_the_window_is_one_failed_row_never_cached(tmp_path, mode):
     tokenizer = make_tokenizer(bos=True)
-    model = make_model(tokenizer, max_positions=48)
-    long_query = [Example(text=LONG, label="positive", uid="q")]
-    fast = HFScorer(model, tokenizer, SST2, model_id="tiny-llama")
-    with pytest.raises(ModelError, match=r"prompt of \d+ tokens .*tiny-llama.*\(48 tokens\)") as info:
-        fast.logprobs(demos=POOL, queries=long_query)
-    total = int(str(info.value).split("prompt of ")[1].split()[0])
-    assert total > 48
-    ref = ReferenceScorer(model, tokenizer, SST2, model_id="tiny-llama")
-    with pytest.raises(ModelError, match=r"\(48 tokens\)"):
-        ref.logprobs(demos=POOL, queries=long_query)
-    # A prompt that fits still works on the same scorer.
-    assert fast.logprobs(demos=[], queries=[QUERIES[0]]).shape == (1, 2)
+    model = make_model(tokenizer)
+    unlimited = HFScorer(model, tokenizer, SST2, mode=mode).logprobs(demos=POOL, queries=QUERIES)
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    fast = HFScorer(model, tokenizer, SST2, mode=mode, cache=cache)
+    ref = ReferenceScorer(model, tokenizer, SST2, mode=mode)
+    fast.max_length = ref.max_length = 60  # every short row fits with its 3 demonstrations; LONG alone does not
+    with pytest.warns(ContextWindowWarning) as caught:
+        got = fast.logprobs(demos=POOL, queries=QUERIES)
+    (msg,) = [str(w.message) for w in caught]
+    assert re.fullmatch(r"row 'q:2': the query alone is \d{3} tokens \(template and longest label included\), "
+                        r"over the 60-token context window; scored as a failure", msg), msg
+    assert len(msg) < 200
+    fine = [0, 2, 3, 4]
+    np.testing.assert_allclose(got[fine], unlimited[fine], atol=1e-4, rtol=RTOL)
+    np.testing.assert_array_equal(got[1], failure_row(SST2, QUERIES[1]))
+    assert got[1].argmax() != SST2.labels.index(QUERIES[1].label)
+    assert (fast.stats.rows_failed, fast.stats.rows_dropped_demos) == (1, 0)
+    assert len(cache) == len(fine)  # the failed row is not stored
+    with pytest.warns(ContextWindowWarning):
+        np.testing.assert_allclose(ref.logprobs(demos=POOL, queries=QUERIES), got, atol=1e-4, rtol=RTOL)
+    # again: the four rows are cache hits, the failed one is computed (and counted) once more
+    again = fast.logprobs(demos=POOL, queries=QUERIES)
+    np.testing.assert_array_equal(again[1], got[1])
+    assert (fast.stats.cache_hits, fast.stats.cache_misses, fast.stats.rows_failed) == (4, 6, 2)
+    assert len(cache) == len(fine)
+
+
+@pytest.mark.parametrize("mode", ["direct", "channel"])
+def test_demonstrations_are_dropped_leftmost_first_and_cached_with_their_count(lm, tmp_path, mode):
+    model, tokenizer = lm
+    query = QUERIES[0]
+    ref = ReferenceScorer(model, tokenizer, SST2, mode=mode)
+    window = ref._row_length(POOL[1:], query)
+    assert ref._row_length(POOL, query) > window  # the first demonstration has to go, and only it
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    fast = HFScorer(model, tokenizer, SST2, mode=mode, cache=cache)
+    fast.max_length = ref.max_length = window
+    with pytest.warns(ContextWindowWarning, match=r"^row 'q:1': dropped 1 of 3 demonstrations \(leftmost first; "
+                      rf"they are \d+ tokens, the query \d+\) to fit the {window}-token context window$"):
+        got = fast.logprobs(demos=POOL, queries=[query])
+    unlimited = HFScorer(model, tokenizer, SST2, mode=mode)
+    np.testing.assert_allclose(got, unlimited.logprobs(demos=POOL[1:], queries=[query]), atol=1e-4, rtol=RTOL)
+    assert not np.allclose(got, unlimited.logprobs(demos=POOL[:2], queries=[query]), atol=1e-3)  # not the last
+    with pytest.warns(ContextWindowWarning):
+        np.testing.assert_allclose(ref.logprobs(demos=POOL, queries=[query]), got, atol=1e-4, rtol=RTOL)
+    assert (fast.stats.rows_dropped_demos, fast.stats.rows_failed) == (1, 0)
+    # cached with its count: a fresh scorer on the same cache counts the row without computing it
+    again = HFScorer(model, tokenizer, SST2, mode=mode, cache=cache)
+    again.max_length = window
+    np.testing.assert_array_equal(again.logprobs(demos=POOL, queries=[query]), got)
+    assert (again.stats.cache_hits, again.stats.forward_tokens, again.stats.rows_dropped_demos) == (1, 0, 1)
+
+
+def test_many_prompts_over_the_window_drop_demonstrations_or_fail_per_row():
+    tokenizer = make_tokenizer(bos=False)
+    model = make_model(tokenizer)
+    fast = HFScorer(model, tokenizer, SST2, batch_size=2, pack_tokens=16)
+    ref = ReferenceScorer(model, tokenizer, SST2)
+    fast.max_length = ref.max_length = 60
+    lists = [[], POOL * 4, POOL * 4, POOL]
+    queries = [QUERIES[0], QUERIES[2], QUERIES[4], QUERIES[1]]
+    with pytest.warns(ContextWindowWarning):
+        got = fast.logprobs_many(demo_lists=lists, queries=queries)
+    unlimited = HFScorer(model, tokenizer, SST2)
+    for i, (demos, q) in enumerate(zip(lists[:3], queries[:3])):
+        j = next(j for j in range(len(demos) + 1) if ref._row_length(demos[j:], q) <= 60)
+        assert (j == 0) == (i == 0) and j < max(len(demos), 1)  # the 12-demonstration prompts keep a few
+        np.testing.assert_allclose(got[i], unlimited.logprobs(demos=demos[j:], queries=[q])[0], atol=1e-4, rtol=RTOL)
+    np.testing.assert_array_equal(got[3], failure_row(SST2, queries[3]))
+    assert (fast.stats.rows_dropped_demos, fast.stats.rows_failed) == (2, 1)
+    with pytest.warns(ContextWindowWarning):
+        np.testing.assert_allclose(ref.logprobs_many(demo_lists=lists, queries=queries), got, atol=1e-4, rtol=RTOL)
 
 
 def test_unknown_mode_is_refused(lm):
@@ -338,15 +402,6 @@ def test_many_prompts_split_a_batch_that_runs_out_of_memory(lm, monkeypatch):
     monkeypatch.setattr(HFScorer, "_packed_forward_once", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         HFScorer(model, tokenizer, spec).logprobs_many(demo_lists=lists, queries=queries)
-
-
-def test_many_prompts_over_the_window_name_the_lengths():
-    tokenizer = make_tokenizer(bos=False)
-    model = make_model(tokenizer, max_positions=48)
-    fast = HFScorer(model, tokenizer, SST2)
-    lists = [[], POOL * 4]
-    with pytest.raises(ModelError, match="exceeds the context window"):
-        fast.logprobs_many(demo_lists=lists, queries=QUERIES[:2])
 
 
 @pytest.mark.parametrize("task", ["sst2", "multi", "mixed"])

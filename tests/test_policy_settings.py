@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from rl_select.cli import app
-from rl_select.errors import PolicyError
+from rl_select.errors import MAX_MESSAGE, PolicyError
 from rl_select.experiments import harness
 from rl_select.experiments.config import RunConfig
 from rl_select.experiments.reproduce import policy_settings
@@ -66,6 +66,14 @@ def test_a_custom_task_spec_is_found_from_the_policy_alone(tmp_path, monkeypatch
     assert task == custom and Path(cfg.task).is_file() and resolve_task(cfg.task) == custom
     with pytest.raises(PolicyError, match="trained on task 'moviesent'"):
         policy_settings([_policy(task=custom)], RunConfig().updated(task="sst2"), explicit={"task"})
+
+
+def test_another_task_is_refused_in_one_short_line_naming_the_fields():
+    with pytest.raises(PolicyError) as info:
+        policy_settings([_policy()], RunConfig().updated(task="agnews"), explicit={"task"})
+    msg = str(info.value)
+    assert "trained on task 'sst2' but task 'agnews' was asked" in msg and "labels, verbalizers, template" in msg
+    assert "{" not in msg and "\n" not in msg and len(msg) < MAX_MESSAGE, msg
 
 
 def test_policies_of_different_scorers_are_refused_together():

@@ -173,7 +173,7 @@ def test_a_prompt_file_is_never_overwritten_unless_asked(data, tmp_path, toy_lm)
 def test_select_needs_exactly_one_selector_and_names_bad_ones(data, toy_lm):
     toy_lm.refuse = True  # every refusal comes before the LM loads
     one_line_error(select(data), "exactly one of --policy FILE or --selector NAME")
-    one_line_error(select(data, "--selector", "psychic"), "'psychic'", "random_search")
+    one_line_error(select(data, "--selector", "psychic"), "'psychic'", "greedy")
     one_line_error(select(data, "--selector", "policy"), "--policy FILE")
     one_line_error(select(data, "--selector", "random_search", "--arg", "n_prompts"), "KEY=VALUE")
     one_line_error(select(data, "--selector", "random_search", "--arg", "nprompts=3"), "nprompts")

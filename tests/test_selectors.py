@@ -93,8 +93,10 @@ def test_registry_lists_all_selectors() -> None:
 
 
 def test_make_selector_errors_name_the_choices() -> None:
-    with pytest.raises(SelectionError, match="unknown selector 'nope'.*greedy.*random"):
+    with pytest.raises(SelectionError, match=r"unknown selector 'nope'.*greedy.*\(\d+ more\)$"):
         make_selector("nope")
+    with pytest.raises(SelectionError, match="unknown selector 'randm_search'; expected one of random_search, "):
+        make_selector("randm_search")  # the closest names first
     with pytest.raises(SelectionError, match="random_search"):
         make_selector("random_search", bogus=1)
     with pytest.raises(SelectionError, match="n_prompts=0"):

@@ -37,6 +37,7 @@ import csv
 import hashlib
 import itertools
 import json
+import logging
 import re
 import time
 import tomllib
@@ -47,8 +48,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rl_select.errors import ConfigError, DataError, RLSelectError
+from rl_select.errors import ConfigError, DataError, RLSelectError, one_of, read_utf8
 from rl_select.experiments.config import FLAT_KEYS, RunConfig
+from rl_select.experiments.rundir import attach_log, recording, write_status
+
+log = logging.getLogger("rl_select")
 
 if TYPE_CHECKING:
     from rl_select.selectors.tags import CostSetting, SelectorTags
@@ -249,12 +253,11 @@ def _check_selectors(names: Any, where: str) -> list[str]:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"{where}: selectors={names!r}; expected a non-empty list of selector names, e.g. "
                           f"['random', 'policy', 'policy_search:4']")
-    counted = "; ".join(f"{n}:M" for n, cls in SELECTORS.items() if cls.tags.count_arg is not None)
     for name in names:
         kind, _, tail = name.partition(":")
         if kind not in SELECTORS:
             raise ConfigError(f"{where}: selectors entry {name!r} is not a selector; expected one of "
-                              f"{sorted(SELECTORS)} (optionally NAME:LABEL; {counted})")
+                              f"{one_of(sorted(SELECTORS), kind, width=70)} (optionally NAME:LABEL)")
         match = _PS_LABEL.fullmatch(tail)
         if SELECTORS[kind].tags.count_arg is not None and not (match and int(match.group(1)) >= 1):
             raise ConfigError(f"{where}: selectors entry {name!r}; expected {kind}:M with M an integer >= 1, "
@@ -274,10 +277,10 @@ def load_plan(path: str | Path) -> Plan:
     where = f"ablate config {str(p)!r}"
     if not p.is_file():
         raise ConfigError(f"{where} does not exist; expected a TOML file with [base] and [grid]")
+    source = read_utf8(p, where, ConfigError)
     try:
-        source = p.read_text()
         doc = tomllib.loads(source)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where} is not valid TOML: {exc}") from None
     return plan_from_dict(doc, where=where, source=source)
 
@@ -314,7 +317,7 @@ def plan_from_dict(doc: Mapping[str, Any], *, where: str = "ablate config", sour
             hint = " (list selectors in the top-level `selectors`, seeds in `seeds`)" if key in (
                 "selectors", "selector", "seeds", "seed") else ""
             raise ConfigError(f"{where}: [grid] key {key!r} is not a grid key{hint}; expected one of "
-                              f"{sorted(GRID_KEYS)}")
+                              f"{one_of(sorted(GRID_KEYS), key, width=60)} (docs/ablate.md)")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: [grid] {key} = {values!r}; expected a non-empty list of values")
         for value in values:
@@ -416,16 +419,23 @@ def estimate(plan: Plan, done: set[tuple[str, int, str]] | None = None) -> dict[
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """``results.csv``'s complete rows (a line cut by a kill is dropped), values parsed back."""
+    """``results.csv``'s complete rows (a line cut by a kill is dropped), values parsed back; a row run again
+    (``--retry-failed``) replaces the earlier one of its key, in the earlier one's place."""
     if not path.is_file():
         return []
-    out = []
+    out: dict[tuple[str, int, str], dict[str, Any]] = {}
     with path.open(newline="") as fh:
         for raw in csv.DictReader(fh):
             if raw.get("status") not in ("ok", "failed") or not raw.get("selector"):
                 continue
-            out.append({k: _parse(v) for k, v in raw.items() if k is not None})
-    return out
+            row = {k: _parse(v) for k, v in raw.items() if k is not None}
+            out[row_key(row)] = row
+    return list(out.values())
+
+
+def done_keys(rows: Sequence[Mapping[str, Any]], *, retry_failed: bool = False) -> set[tuple[str, int, str]]:
+    """The keys a resumed run skips: every row's, or with ``retry_failed`` the ``ok`` rows' only."""
+    return {row_key(r) for r in rows if r["status"] == "ok" or not retry_failed}
 
 
 def _parse(v: str | None) -> Any:
@@ -511,14 +521,19 @@ class Runner:
 
     Args:
         plan: The parsed ablation.
-        run_dir: The run folder (created; an existing one is continued).
+        run_dir: The run folder (created; an existing one is continued). It gets ``status.json`` and
+            ``log.txt`` (:mod:`~rl_select.experiments.rundir`): a run that stops early records why.
         factory: ``factory(cfg) -> (spec -> scorer)``; default ``harness.scorer_factory`` (looked up at
             call time, so tests can replace it).
+        retry_failed: Run the ``failed`` rows of ``results.csv`` again (and a training that failed), each new
+            row replacing its failed one; by default they are kept and skipped.
     """
 
-    def __init__(self, plan: Plan, run_dir: Path, *, factory: Callable | None = None) -> None:
+    def __init__(self, plan: Plan, run_dir: Path, *, factory: Callable | None = None,
+                 retry_failed: bool = False) -> None:
         self.plan, self.dir = plan, Path(run_dir)
         self.factory = factory
+        self.retry_failed = retry_failed
         self.csv = self.dir / "results.csv"
         self._factories: dict[str, Any] = {}
         self._scorers: dict[tuple[str, str], Any] = {}
@@ -526,7 +541,7 @@ class Runner:
         self._trained: dict[tuple[str, int], Trained] = {}
 
     def done(self) -> set[tuple[str, int, str]]:
-        return {row_key(r) for r in read_rows(self.csv)}
+        return done_keys(read_rows(self.csv), retry_failed=self.retry_failed)
 
     def pending(self) -> list[tuple[Cell, int, str]]:
         done = self.done()
@@ -537,6 +552,8 @@ class Runner:
         if self.plan.source:
             (self.dir / "ablate.toml").write_text(self.plan.source)
         self.plan.base.dump(self.dir / "config.toml")
+        attach_log(self.dir)
+        write_status(self.dir, "running", command="ablate")
 
     # resources, built once ------------------------------------------------------------------------
 
@@ -579,7 +596,7 @@ class Runner:
         record = self.dir / "training" / f"{stem}.json"
         if record.is_file():
             doc = json.loads(record.read_text())
-            if doc.get("policy") is None or policy_path.is_file():
+            if (doc.get("policy") is None and not (self.retry_failed and doc.get("error"))) or policy_path.is_file():
                 if doc.get("policy") and cell.cfg.agent.probe_critic:
                     doc = self._add_critic(cell, seed, policy_path, record, doc)
                 out = Trained(policy_path if doc.get("policy") else None, doc.get("error"), doc["queries"],
@@ -697,22 +714,31 @@ class Runner:
         """
         self.prepare()
         new = []
-        for cell, seed, name in self.pending():
-            if on_start is not None:
-                on_start(cell, seed, name)
-            row = self.run_unit(cell, seed, name)
-            _append(self.csv, row)
-            new.append(row)
-            if on_row is not None:
-                on_row(row)
+        with recording(self.dir):
+            pending = self.pending()
+            log.info("ablate: %d of %d rows to run", len(pending), len(self.plan.units))
+            for cell, seed, name in pending:
+                if on_start is not None:
+                    on_start(cell, seed, name)
+                row = self.run_unit(cell, seed, name)
+                _append(self.csv, row)
+                new.append(row)
+                log.log(logging.INFO if row["status"] == "ok" else logging.WARNING, "%s | %s seed %d: %s",
+                        cell.label, name, seed, row.get("error") or f"test_acc={row['test_acc']:.4f}")
+                if on_row is not None:
+                    on_row(row)
         return new
 
     def finish(self) -> dict[str, Path]:
-        """``summary.md`` and the plots, from every row in ``results.csv``."""
-        rows = read_rows(self.csv)
-        summary = summarise(rows)
-        (self.dir / "summary.md").write_text(summary_markdown(summary, self.plan))
-        return {"summary": self.dir / "summary.md", **plot_all(rows, summary, self.dir)}
+        """``summary.md`` and the plots, from every row in ``results.csv``; the run is ``done``."""
+        with recording(self.dir):
+            rows = read_rows(self.csv)
+            summary = summarise(rows)
+            (self.dir / "summary.md").write_text(summary_markdown(summary, self.plan))
+            paths = {"summary": self.dir / "summary.md", **plot_all(rows, summary, self.dir)}
+        failed = sum(r["status"] == "failed" for r in rows)
+        write_status(self.dir, "done", rows=len(rows), failed_rows=failed, pending_rows=len(self.pending()))
+        return paths
 
 
 class _Failed(Exception):
@@ -841,6 +867,5 @@ def check_budget(est: Mapping[str, Any], budget: int | None, where: str) -> None
         ConfigError: One line with the estimate and the budget.
     """
     if budget is not None and est["total"] > budget:
-        raise ConfigError(f"{where}: the estimated {est['total']} LM query rows (training {est['training']}, "
-                          f"selection {est['selection']}, evaluation {est['evaluation']}; {est['pending']} rows "
-                          f"pending) exceed --budget {budget}; expected a smaller grid or a larger budget")
+        raise ConfigError(f"{where}: the estimated {est['total']} LM query rows ({est['pending']} rows pending) "
+                          f"exceed --budget {budget}; expected a smaller grid or budget (--dry-run itemises it)")

@@ -42,7 +42,7 @@ from typing import Any
 
 import tomli_w
 
-from rl_select.errors import ConfigError
+from rl_select.errors import ConfigError, one_of, read_utf8
 from rl_select.lm.spec import ScorerSpec
 
 DEFAULT_SELECTORS = ("zero_shot", "random", "knn", "max_entropy", "random_search", "greedy")
@@ -96,7 +96,8 @@ class SelectorsConfig:
 
         unknown = sorted({n for n in [*self.names, *self.args] if n.split(":")[0] not in SELECTORS})
         if unknown:
-            raise ConfigError(f"selectors {unknown} are not selectors; expected some of {sorted(SELECTORS)}")
+            raise ConfigError(f"selectors {unknown} are not selectors; expected some of "
+                              f"{one_of(sorted(SELECTORS), unknown[0].split(':')[0])}")
 
 
 @dataclass
@@ -357,7 +358,7 @@ class RunConfig:
                 tables[table][name] = value
             else:
                 known = sorted([*TOP_LEVEL, *(f"[{s}]" for s in SECTIONS)])
-                raise ConfigError(f"{where}: unknown key {key!r}; expected one of {known}")
+                raise ConfigError(f"{where}: unknown key {key!r}; expected one of {one_of(known, key)}")
         top = {k: None if (v in _UNSET and k != "cache") or (k == "cache" and v == "") else v for k, v in top.items()}
         if isinstance(top.get("policy"), str):
             top["policy"] = [p for p in top["policy"].split(",") if p]
@@ -372,7 +373,8 @@ class RunConfig:
             known = [f.name for f in dataclasses.fields(cls_)]
             unknown = sorted(set(values) - set(known))
             if unknown:
-                raise ConfigError(f"{where}: [{name}] has unknown keys {unknown}; expected some of {known}")
+                raise ConfigError(f"{where}: [{name}] has unknown key {unknown[0]!r}; expected some of "
+                                  f"{one_of(known, unknown[0])}")
             try:
                 sections[name] = cls_(**values)
             except TypeError as exc:
@@ -419,8 +421,8 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
         if not p.is_file():
             raise ConfigError(f"{where} does not exist; expected a TOML file")
         try:
-            doc = tomllib.loads(p.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            doc = tomllib.loads(read_utf8(p, where, ConfigError))
+        except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{where} is not valid TOML: {exc}") from None
         doc = dict(doc.get("run", doc)) if isinstance(doc.get("run"), Mapping) else doc
     return RunConfig.from_dict(_merge_into(_merge_into({}, doc), overrides or {}), where=where)

@@ -15,11 +15,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from rl_select.data import Splits, load_task, make_splits
-from rl_select.errors import ConfigError, SelectionError
+from rl_select.errors import ConfigError, SelectionError, one_of
 from rl_select.experiments.config import RunConfig
 from rl_select.experiments.executors import Executor, ScorerFactory, add_stats
 from rl_select.lm.base import CachedScorer, ScorerStats, grouped_logprobs
-from rl_select.lm.cache import open_cache
+from rl_select.lm.cache import check_cache, open_cache
 from rl_select.metrics import accuracy, label_ids
 from rl_select.selectors import SELECTORS, SelectionContext, Selector, ZeroShotSelector, make_selector
 from rl_select.tasks import TaskSpec, resolve_task
@@ -55,7 +55,7 @@ class TaskData:
     def splits(self, cfg: RunConfig, seed: int) -> Splits:
         sp = cfg.splits
         return make_splits(
-            self.train, self.test, n_pool=sp.n_pool, n_val=sp.n_val, n_test=sp.n_test or None, seed=seed,
+            self.train, self.test, n_pool=sp.n_pool, n_val=sp.n_val, n_test=sp.n_test, seed=seed,
             stratify=sp.stratify,
         )
 
@@ -74,7 +74,8 @@ def run_one(
     name: str, selector: Selector | None, scorer: CachedScorer, splits: Splits, *, k: int, seed: int,
     demos: Sequence[Example] | None = None,
 ) -> dict[str, Any]:
-    """Select (or take ``demos``), then measure val and test accuracy; one result row."""
+    """Select (or take ``demos``), then measure val and test accuracy; one result row (with the test rows over the
+    LM's context window: ``test_rows_failed``, scored wrong, and ``test_rows_dropped_demos``)."""
     ctx = SelectionContext(pool=splits.pool, val=splits.val, k=k, scorer=scorer, rng=np.random.default_rng(seed))
     before = scorer.stats.copy()
     if demos is not None:
@@ -90,8 +91,9 @@ def run_one(
     fixed = all(lst is lists[0] or lst == lists[0] for lst in lists)
     before = scorer.stats.copy()
     val_acc = accuracy(scorer, demos=lists[0], examples=splits.val) if fixed and splits.val else None
+    mid = scorer.stats.copy()
     test_acc = grouped_accuracy(scorer, lists, splits.test)
-    eval_stats = scorer.stats - before
+    eval_stats, test_stats = scorer.stats - before, scorer.stats - mid
     return {
         "selector": name,
         "seed": seed,
@@ -102,6 +104,8 @@ def run_one(
         "demos": [d.uid for d in lists[0]] if fixed else "per-query",
         **_spend("select", select_stats),
         **_spend("eval", eval_stats),
+        "test_rows_failed": test_stats.rows_failed,
+        "test_rows_dropped_demos": test_stats.rows_dropped_demos,
     }
 
 
@@ -116,8 +120,9 @@ def make_jobs(cfg: RunConfig) -> list[tuple[str, Selector]]:
         raise ConfigError("selectors is empty; expected at least one selector name")
     unknown = {name for name in cfg.selectors.args if name.split(":")[0] not in SELECTORS}
     if unknown:
+        first = sorted(unknown)[0]
         raise ConfigError(f"selector_args names {sorted(unknown)}, which are not selectors; expected some of "
-                          f"{sorted(SELECTORS)}")
+                          f"{one_of(sorted(SELECTORS), first.split(':')[0])}")
     args = cfg.selectors.args
     return [(name, make_selector(name.split(":")[0], **args.get(name, {}))) for name in cfg.selectors.names]
 
@@ -125,12 +130,13 @@ def make_jobs(cfg: RunConfig) -> list[tuple[str, Selector]]:
 def check_plan(cfg: RunConfig, data: TaskData, *, demos: Sequence[Example] | None = None) -> None:
     """Refuse, before any model is loaded, a run that :func:`run_grid` would refuse part-way.
 
-    Checks the selector names and arguments, that every seed's splits fit the data, and that ``k``
-    fits the pool for every selector that draws demonstrations from it.
+    Checks the selector names and arguments, that every seed's splits fit the data, that ``k``
+    fits the pool for every selector that draws demonstrations from it, and that the score cache can be opened.
 
     Raises:
-        ConfigError, SelectionError, DataError: One line naming the bad value.
+        ConfigError, SelectionError, DataError, CacheError: One line naming the bad value.
     """
+    check_cache(cfg.cache)
     jobs = [] if demos is not None else make_jobs(cfg)
     for seed in cfg.seeds:
         data.splits(cfg, seed)
@@ -209,7 +215,8 @@ def run_grid(cfg: RunConfig, executor: Executor, *, names: Sequence[str] | None 
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per selector: test accuracy mean and std over seeds, val accuracy, mean LM spend of selection."""
+    """Per selector: test accuracy mean and std over seeds, val accuracy, mean LM spend of selection, and the
+    test rows over the LM's context window, summed over seeds (:mod:`rl_select.lm.window`)."""
     out = []
     for name in dict.fromkeys(r["selector"] for r in rows):
         rs = [r for r in rows if r["selector"] == name]
@@ -227,5 +234,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "select_lm_misses": sum(r["select_cache_misses"] for r in rs) / len(rs),
             "select_cache_hit_rate": hits / queries if queries else None,
             "select_seconds": sum(r["select_seconds"] for r in rs) / len(rs),
+            "test_rows_failed": sum(r.get("test_rows_failed", 0) for r in rs),
+            "test_rows_dropped_demos": sum(r.get("test_rows_dropped_demos", 0) for r in rs),
         })
     return out

@@ -23,6 +23,7 @@ from rl_select.errors import DataError, PolicyError
 from rl_select.experiments.config import RunConfig
 from rl_select.experiments.harness import TaskData, run_one
 from rl_select.experiments.reproduce import task_reference
+from rl_select.lm.cache import check_cache
 from rl_select.prompt_file import PromptFile, SavedPromptSelector
 from rl_select.tasks import TaskSpec, resolve_task
 from rl_select.types import Example
@@ -141,7 +142,8 @@ def prompt_file_settings(
 
 
 def check_prompt_plan(cfg: RunConfig, data: TaskData) -> None:
-    """Refuse, before the model loads, seeds whose splits the data cannot give."""
+    """Refuse, before the model loads, seeds whose splits the data cannot give, and a cache it cannot open."""
+    check_cache(cfg.cache)
     for seed in cfg.seeds:
         data.splits(cfg, seed)
 

@@ -8,14 +8,37 @@ from typing import Any
 
 from rich.table import Table
 
+from rl_select.lm.base import ScorerStats
+
+
+def window_cell(failed: int, dropped: int) -> str:
+    """Rows over the context window in one cell: ``"1 failed, 2 cut"``, ``"-"`` for none."""
+    parts = [f"{failed} failed"] * bool(failed) + [f"{dropped} cut"] * bool(dropped)
+    return ", ".join(parts) or "-"
+
+
+def window_line(stats: ScorerStats) -> str | None:
+    """One line on the LM rows over the context window (selection and evaluation), or ``None`` for none."""
+    if not (stats.rows_failed or stats.rows_dropped_demos):
+        return None
+    return (f"context window: {stats.rows_failed} LM rows scored as failures (the query alone does not fit), "
+            f"{stats.rows_dropped_demos} with leftmost demonstrations dropped; each row is named in log.txt")
+
 
 def summary_table(summary: Sequence[dict[str, Any]], title: str) -> Table:
-    """Selector | test acc mean ± std | val acc | selection LM queries (misses) | cache hit rate | seconds."""
-    table = Table(title=title, caption="test/val: accuracy %, mean ± std over seeds; queries, misses, "
-                  "hits, sec: LM spend of the selection phase, mean per seed")
-    for col in ("selector", "test", "val", "queries", "misses", "hits", "sec"):
+    """Selector | test acc mean ± std | val acc | selection LM queries (misses) | cache hit rate | seconds, and
+    test rows over the context window when any selector has some."""
+    over = any(s.get("test_rows_failed") or s.get("test_rows_dropped_demos") for s in summary)
+    caption = ("test/val: accuracy %, mean ± std over seeds; queries, misses, hits, sec: LM spend of the selection "
+               "phase, mean per seed")
+    if over:
+        caption += ("; window: test rows over the context window, summed over seeds (failed: the query alone "
+                    "does not fit, scored wrong; cut: leftmost demonstrations dropped)")
+    table = Table(title=title, caption=caption)
+    for col in ("selector", "test", "val", "queries", "misses", "hits", "sec") + ("window",) * over:
         table.add_column(col, justify="left" if col == "selector" else "right", no_wrap=col != "selector")
     for s in summary:
+        cells = [window_cell(s.get("test_rows_failed", 0), s.get("test_rows_dropped_demos", 0))] * over
         table.add_row(
             s["selector"],
             f"{100 * s['test_acc_mean']:.1f} ± {100 * s['test_acc_std']:.1f}",
@@ -24,6 +47,7 @@ def summary_table(summary: Sequence[dict[str, Any]], title: str) -> Table:
             f"{s['select_lm_misses']:.0f}",
             "-" if s["select_cache_hit_rate"] is None else f"{100 * s['select_cache_hit_rate']:.0f}%",
             f"{s['select_seconds']:.1f}",
+            *cells,
         )
     return table
 

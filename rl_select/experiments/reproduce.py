@@ -66,8 +66,9 @@ def policy_settings(
     if "task" in explicit:
         asked_task = resolve_task(cfg.task)
         if asked_task != first.task and not force:
-            raise PolicyError(f"the policy was trained on task {first.task.name!r} (spec {first.task.to_dict()}) "
-                              f"but task {cfg.task!r} was asked; expected the training task (or --force)")
+            raise PolicyError(f"the policy was trained on task {first.task.name!r} but task {cfg.task!r} was asked "
+                              f"(they differ in {_task_diff(first.task, asked_task)}); expected the training task "
+                              "(drop --task, or pass --force)")
         task = asked_task
     trained = first.training.get("config", {})
     data = cfg.data
@@ -98,6 +99,13 @@ def check_rebuilt(policies: Sequence[SelectorPolicy], scorer: object, *, force: 
     """After the scorer is built: its resolved spec must equal the recorded one (model fingerprint too)."""
     for policy in policies:
         policy.check_scorer(scorer, force=force)  # type: ignore[arg-type]
+
+
+def _task_diff(a: TaskSpec, b: TaskSpec) -> str:
+    """The fields two task specs differ in, ``"name, labels, template"`` (cut to the first five)."""
+    da, db = a.to_dict(), b.to_dict()
+    fields = [key for key in da if da[key] != db.get(key)]
+    return ", ".join(fields[:5]) + (", ..." if len(fields) > 5 else "")
 
 
 def _spec_diff(a: ScorerSpec | None, b: ScorerSpec | None) -> list[str]:

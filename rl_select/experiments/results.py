@@ -21,6 +21,7 @@ import numpy as np
 
 from rl_select.errors import ConfigError
 from rl_select.experiments.ablate import Plan, load_plan, read_rows, selector_kind, summarise, summary_markdown
+from rl_select.experiments.rundir import read_status
 from rl_select.selectors import SELECTORS, selector_tags
 
 ZHANG_LM_PASSES = 1_700_000
@@ -244,9 +245,31 @@ def lever_table(rows: Sequence[Mapping[str, Any]], plan: Plan,
     return head
 
 
+def run_state(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown bullets: how the folder's last run ended (``status.json``), and its failed rows with their reasons."""
+    status = read_status(run_dir)
+    out = []
+    if status is not None and status.get("state") != "done":
+        reason = f": {status['error']}" if status.get("error") else " (no reason recorded: killed?)"
+        out.append(f"- Run state: **{status.get('state')}** at {status.get('time')}{reason}; resume with "
+                   f"`rl-select ablate --run-dir {run_dir}`.")
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        shown = "; ".join(f"{r['cell']} | {r['selector']} seed {r['seed']}: {r['error']}" for r in failed[:3])
+        more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+        out.append(f"- Failed rows: {len(failed)} ({shown}{more}); `rl-select ablate --run-dir {run_dir} "
+                   "--retry-failed` runs them again.")
+    return out
+
+
 def render(run_dir: Path, ablations: Sequence[Path] = ()) -> str:
     """The whole ``docs/results.md`` text."""
     run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    if not (run_dir / "results.csv").is_file() and status is not None and status.get("state") != "done":
+        why = str(status.get("error") or "no reason recorded (killed?)")
+        raise ConfigError(f"{str(run_dir)!r} has no results: its run stopped ({status.get('state')}, "
+                          f"{status.get('time')}): {why[:90]}; resume it with rl-select ablate --run-dir DIR")
     if not (run_dir / "ablate.toml").is_file() or not (run_dir / "results.csv").is_file():
         raise ConfigError(f"{str(run_dir)!r} is not an ablate run folder with results; expected ablate.toml and "
                           "results.csv (run `rl-select ablate configs/reference.toml --run-dir DIR` first)")
@@ -278,6 +301,7 @@ def render(run_dir: Path, ablations: Sequence[Path] = ()) -> str:
         f"- Rows: {len(rows)} of {len(plan.units)} in results.csv ({pending} still to run); LM query rows at "
         f"selection + evaluation {lm:,} (cache hits included); training (rollouts) {sum(train.values()):,}; wall "
         f"time of the rows {seconds / 60:.1f} min (rollout collection not included).",
+        *run_state(run_dir, rows),
         "",
         "## Headline: test accuracy (%), mean ± std over seeds",
         "",
@@ -304,7 +328,8 @@ def render(run_dir: Path, ablations: Sequence[Path] = ()) -> str:
         sub_plan = load_plan(folder / "ablate.toml")
         lines += [f"## {title}", "", f"Run folder `{folder}`; command `rl-select ablate {folder / 'ablate.toml'} "
                   f"--run-dir {folder}`. Test accuracy (%), mean ± std over seeds:", "",
-                  *lever_table(sub_rows, sub_plan, rows), ""]
+                  *lever_table(sub_rows, sub_plan, rows), "", *run_state(folder, sub_rows)]
+        lines += [""] if lines[-1] else []
     given = {Path(a).name for a in ablations}
     pending = sorted(p for p in Path("configs").glob("ablate_*.toml") if p.stem != "ablate_example"
                      and p.stem not in given)

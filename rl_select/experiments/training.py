@@ -29,18 +29,19 @@ from agents.rollouts import (
     standardize_returns,
 )
 from envs.demo_selection import DemoSelectionEnv
-from rl_select.data import load_task, make_splits
-from rl_select.errors import ConfigError
+from rl_select.data import Splits, load_task, make_splits
+from rl_select.errors import ConfigError, SelectionError
 from rl_select.experiments.config import RunConfig
 from rl_select.experiments.executors import Executor, ScorerFactory, add_stats
 from rl_select.lm.base import CachedScorer, ScorerStats
-from rl_select.lm.cache import default_cache_path
+from rl_select.lm.cache import check_cache, default_cache_path
 from rl_select.mdp.critic import ProbeCritic, critic_features
+from rl_select.mdp.episode import EpisodeRule
 from rl_select.mdp.features import FeatureSpec
 from rl_select.mdp.policy import SelectorPolicy
 from rl_select.mdp.table import RowTable
 from rl_select.metrics import label_ids
-from rl_select.tasks import resolve_task
+from rl_select.tasks import TaskSpec, resolve_task
 
 
 @dataclass
@@ -63,11 +64,7 @@ def build_task_envs(cfg: RunConfig, scorer_for: Callable[[Any], CachedScorer], *
     seed = cfg.rollout_seed if seed is None else seed
     out = []
     for task in cfg.train_tasks:
-        spec = resolve_task(task)
-        train, test = load_task(spec, data=cfg.data if task == cfg.task else None)
-        sp = cfg.splits
-        splits = make_splits(train, test, n_pool=min(sp.train_pool, len(train) - sp.n_val), n_val=sp.n_val,
-                             n_test=1, seed=seed, stratify=sp.stratify)
+        spec, splits = _episode_splits(cfg, task, seed)
         scorer = scorer_for(spec)
         folder = table_folder(cfg)
         table = (RowTable.in_folder(scorer, folder) if folder is not None else RowTable(scorer)) \
@@ -80,6 +77,36 @@ def build_task_envs(cfg: RunConfig, scorer_for: Callable[[Any], CachedScorer], *
         )
         out.append(TaskEnv(task=spec.name, env=env, scorer=scorer))
     return out
+
+
+def _episode_splits(cfg: RunConfig, task: str, seed: int) -> tuple[TaskSpec, Splits]:
+    """A training task's spec and its splits: the pool episodes draw from, and the reward's val rows."""
+    spec = resolve_task(task)
+    train, test = load_task(spec, data=cfg.data if task == cfg.task else None)
+    sp = cfg.splits
+    splits = make_splits(train, test, n_pool=max(1, min(sp.train_pool, len(train) - sp.n_val)), n_val=sp.n_val,
+                         n_test=1, seed=seed, stratify=sp.stratify)
+    return spec, splits
+
+
+def check_task_envs(cfg: RunConfig, *, seed: int | None = None) -> None:
+    """Refuse, before the LM loads, what :func:`build_task_envs` would refuse after it: the data and its splits,
+    the episode rule, ``n_candidates`` against each task's pool, and the score cache.
+
+    Raises:
+        RLSelectError: One line naming the value and what was expected.
+    """
+    check_cache(cfg.cache)
+    rule = EpisodeRule(n_candidates=cfg.n_candidates, k=cfg.k, allow_stop=cfg.mdp.allow_stop, min_len=cfg.mdp.min_len)
+    for task in cfg.train_tasks:
+        spec, splits = _episode_splits(cfg, task, cfg.rollout_seed if seed is None else seed)
+        if rule.n_candidates > len(splits.pool):
+            n = len(splits.pool)
+            raise SelectionError(f"n_candidates={rule.n_candidates} exceeds the {n} train rows episodes of task "
+                                 f"{spec.name!r} draw from (train_pool={cfg.splits.train_pool}); expected "
+                                 f"n_candidates <= {n}")
+        if not splits.val:
+            raise SelectionError(f"n_val=0 leaves task {spec.name!r} no reward rows; expected n_val >= 1")
 
 
 def table_folder(cfg: RunConfig) -> Path | None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -12,12 +14,18 @@ import numpy as np
 
 from rl_select.lm.cache import ScoreCache, prefix_digest, query_key
 from rl_select.lm.calibration import calibrate
+from rl_select.lm.window import ContextWindowWarning, Group, failure_row, fit_groups
 from rl_select.prompts import content_free_queries
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
 if TYPE_CHECKING:
     from rl_select.lm.spec import ScorerSpec
+
+log = logging.getLogger("rl_select")
+
+WINDOW_WARNINGS = 20
+"""Rows over the context window one scorer names on the console (all of them go to the log)."""
 
 
 @dataclass
@@ -31,6 +39,9 @@ class ScorerStats:
         prefix_forwards: Demonstration prefixes encoded by the LM.
         forward_tokens: Tokens run through the LM body (prefixes, queries, label continuations).
         seconds: Wall time spent inside the LM.
+        rows_dropped_demos: Query rows asked for (cache hits included) whose leftmost demonstrations were
+            dropped to fit the LM's context window (:mod:`rl_select.lm.window`).
+        rows_failed: Query rows asked for whose query alone does not fit the window: scored as failures.
     """
 
     queries: int = 0
@@ -39,6 +50,8 @@ class ScorerStats:
     prefix_forwards: int = 0
     forward_tokens: int = 0
     seconds: float = 0.0
+    rows_dropped_demos: int = 0
+    rows_failed: int = 0
 
     def copy(self) -> ScorerStats:
         return ScorerStats(**asdict(self))
@@ -82,6 +95,12 @@ class CachedScorer(ABC):
     contextual calibration on top when ``calibrate`` is set (the content-free queries ride in the
     same call, so they are cached too).
 
+    A backend that knows its context window applies :mod:`rl_select.lm.window`'s rule through
+    :meth:`_within_window`: its ``_compute_many`` arrays then have one more column, the demonstrations each
+    row dropped, and a failed row is NaN. Failed rows are never cached; they come back as
+    :func:`~rl_select.lm.window.failure_row`. A row that dropped demonstrations is cached with that count
+    (a vector of ``n_labels + 1``), so a cache hit counts it too.
+
     Args:
         spec: The task (labels, verbalisers, template).
         cache: A :class:`~rl_select.lm.cache.ScoreCache`, or ``None`` for no memo.
@@ -98,6 +117,7 @@ class CachedScorer(ABC):
         self.calibrate = calibrate
         self.stats = ScorerStats()
         self.scorer_spec = None
+        self._window_notes: set[str] = set()
 
     @property
     @abstractmethod
@@ -124,7 +144,8 @@ class CachedScorer(ABC):
             todo = [(d, list(q)) for d, q in groups if q]
             self.stats.cache_misses += sum(len(q) for _, q in todo)
             fresh = iter(self._timed_compute(todo)) if todo else iter(())
-            return [next(fresh) if q else np.zeros((0, n_labels)) for _, q in groups]
+            return [self._window_rows([self._window_stored(v, n_labels) for v in next(fresh)] if q else [], q, n_labels)
+                    for _, q in groups]
         keys = []
         for demos, queries in groups:
             prefix = prefix_digest(self.fingerprint, self.spec.digest_fields(), demos)
@@ -149,10 +170,61 @@ class CachedScorer(ABC):
         if todo:
             computed: dict[str, np.ndarray] = {}
             for ks, fresh in zip(todo_keys, self._timed_compute(todo)):
-                computed.update(zip(ks, fresh))
-            self.cache.put_many(computed.items())
+                computed.update(zip(ks, (self._window_stored(v, n_labels) for v in fresh)))
+            self.cache.put_many((k, v) for k, v in computed.items() if not np.isnan(v[0]))
             found.update(computed)
-        return [np.stack([found[k] for k in ks]) if ks else np.zeros((0, n_labels)) for ks in keys]
+        return [self._window_rows([found[k] for k in ks], queries, n_labels) for ks, (_, queries) in zip(keys, groups)]
+
+    @staticmethod
+    def _window_stored(vec: np.ndarray, n_labels: int) -> np.ndarray:
+        """A computed row as the cache holds it: the label log-probs, plus the demonstrations dropped if any."""
+        return vec[:n_labels] if len(vec) == n_labels or not vec[n_labels] else vec
+
+    def _window_rows(self, vecs: list[np.ndarray], queries: Sequence[Example], n_labels: int) -> np.ndarray:
+        """Label log-probs ``(len(vecs), n_labels)`` from computed or cached vectors, counting the rows over the
+        window: a longer vector dropped demonstrations, a NaN one failed (:func:`~rl_select.lm.window.failure_row`)."""
+        if not vecs:
+            return np.zeros((0, n_labels))
+        cut = sum(len(v) > n_labels for v in vecs)
+        out = np.stack([v[:n_labels] for v in vecs] if cut else vecs)
+        self.stats.rows_dropped_demos += cut
+        failed = np.flatnonzero(np.isnan(out[:, 0]))
+        for i in failed:
+            out[i] = failure_row(self.spec, queries[i])
+        self.stats.rows_failed += len(failed)
+        return out
+
+    def _within_window(self, groups: Sequence[Group], full: Sequence[Sequence[int]],
+                       row_length: Callable[[Sequence[Example], Example], int],
+                       compute: Callable[[list[Group]], list[np.ndarray]], *, limit: int) -> list[np.ndarray]:
+        """:meth:`_compute_many` under the context-window rule (:mod:`rl_select.lm.window`).
+
+        Args:
+            groups: The prompts asked for.
+            full: Per prompt, each row's tokens with all its demonstrations (longest label included).
+            row_length: ``row_length(demos, query)``: that count for fewer demonstrations.
+            compute: Raw label log-probs of prompts that fit; called with ``groups`` itself when every row fits.
+            limit: The context window in tokens.
+
+        Returns:
+            Per prompt, ``(len(queries), n_labels + 1)``: the label log-probs (NaN: the row failed) and the
+            demonstrations each row dropped.
+        """
+        fit = fit_groups(groups, full, row_length, limit)
+        for note in fit.notes:
+            self._window_note(note)
+        return fit.scatter(compute(fit.groups) if fit.groups else [], len(self.spec.labels))
+
+    def _window_note(self, note: str) -> None:
+        """Log a row over the window once per scorer, and warn on the console for the first few."""
+        if note in self._window_notes:
+            return
+        self._window_notes.add(note)
+        log.info("%s", note)
+        n = len(self._window_notes)
+        if n <= WINDOW_WARNINGS:
+            more = "; further rows over the window are counted, not named" if n == WINDOW_WARNINGS else ""
+            warnings.warn(note + more, ContextWindowWarning, stacklevel=2)
 
     def _compute_many(self, groups: Sequence[tuple[Sequence[Example], Sequence[Example]]]) -> list[np.ndarray]:
         """Raw label log-probs of several prompts, one ``(len(queries), n_labels)`` array per group.

@@ -2,8 +2,10 @@
 
 A key is a hash of (scorer fingerprint, the prompt-defining task fields, the ordered demonstrations'
 contents, the query's content): so the same prompt is free in any run, split or ablation. Values are
-the raw (uncalibrated) label log-probs of one query, stored as float64 bytes. The database runs in WAL
-mode and every ``put_many`` is one transaction: a crash loses at most the batch being written.
+the raw (uncalibrated) label log-probs of one query, stored as float64 bytes; a row that dropped
+demonstrations to fit the context window (:mod:`rl_select.lm.window`) has one more value, how many. The
+database runs in WAL mode and every ``put_many`` is one transaction: a crash loses at most the batch
+being written.
 """
 
 from __future__ import annotations
@@ -61,7 +63,14 @@ class ScoreCache:
         #: When a list, every stored ``(key, vector)`` is also appended here (a Ray worker hands these back
         #: to the driver, whose cache then holds them even when the worker's disk is another machine's).
         self.journal: list[tuple[str, np.ndarray]] | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        problem = cache_problem(self.path)
+        if problem is not None:
+            raise CacheError(problem)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cannot create the cache folder {str(self.path.parent)!r} ({exc.strerror or exc}); "
+                             f"{_ELSEWHERE}") from None
         try:
             self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -69,14 +78,18 @@ class ScoreCache:
             self._db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
             self._db.execute("SELECT count(*) FROM scores LIMIT 1").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise CacheError(
-                f"score cache {str(self.path)!r} is not a readable SQLite database ({exc}); "
-                f"move it aside or pass another --cache path (nothing was overwritten)"
-            ) from None
+            if getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise CacheError(
+                    f"score cache {str(self.path)!r} is not a readable SQLite database ({exc}); "
+                    f"move it aside or pass another --cache path (nothing was overwritten)"
+                ) from None
+            raise CacheError(f"cannot open score cache {str(self.path)!r} for writing ({exc}); {_ELSEWHERE}") from None
 
     def get_many(self, keys: Sequence[str], n_labels: int) -> dict[str, np.ndarray]:
-        """Cached vectors for the keys that are present (entries of another length are ignored)."""
-        found = {k: self._memo[k] for k in keys if k in self._memo and self._memo[k].shape == (n_labels,)}
+        """Cached vectors for the keys that are present: ``n_labels`` values, or ``n_labels + 1`` for a row that
+        dropped demonstrations (the last value is how many); entries of another length are ignored."""
+        sizes = (n_labels, n_labels + 1)
+        found = {k: self._memo[k] for k in keys if k in self._memo and len(self._memo[k]) in sizes}
         missing = [k for k in keys if k not in found]
         try:
             for start in range(0, len(missing), 500):
@@ -84,7 +97,7 @@ class ScoreCache:
                 marks = ",".join("?" * len(chunk))
                 for key, blob in self._db.execute(f"SELECT key, value FROM scores WHERE key IN ({marks})", chunk):
                     vec = np.frombuffer(blob, dtype=np.float64)
-                    if vec.shape == (n_labels,):
+                    if len(vec) in sizes:
                         found[key] = self._remember(key, vec.copy())
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"score cache {str(self.path)!r} is corrupt ({exc}); move it aside") from None
@@ -123,6 +136,43 @@ class ScoreCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+_ELSEWHERE = "expected a writable place: pass another --cache path, or --cache none"
+
+
+def cache_problem(path: str | os.PathLike) -> str | None:
+    """Why a score cache cannot be kept at ``path`` (one line), or ``None``; creates nothing.
+
+    The file must be readable and writable, or else its nearest existing folder writable (SQLite also
+    writes its WAL files beside the database).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return f"score cache {str(path)!r} is a folder; expected a file path, e.g. {str(path / 'scores.sqlite')!r}"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f"score cache file {str(path)!r} is not writable; {_ELSEWHERE}"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"the cache folder {str(folder)!r} is a file, not a folder; {_ELSEWHERE}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the cache folder {str(folder)!r} is not writable; {_ELSEWHERE}"
+    return None
+
+
+def check_cache(path: str | None) -> None:
+    """Refuse, before any model loads, a ``--cache`` value :func:`open_cache` could not open (nothing is created).
+
+    Raises:
+        CacheError: One line naming the file or folder.
+    """
+    if path and path.lower() == "none":
+        return
+    problem = cache_problem(path or default_cache_path())
+    if problem is not None:
+        raise CacheError(problem)
 
 
 def open_cache(path: str | None) -> ScoreCache | None:

@@ -197,15 +197,6 @@ def context_window(model: PreTrainedModel, tokenizer) -> int:
     return int(min(n, 10**7))
 
 
-def check_length(n_prefix: int, n_context: int, n_cont: int, limit: int, model_id: str) -> None:
-    total = n_prefix + n_context + n_cont
-    if total > limit:
-        raise ModelError(
-            f"prompt of {total} tokens (demonstrations {n_prefix} + query {n_context} + label {n_cont}) exceeds "
-            f"the context window of {model_id!r} ({limit} tokens); use a smaller k or shorter demonstrations"
-        )
-
-
 def shape_bucket(n: int) -> int:
     """``n`` rounded up to a multiple of 32 (to 256 tokens), 64 (to 1,024) or 256: the widths forwards are padded to.
 
@@ -366,15 +357,52 @@ class HFScorer(CachedScorer):
     # -- scoring ------------------------------------------------------------------------------------
 
     def _compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
-        channel = self.mode == "channel"
-        prefix_text = render_prefix(self.spec, demos, channel=channel)
-        if channel:
-            prefix, contexts = self.tokens.split_shared(prefix_text, channel_contexts(self.spec))
-            conts = self.tokens.encode([channel_target(self.spec, q) for q in queries])
-            return self._score(prefix, contexts, conts).T
-        prefix, contexts = self.tokens.split_shared(prefix_text, [render_query(self.spec, q) for q in queries])
+        """One prompt through :meth:`_compute_many` (the window rule's extra column included)."""
+        return self._compute_many([(demos, queries)])[0]
+
+    def _compute_many(self, groups: Sequence[tuple[Sequence[Example], Sequence[Example]]]) -> list[np.ndarray]:
+        """Raw label log-probs of many prompts under the context-window rule (:meth:`_within_window`, so each array
+        has one more column: demonstrations dropped). Direct mode scores every prompt at once
+        (:meth:`_score_packed`), channel mode one prompt at a time (:meth:`_score`); a row that fits is tokenised
+        once."""
+        if self.mode == "channel":
+            enc = [self._channel_ids(demos, queries) for demos, queries in groups]
+            full = [[len(p) + max(map(len, ctx)) + len(c) for c in conts] for p, ctx, conts in enc]
+
+            def channel(todo: Sequence[tuple[Sequence[Example], Sequence[Example]]]) -> list[np.ndarray]:
+                ids = enc if todo is groups else [self._channel_ids(d, q) for d, q in todo]
+                return [self._score(*e).T for e in ids]
+
+            return self._within_window(groups, full, self._channel_length, channel, limit=self.max_length)
         conts = self.tokens.encode(label_continuations(self.spec))
-        return self._score(prefix, contexts, conts)
+        n_cont = max(map(len, conts))
+        prompts = [self._direct_ids(demos, queries) for demos, queries in groups]
+        full = [[len(prefix) + len(c) + n_cont for c in contexts] for prefix, contexts in prompts]
+
+        def direct(todo: Sequence[tuple[Sequence[Example], Sequence[Example]]]) -> list[np.ndarray]:
+            return self._score_prompts(prompts if todo is groups else [self._direct_ids(d, q) for d, q in todo], conts)
+
+        def length(demos: Sequence[Example], query: Example) -> int:
+            text = render_prefix(self.spec, demos) + render_query(self.spec, query)
+            return len(self.tokens.bos) + len(self.tokens.encode([text])[0]) + n_cont
+
+        return self._within_window(groups, full, length, direct, limit=self.max_length)
+
+    def _direct_ids(self, demos: Sequence[Example], queries: Sequence[Example]) -> tuple[list[int], list[list[int]]]:
+        """Direct mode's ``(shared prefix ids, [rest of each query's ids])``."""
+        return self.tokens.split_shared(render_prefix(self.spec, demos), [render_query(self.spec, q) for q in queries])
+
+    def _channel_ids(self, demos: Sequence[Example], queries: Sequence[Example]
+                     ) -> tuple[list[int], list[list[int]], list[list[int]]]:
+        """Channel mode's ``(shared prefix ids, [label line ids], [query input ids])``."""
+        prefix, contexts = self.tokens.split_shared(render_prefix(self.spec, demos, channel=True),
+                                                    channel_contexts(self.spec))
+        return prefix, contexts, self.tokens.encode([channel_target(self.spec, q) for q in queries])
+
+    def _channel_length(self, demos: Sequence[Example], query: Example) -> int:
+        """Tokens of one channel-mode row: its longest label line's context plus the query input."""
+        prefix, contexts, conts = self._channel_ids(demos, [query])
+        return len(prefix) + max(map(len, contexts)) + len(conts[0])
 
     def _cached_root(self, trie: TokenTrie, segments: list[list[int]], seg_parent: list[int]):
         """When every path starts with one long shared run (one prompt's demonstrations), encode it once as a KV
@@ -446,18 +474,13 @@ class HFScorer(CachedScorer):
                 flat[rd.row, rd.col] += logp[k, rd.target]
         done.update(nodes_read)
 
-    def _compute_many(self, groups: Sequence[tuple[Sequence[Example], Sequence[Example]]]) -> list[np.ndarray]:
-        """Raw label log-probs of many prompts at once (:meth:`_score_packed`); channel mode goes through
-        :meth:`_compute`, one prompt at a time."""
-        if self.mode == "channel":
-            return [self._compute(demos, queries) for demos, queries in groups]
-        prompts = [self.tokens.split_shared(render_prefix(self.spec, d), [render_query(self.spec, q) for q in qs])
-                   for d, qs in groups]
-        conts = self.tokens.encode(label_continuations(self.spec))
+    def _score_prompts(self, prompts: list[tuple[list[int], list[list[int]]]],
+                       conts: list[list[int]]) -> list[np.ndarray]:
+        """Label log-probs of many tokenised direct-mode prompts (:meth:`_score_packed`, in bounded tries)."""
         norm = np.array([len(c) for c in conts], dtype=np.float64)[None, :] if self.length_norm else 1.0
-        out: list[np.ndarray] = [np.zeros(0)] * len(groups)
+        out: list[np.ndarray] = [np.zeros(0)] * len(prompts)
         # prompts that start alike go to the same trie; a trie holds at most TRIE_TOKENS tokens (bounded memory)
-        order = sorted(range(len(groups)), key=lambda g: prompts[g][0])
+        order = sorted(range(len(prompts)), key=lambda g: prompts[g][0])
         chunk: list[int] = []
         size = 0
         for pos, g in enumerate(order):
@@ -480,7 +503,6 @@ class HFScorer(CachedScorer):
         trie = TokenTrie()
         row_of: list[tuple[int, int]] = []
         for g, (prefix, contexts) in enumerate(prompts):
-            check_length(len(prefix), max(map(len, contexts)), max(map(len, conts)), self.max_length, self.model_id)
             for j, ctx in enumerate(contexts):
                 r = len(row_of)
                 row_of.append((g, j))
@@ -512,7 +534,6 @@ class HFScorer(CachedScorer):
         """Summed log P(cont | prefix + context) for every (context, cont) pair. Shape ``(n_ctx, n_cont)``."""
         if any(len(c) == 0 for c in conts) or any(len(c) == 0 for c in contexts):
             raise ModelError("a label continuation or query rendered to zero tokens; check the template")
-        check_length(len(prefix), max(map(len, contexts)), max(map(len, conts)), self.max_length, self.model_id)
         prefix_kv, prefix_mask = self._encode_prefix(prefix)
         self.stats.prefix_forwards += 1
         first = torch.tensor([c[0] for c in conts], device=self.device)

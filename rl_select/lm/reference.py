@@ -2,7 +2,8 @@
 
 Kept for tests (the fast :class:`~rl_select.lm.hf.HFScorer` must agree with it) and for the scorer
 benchmark's speed ratio. It tokenises the whole prompt text as one string, so agreement also checks
-that the fast scorer's piecewise tokenisation (prefix | query | label) matches.
+that the fast scorer's piecewise tokenisation (prefix | query | label) matches. It applies the same
+context-window rule (:mod:`rl_select.lm.window`), measuring each row by tokenising it once more.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from transformers import PreTrainedModel
 
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import ScoreCache
-from rl_select.lm.hf import Tokens, check_length, context_window, model_fingerprint
+from rl_select.lm.hf import Tokens, context_window, model_fingerprint
 from rl_select.prompts import Mode, scoring_texts
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
@@ -50,6 +51,17 @@ class ReferenceScorer(CachedScorer):
     def fingerprint(self) -> str:
         return f"ref:{self.model_fingerprint}:{self.mode}:{int(self.length_norm)}"
 
+    def _compute_many(self, groups: Sequence[tuple[Sequence[Example], Sequence[Example]]]) -> list[np.ndarray]:
+        """Every prompt under the context-window rule (one more column: demonstrations dropped)."""
+        full = [[self._row_length(demos, q) for q in queries] for demos, queries in groups]
+        return self._within_window(groups, full, self._row_length,
+                                   lambda todo: [self._compute(d, q) for d, q in todo], limit=self.max_length)
+
+    def _row_length(self, demos: Sequence[Example], query: Example) -> int:
+        """Tokens of the row's longest (context, continuation) sequence."""
+        texts = scoring_texts(self.spec, demos, [query], mode=self.mode)[0]
+        return max(len(self.tokens.bos) + sum(map(len, self.tokens.encode([ctx, cont]))) for ctx, cont in texts)
+
     @torch.inference_mode()
     def _compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
         out = np.zeros((len(queries), len(self.spec.labels)))
@@ -57,7 +69,6 @@ class ReferenceScorer(CachedScorer):
             for j, (context, cont) in enumerate(per_label):
                 ctx_ids = self.tokens.bos + self.tokens.encode([context])[0]
                 cont_ids = self.tokens.encode([cont])[0]
-                check_length(0, len(ctx_ids), len(cont_ids), self.max_length, self.model_id)
                 ids = torch.tensor([ctx_ids + cont_ids], device=self.device)
                 logits = self.model(input_ids=ids).logits[0].float()  # (T, V): every position
                 self.stats.forward_tokens += ids.shape[1]

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from rl_select.errors import SelectionError
+from rl_select.errors import SelectionError, one_of
 from rl_select.lm.base import Scorer
 from rl_select.selectors.tags import SelectorTags
 from rl_select.types import Example
@@ -125,7 +125,7 @@ def selector_tags(entry: str) -> SelectorTags:
     """
     kind = entry.split(":")[0]
     if kind not in SELECTORS:
-        raise SelectionError(f"unknown selector {kind!r}; expected one of {sorted(SELECTORS)}")
+        raise SelectionError(f"unknown selector {kind!r}; expected one of {one_of(sorted(SELECTORS), kind)}")
     return SELECTORS[kind].tags
 
 
@@ -139,7 +139,7 @@ def make_selector(name: str, **kwargs: Any) -> Selector:
     try:
         cls = SELECTORS[name]
     except KeyError:
-        raise SelectionError(f"unknown selector {name!r}; expected one of {sorted(SELECTORS)}") from None
+        raise SelectionError(f"unknown selector {name!r}; expected one of {one_of(sorted(SELECTORS), name)}") from None
     try:
         return cls(**kwargs)
     except TypeError as exc:
