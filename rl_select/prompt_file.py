@@ -815,7 +815,7 @@ def select_per_query_prompt(
     policy: Any, *, task: TaskSpec, pool: Sequence[Example], queries: Sequence[Example], scorer: Any,
     val: Sequence[Example] = (), seed: int = 0, measure: bool = True, args: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None, scorer_spec: ScorerSpec | None = None, force: bool = False,
-    embedder: Any = None,
+    embedder: Any = None, mode: str = "critic",
 ) -> PromptFile:
     """A per-query policy's choices for ``queries`` as a ``"policy"`` per-query prompt file.
 
@@ -828,6 +828,7 @@ def select_per_query_prompt(
         val: Validation rows; with ``measure``, the policy chooses for them too and their accuracy is stored.
         seed, args, source, scorer_spec: Recorded in the file.
         embedder: The neighbourhoods' embedder (the bundled MiniLM, as in training, by default).
+        mode: How the policy chooses (``"critic"`` or ``"greedy"``; recorded in the file).
 
     Raises:
         PolicyError, SelectionError: As :meth:`PerQueryPolicy.select_for` (one line).
@@ -838,7 +839,7 @@ def select_per_query_prompt(
 
     emb = embedder or MiniLMEmbedder()
     before = scorer.stats.copy()
-    lists = policy.select_for(pool, queries, labels=task.labels, embedder=emb, scorer=scorer, force=force)
+    lists = policy.select_for(pool, queries, labels=task.labels, embedder=emb, scorer=scorer, force=force, mode=mode)
     select_stats = scorer.stats - before
     assigned = dict.fromkeys(query_key(q) for q in queries)
     for q, demos in zip(queries, lists):
@@ -849,14 +850,15 @@ def select_per_query_prompt(
     acc, lm_calls = None, {"select": select_stats.as_dict()}
     if measure and val:
         before = scorer.stats.copy()
-        val_lists = policy.select_for(pool, val, labels=task.labels, embedder=emb, scorer=scorer, force=force)
+        val_lists = policy.select_for(pool, val, labels=task.labels, embedder=emb, scorer=scorer, force=force,
+                                      mode=mode)
         pred = grouped_logprobs(scorer, val_lists, list(val)).argmax(axis=1)
         acc = float(np.mean(pred == label_ids(task.labels, val)))
         lm_calls["validate"] = (scorer.stats - before).as_dict()
     spec = getattr(scorer, "scorer_spec", None) or scorer_spec
     return PromptFile(task=task, per_query=per_query, scorer=spec, source=dict(source or {}),
                       selector={"name": "policy_pq", "args": dict(args or {}), "k": policy.k, "seed": seed,
-                                "m": policy.m, "feature_set": policy.feature_set},
+                                "m": policy.m, "feature_set": policy.feature_set, "mode": mode},
                       val_accuracy=acc, n_val=len(val) if acc is not None else 0, lm_calls=lm_calls,
                       created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 

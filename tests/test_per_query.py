@@ -410,3 +410,35 @@ def test_the_same_model_in_another_dtype_is_accepted_with_a_warning_another_mode
     uncalibrated = SimpleNamespace(scorer_spec=trained.replace(dtype="fp32", calibrate=False))
     with pytest.raises(PolicyError, match="calibrate: True vs False"):
         policy.check_scorer(uncalibrated)
+
+
+def test_critic_mode_keeps_each_querys_best_candidate_by_the_last_steps_q(tmp_path):
+    import torch
+
+    from rl_select.mdp.neighbour_orders import ORDERS
+    from rl_select.mdp.per_query_policy import critic_orders, last_step_values
+
+    scorer, table, ctx, _, policy = _trained(tmp_path, n=60)
+    orders, sources = critic_orders(policy.qnet, policy.view, table, ctx, 3)
+    cands = {"greedy": greedy_orders(policy.qnet, policy.view, table, ctx, 3),
+             **{n: [o(table, ctx, i, 3) for i in range(len(ctx.queries))] for n, o in ORDERS.items()}}
+    batched = last_step_values(policy.qnet, policy.view, table, ctx, orders)
+    for i in range(0, len(ctx.queries), 7):
+        values = {}
+        for name, cand in cands.items():  # one query at a time, by hand
+            o = cand[i]
+            s, c = policy.view(table, ctx, i, o[:-1], 3)
+            with torch.no_grad():
+                values[name] = float(policy.qnet(torch.as_tensor(s[None]), torch.as_tensor(c[None]))[0, o[-1]])
+        best = max(values, key=values.get)
+        assert sources[i] == best and orders[i] == cands[best][i]
+        assert batched[i] == pytest.approx(values[best], abs=1e-5)
+    assert len(set(sources)) > 1  # the critic does not always keep one source
+    demos = policy.select_for(POOL, QUERIES, labels=SPEC.labels, embedder=EMB, scorer=scorer)  # critic by default
+    assert [[d.uid for d in ds] for ds in demos] == [[table.pool[ctx.nbr[i, j]].uid for j in o]
+                                                     for i, o in enumerate(orders)]
+    greedy = policy.select_for(POOL, QUERIES, labels=SPEC.labels, embedder=EMB, scorer=scorer, mode="greedy")
+    assert [[d.uid for d in ds] for ds in greedy] == [[table.pool[ctx.nbr[i, j]].uid for j in o]
+                                                      for i, o in enumerate(cands["greedy"])]
+    with pytest.raises(SelectionError, match="mode 'beam'; expected one of"):
+        policy.select_for(POOL, QUERIES[:2], labels=SPEC.labels, embedder=EMB, scorer=scorer, mode="beam")

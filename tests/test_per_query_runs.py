@@ -61,7 +61,8 @@ def test_stages_collect_train_evaluate_adapt_and_report(toy_run, tmp_path):
     with (run_dir / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     sels = {r["selector"] for r in rows}
-    assert {"knn", "knn_majority", "knn_vote", "policy_pq:full-margin", "policy_pq:adapt-full-margin"} <= sels
+    assert {"knn", "knn_majority", "knn_vote", "policy_pq:full-margin", "policy_pq:critic-full-margin",
+            "policy_pq:adapt-full-margin"} <= sels
     assert all(r["split"] == "val" and r["n"] == "10" for r in rows)
     table = pqr.run_stage("report", run_dir, cfg, split="val")
     assert "| policy_pq:adapt-full-margin |" in table and "average" in table

@@ -65,6 +65,7 @@ class PerQueryRunConfig:
     cql_alpha: float = 0.1
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     cache: str | None = None
+    modes: list[str] = field(default_factory=lambda: ["greedy", "critic"])
     adapt_episodes: int = 600
     adapt_repeat: int = 8
 
@@ -289,13 +290,19 @@ def knn_vote(run: PerQueryRun, m: int) -> Callable[..., np.ndarray]:
     return fn
 
 
-def policy_fn(run: PerQueryRun, path: Path) -> Callable[..., list[list[Example]]]:
-    """A per-query policy file as ``fn(splits, scorer, queries)``."""
+def policy_fn(run: PerQueryRun, path: Path, mode: str = "greedy") -> Callable[..., list[list[Example]]]:
+    """A per-query policy file as ``fn(splits, scorer, queries)``, choosing in ``mode``."""
     policy = PerQueryPolicy.load(path)
 
     def fn(sp: Splits, scorer: CachedScorer, queries: Sequence[Example]) -> list[list[Example]]:
-        return policy.select_for(sp.pool, queries, labels=scorer.spec.labels, embedder=run.embedder, scorer=scorer)
+        return policy.select_for(sp.pool, queries, labels=scorer.spec.labels, embedder=run.embedder, scorer=scorer,
+                                 mode=mode)
     return fn
+
+
+def policy_label(feature_set: str, reward: str, mode: str) -> str:
+    """A policy's selector name in ``results.csv``: ``policy_pq:<fs>-<reward>`` (greedy) or ``policy_pq:critic-...``."""
+    return f"policy_pq:{'' if mode == 'greedy' else mode + '-'}{feature_set}-{reward}"
 
 
 def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -420,7 +427,8 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
             fns = baselines(run) if with_baselines else {}
             for fs, rw in variants(cfg, feature_sets, rewards):
                 path = run.dir / "policies" / f"loo-{target}-{fs}-{rw}.safetensors"
-                fns[f"policy_pq:{fs}-{rw}"] = policy_fn(run, path)
+                for mode in cfg.modes:
+                    fns[policy_label(fs, rw, mode)] = policy_fn(run, path, mode)
             todo = {n: f for n, f in fns.items() if (target, str(seed), split, n) not in have}
             append_rows(results, run.evaluate(target, seed, todo, split=split))
     return None

@@ -4,9 +4,15 @@ One ``.safetensors`` file (kind ``"per_query_policy"``) whose JSON document reco
 (``"per_query"``), the feature set, ``M`` neighbours per query, ``k``, the reward it was trained on, the
 scorer spec and the training summary; the whole file is hash-checked (:mod:`rl_select.mdp.artifacts`).
 It needs neither gymnasium nor SB3: :meth:`PerQueryPolicy.select_for` embeds the pool and the queries,
-scores the pool and the queries zero-shot (one cached LM row each, for the LM features), then rolls every
-query's episode out greedily under the shared :class:`~rl_select.mdp.episode.EpisodeRule`, all queries
-of a step in one Q-network forward.
+scores the pool and the queries zero-shot (one cached LM row each, for the LM features), then chooses each
+query's demonstrations in one of two modes (:data:`MODES`):
+
+* ``greedy``: the episode rolled out greedily under the shared :class:`~rl_select.mdp.episode.EpisodeRule`,
+  all queries of a step in one Q-network forward (:func:`greedy_orders`);
+* ``critic``: the Q-network as a critic (:func:`critic_orders`): each query's candidate prompts (the greedy
+  rollout and the hand-written orders of :mod:`rl_select.mdp.neighbour_orders`) are valued by the last
+  step's Q, ``Q(state after the first k-1, last action)``, the predicted terminal reward (a plain regression
+  target in training, no bootstrapping), and the best is kept. No LM row beyond the greedy mode's.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from rl_select.mdp.artifacts import (
     write_artifact,
 )
 from rl_select.mdp.episode import EpisodeRule
+from rl_select.mdp.neighbour_orders import ORDERS
 from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, PoolTable, QueryContexts
 from rl_select.mdp.qnet import CandidateQNet, masked_q
 from rl_select.types import Example, is_int
@@ -47,6 +54,9 @@ PRETRAINED = "pretrained"
 """The name that stands for the general per-query policy shipped in the package (:func:`resolve_policy_path`)."""
 
 _PACKAGED = Path(__file__).resolve().parent.parent / "pretrained" / "per_query.safetensors"
+
+MODES: tuple[str, ...] = ("greedy", "critic")
+"""How a per-query policy chooses (see the module docstring); ``critic`` was chosen on validation rows."""
 
 _REQUIRED = ("shape", "feature_set", "m", "k", "reward", "scorer", "qnet", "training")
 
@@ -96,6 +106,38 @@ def greedy_orders(qnet: CandidateQNet, view: FeatureView, table: PoolTable, ctx:
         for b, a in enumerate(q.argmax(dim=1).tolist()):
             _, chosen[b], _ = rule.apply(np.int64(a), chosen[b], False)
     return chosen
+
+
+def last_step_values(qnet: CandidateQNet, view: FeatureView, table: PoolTable, ctx: QueryContexts,
+                     orders: Sequence[Sequence[int]]) -> np.ndarray:
+    """``Q(state after order[:-1], order[-1])`` for query ``i`` and ``orders[i]``, all in one forward, ``(Q,)``."""
+    if not orders:
+        return np.zeros(0)
+    k = len(orders[0])
+    feats = [view(table, ctx, i, list(o[:-1]), k) for i, o in enumerate(orders)]
+    qnet.eval()
+    with torch.no_grad():
+        q = qnet(torch.as_tensor(np.stack([f[0] for f in feats])), torch.as_tensor(np.stack([f[1] for f in feats])))
+    return q[torch.arange(len(orders)), torch.as_tensor([int(o[-1]) for o in orders])].numpy().astype(np.float64)
+
+
+def critic_orders(qnet: CandidateQNet, view: FeatureView, table: PoolTable, ctx: QueryContexts, k: int
+                  ) -> tuple[list[list[int]], list[str]]:
+    """Each query's best candidate prompt by the last step's Q (see the module docstring).
+
+    Candidates, in this order (ties keep the first): the greedy rollout, then
+    :data:`~rl_select.mdp.neighbour_orders.ORDERS`.
+
+    Returns:
+        ``(orders, sources)``: per query, the chosen positions in prompt order and the name of the candidate.
+    """
+    cands = {"greedy": greedy_orders(qnet, view, table, ctx, k)}
+    for name, order in ORDERS.items():
+        cands[name] = [order(table, ctx, i, k) for i in range(len(ctx.queries))]
+    values = np.stack([last_step_values(qnet, view, table, ctx, o) for o in cands.values()])  # (C, Q)
+    best = values.argmax(axis=0)
+    names = list(cands)
+    return [cands[names[c]][i] for i, c in enumerate(best)], [names[c] for c in best]
 
 
 class PerQueryPolicy:
@@ -225,7 +267,8 @@ class PerQueryPolicy:
         return table, QueryContexts.build(table, queries, m=self.m, embedder=embedder, scorer=lm)
 
     def select_for(self, pool: Sequence[Example], queries: Sequence[Example], *, labels: Sequence[str],
-                   embedder: Embedder, scorer: Scorer | None = None, force: bool = False) -> list[list[Example]]:
+                   embedder: Embedder, scorer: Scorer | None = None, force: bool = False,
+                   mode: str = "critic") -> list[list[Example]]:
         """Each query's ``k`` demonstrations, in prompt order (the most relevant last, where the Q put it).
 
         Args:
@@ -235,17 +278,32 @@ class PerQueryPolicy:
             embedder: Sentence embedder for the neighbourhoods (the one the policy was trained with).
             scorer: The frozen LM, for the zero-shot features (``P + Q`` rows, cached).
             force: Use a scorer other than the training one (warns).
+            mode: ``"critic"`` or ``"greedy"`` (:data:`MODES`).
 
         Returns:
             ``len(queries)`` lists of ``k`` distinct pool examples.
+
+        Raises:
+            SelectionError: An unknown mode (and see :meth:`contexts`).
         """
+        check_mode(mode)
         if scorer is not None:
             self.check_scorer(scorer, force=force)
         if not queries:
             return []
         table, ctx = self.contexts(pool, queries, labels=labels, embedder=embedder, scorer=scorer)
-        orders = greedy_orders(self.qnet, self.view, table, ctx, self.k)
+        if mode == "greedy":
+            orders = greedy_orders(self.qnet, self.view, table, ctx, self.k)
+        else:
+            orders, _ = critic_orders(self.qnet, self.view, table, ctx, self.k)
         return [ctx.demos(table, i, order) for i, order in enumerate(orders)]
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`MODES`; else a one-line error."""
+    if mode not in MODES:
+        raise SelectionError(f"per-query policy mode {mode!r}; expected one of {list(MODES)}")
+    return mode
 
 
 def check_k_fits(k: int, m: int) -> None:

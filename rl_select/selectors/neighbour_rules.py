@@ -1,14 +1,8 @@
-"""Hand-written per-query rules over each query's ``M`` nearest pool examples (no LM, no training).
+"""Hand-written per-query rules over each query's ``M`` nearest pool examples, as selectors (no LM, no training).
 
-The baselines a learned per-query policy has to beat (issue 22): each reads the same neighbourhood the
-per-query policy reads (:class:`~rl_select.mdp.per_query.QueryContexts`), and puts the most similar
-chosen demonstration last, next to the query, like kNN.
-
-* ``knn_majority``: only neighbours carrying the neighbourhood's (similarity-weighted) majority label, the
-  ``k`` most similar of them (topped up with the nearest others when fewer than ``k`` carry it);
-* ``knn_balanced``: labels in turn, most voted label first, each time its most similar unused neighbour;
-* ``knn_mmr``: maximal marginal relevance (Carbonell & Goldstein 1998): greedily the neighbour with the
-  best ``lam * sim(query) - (1 - lam) * max sim(chosen)``.
+The baselines a learned per-query policy has to beat (issue 22): ``knn_majority``, ``knn_balanced`` and
+``knn_mmr``, whose orders are defined once in :mod:`rl_select.mdp.neighbour_orders` (the per-query policy's
+critic mode values the same orders). Each reads the neighbourhood the per-query policy reads.
 """
 
 from __future__ import annotations
@@ -20,7 +14,8 @@ import numpy as np
 
 from rl_select.embeddings import Embedder, as_embedder
 from rl_select.errors import SelectionError
-from rl_select.mdp.per_query import PoolTable, QueryContexts, vote_shares
+from rl_select.mdp.neighbour_orders import balanced_order, majority_order, mmr_order
+from rl_select.mdp.per_query import PoolTable, QueryContexts
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.tags import SelectorTags
 from rl_select.types import Example
@@ -67,11 +62,6 @@ class NeighbourRuleSelector(Selector):
         return f"{type(self).__name__}(m={self.m})"
 
 
-def _nearest_last(positions: list[int]) -> list[int]:
-    """Positions sorted so the nearest (smallest position) sits last."""
-    return sorted(positions, reverse=True)
-
-
 @register_selector
 class MajorityNeighboursSelector(NeighbourRuleSelector):
     """The ``k`` most similar neighbours carrying the neighbourhood's majority label (see the module)."""
@@ -80,11 +70,7 @@ class MajorityNeighboursSelector(NeighbourRuleSelector):
     tags = SelectorTags(**_TAGS)
 
     def order(self, table: PoolTable, ctx: QueryContexts, i: int, k: int) -> list[int]:
-        top = int(np.argmax(vote_shares(table, ctx, i)))
-        y = table.labels[ctx.nbr[i]]
-        same = [j for j in range(ctx.m) if y[j] == top]
-        other = [j for j in range(ctx.m) if y[j] != top]
-        return _nearest_last((same + other)[:k])
+        return majority_order(table, ctx, i, k)
 
 
 @register_selector
@@ -95,16 +81,7 @@ class BalancedNeighboursSelector(NeighbourRuleSelector):
     tags = SelectorTags(**_TAGS)
 
     def order(self, table: PoolTable, ctx: QueryContexts, i: int, k: int) -> list[int]:
-        vote = vote_shares(table, ctx, i)
-        y = table.labels[ctx.nbr[i]]
-        queues = [[j for j in range(ctx.m) if y[j] == lab] for lab in np.argsort(-vote, kind="stable")]
-        queues = [q for q in queues if q]
-        chosen: list[int] = []
-        while len(chosen) < k:
-            for q in queues:
-                if q and len(chosen) < k:
-                    chosen.append(q.pop(0))
-        return _nearest_last(chosen)
+        return balanced_order(table, ctx, i, k)
 
 
 @register_selector
@@ -127,12 +104,4 @@ class MMRNeighboursSelector(NeighbourRuleSelector):
         self.lam = float(lam)
 
     def order(self, table: PoolTable, ctx: QueryContexts, i: int, k: int) -> list[int]:
-        emb = table.emb[ctx.nbr[i]]
-        sim_q = ctx.sims[i]
-        chosen: list[int] = []
-        for _ in range(k):
-            red = (emb @ emb[chosen].T).max(axis=1) if chosen else np.zeros(ctx.m)
-            score = self.lam * sim_q - (1.0 - self.lam) * red
-            score[chosen] = -np.inf
-            chosen.append(int(np.argmax(score)))
-        return chosen[::-1]  # the first pick (most relevant) sits last
+        return mmr_order(table, ctx, i, k, self.lam)

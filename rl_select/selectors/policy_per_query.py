@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rl_select.embeddings import Embedder, as_embedder
 from rl_select.errors import SelectionError
-from rl_select.mdp.per_query_policy import PRETRAINED, PerQueryPolicy
+from rl_select.mdp.per_query_policy import PRETRAINED, PerQueryPolicy, check_mode
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.tags import SelectorTags
 from rl_select.types import Example
@@ -20,13 +20,15 @@ from rl_select.types import Example
 
 @register_selector
 class PerQueryPolicySelector(Selector):
-    """Greedy per-query rollouts of a trained per-query policy (``rl-select per-query train``).
+    """A trained per-query policy (``rl-select per-query train``) choosing each query's demonstrations.
 
     Args:
         path: The policy's ``.safetensors`` file (kind ``per_query_policy``); ``"pretrained"`` (the default) is
             the general per-query policy shipped in the package (trained on nine tasks for the bundled model).
         embedder: The sentence embedder of the neighbourhoods (MiniLM by default, as in training).
         force: Use the policy with a scorer other than its training one (warns); refused by default.
+        mode: ``"critic"`` (default: the Q-network values the greedy rollout and the hand-written orders, the
+            best is kept) or ``"greedy"`` (its greedy rollout); see :mod:`rl_select.mdp.per_query_policy`.
     """
 
     name = "policy_pq"
@@ -35,9 +37,10 @@ class PerQueryPolicySelector(Selector):
                         cost_note="P + T zero-shot rows (pool and queries, cached); no prompt scored")
 
     def __init__(self, path: str | Path = PRETRAINED, embedder: Embedder | str | Path | None = None,
-                 force: bool = False) -> None:
+                 force: bool = False, mode: str = "critic") -> None:
         self.path = str(path)
         self.force = force
+        self.mode = check_mode(mode)
         self.policy = PerQueryPolicy.load(path)
         self.embedder = embedder
         self._emb = as_embedder(embedder)
@@ -49,11 +52,11 @@ class PerQueryPolicySelector(Selector):
             raise SelectionError(f"k={ctx.k}, but policy {self.path!r} was trained for k={self.policy.k}; "
                                  f"expected k={self.policy.k}")
         return self.policy.select_for(ctx.pool, queries, labels=ctx.scorer.spec.labels, embedder=self._emb,
-                                      scorer=ctx.scorer, force=self.force)
+                                      scorer=ctx.scorer, force=self.force, mode=self.mode)
 
     def select(self, ctx: SelectionContext) -> list[Example]:
         """Per-query only."""
         raise SelectionError(f"policy {self.path!r} is a per-query policy; call select_for(ctx, queries)")
 
     def __repr__(self) -> str:
-        return f"PerQueryPolicySelector({self.path!r})"
+        return f"PerQueryPolicySelector({self.path!r}, mode={self.mode!r})"
