@@ -20,7 +20,7 @@ import numpy as np
 
 from rl_select.embeddings import Embedder, as_embedder
 from rl_select.errors import SelectionError
-from rl_select.mdp.per_query import PoolTable, QueryContexts, vote_shares
+from rl_select.mdp.per_query import PoolTable, QueryContexts, TableMemo, vote_shares
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.tags import SelectorTags
 from rl_select.types import Example
@@ -43,6 +43,7 @@ class NeighbourRuleSelector(Selector):
         self.m = int(m)
         self.embedder = embedder
         self._emb = as_embedder(embedder)
+        self._tables = TableMemo()
 
     def order(self, table: PoolTable, ctx: QueryContexts, i: int, k: int) -> list[int]:
         """Neighbour positions (0 = nearest) for query ``i``, in prompt order."""
@@ -55,7 +56,7 @@ class NeighbourRuleSelector(Selector):
             return [[] for _ in queries]
         m = max(ctx.k, min(self.m, len(ctx.pool)))
         emb = self._emb
-        table = PoolTable.build(ctx.pool, labels=ctx.scorer.spec.labels, embedder=emb)
+        table = self._tables.get(ctx.pool, labels=ctx.scorer.spec.labels, embedder=emb)
         qc = QueryContexts.build(table, queries, m=m, embedder=emb)
         return [qc.demos(table, i, self.order(table, qc, i, ctx.k)) for i in range(len(queries))]
 

@@ -2,7 +2,8 @@
 
 Each query gets its own ``k`` demonstrations from its ``M`` nearest pool examples, chosen greedily by the
 policy's Q-network. Selection reads pool labels only (no validation label); the LM features cost one
-zero-shot row per pool example and per query (cached), no prompt is scored at selection.
+zero-shot row per pool example and per query (cached; a pool of more than 1,000 rows only its queries'
+neighbours' rows), no prompt is scored at selection. The pool's table is kept between calls on one pool.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class PerQueryPolicySelector(Selector):
     name = "policy_pq"
     tags = SelectorTags(val_labels=False, pool_labels=True, trained=True, lm=True, per_query=True, count_arg=None,
                         lm_rows=lambda s: s.n_pool + (s.n_test or 0), labels_read=lambda s: s.n_pool,
-                        cost_note="P + T zero-shot rows (pool and queries, cached); no prompt scored")
+                        cost_note="P + T zero-shot rows at most (pool and queries, cached); no prompt scored")
 
     def __init__(self, path: str | Path, embedder: Embedder | str | Path | None = None, force: bool = False) -> None:
         self.path = str(path)
