@@ -3,6 +3,8 @@ behind the per-query selectors, and the benchmark script (toy scorer, hashing em
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -147,4 +149,17 @@ def test_knn_embeds_the_pool_once_per_pool():
     rule.select_for(ctx, BIG_QUERIES[:4])
     rule.select_for(ctx, BIG_QUERIES[4:8])
     assert e.texts == 208 + 200 + 8
+
+
+def test_the_large_pool_benchmark_runs_small_and_writes_json(tmp_path):
+    spec = importlib.util.spec_from_file_location("large_pool_bench", ROOT / "benchmarks" / "large_pool.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "b.json"
+    res = bench.main(["--sizes", "150,300", "--queries", "3", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc == json.loads(json.dumps(res)) and [r["n_pool"] for r in doc["sizes"]] == [150, 300]
+    r = doc["sizes"][1]
+    assert r["index"] == "exact" and r["policy_ms"]["median"] > 0 and r["knn_majority_ms"]["median"] > 0
+    assert 0 < r["lm_rows"] <= 3 * 16 + 3 + 300 and doc["cpu"] and "meets_target" in doc
 
