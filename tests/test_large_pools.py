@@ -163,3 +163,16 @@ def test_the_large_pool_benchmark_runs_small_and_writes_json(tmp_path):
     assert r["index"] == "exact" and r["policy_ms"]["median"] > 0 and r["knn_majority_ms"]["median"] > 0
     assert 0 < r["lm_rows"] <= 3 * 16 + 3 + 300 and doc["cpu"] and "meets_target" in doc
 
+
+@pytest.mark.parametrize("name", ["knn", "knn_majority", "knn_mmr"])
+def test_the_per_query_selectors_take_an_index_backend(name, ann_extra):
+    from rl_select.errors import ConfigError
+
+    kw = {} if name == "knn" else {"m": 8}
+    ctx = SelectionContext(pool=BIG_POOL[:300], val=[], k=3, scorer=ToyScorer(SPEC), rng=np.random.default_rng(0))
+    emb = RandomEmbedder()
+    exact = make_selector(name, embedder=emb, index="exact", **kw).select_for(ctx, BIG_QUERIES[:6])
+    flat = make_selector(name, embedder=emb, index="faiss_flat", **kw).select_for(ctx, BIG_QUERIES[:6])
+    assert exact == flat == make_selector(name, embedder=emb, **kw).select_for(ctx, BIG_QUERIES[:6])
+    with pytest.raises(ConfigError, match="unknown neighbour index 'annoy'"):
+        make_selector(name, embedder=emb, index="annoy", **kw)

@@ -15,7 +15,7 @@ import numpy as np
 
 from rl_select.embeddings import Embedder, MiniLMEmbedder, ScorerEmbedder, embed_examples, example_text
 from rl_select.errors import SelectionError
-from rl_select.neighbours import NeighbourIndex
+from rl_select.neighbours import NeighbourIndex, resolve_backend
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.tags import SelectorTags
 from rl_select.types import Example
@@ -34,6 +34,8 @@ class KNNSelector(Selector):
             other string is a sentence-transformers model id or folder.
         exclude_same_text: Rank pool items whose input text equals the query's last, so a query that
             is also in the pool does not see its own answer.
+        index: The pool's neighbour index (:data:`~rl_select.neighbours.BACKENDS`; ``"auto"``: exact for small
+            pools, FAISS for large ones when installed).
     """
 
     name = "knn"
@@ -42,7 +44,7 @@ class KNNSelector(Selector):
                         lm_rows=lambda s: 0, labels_read=lambda s: s.n_pool, cost_note="0 (embedder, no LM)")
 
     def __init__(
-        self, embedder: Embedder | str | Path | None = None, *, exclude_same_text: bool = True
+        self, embedder: Embedder | str | Path | None = None, *, exclude_same_text: bool = True, index: str = "auto"
     ) -> None:
         if embedder is not None and not isinstance(embedder, (str, Path, Embedder)):
             raise SelectionError(
@@ -51,6 +53,7 @@ class KNNSelector(Selector):
             )
         self.embedder = embedder
         self.exclude_same_text = exclude_same_text
+        self.index = resolve_backend(index, 0) if index != "auto" else index  # an unknown name fails here
         self._minilm: MiniLMEmbedder | None = None
         self._last: tuple[tuple[Example, ...], Embedder, NeighbourIndex, dict[str, np.ndarray]] | None = None
 
@@ -60,7 +63,7 @@ class KNNSelector(Selector):
         last = self._last
         if last is not None and last[1] is emb and len(last[0]) == len(pool) and last[0] == pool:
             return last[2], last[3]
-        index = NeighbourIndex(embed_examples(emb, pool))
+        index = NeighbourIndex(embed_examples(emb, pool), backend=self.index)
         rows: dict[str, list[int]] = {}
         for j, e in enumerate(pool):
             rows.setdefault(example_text(e), []).append(j)

@@ -14,6 +14,7 @@ from pathlib import Path
 from rl_select.embeddings import Embedder, as_embedder
 from rl_select.errors import SelectionError
 from rl_select.mdp.per_query_policy import PerQueryPolicy
+from rl_select.neighbours import resolve_backend
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.tags import SelectorTags
 from rl_select.types import Example
@@ -27,6 +28,8 @@ class PerQueryPolicySelector(Selector):
         path: The policy's ``.safetensors`` file (kind ``per_query_policy``).
         embedder: The sentence embedder of the neighbourhoods (MiniLM by default, as in training).
         force: Use the policy with a scorer other than its training one (warns); refused by default.
+        index: The pool's neighbour index (:data:`~rl_select.neighbours.BACKENDS`; ``"auto"``: exact for small
+            pools, FAISS for large ones when installed).
     """
 
     name = "policy_pq"
@@ -34,8 +37,10 @@ class PerQueryPolicySelector(Selector):
                         lm_rows=lambda s: s.n_pool + (s.n_test or 0), labels_read=lambda s: s.n_pool,
                         cost_note="P + T zero-shot rows at most (pool and queries, cached); no prompt scored")
 
-    def __init__(self, path: str | Path, embedder: Embedder | str | Path | None = None, force: bool = False) -> None:
+    def __init__(self, path: str | Path, embedder: Embedder | str | Path | None = None, force: bool = False, *,
+                 index: str = "auto") -> None:
         self.path = str(path)
+        self.index = resolve_backend(index, 0) if index != "auto" else index  # an unknown name fails here
         self.force = force
         self.policy = PerQueryPolicy.load(path)
         self.embedder = embedder
@@ -48,7 +53,7 @@ class PerQueryPolicySelector(Selector):
             raise SelectionError(f"k={ctx.k}, but policy {self.path!r} was trained for k={self.policy.k}; "
                                  f"expected k={self.policy.k}")
         return self.policy.select_for(ctx.pool, queries, labels=ctx.scorer.spec.labels, embedder=self._emb,
-                                      scorer=ctx.scorer, force=self.force)
+                                      scorer=ctx.scorer, force=self.force, index=self.index)
 
     def select(self, ctx: SelectionContext) -> list[Example]:
         """Per-query only."""
