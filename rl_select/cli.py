@@ -618,7 +618,7 @@ def results_cmd(
 @app.command("per-query")
 @_friendly
 def per_query_cmd(
-    stage: Annotated[str, typer.Argument(help="collect | train | evaluate | report (each resumes).")],
+    stage: Annotated[str, typer.Argument(help="collect | train | general | evaluate | adapt | report (each resumes).")],
     run_dir: Annotated[Path, typer.Option("--run-dir", help="The run folder.")] = Path("runs/per_query"),
     config: Annotated[Path | None, typer.Option(
         "--config", help="JSON of the run's settings (PerQueryRunConfig fields).")] = None,

@@ -387,3 +387,26 @@ def test_the_pretrained_name_resolves_to_the_shipped_policy():
     assert path.is_file() and path.stat().st_size < 1_000_000
     assert policy.training["tasks"] and policy.training["rebuild"].startswith("rl-select per-query")
     assert resolve_policy_path("x.safetensors").name == "x.safetensors"
+
+
+def test_the_same_model_in_another_dtype_is_accepted_with_a_warning_another_model_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from rl_select.lm.spec import ScorerSpec
+    from rl_select.mdp.per_query_policy import PerQueryPolicyWarning
+
+    trained = ScorerSpec(model="bundled", dtype="bf16", model_fingerprint="aaa", calibrate=True)
+    policy = PerQueryPolicy(CandidateQNet(*FeatureView.of("full").dims), feature_set="full", m=8, k=3,
+                            reward="margin", scorer_spec=trained)
+    fp32 = SimpleNamespace(scorer_spec=trained.replace(dtype="fp32", model_fingerprint="bbb"))
+    with pytest.warns(PerQueryPolicyWarning, match="trained with dtype bf16, used with fp32"):
+        assert policy.check_scorer(fp32)
+    other_weights = SimpleNamespace(scorer_spec=trained.replace(model_fingerprint="ccc"))
+    with pytest.raises(PolicyError, match="model_fingerprint: 'aaa' vs 'ccc'"):
+        policy.check_scorer(other_weights)
+    other_model = SimpleNamespace(scorer_spec=trained.replace(dtype="fp32", model="gpt2"))
+    with pytest.raises(PolicyError, match="model: 'bundled' vs 'gpt2'"):
+        policy.check_scorer(other_model)
+    uncalibrated = SimpleNamespace(scorer_spec=trained.replace(dtype="fp32", calibrate=False))
+    with pytest.raises(PolicyError, match="calibrate: True vs False"):
+        policy.check_scorer(uncalibrated)

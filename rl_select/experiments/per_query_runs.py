@@ -4,6 +4,7 @@ Every stage is resumable and writes into one run folder::
 
     RUN/stores/<task>.jsonl            logged per-query episodes (agents.per_query.PerQueryStore)
     RUN/policies/<name>.safetensors    per-query policies (loo-<task>: trained on every other task)
+    RUN/pool_stores/<task>-s<seed>.jsonl  episodes whose queries are the task's own pool (``adapt``)
     RUN/results.csv                    one row per (task, seed, selector); rows already there are skipped
 
 Collection uses each task's seed-0 pool (``n_pool`` rows) and queries from the rest of its train file
@@ -64,6 +65,8 @@ class PerQueryRunConfig:
     cql_alpha: float = 0.1
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     cache: str | None = None
+    adapt_episodes: int = 600
+    adapt_repeat: int = 8
 
     def scorer_spec(self) -> ScorerSpec:
         """The bundled model, calibrated (the reference protocol)."""
@@ -197,6 +200,41 @@ class PerQueryRun:
                  f"in {training['seconds']} s")
         return path
 
+    # --- adaptation to a task's own pool ---------------------------------------------------------
+
+    def pool_contexts(self, name: str, seed: int) -> tuple[PoolTable, QueryContexts]:
+        """Seed ``seed``'s pool as both the candidates and the queries (a row never is its own neighbour)."""
+        spec = self.task(name)[0]
+        pool, scorer = self.splits(name, seed).pool, self.scorer(name)
+        table = PoolTable.build(pool, labels=spec.labels, embedder=self.embedder, scorer=scorer)
+        return table, QueryContexts.build(table, pool, m=self.cfg.m, embedder=self.embedder, scorer=scorer)
+
+    def adapted(self, target: str, seed: int, feature_set: str, reward: str) -> Path:
+        """A policy trained on every other task's episodes plus ``adapt_episodes`` episodes on ``target``'s own
+        pool (seed ``seed``; pool labels only, no validation row), those repeated ``adapt_repeat`` times."""
+        c = self.cfg
+        path = self.dir / "policies" / f"adapt-{target}-s{seed}-{feature_set}-{reward}.safetensors"
+        if path.is_file():
+            return path
+        store = PerQueryStore(self.dir / "pool_stores" / f"{target}-s{seed}.jsonl")
+        table, ctx = self.pool_contexts(target, seed)
+        if len(store) < c.adapt_episodes:
+            collect_per_query(self.scorer(target), table, ctx, store, n_episodes=c.adapt_episodes, k=c.k,
+                              seed=seed, progress=False)
+        view = FeatureView.of(feature_set)
+        own = to_episodes(store.load()[: c.adapt_episodes], table, ctx, view, k=c.k, reward=reward,
+                          labels=self.task(target)[0].labels)
+        eps = [e for t in c.train_tasks if t != target for e in self.episodes(t, view, reward)]
+        qnet, summary = train_per_query(eps + own * c.adapt_repeat, seed=0, steps=c.train_steps,
+                                        hidden=tuple(c.hidden), cql_alpha=c.cql_alpha)
+        summary.pop("history", None)
+        PerQueryPolicy(qnet, feature_set=feature_set, m=c.m, k=c.k, reward=reward,
+                       scorer_spec=self.scorer(target).scorer_spec,
+                       training={"tasks": [t for t in c.train_tasks if t != target], "adapted_to": target,
+                                 "pool_episodes": len(own), "repeat": c.adapt_repeat, **summary}).save(path)
+        self.say(f"adapted {path.name}: {len(eps)} episodes of other tasks + {len(own)} on its pool")
+        return path
+
     # --- evaluation -------------------------------------------------------------------------------
 
     def evaluate(self, name: str, seed: int, selectors: dict[str, Callable[..., list[list[Example]] | None]], *,
@@ -319,7 +357,7 @@ def baselines(run: PerQueryRun) -> dict[str, Callable[..., Any]]:
             "knn_mmr": registered("knn_mmr", c.k, m=c.m, embedder=emb), "knn_vote": knn_vote(run, c.m)}
 
 
-STAGES: tuple[str, ...] = ("collect", "train", "general", "evaluate", "report")
+STAGES: tuple[str, ...] = ("collect", "train", "general", "evaluate", "adapt", "report")
 """The stages of a per-query run, in order (each resumes)."""
 
 
@@ -336,6 +374,8 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
       (``general-<fs>-<reward>``, the one that ships with the package);
     * ``evaluate``: train what is missing, then append the baselines' and the policies' accuracy on ``split``
       rows of every held-out task and seed to ``results.csv``;
+    * ``adapt``: per held-out task and seed, a leave-one-task-out policy that also learned from episodes on
+      that task's own pool (:meth:`PerQueryRun.adapted`), evaluated like ``evaluate`` (``policy_pq:adapt-...``);
     * ``report``: the Markdown table of ``results.csv`` (returned).
 
     Raises:
@@ -365,6 +405,15 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
     if stage == "train":
         return None
     results = run.dir / "results.csv"
+    if stage == "adapt":
+        for target in held_out:
+            for seed in (cfg.seeds if seeds is None else seeds):
+                have = done_rows(results)
+                fns = {f"policy_pq:adapt-{fs}-{rw}": policy_fn(run, run.adapted(target, seed, fs, rw))
+                       for fs, rw in variants(cfg, feature_sets, rewards)
+                       if (target, str(seed), split, f"policy_pq:adapt-{fs}-{rw}") not in have}
+                append_rows(results, run.evaluate(target, seed, fns, split=split))
+        return None
     for target in held_out:
         for seed in (cfg.seeds if seeds is None else seeds):
             have = done_rows(results)

@@ -255,7 +255,7 @@ def load_rollouts(cfg: RunConfig, task_envs: Sequence[TaskEnv]) -> list[Episode]
 
 CRITIC_RETURNS = "raw"
 """The probe critic's regression target (raw returns ranked a held-out task as well as per-task z-scores in the
-README's leave-one-task-out check, ``benchmarks/label_free_signals.py``)."""
+leave-one-task-out check of docs/reference.md, ``benchmarks/label_free_signals.py``)."""
 
 
 def fit_probe_critic(cfg: RunConfig, task_envs: Sequence[TaskEnv]) -> ProbeCritic:

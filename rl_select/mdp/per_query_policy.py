@@ -13,6 +13,7 @@ table (embeddings, neighbour index, LM rows) is kept for the next call on the sa
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from torch import Tensor
 from rl_select.embeddings import Embedder
 from rl_select.errors import ConfigError, PolicyError, SelectionError
 from rl_select.lm.base import Scorer
-from rl_select.lm.spec import ScorerSpec
+from rl_select.lm.spec import IDENTITY_FIELDS, ScorerSpec
 from rl_select.mdp.artifacts import (
     qnet_document,
     qnet_from_document,
@@ -188,11 +189,25 @@ class PerQueryPolicy:
     def check_scorer(self, scorer: Scorer, *, force: bool = False) -> bool:
         """Refuse a scorer other than the training one unless ``force`` (then warn); ``True`` when the same.
 
+        The same model in another dtype (bf16 vs fp32) is accepted with a warning: a CPU without native bf16
+        runs fp32, and the policy reads the LM only through zero-shot features.
+
         Raises:
             PolicyError: The scorers differ (one line naming the fields, trained vs given).
         """
         other: ScorerSpec | None = getattr(scorer, "scorer_spec", None)
-        diff = [] if self.scorer_spec is None or other is None else self.scorer_spec.differences(other)
+        if self.scorer_spec is None or other is None:
+            return True
+        fields = IDENTITY_FIELDS
+        mine, theirs = self.scorer_spec.dtype, other.dtype
+        if "auto" not in (mine, theirs) and None not in (mine, theirs) and mine != theirs:
+            # the same model in another precision (bf16 on a CPU without native bf16 is emulated, 4-5x slower):
+            # its fingerprint hashes the cast weights, so only the model id can be compared
+            fields = tuple(f for f in IDENTITY_FIELDS if f not in ("dtype", "model_fingerprint"))
+            if not self.scorer_spec.differences(other, fields=fields):
+                warnings.warn(f"this per-query policy was trained with dtype {mine}, used with {theirs}: the same "
+                              "model, its LM features within rounding", PerQueryPolicyWarning, stacklevel=2)
+        diff = self.scorer_spec.differences(other, fields=fields)
         return refuse_other_scorer(diff, force=force, warning=PerQueryPolicyWarning, what="this per-query policy")
 
     def pool_table(self, pool: Sequence[Example], *, labels: Sequence[str], embedder: Embedder,

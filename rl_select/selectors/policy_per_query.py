@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rl_select.embeddings import Embedder, as_embedder
 from rl_select.errors import SelectionError
-from rl_select.mdp.per_query_policy import PerQueryPolicy
+from rl_select.mdp.per_query_policy import PRETRAINED, PerQueryPolicy
 from rl_select.neighbours import resolve_backend
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.tags import SelectorTags
@@ -25,7 +25,8 @@ class PerQueryPolicySelector(Selector):
     """Greedy per-query rollouts of a trained per-query policy (``rl-select per-query train``).
 
     Args:
-        path: The policy's ``.safetensors`` file (kind ``per_query_policy``).
+        path: The policy's ``.safetensors`` file (kind ``per_query_policy``); ``"pretrained"`` (the default) is
+            the general per-query policy shipped in the package (trained on nine tasks for the bundled model).
         embedder: The sentence embedder of the neighbourhoods (MiniLM by default, as in training).
         force: Use the policy with a scorer other than its training one (warns); refused by default.
         index: The pool's neighbour index (:data:`~rl_select.neighbours.BACKENDS`; ``"auto"``: exact for small
@@ -37,8 +38,8 @@ class PerQueryPolicySelector(Selector):
                         lm_rows=lambda s: s.n_pool + (s.n_test or 0), labels_read=lambda s: s.n_pool,
                         cost_note="P + T zero-shot rows at most (pool and queries, cached); no prompt scored")
 
-    def __init__(self, path: str | Path, embedder: Embedder | str | Path | None = None, force: bool = False, *,
-                 index: str = "auto") -> None:
+    def __init__(self, path: str | Path = PRETRAINED, embedder: Embedder | str | Path | None = None,
+                 force: bool = False, *, index: str = "auto") -> None:
         self.path = str(path)
         self.index = resolve_backend(index, 0) if index != "auto" else index  # an unknown name fails here
         self.force = force
