@@ -38,10 +38,11 @@ it holds the rule (the pool, ``k``, the embedder) and :meth:`PromptFile.render` 
 Integrity: ``sha256`` is the hash of the whole document but itself (the canonical JSON text of
 :func:`rl_select.types.document_sha256`), written by :meth:`PromptFile.save` and checked by
 :meth:`PromptFile.load`: a file edited by hand, even into another valid prompt, is refused with one line
-saying it was edited or corrupted. Files of ``format_version`` 1 (written before the hash) still load,
-unchecked. Where the data is at hand (``evaluate --prompt-file``, :func:`~rl_select.experiments.prompt_runs.
-evaluate_prompt_file`), :meth:`PromptFile.check_uids` also refuses a demonstration whose uid is not a row of
-the train data its pool was drawn from; ``prompt`` reads no data, so it renders the stored demonstrations.
+saying it was edited or corrupted. Files of ``format_version`` 1 (written before the hash, so an edit
+could not be told) are refused: select the prompt again. Where the data is at hand (``evaluate
+--prompt-file``, :func:`~rl_select.experiments.prompt_runs.evaluate_prompt_file`),
+:meth:`PromptFile.check_uids` also refuses a demonstration whose uid is not a row of the train data its pool
+was drawn from; ``prompt`` reads no data, so it renders the stored demonstrations.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ FORMAT_NAME = "rl_select.prompt"
 FORMAT_VERSION = 2
 """The ``format_version`` this code writes (2: the whole-document ``sha256``)."""
 
-LEGACY_VERSIONS = (1,)
-"""Older versions still read, without a whole-document hash to check."""
+LEGACY_VERSIONS: tuple[int, ...] = ()
+"""Older versions still read: none (version 1 had no whole-document hash, so an edit could not be told)."""
 
 HASH_FIELD = "sha256"
 """The field that holds the hash of the rest of the document."""
@@ -417,8 +418,7 @@ class PromptFile:
     def load(cls, path: str | Path) -> PromptFile:
         """Read a prompt file written by :meth:`save` (or ``rl-select select``).
 
-        A file of the current version must match its ``sha256`` (see the module docstring); one of the
-        legacy version 1 has none and is read unchecked.
+        A file must match its ``sha256`` (see the module docstring); version 1 files (no hash) are refused.
 
         Raises:
             PromptFileError: Missing, not JSON, another format or version, edited or corrupted (its

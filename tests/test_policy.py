@@ -182,7 +182,7 @@ def test_refuses_unknown_format_and_newer_version(tmp_path, task):
     src = _policy(task).save(tmp_path / "p.safetensors")
     newer = tmp_path / "newer.safetensors"
     _rewrite_metadata(src, newer, lambda d: d.update(format_version=99))
-    _refused(newer, "format_version 99", "expected 3 or 2", "upgrade rl_select")
+    _refused(newer, "format_version 99", "expected 3", "upgrade rl_select")
     older = tmp_path / "older.safetensors"
     _rewrite_metadata(src, older, lambda d: d.update(format_version=1))
     _refused(older, "format_version 1", "re-export")
@@ -196,8 +196,6 @@ def test_refuses_unknown_format_and_newer_version(tmp_path, task):
 
 # --------------------------------------------------------------------------------------------- whole-file integrity
 
-LEGACY_POLICY = Path(__file__).resolve().parents[1] / "docs" / "runs" / "reference" / "policies" / \
-    "c487071679-s0.safetensors"
 
 
 def _sealed_policy(task, tmp_path: Path) -> Path:
@@ -257,23 +255,14 @@ def test_rewriting_through_the_writer_reseals(tmp_path, task):
     assert back.critic is not None and back.critic.n_train == 3 and back.k == 4
 
 
-def test_legacy_version_2_files_load_with_the_tensor_check_only(tmp_path, task):
-    if LEGACY_POLICY.is_file():  # a committed run's policy, written before the whole-document hash
-        with safe_open(str(LEGACY_POLICY), framework="pt") as f:
-            assert json.loads(f.metadata()[METADATA_KEY])["format_version"] == 2
-        SelectorPolicy.load(LEGACY_POLICY)
+def test_version_2_files_are_refused_their_metadata_had_no_hash(tmp_path, task):
     src = _sealed_policy(task, tmp_path)
     legacy = tmp_path / "legacy.safetensors"
     _rewrite_metadata(src, legacy, lambda d: (d.update(format_version=2), d.pop("sha256")), reseal=False)
-    assert SelectorPolicy.load(legacy).k == 4
-    resaved = SelectorPolicy.load(legacy).save(tmp_path / "resaved.safetensors")  # re-saving seals it
-    assert SelectorPolicy.load(resaved).describe()["format_version"] == FORMAT_VERSION
-    downgraded = tmp_path / "downgraded.safetensors"  # a sealed file relabelled as legacy keeps its hash: refused
-    _rewrite_metadata(src, downgraded, lambda d: d.update(format_version=2, k=2), reseal=False)
-    _refused(downgraded, "was edited or corrupted")
-    flipped = tmp_path / "flipped.safetensors"  # a legacy file's tensors are still checked
-    _rewrite_metadata(legacy, flipped, lambda d: d.update(tensors_sha256="0" * 64), reseal=False)
-    _refused(flipped, "was edited or corrupted", "tensors_sha256")
+    _refused(legacy, "format_version 2", "expected 3", "retrain or re-export it")
+    downgraded = tmp_path / "downgraded.safetensors"  # an edited file relabelled as version 2: refused too
+    _rewrite_metadata(src, downgraded, lambda d: (d.update(format_version=2, k=2), d.pop("sha256")), reseal=False)
+    _refused(downgraded, "format_version 2")
 
 
 def test_an_agent_checkpoint_is_sealed_too(tmp_path):

@@ -98,12 +98,6 @@ def default_prompt_path(cfg: RunConfig, task: str, selector: str) -> Path:
     return path
 
 
-def trained_seed(policy: Any) -> int | None:
-    """The first seed of a policy's training run (the pool ``train`` reports the policy's own choice on)."""
-    seeds = (policy.training.get("config") or {}).get("seeds")
-    return int(seeds[0]) if isinstance(seeds, list) and seeds and isinstance(seeds[0], int) else None
-
-
 def prompt_file_settings(
     pf: PromptFile, cfg: RunConfig, *, explicit: Collection[str] = (),
 ) -> tuple[RunConfig, list[str]]:

@@ -95,12 +95,6 @@ def task_reference(task: TaskSpec) -> str:
     return str(path)
 
 
-def check_rebuilt(policies: Sequence[SelectorPolicy], scorer: object, *, force: bool = False) -> None:
-    """After the scorer is built: its resolved spec must equal the recorded one (model fingerprint too)."""
-    for policy in policies:
-        policy.check_scorer(scorer, force=force)  # type: ignore[arg-type]
-
-
 def _task_diff(a: TaskSpec, b: TaskSpec) -> str:
     """The fields two task specs differ in, ``"name, labels, template"`` (cut to the first five)."""
     da, db = a.to_dict(), b.to_dict()

@@ -22,10 +22,9 @@ both hashes (a mismatch: one line saying the file was edited or corrupted), and 
 when the stored tensors have exactly the names and shapes its recorded architecture gives; anything else
 is refused with one line.
 
-Versions: 3 is written. Version 2 files (written before the whole-document hash; e.g. the policies under
-``docs/runs``) still load, with the tensors' hash as their only check: they carry no ``sha256``, so their
-metadata is not covered; re-save one (load, then ``save``) to seal it. Version 1 (two older formats) and
-newer versions are refused with one line.
+Versions: 3 is written and read. Older files (2: written before the whole-document hash, so an edit of
+their metadata could not be told; 1: two older formats) and newer ones are refused with one line: retrain
+or re-export them with this rl_select.
 """
 
 from __future__ import annotations
@@ -54,8 +53,8 @@ FORMAT_NAME = "rl_select"
 FORMAT_VERSION = 3
 """The ``format_version`` this code writes (3: the whole-document ``sha256``)."""
 
-LEGACY_VERSIONS = (2,)
-"""Older versions still read, with the tensors' hash only (1 was two separate formats, now refused)."""
+LEGACY_VERSIONS: tuple[int, ...] = ()
+"""Older versions still read: none (a version-2 file's metadata is not covered by a hash, so it is refused)."""
 
 HASH_FIELD = "sha256"
 """The document field that holds :func:`artifact_sha256`."""

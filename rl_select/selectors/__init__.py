@@ -37,7 +37,7 @@ from rl_select.selectors.max_entropy import MaxEntropySelector
 from rl_select.selectors.global_entropy import GlobalEntropySelector
 from rl_select.selectors.random_search import RandomSearchSelector
 from rl_select.selectors.greedy import GreedySelector
-from rl_select.selectors.policy_selector import PolicySelector
+from rl_select.selectors.policy_selector import FixedPromptPolicySelector
 from rl_select.selectors.policy_search import PolicySearchSelector
 from rl_select.selectors.policy_rank import PolicyRankSelector
 from rl_select.selectors.policy_probe import PolicyProbeSelector
@@ -57,7 +57,7 @@ __all__ = [
     "PolicyProbeSelector",
     "PolicyRankSelector",
     "PolicySearchSelector",
-    "PolicySelector",
+    "FixedPromptPolicySelector",
     "RandomSearchSelector",
     "RandomSelector",
     "CostSetting",

@@ -1,7 +1,7 @@
 """Policy-guided search: the trained Q proposes ``m`` prompts, the reward-validation split picks one.
 
 The choice of search: **sampled rollouts**, not beam search. Rollout 1 is the policy's greedy rollout
-(exactly :class:`~rl_select.selectors.policy_selector.PolicySelector`'s choice); rollouts 2..m draw each
+(exactly :class:`~rl_select.selectors.policy_selector.FixedPromptPolicySelector`'s choice); rollouts 2..m draw each
 action from the softmax of the masked Q-values over ``temperature``
 (:meth:`SelectorPolicy.select(temperature=, rng=) <rl_select.mdp.policy.SelectorPolicy.select>`), so every
 rollout is the same :class:`~rl_select.mdp.episode.SelectionEpisode` + ``run_episode`` as the greedy policy

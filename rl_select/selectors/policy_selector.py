@@ -47,7 +47,7 @@ def policy_labels(s: CostSetting, m: int = 1) -> int:
 
 
 @register_selector
-class PolicySelector(Selector):
+class FixedPromptPolicySelector(Selector):
     """Greedy rollout of a learned Q-network (``rl-select train``) on the context's pool.
 
     Args:
@@ -73,4 +73,4 @@ class PolicySelector(Selector):
         return self.policy.select(ctx.pool, scorer=ctx.scorer, val=ctx.val, k=ctx.k, force=self.force)
 
     def __repr__(self) -> str:
-        return f"PolicySelector({self.path!r})"
+        return f"FixedPromptPolicySelector({self.path!r})"
