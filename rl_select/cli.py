@@ -380,8 +380,8 @@ def evaluate_cmd(
     """Test accuracy (mean ± std over seeds) of one selector, a policy, an explicit ordered demo list, or a
     saved prompt file (exactly the prompt `select` wrote: its task, demonstrations and scorer)."""
     if sum(x is not None for x in (selector, demos, cfg.policy, prompt_file)) != 1:
-        raise typer.BadParameter("give exactly one of --selector NAME, --policy FILE, --demos FILE|ROWS or "
-                                 "--prompt-file FILE")
+        raise ConfigError("give exactly one of --selector NAME, --policy FILE, --demos FILE|ROWS or "
+                          "--prompt-file FILE")
     if prompt_file is not None:
         _evaluate_prompt_file(cfg, explicit, prompt_file)
         return
@@ -404,7 +404,14 @@ def evaluate_cmd(
             raise ConfigError(f"--demos rows {bad} are outside the train file's rows 1..{len(data.train)}")
         return [data.train[r - 1] for r in rows]
 
-    _run(cfg, "evaluate", demos=pick, label="explicit")
+    def checked(data) -> list:
+        chosen = pick(data)
+        if "k" in explicit and cfg.k != len(chosen):
+            raise ConfigError(f"k={cfg.k} but --demos gives {len(chosen)} demonstrations; expected no k (the demos "
+                              "fix it) or the same number")
+        return chosen
+
+    _run(cfg, "evaluate", demos=checked, label="explicit")
 
 
 # --- the MDP ----------------------------------------------------------------------------------------
@@ -427,9 +434,10 @@ def collect_cmd(cfg, explicit: frozenset[str]) -> None:
     import time
 
     from rl_select.experiments.executors import Executor, LocalExecutor, RayExecutor
-    from rl_select.experiments.training import EpisodeWorker, check_task_envs, collect_rollouts
+    from rl_select.experiments.training import EpisodeWorker, check_stores, check_task_envs, collect_rollouts
 
     check_task_envs(cfg)  # bad input fails here, before any model loads
+    check_stores(cfg)
     t0 = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     if cfg.executor.kind == "ray":
@@ -463,9 +471,21 @@ def train_cmd(cfg, explicit: frozenset[str]) -> None:
 
     from agents.registry import agent_class
     from rl_select.experiments.rundir import RunDir
-    from rl_select.experiments.training import plot_curve, policy_selection, train_agent
+    from rl_select.experiments.training import (
+        check_agent_tasks,
+        check_stores,
+        check_task_envs,
+        plot_curve,
+        policy_selection,
+        train_agent,
+    )
 
-    task_envs = _task_envs(cfg, fixed_pool=agent_class(cfg.agent.name).tags.fixed_pool)
+    tags = agent_class(cfg.agent.name).tags
+    check_agent_tasks(cfg)
+    if tags.learns_from != "env":  # the stored episodes it learns from, before the model loads
+        check_task_envs(cfg)
+        check_stores(cfg, to_learn_from=True)
+    task_envs = _task_envs(cfg, fixed_pool=tags.fixed_pool)
     run = RunDir.create(cfg, f"train-{cfg.agent.name}")
     with run.recording():
         console.print(f"run folder: {escape(str(run.path))}")
@@ -522,11 +542,15 @@ def ablate_cmd(
     from rl_select.experiments.rundir import read_status
     from rl_select.lm.cache import check_cache
 
+    if budget is not None and budget < 0:
+        raise ConfigError(f"--budget {budget}; expected a number of LM query rows >= 0")
     if config is None:
         if run_dir is None or not (run_dir / "ablate.toml").is_file():
             raise ConfigError("give an ablation CONFIG.toml, or --run-dir DIR of a folder holding ablate.toml")
         config = run_dir / "ablate.toml"
     plan = load_plan(config)
+    if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {str(run_dir)!r} is a file; expected a run folder (new or to continue)")
     if run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         run_dir = Path(plan.base.out) / f"{stamp}-ablate-{config.stem}"
@@ -636,11 +660,23 @@ def per_query_cmd(
     def names(text: str | None) -> list[str]:
         return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
+    import dataclasses
+
+    from rl_select.errors import one_of, read_utf8
+
+    where = f"per-query config {str(config)!r}"
     try:
-        fields = json.loads(config.read_text(encoding="utf-8")) if config else {}
-        cfg = PerQueryRunConfig(**fields)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot read per-query config {str(config)!r}: {str(exc).splitlines()[0]}") from None
+        fields = json.loads(read_utf8(config, where, ConfigError)) if config else {}
+    except ValueError as exc:
+        raise ConfigError(f"{where} is not JSON ({str(exc).splitlines()[0]}); expected an object of "
+                          "PerQueryRunConfig fields") from None
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{where} holds {type(fields).__name__}; expected a JSON object of PerQueryRunConfig fields")
+    known = [f.name for f in dataclasses.fields(PerQueryRunConfig)]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; expected some of {one_of(known, unknown[0])}")
+    cfg = PerQueryRunConfig(**fields)
     try:
         seed_list = [int(x) for x in names(seeds)] if seeds else None
     except ValueError:
@@ -715,6 +751,9 @@ def _select_prompt(cfg, explicit: frozenset[str], *, policy: str | None, selecto
         raise ConfigError("give exactly one of --policy FILE or --selector NAME")
     if write and out_file is not None:
         check_writable(out_file, overwrite=overwrite)
+    from rl_select.lm.cache import check_cache
+
+    check_cache(cfg.cache)  # before the model loads
     _quiet_libraries()
     pol = None
     from rl_select.mdp.artifacts import peek_kind
@@ -739,10 +778,13 @@ def _select_prompt(cfg, explicit: frozenset[str], *, policy: str | None, selecto
         name = selector
         args = {**cfg.selectors.args.get(selector, {}), **_selector_args(arg)}
         chooser, k = make_baseline(selector, args), cfg.k
+    from rl_select.errors import SelectionError
+
+    if name.split(":")[0] != "zero_shot" and k < 1:
+        raise SelectionError(f"k={k} for selector {name!r}; expected k >= 1 (no demonstrations: the zero_shot "
+                             "selector)")
     inputs = selection_inputs(cfg, seed, pool_file=pool)
     if name.split(":")[0] != "zero_shot" and k > len(inputs.pool):
-        from rl_select.errors import SelectionError
-
         raise SelectionError(f"k={k} is larger than the pool of {len(inputs.pool)} candidates; expected k <= "
                              f"{len(inputs.pool)}")
     path = None
@@ -889,6 +931,8 @@ def prompt_cmd(
         raise ConfigError("give exactly one of --prompt-file FILE or --policy FILE")
     if fmt not in ("jsonl", "text"):
         raise ConfigError(f"--format {fmt!r}; expected jsonl or text")
+    if output is not None and output.is_dir():
+        raise ConfigError(f"--output {str(output)!r} is a folder; expected a file path")
     if prompt_file is not None:
         if explicit:
             raise ConfigError(f"--prompt-file fixes the task and the demonstrations and needs no LM or data; drop "
@@ -937,6 +981,9 @@ def _evaluate_prompt_file(cfg, explicit: frozenset[str], path: Path) -> Path:
     if cfg.executor.kind == "ray":
         raise ConfigError("--prompt-file runs in process; drop --executor ray")
     pf = PromptFile.load(path)
+    if "k" in explicit and cfg.k != pf.k:
+        raise ConfigError(f"k={cfg.k} but prompt file {str(path)!r} holds {pf.k} demonstrations per prompt; expected "
+                          "no k (the file fixes it)")
     cfg, notes = prompt_file_settings(pf, cfg, explicit=explicit)
     cfg = cfg.updated(k=pf.k, selectors={"names": []})
     data = TaskData.load(cfg)
@@ -1028,6 +1075,8 @@ def bench_env_cmd(
     """Time an env step with the real scorer: cold (LM runs) and warm (every score from the cache)."""
     from rl_select.experiments.bench_env import time_env_steps
 
+    if episodes < 1:
+        raise ConfigError(f"--episodes {episodes}; expected an integer >= 1")
     env = _task_envs(cfg)[0].env
     with console.status("running episodes cold, then warm ..."):
         res = time_env_steps(env, episodes=episodes, seed=cfg.seeds[0])
@@ -1176,6 +1225,11 @@ def bench_scale_cmd(
     from rl_select.experiments.config import load_config
     from rl_select.tasks import resolve_task
 
+    for name, value, least in (("--k", k, 1), ("--n-queries", n_queries, 1), ("--n-val", n_val, 1),
+                               ("--n-candidates", n_candidates, k), ("--episodes", episodes, 1)):
+        if value < least:
+            raise ConfigError(f"{name} {value}; expected an integer >= {least}")
+    resolve_task(task)  # an unknown task fails here, before any model loads
     _quiet_libraries()
     res: dict[str, Any] = {}
     if not skip_server:

@@ -504,6 +504,9 @@ def check_writable(path: str | Path, *, overwrite: bool = False) -> None:
     if path.suffix.lower() != ".json":
         raise PromptFileError(f"prompt file {str(path)!r} must end in .json (its prefix is written beside it as "
                               ".txt)")
+    for p in (path, text_path(path)):
+        if p.is_dir():
+            raise PromptFileError(f"prompt file {str(p)!r} is a folder; expected a file path")
     if overwrite:
         return
     for p in (path, text_path(path)):

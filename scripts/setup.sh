@@ -7,7 +7,7 @@
 #   dependencies: they pull `llm` and `llama-cpp-python` (a ~3 min C++ compile) that rl-select does not
 #   use — transformers reads the GGUF file directly.
 # - Extras: `bash scripts/setup.sh server,ray` also installs llama-cpp-python's server (a ~7 min C++
-#   compile) and Ray; CI installs both and runs their tests.
+#   compile) and Ray; `ann` installs FAISS (faiss-cpu, a wheel) for large pools. CI installs all three and runs their tests.
 # - llama-cpp-python is compiled PORTABLE (GGML_NATIVE=OFF: AVX2, no AVX-512/AMX) and never from pip's wheel
 #   cache: a wheel built natively on an AVX-512 machine (its libggml-cpu.so is full of zmm instructions) and
 #   reused from the cache on a machine without AVX-512 dies on its first forward pass; a CI run whose set-up

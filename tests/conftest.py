@@ -24,6 +24,7 @@ def data_root() -> Path:
 EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "ray": (("ray",), "ray"),
     "server": (("llama_cpp", "uvicorn"), "llama-cpp-python[server]"),
+    "ann": (("faiss",), "faiss-cpu"),
 }
 """Optional extra -> (the modules it installs, what to call it in a message)."""
 
@@ -45,6 +46,12 @@ def require_extra(extra: str) -> None:
 def ray_extra() -> None:
     """Request this in a test (or fixture) that needs the ``ray`` extra: see :func:`require_extra`."""
     require_extra("ray")
+
+
+@pytest.fixture(scope="session")
+def ann_extra() -> None:
+    """Request this in a test that needs the ``ann`` extra (FAISS): see :func:`require_extra`."""
+    require_extra("ann")
 
 
 @pytest.fixture(scope="session")

@@ -336,6 +336,10 @@ def plan_from_dict(doc: Mapping[str, Any], *, where: str = "ablate config", sour
             cfg = base.updated(**_cell_values(values, grid, base, where), seeds=list(seeds))
         except ConfigError as exc:
             raise ConfigError(f"{where}: cell [{label}] is not a valid run: {exc}") from None
+        choosers = [n for n in selectors if selector_kind(n) != "zero_shot"]
+        if cfg.k < 1 and choosers:
+            raise ConfigError(f"{where}: cell [{label}] has k={cfg.k} for selector {choosers[0]!r}; expected k >= 1 "
+                              "(no demonstrations: the zero_shot selector)")
         if "policy_probe" in map(selector_kind, selectors) and not cfg.agent.probe_critic:
             raise ConfigError(f"{where}: selector policy_probe in cell [{label}] needs agent.probe_critic = true "
                               "(set it in [base.agent]); expected the policy to carry its probe critic")

@@ -94,6 +94,10 @@ class SelectorsConfig:
     def validate(self) -> None:
         from rl_select.selectors import SELECTORS
 
+        if not isinstance(self.names, (list, tuple)) or not all(isinstance(n, str) for n in self.names):
+            raise ConfigError(f"selectors.names={self.names!r:.60}; expected a list of selector names")
+        if not isinstance(self.args, Mapping) or not all(isinstance(a, Mapping) for a in self.args.values()):
+            raise ConfigError(f"selectors.args={self.args!r:.60}; expected a table of tables (selector -> settings)")
         unknown = sorted({n for n in [*self.names, *self.args] if n.split(":")[0] not in SELECTORS})
         if unknown:
             raise ConfigError(f"selectors {unknown} are not selectors; expected some of "
@@ -295,8 +299,16 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check every section; raise :class:`ConfigError` naming the bad value."""
-        _positive("k", self.k, minimum=0)
-        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+        for name in ("task", "data", "cache", "out"):
+            value = getattr(self, name)
+            if not isinstance(value, (str, os.PathLike)) and (value is not None or name in ("task", "out")):
+                raise ConfigError(f"{name}={value!r:.60}; expected a {'name or ' * (name == 'task')}path as text")
+        if self.policy is not None and (not isinstance(self.policy, (list, tuple)) or not all(
+                isinstance(p, (str, os.PathLike)) for p in self.policy)):
+            raise ConfigError(f"policy={self.policy!r:.60}; expected a list of policy file paths")
+        _positive("k", self.k, minimum=0)  # 0: a zero-shot prompt file; selectors refuse it (check_plan)
+        if not isinstance(self.seeds, (list, tuple)) or not self.seeds or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
             raise ConfigError(f"seeds={self.seeds!r}; expected a non-empty list of integers")
         for name in SECTIONS:
             section = getattr(self, name)

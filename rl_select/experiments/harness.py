@@ -140,7 +140,11 @@ def check_plan(cfg: RunConfig, data: TaskData, *, demos: Sequence[Example] | Non
     jobs = [] if demos is not None else make_jobs(cfg)
     for seed in cfg.seeds:
         data.splits(cfg, seed)
-    if any(not isinstance(sel, ZeroShotSelector) for _, sel in jobs) and cfg.k > cfg.splits.n_pool:
+    choosers = [name for name, sel in jobs if not isinstance(sel, ZeroShotSelector)]
+    if choosers and cfg.k < 1:
+        raise SelectionError(f"k={cfg.k} for selector {choosers[0]!r}; expected k >= 1 (no demonstrations: the "
+                             "zero_shot selector)")
+    if choosers and cfg.k > cfg.splits.n_pool:
         n = cfg.splits.n_pool
         raise SelectionError(f"k={cfg.k} is larger than the pool size n_pool={n}; expected k <= {n}")
 

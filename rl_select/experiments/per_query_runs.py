@@ -27,11 +27,11 @@ import numpy as np
 from agents.per_query import PerQueryStore, collect_per_query, to_episodes, train_per_query
 from rl_select.data import Splits, default_data_root, load_task, make_splits
 from rl_select.embeddings import MiniLMEmbedder
-from rl_select.errors import ConfigError
+from rl_select.errors import ConfigError, DataError
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import open_cache
 from rl_select.lm.spec import ScorerSpec
-from rl_select.mdp.per_query import FeatureView, PoolTable, QueryContexts, vote_shares
+from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, PoolTable, QueryContexts, vote_shares
 from rl_select.mdp.per_query_policy import PerQueryPolicy
 from rl_select.metrics import label_ids
 from rl_select.prompts import content_free_queries
@@ -69,9 +69,58 @@ class PerQueryRunConfig:
     adapt_episodes: int = 600
     adapt_repeat: int = 8
 
+    def __post_init__(self) -> None:
+        """Refuse a value of the wrong type or range (one line naming the field), before any stage starts."""
+        def integer(name: str, least: int) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigError(f"per-query config {name}={value!r}; expected an integer >= {least}")
+
+        def names(name: str, item: type, least: int | None = None) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not value or not all(
+                    isinstance(v, item) and not isinstance(v, bool) and (least is None or v >= least) for v in value):
+                what = "strings" if item is str else f"integers >= {least}" if least is not None else "integers"
+                raise ConfigError(f"per-query config {name}={value!r:.60}; expected a non-empty list of {what}")
+
+        for name in ("n_pool", "n_test", "m", "k", "n_queries", "episodes", "train_steps", "adapt_repeat"):
+            integer(name, 1)
+        for name in ("n_val", "collect_seed", "adapt_episodes"):
+            integer(name, 0)
+        if self.k > self.m:
+            raise ConfigError(f"per-query config k={self.k} exceeds m={self.m}; expected k <= m")
+        names("train_tasks", str)
+        names("eval_tasks", str)
+        names("seeds", int, 0)
+        names("hidden", int, 1)
+        if not isinstance(self.feature_set, str):
+            raise ConfigError(f"per-query config feature_set={self.feature_set!r:.60}; expected a name")
+        FeatureView.of(self.feature_set)
+        check_rewards([self.reward])
+        if not isinstance(self.cql_alpha, (int, float)) or isinstance(self.cql_alpha, bool) or self.cql_alpha < 0:
+            raise ConfigError(f"per-query config cql_alpha={self.cql_alpha!r}; expected a number >= 0")
+        if self.cache is not None and not isinstance(self.cache, str):
+            raise ConfigError(f"per-query config cache={self.cache!r}; expected a file path or 'none'")
+
     def scorer_spec(self) -> ScorerSpec:
         """The bundled model, calibrated (the reference protocol)."""
         return ScorerSpec(model="bundled", calibrate=True)
+
+
+def check_rewards(rewards: Sequence[str]) -> None:
+    """Refuse a reward that is not a per-query terminal reward (one line)."""
+    for reward in rewards:
+        if reward not in PER_QUERY_REWARDS:
+            raise ConfigError(f"per-query reward {reward!r}; expected one of {list(PER_QUERY_REWARDS)}")
+
+
+def check_task_name(name: str) -> None:
+    """Refuse, without loading it, a task :func:`task_of` cannot find: a built-in name, a shared extra task or a
+    task spec file."""
+    if not isinstance(name, str):
+        raise ConfigError(f"per-query task {name!r}; expected a task name")
+    if name not in EXTRA_TASKS:
+        resolve_task(name)
 
 
 def task_of(name: str, shared_root: str | Path | None = None) -> tuple[TaskSpec, list[Example], list[Example]]:
@@ -393,7 +442,16 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
     if split not in ("val", "test"):
         raise ConfigError(f"split={split!r}; expected 'val' (choosing settings) or 'test' (reporting)")
     if stage == "report":
-        return summary_table(Path(run_dir) / "results.csv", split=split)
+        path = Path(run_dir) / "results.csv"
+        if not path.is_file():
+            raise DataError(f"{str(path)!r} not found; expected the results of the evaluate stage in that run folder")
+        return summary_table(path, split=split)
+    # bad input fails here, before a store, the embedder or the LM is touched
+    for name in dict.fromkeys([*cfg.train_tasks, *cfg.eval_tasks, *(tasks or [])]):
+        check_task_name(name)
+    for fs in feature_sets:
+        FeatureView.of(fs)
+    check_rewards(rewards)
     run = PerQueryRun(cfg, run_dir, say=say)
     if stage == "collect":
         run.collect(tasks)

@@ -109,6 +109,36 @@ def check_task_envs(cfg: RunConfig, *, seed: int | None = None) -> None:
             raise SelectionError(f"n_val=0 leaves task {spec.name!r} no reward rows; expected n_val >= 1")
 
 
+def check_agent_tasks(cfg: RunConfig, n_tasks: int | None = None) -> None:
+    """Refuse several training tasks for an agent that learns one fixed pool (before the LM loads).
+
+    Raises:
+        ConfigError: One line naming the agent.
+    """
+    from agents.registry import agent_class
+
+    cls = agent_class(cfg.agent.name)
+    if cls.tags.fixed_pool and (len(cfg.train_tasks) if n_tasks is None else n_tasks) != 1:
+        raise ConfigError(f"the {cls.name} agent learns one fixed pool of one task; expected a single task")
+
+
+def check_stores(cfg: RunConfig, *, to_learn_from: bool = False) -> None:
+    """Refuse, before the LM loads, a rollout store collected under other settings (what
+    :func:`collect_rollouts` refuses after it) and, ``to_learn_from``, a store with no episodes to train on.
+
+    Raises:
+        DataError, ConfigError: One line naming the store.
+    """
+    for task in cfg.train_tasks:
+        store = RolloutStore(store_path(cfg, task))
+        if store.path.is_dir():
+            raise ConfigError(f"rollout store {str(store.path)!r} is a folder; expected a .jsonl file path")
+        store.check_meta(store_meta(cfg, task))
+        if to_learn_from and not len(store):
+            raise ConfigError(f"rollout store {str(store.path)!r} holds no episodes of task {task!r}; expected "
+                              "rollouts: run `rl-select collect` with the same settings first")
+
+
 def table_folder(cfg: RunConfig) -> Path | None:
     """Where the one-off row tables live: ``tables/`` beside the score cache (``None`` with ``cache = none``)."""
     if cfg.cache and str(cfg.cache).lower() == "none":
@@ -312,10 +342,9 @@ def train_agent(cfg: RunConfig, task_envs: Sequence[TaskEnv], *, progress: bool 
 
     seed = cfg.seeds[0]
     cls = agent_class(cfg.agent.name)
+    check_agent_tasks(cfg, len(task_envs))
     before = [te.scorer.stats.copy() for te in task_envs]
     if cls.tags.learns_from == "env":
-        if cls.tags.fixed_pool and len(task_envs) != 1:
-            raise ConfigError(f"the {cls.name} agent learns one fixed pool of one task; expected a single task")
         env = Monitor(task_envs[0].env if cls.tags.fixed_pool else RoundRobinEnv([te.env for te in task_envs]))
         agent = cls.train_from(env, cfg.agent, seed=seed, progress=progress)
         curve = [(i + 1, r) for i, r in enumerate(env.get_episode_rewards())]

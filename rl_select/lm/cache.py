@@ -152,6 +152,9 @@ def cache_problem(path: str | os.PathLike) -> str | None:
         return f"score cache {str(path)!r} is a folder; expected a file path, e.g. {str(path / 'scores.sqlite')!r}"
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
         return f"score cache file {str(path)!r} is not writable; {_ELSEWHERE}"
+    if path.is_file() and not _sqlite_or_empty(path):
+        return (f"score cache {str(path)!r} is not a SQLite database; move it aside or pass another --cache path "
+                "(nothing was overwritten)")
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -160,6 +163,16 @@ def cache_problem(path: str | os.PathLike) -> str | None:
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"the cache folder {str(folder)!r} is not writable; {_ELSEWHERE}"
     return None
+
+
+def _sqlite_or_empty(path: Path) -> bool:
+    """Whether ``path`` starts like a SQLite database, or is empty (SQLite makes an empty file a database)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError:
+        return True  # unreadable: opening it says why
+    return not head or head == b"SQLite format 3\x00"
 
 
 def check_cache(path: str | None) -> None:

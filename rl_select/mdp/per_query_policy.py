@@ -4,8 +4,10 @@ One ``.safetensors`` file (kind ``"per_query_policy"``) whose JSON document reco
 (``"per_query"``), the feature set, ``M`` neighbours per query, ``k``, the reward it was trained on, the
 scorer spec and the training summary; the whole file is hash-checked (:mod:`rl_select.mdp.artifacts`).
 It needs neither gymnasium nor SB3: :meth:`PerQueryPolicy.select_for` embeds the pool and the queries,
-scores the pool and the queries zero-shot (one cached LM row each, for the LM features), then chooses each
-query's demonstrations in one of two modes (:data:`MODES`):
+scores the pool and the queries zero-shot (one cached LM row each, for the LM features; a large pool only
+the rows its queries' neighbourhoods need), then chooses each query's demonstrations in one of two modes
+(:data:`MODES`); the pool's table (embeddings, neighbour index, LM rows) is kept for the next call on the
+same pool:
 
 * ``greedy``: the episode rolled out greedily under the shared :class:`~rl_select.mdp.episode.EpisodeRule`,
   all queries of a step in one Q-network forward (:func:`greedy_orders`);
@@ -40,7 +42,7 @@ from rl_select.mdp.artifacts import (
 )
 from rl_select.mdp.episode import EpisodeRule
 from rl_select.mdp.neighbour_orders import ORDERS
-from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, PoolTable, QueryContexts
+from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, PoolTable, QueryContexts, TableMemo
 from rl_select.mdp.qnet import CandidateQNet, masked_q
 from rl_select.types import Example, is_int
 
@@ -173,6 +175,7 @@ class PerQueryPolicy:
         self.feature_set, self.m, self.k, self.reward = feature_set, int(m), int(k), reward
         self.scorer_spec = scorer_spec
         self.training = dict(training or {})
+        self._tables = TableMemo()
 
     def __repr__(self) -> str:
         return f"PerQueryPolicy(feature_set={self.feature_set!r}, m={self.m}, k={self.k}, reward={self.reward!r})"
@@ -250,9 +253,17 @@ class PerQueryPolicy:
         diff = self.scorer_spec.differences(other, fields=fields)
         return refuse_other_scorer(diff, force=force, warning=PerQueryPolicyWarning, what="this per-query policy")
 
+    def pool_table(self, pool: Sequence[Example], *, labels: Sequence[str], embedder: Embedder,
+                   scorer: Scorer | None, index: str = "auto") -> PoolTable:
+        """The pool's table as :meth:`contexts` reads it (with the LM only if the features need it): built on the
+        first call, the same object again while the pool, labels, embedder, scorer and index stay the same."""
+        return self._tables.get(pool, labels=labels, embedder=embedder, scorer=scorer if self.view.needs_lm else None,
+                                index=index)
+
     def contexts(self, pool: Sequence[Example], queries: Sequence[Example], *, labels: Sequence[str],
-                 embedder: Embedder, scorer: Scorer | None) -> tuple[PoolTable, QueryContexts]:
-        """The pool's table and the queries' neighbourhoods this policy reads (LM rows only if its features need them).
+                 embedder: Embedder, scorer: Scorer | None, index: str = "auto") -> tuple[PoolTable, QueryContexts]:
+        """The pool's table and the queries' neighbourhoods this policy reads (LM rows only if its features need them);
+        the table is the last call's when the pool, labels, embedder and scorer are the same.
 
         Raises:
             SelectionError: ``M`` larger than the pool, or a feature set that needs the LM without a scorer.
@@ -263,12 +274,12 @@ class PerQueryPolicy:
         lm = scorer if self.view.needs_lm else None
         if self.view.needs_lm and scorer is None:
             raise SelectionError(f"feature set {self.feature_set!r} reads zero-shot LM features; expected a scorer")
-        table = PoolTable.build(pool, labels=labels, embedder=embedder, scorer=lm)
+        table = self.pool_table(pool, labels=labels, embedder=embedder, scorer=lm, index=index)
         return table, QueryContexts.build(table, queries, m=self.m, embedder=embedder, scorer=lm)
 
     def select_for(self, pool: Sequence[Example], queries: Sequence[Example], *, labels: Sequence[str],
                    embedder: Embedder, scorer: Scorer | None = None, force: bool = False,
-                   mode: str = "critic") -> list[list[Example]]:
+                   mode: str = "critic", index: str = "auto") -> list[list[Example]]:
         """Each query's ``k`` demonstrations, in prompt order (the most relevant last, where the Q put it).
 
         Args:
@@ -276,9 +287,12 @@ class PerQueryPolicy:
             queries: The queries (labels unused).
             labels: The task's label names (pool labels are read as ids of these).
             embedder: Sentence embedder for the neighbourhoods (the one the policy was trained with).
-            scorer: The frozen LM, for the zero-shot features (``P + Q`` rows, cached).
+            scorer: The frozen LM, for the zero-shot features (cached rows: the pool's, or for a pool of more
+                than :data:`~rl_select.mdp.per_query.LAZY_LM_MIN_ROWS` its queries' neighbours'; and ``Q``).
             force: Use a scorer other than the training one (warns).
             mode: ``"critic"`` or ``"greedy"`` (:data:`MODES`).
+            index: The pool's neighbour index (:data:`~rl_select.neighbours.BACKENDS`; ``"auto"``: exact below
+                :data:`~rl_select.neighbours.ANN_MIN_ROWS` rows, FAISS above when installed).
 
         Returns:
             ``len(queries)`` lists of ``k`` distinct pool examples.
@@ -291,7 +305,7 @@ class PerQueryPolicy:
             self.check_scorer(scorer, force=force)
         if not queries:
             return []
-        table, ctx = self.contexts(pool, queries, labels=labels, embedder=embedder, scorer=scorer)
+        table, ctx = self.contexts(pool, queries, labels=labels, embedder=embedder, scorer=scorer, index=index)
         if mode == "greedy":
             orders = greedy_orders(self.qnet, self.view, table, ctx, self.k)
         else:

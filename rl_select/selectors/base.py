@@ -9,6 +9,7 @@ comes from ``ctx.rng``. Each selector class declares what it needs and costs in 
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -140,6 +141,13 @@ def make_selector(name: str, **kwargs: Any) -> Selector:
         cls = SELECTORS[name]
     except KeyError:
         raise SelectionError(f"unknown selector {name!r}; expected one of {one_of(sorted(SELECTORS), name)}") from None
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        known = [p for p in params if p != "self"]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise SelectionError(f"selector {name!r} has no setting {unknown[0]!r}; expected some of "
+                                 f"{one_of(known, unknown[0]) if known else 'none (it takes no settings)'}")
     try:
         return cls(**kwargs)
     except TypeError as exc:

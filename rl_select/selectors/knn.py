@@ -1,7 +1,9 @@
 """kNN demonstrations per query (Liu et al. 2022, "What Makes Good In-Context Examples for GPT-3?").
 
 For each test query, the ``k`` pool examples nearest by cosine similarity of sentence embeddings,
-ordered from least to most similar, so the most similar demonstration sits right before the query.
+ordered from least to most similar, so the most similar demonstration sits right before the query. The pool's
+embeddings and :class:`~rl_select.neighbours.NeighbourIndex` are built once and kept for the next call on the
+same pool (exact search for small pools, FAISS for large ones when installed).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 from rl_select.embeddings import Embedder, MiniLMEmbedder, ScorerEmbedder, embed_examples, example_text
 from rl_select.errors import SelectionError
+from rl_select.neighbours import NeighbourIndex, resolve_backend
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.tags import SelectorTags
 from rl_select.types import Example
@@ -31,6 +34,8 @@ class KNNSelector(Selector):
             other string is a sentence-transformers model id or folder.
         exclude_same_text: Rank pool items whose input text equals the query's last, so a query that
             is also in the pool does not see its own answer.
+        index: The pool's neighbour index (:data:`~rl_select.neighbours.BACKENDS`; ``"auto"``: exact for small
+            pools, FAISS for large ones when installed).
     """
 
     name = "knn"
@@ -39,7 +44,7 @@ class KNNSelector(Selector):
                         lm_rows=lambda s: 0, labels_read=lambda s: s.n_pool, cost_note="0 (embedder, no LM)")
 
     def __init__(
-        self, embedder: Embedder | str | Path | None = None, *, exclude_same_text: bool = True
+        self, embedder: Embedder | str | Path | None = None, *, exclude_same_text: bool = True, index: str = "auto"
     ) -> None:
         if embedder is not None and not isinstance(embedder, (str, Path, Embedder)):
             raise SelectionError(
@@ -48,7 +53,23 @@ class KNNSelector(Selector):
             )
         self.embedder = embedder
         self.exclude_same_text = exclude_same_text
+        self.index = resolve_backend(index, 0) if index != "auto" else index  # an unknown name fails here
         self._minilm: MiniLMEmbedder | None = None
+        self._last: tuple[tuple[Example, ...], Embedder, NeighbourIndex, dict[str, np.ndarray]] | None = None
+
+    def _pool_index(self, emb: Embedder, pool: Sequence[Example]) -> tuple[NeighbourIndex, dict[str, np.ndarray]]:
+        """The pool's neighbour index and its rows per input text; kept for the next call on the same pool."""
+        pool = tuple(pool)
+        last = self._last
+        if last is not None and last[1] is emb and len(last[0]) == len(pool) and last[0] == pool:
+            return last[2], last[3]
+        index = NeighbourIndex(embed_examples(emb, pool), backend=self.index)
+        rows: dict[str, list[int]] = {}
+        for j, e in enumerate(pool):
+            rows.setdefault(example_text(e), []).append(j)
+        by_text = {t: np.array(r, dtype=np.int64) for t, r in rows.items()}
+        self._last = (pool, emb, index, by_text)
+        return index, by_text
 
     def _embedder(self, ctx: SelectionContext) -> Embedder:
         if self.embedder == "scorer":
@@ -84,22 +105,16 @@ class KNNSelector(Selector):
         if ctx.k == 0 or not queries:
             return [[] for _ in queries]
         emb = self._embedder(ctx)
-        pool_emb = embed_examples(emb, ctx.pool)
+        index, by_text = self._pool_index(emb, ctx.pool)
         query_emb = embed_examples(emb, queries)
-        if pool_emb.shape[1] != query_emb.shape[1]:
+        if index.emb.shape[1] != query_emb.shape[1]:
             raise SelectionError(
-                f"pool and query embeddings differ in width ({pool_emb.shape[1]} vs {query_emb.shape[1]})"
+                f"pool and query embeddings differ in width ({index.emb.shape[1]} vs {query_emb.shape[1]})"
             )
-        sims = (query_emb @ pool_emb.T).astype(np.float64)  # (n_queries, n_pool)
-        if self.exclude_same_text:
-            pool_texts = [example_text(e) for e in ctx.pool]
-            for i, q in enumerate(queries):
-                qt = example_text(q)
-                for j, pt in enumerate(pool_texts):
-                    if pt == qt:
-                        sims[i, j] = _SAME_TEXT_SIM
-        idx = self._rank(sims, ctx.k)
-        return [[ctx.pool[int(j)] for j in row] for row in idx]
+        none = np.zeros(0, dtype=np.int64)
+        exclude = [by_text.get(example_text(q), none) for q in queries] if self.exclude_same_text else None
+        idx, _ = index.search(query_emb, ctx.k, exclude=exclude, excluded_sim=_SAME_TEXT_SIM)  # most similar first
+        return [[ctx.pool[int(j)] for j in row[::-1]] for row in idx]
 
     def select(self, ctx: SelectionContext) -> list[Example]:
         """Global fallback: the ``k`` pool examples nearest the centroid of ``ctx.val``, most similar last.

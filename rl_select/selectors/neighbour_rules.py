@@ -15,7 +15,8 @@ import numpy as np
 from rl_select.embeddings import Embedder, as_embedder
 from rl_select.errors import SelectionError
 from rl_select.mdp.neighbour_orders import balanced_order, majority_order, mmr_order
-from rl_select.mdp.per_query import PoolTable, QueryContexts
+from rl_select.mdp.per_query import PoolTable, QueryContexts, TableMemo
+from rl_select.neighbours import resolve_backend
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.tags import SelectorTags
 from rl_select.types import Example
@@ -30,14 +31,18 @@ class NeighbourRuleSelector(Selector):
     Args:
         m: Neighbours per query the rule chooses from (``k <= m``; capped at the pool size).
         embedder: An :class:`~rl_select.embeddings.Embedder`, or ``None`` / a model id for MiniLM.
+        index: The pool's neighbour index (:data:`~rl_select.neighbours.BACKENDS`; ``"auto"``: exact for small
+            pools, FAISS for large ones when installed).
     """
 
-    def __init__(self, m: int = 16, embedder: Embedder | str | Path | None = None) -> None:
+    def __init__(self, m: int = 16, embedder: Embedder | str | Path | None = None, *, index: str = "auto") -> None:
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
             raise SelectionError(f"m={m!r}; expected a positive integer (neighbours per query)")
         self.m = int(m)
         self.embedder = embedder
         self._emb = as_embedder(embedder)
+        self.index = resolve_backend(index, 0) if index != "auto" else index  # an unknown name fails here
+        self._tables = TableMemo()
 
     def order(self, table: PoolTable, ctx: QueryContexts, i: int, k: int) -> list[int]:
         """Neighbour positions (0 = nearest) for query ``i``, in prompt order."""
@@ -50,7 +55,7 @@ class NeighbourRuleSelector(Selector):
             return [[] for _ in queries]
         m = max(ctx.k, min(self.m, len(ctx.pool)))
         emb = self._emb
-        table = PoolTable.build(ctx.pool, labels=ctx.scorer.spec.labels, embedder=emb)
+        table = self._tables.get(ctx.pool, labels=ctx.scorer.spec.labels, embedder=emb, index=self.index)
         qc = QueryContexts.build(table, queries, m=m, embedder=emb)
         return [qc.demos(table, i, self.order(table, qc, i, ctx.k)) for i in range(len(queries))]
 
@@ -91,14 +96,15 @@ class MMRNeighboursSelector(NeighbourRuleSelector):
     Args:
         m: Neighbours per query.
         lam: Relevance weight, ``0 <= lam <= 1`` (1 is kNN).
-        embedder: As :class:`NeighbourRuleSelector`.
+        embedder, index: As :class:`NeighbourRuleSelector`.
     """
 
     name = "knn_mmr"
     tags = SelectorTags(**_TAGS)
 
-    def __init__(self, m: int = 16, lam: float = 0.7, embedder: Embedder | str | Path | None = None) -> None:
-        super().__init__(m, embedder)
+    def __init__(self, m: int = 16, lam: float = 0.7, embedder: Embedder | str | Path | None = None, *,
+                 index: str = "auto") -> None:
+        super().__init__(m, embedder, index=index)
         if not 0.0 <= float(lam) <= 1.0:
             raise SelectionError(f"lam={lam!r}; expected a number in [0, 1]")
         self.lam = float(lam)

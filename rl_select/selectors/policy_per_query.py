@@ -2,7 +2,8 @@
 
 Each query gets its own ``k`` demonstrations from its ``M`` nearest pool examples, chosen greedily by the
 policy's Q-network. Selection reads pool labels only (no validation label); the LM features cost one
-zero-shot row per pool example and per query (cached), no prompt is scored at selection.
+zero-shot row per pool example and per query (cached; a pool of more than 1,000 rows only its queries'
+neighbours' rows), no prompt is scored at selection. The pool's table is kept between calls on one pool.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from rl_select.embeddings import Embedder, as_embedder
 from rl_select.errors import SelectionError
 from rl_select.mdp.per_query_policy import PRETRAINED, PerQueryPolicy, check_mode
+from rl_select.neighbours import resolve_backend
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.tags import SelectorTags
 from rl_select.types import Example
@@ -29,16 +31,19 @@ class PerQueryPolicySelector(Selector):
         force: Use the policy with a scorer other than its training one (warns); refused by default.
         mode: ``"critic"`` (default: the Q-network values the greedy rollout and the hand-written orders, the
             best is kept) or ``"greedy"`` (its greedy rollout); see :mod:`rl_select.mdp.per_query_policy`.
+        index: The pool's neighbour index (:data:`~rl_select.neighbours.BACKENDS`; ``"auto"``: exact for small
+            pools, FAISS for large ones when installed).
     """
 
     name = "policy_pq"
     tags = SelectorTags(val_labels=False, pool_labels=True, trained=True, lm=True, per_query=True, count_arg=None,
                         lm_rows=lambda s: s.n_pool + (s.n_test or 0), labels_read=lambda s: s.n_pool,
-                        cost_note="P + T zero-shot rows (pool and queries, cached); no prompt scored")
+                        cost_note="P + T zero-shot rows at most (pool and queries, cached); no prompt scored")
 
     def __init__(self, path: str | Path = PRETRAINED, embedder: Embedder | str | Path | None = None,
-                 force: bool = False, mode: str = "critic") -> None:
+                 force: bool = False, mode: str = "critic", *, index: str = "auto") -> None:
         self.path = str(path)
+        self.index = resolve_backend(index, 0) if index != "auto" else index  # an unknown name fails here
         self.force = force
         self.mode = check_mode(mode)
         self.policy = PerQueryPolicy.load(path)
@@ -52,7 +57,7 @@ class PerQueryPolicySelector(Selector):
             raise SelectionError(f"k={ctx.k}, but policy {self.path!r} was trained for k={self.policy.k}; "
                                  f"expected k={self.policy.k}")
         return self.policy.select_for(ctx.pool, queries, labels=ctx.scorer.spec.labels, embedder=self._emb,
-                                      scorer=ctx.scorer, force=self.force, mode=self.mode)
+                                      scorer=ctx.scorer, force=self.force, mode=self.mode, index=self.index)
 
     def select(self, ctx: SelectionContext) -> list[Example]:
         """Per-query only."""
