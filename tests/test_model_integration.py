@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from rl_select.data import load_folder
-from rl_select.errors import ModelError
 from rl_select.lm.cache import ScoreCache
 from rl_select.lm.hf import HFScorer
 from rl_select.lm.reference import ReferenceScorer
+from rl_select.lm.window import ContextWindowWarning
 from rl_select.metrics import accuracy
 from rl_select.tasks import get_task
 from rl_select.types import Example
@@ -90,12 +90,19 @@ def test_zero_shot_sst2_beats_chance(smollm2, data_root):
     assert acc > 0.6
 
 
-def test_prompt_over_context_window_is_refused(smollm2):
+def test_rows_over_the_context_window_drop_demonstrations_or_fail_one_row(smollm2):
     model, tok = smollm2
     spec = get_task("sst2")
+    scorer = HFScorer(model, tok, spec)
     long = Example(text="word " * 9000, label="positive")
-    with pytest.raises(ModelError, match=r"exceeds the context window .*8192 tokens"):
-        HFScorer(model, tok, spec).logprobs(demos=[long], queries=[Example("fine", "positive")])
+    fine = Example("a fine, moving film", "positive")
+    with pytest.warns(ContextWindowWarning, match=r"dropped 1 of 1 demonstrations .*8,192-token context window"):
+        cut = scorer.logprobs(demos=[long], queries=[fine])
+    np.testing.assert_allclose(cut, scorer.logprobs(demos=[], queries=[fine]), atol=1e-4)  # as zero-shot
+    with pytest.warns(ContextWindowWarning, match=r"the query alone is .* scored as a failure"):
+        rows = scorer.logprobs(demos=[], queries=[long, fine])
+    assert rows[0].argmax() != spec.labels.index("positive") and scorer.stats.rows_failed == 1
+    assert rows[1].argmax() == cut[0].argmax()  # the other row is scored as usual
 
 
 def test_embed_and_model_fingerprint_are_stable(smollm2):
