@@ -97,25 +97,30 @@ def read_jsonl_objects(path: Path) -> Iterator[tuple[int, str, Mapping[str, Any]
         raise DataError(f"cannot read data file {str(path)!r}: {exc.strerror or exc}") from None
 
 
-def _read_table(path: Path, *, spec: TaskSpec) -> Iterator[tuple[int, str, Mapping[str, Any]]]:
-    """Yield ``(row number, where, row)`` for a CSV or Parquet file, after checking its columns."""
+def read_table_file(path: Path, what: str = "data file") -> Any:
+    """A CSV (every cell as text) or Parquet file as a pandas ``DataFrame``; one-line :class:`DataError`s
+    naming ``what`` and the file (empty, not UTF-8 with its line, unparsable)."""
     import pandas as pd
 
     try:
         if path.suffix.lower() == ".csv":
-            # Text stays text ("1.0" is not a float); empty cells become "" and are caught below.
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        else:
-            frame = pd.read_parquet(path)
+            # Text stays text ("1.0" is not a float); empty cells become "" and are caught by the callers.
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
-        raise DataError(f"data file {str(path)!r} is empty; expected a header and rows") from None
+        raise DataError(f"{what} {str(path)!r} is empty; expected a header and rows") from None
     except UnicodeDecodeError:
-        raise DataError(not_utf8(f"data file {str(path)!r}", utf8_position(path.read_bytes()))) from None
+        raise DataError(not_utf8(f"{what} {str(path)!r}", utf8_position(path.read_bytes()))) from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read data file {str(path)!r}: {msg}") from None
+        raise DataError(f"cannot read {what} {str(path)!r}: {msg}") from None
     except Exception as exc:  # pyarrow's ArrowInvalid etc. are not all ValueErrors
-        raise DataError(f"cannot read data file {str(path)!r}: {type(exc).__name__}: {exc}") from None
+        raise DataError(f"cannot read {what} {str(path)!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _read_table(path: Path, *, spec: TaskSpec) -> Iterator[tuple[int, str, Mapping[str, Any]]]:
+    """Yield ``(row number, where, row)`` for a CSV or Parquet file, after checking its columns."""
+    frame = read_table_file(path)
     columns = [str(c) for c in frame.columns]
     wanted = (*spec.input_fields, spec.label_field)
     for column in wanted:

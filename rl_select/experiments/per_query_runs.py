@@ -15,6 +15,7 @@ Collection uses each task's seed-0 pool (``n_pool`` rows) and queries from the r
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ import numpy as np
 from agents.per_query import PerQueryStore, collect_per_query, to_episodes, train_per_query
 from rl_select.data import Splits, default_data_root, load_task, make_splits
 from rl_select.embeddings import MiniLMEmbedder
-from rl_select.errors import ConfigError, DataError
+from rl_select.errors import ConfigError, DataError, one_of, read_utf8
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import open_cache
 from rl_select.lm.spec import ScorerSpec
@@ -101,6 +102,31 @@ class PerQueryRunConfig:
             raise ConfigError(f"per-query config cql_alpha={self.cql_alpha!r}; expected a number >= 0")
         if self.cache is not None and not isinstance(self.cache, str):
             raise ConfigError(f"per-query config cache={self.cache!r}; expected a file path or 'none'")
+
+    @classmethod
+    def from_file(cls, path: str | Path | None) -> PerQueryRunConfig:
+        """The settings in a JSON file of these fields (``None``: the defaults).
+
+        Raises:
+            ConfigError: Unreadable or not UTF-8, not a JSON object, an unknown field (named, with the
+                closest valid ones), or a bad value (one line each).
+        """
+        if path is None:
+            return cls()
+        where = f"per-query config {str(path)!r}"
+        try:
+            fields = json.loads(read_utf8(Path(path), where, ConfigError))
+        except ValueError as exc:
+            raise ConfigError(f"{where} is not JSON ({str(exc).splitlines()[0]}); expected an object of "
+                              "PerQueryRunConfig fields") from None
+        if not isinstance(fields, dict):
+            raise ConfigError(f"{where} holds {type(fields).__name__}; expected a JSON object of PerQueryRunConfig "
+                              "fields")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(fields) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown field {unknown[0]!r}; expected some of {one_of(known, unknown[0])}")
+        return cls(**fields)
 
     def scorer_spec(self) -> ScorerSpec:
         """The bundled model, calibrated (the reference protocol)."""
@@ -507,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> None:  # pragma: no cover - ``pyt
     p.add_argument("--seeds", nargs="*", type=int, default=None)
     p.add_argument("--no-baselines", action="store_true")
     a = p.parse_args(argv)
-    cfg = PerQueryRunConfig(**(json.loads(Path(a.config).read_text()) if a.config else {}))
+    cfg = PerQueryRunConfig.from_file(a.config)
     table = run_stage(a.stage, a.run_dir, cfg, tasks=a.tasks, feature_sets=a.feature_sets, rewards=a.rewards,
                       split=a.split, seeds=a.seeds, with_baselines=not a.no_baselines)
     if table:

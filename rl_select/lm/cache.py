@@ -45,6 +45,14 @@ def query_key(prefix: str, query: Example) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def connect_wal(path: Path) -> sqlite3.Connection:
+    """An autocommit SQLite connection in WAL mode (readers never block the writer), shared by the disk caches."""
+    db = sqlite3.connect(path, timeout=60.0, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
 class ScoreCache:
     """SQLite key -> float64 vector store.
 
@@ -72,9 +80,7 @@ class ScoreCache:
             raise CacheError(f"cannot create the cache folder {str(self.path.parent)!r} ({exc.strerror or exc}); "
                              f"{_ELSEWHERE}") from None
         try:
-            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = connect_wal(self.path)
             self._db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
             self._db.execute("SELECT count(*) FROM scores LIMIT 1").fetchone()
         except sqlite3.DatabaseError as exc:

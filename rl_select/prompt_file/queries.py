@@ -8,8 +8,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from rl_select.data import read_jsonl_objects
-from rl_select.errors import DataError, not_utf8, utf8_position
+from rl_select.data import read_jsonl_objects, read_table_file
+from rl_select.errors import DataError
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
@@ -112,17 +112,7 @@ def read_query_file(task: TaskSpec, path: str | Path) -> list[tuple[str, Example
     if suffix == ".jsonl":
         out = [(where, query_example(task, obj, where=where)) for _, where, obj in read_jsonl_objects(path)]
     elif suffix == ".csv":
-        import pandas as pd
-
-        try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except pd.errors.EmptyDataError:
-            raise DataError(f"query file {str(path)!r} is empty; expected a header and rows") from None
-        except UnicodeDecodeError:
-            raise DataError(not_utf8(f"query file {str(path)!r}", utf8_position(path.read_bytes()))) from None
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataError(f"cannot read query file {str(path)!r}: {msg}") from None
+        frame = read_table_file(path, "query file")
         columns = [str(c) for c in frame.columns]
         for name in task.input_fields:
             if name not in columns:
