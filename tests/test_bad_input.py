@@ -226,6 +226,7 @@ def originals(tmp_path_factory) -> Path:
     (base / "pq-k-above-m.json").write_text('{"k": 9, "m": 4}')
     (base / "pq-feature-set.json").write_text('{"feature_set": "shiny"}')
     (base / "pq-seeds.json").write_text('{"seeds": "0,1"}')
+    (base / "pq-modes.json").write_text('{"modes": ["greedy", "beam"]}')
     (base / "pq-utf8.json").write_bytes(b'{"cache": "caf\xe9"}')
 
     # ablation grids
@@ -603,6 +604,8 @@ CASES: list[Case] = [
       r"k=9 exceeds m=4"),
     C("per-query-config-feature-set", "per-query collect --run-dir pq-new --config pq-feature-set.json", r"'shiny'"),
     C("per-query-config-seeds-text", "per-query collect --run-dir pq-new --config pq-seeds.json", r"seeds='0,1'"),
+    C("per-query-config-mode", "per-query collect --run-dir pq-new --config pq-modes.json",
+      r"modes=\['greedy', 'beam'\]; 'beam' is not one of \['greedy', 'critic'\]"),
     C("per-query-config-not-utf8", "per-query collect --run-dir pq-new --config pq-utf8.json",
       r"pq-utf8\.json' is not UTF-8"),
     C("per-query-report-no-results", "per-query report --run-dir pq-run", r"'pq-run/results\.csv' not found"),

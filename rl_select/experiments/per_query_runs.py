@@ -33,7 +33,7 @@ from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import open_cache
 from rl_select.lm.spec import ScorerSpec
 from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, PoolTable, QueryContexts, vote_shares
-from rl_select.mdp.per_query_policy import PerQueryPolicy
+from rl_select.mdp.per_query_policy import MODES, PerQueryPolicy
 from rl_select.metrics import label_ids
 from rl_select.prompts import content_free_queries
 from rl_select.selectors import SelectionContext, make_selector
@@ -98,6 +98,10 @@ class PerQueryRunConfig:
             raise ConfigError(f"per-query config feature_set={self.feature_set!r:.60}; expected a name")
         FeatureView.of(self.feature_set)
         check_rewards([self.reward])
+        names("modes", str)
+        bad = [mode for mode in self.modes if mode not in MODES]
+        if bad:
+            raise ConfigError(f"per-query config modes={self.modes!r:.60}; {bad[0]!r} is not one of {list(MODES)}")
         if not isinstance(self.cql_alpha, (int, float)) or isinstance(self.cql_alpha, bool) or self.cql_alpha < 0:
             raise ConfigError(f"per-query config cql_alpha={self.cql_alpha!r}; expected a number >= 0")
         if self.cache is not None and not isinstance(self.cache, str):
