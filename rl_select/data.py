@@ -24,13 +24,12 @@ from typing import Any
 import numpy as np
 
 from rl_select.errors import DataError, not_utf8, utf8_position
-from rl_select.tasks import TaskSpec
+from rl_select.tasks import DATA_ENV_VAR, TaskSpec, default_data_root  # noqa: F401 (re-exported)
 from rl_select.types import Example
 
 SUFFIXES: tuple[str, ...] = (".jsonl", ".csv", ".parquet")
 """File types :func:`load_examples` reads, in the order :func:`load_folder` prefers them."""
 
-DATA_ENV_VAR = "RL_SELECT_DATA"
 """Environment variable naming the folder that holds ``<task>/train.jsonl`` copies."""
 
 _Row = tuple[str, Mapping[str, Any]]  # (where, e.g. "line 3 of train.jsonl"; the row's fields)
@@ -338,19 +337,6 @@ def _match_label(value: str, spec: TaskSpec) -> str | None:
     """The spec label equal to ``value`` ignoring case and surrounding space, else ``None``."""
     key = value.strip().casefold()
     return next((lab for lab in spec.labels if lab.casefold() == key), None)
-
-
-def default_data_root(shared_root: str | Path | None = None) -> Path | None:
-    """The folder of offline task copies: ``shared_root``, else ``$RL_SELECT_DATA``, else ``../shared/data``.
-
-    Returns:
-        The first of those that is an existing folder, or ``None``.
-    """
-    candidates = [shared_root] if shared_root is not None else [os.environ.get(DATA_ENV_VAR), "../shared/data"]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
 
 
 def load_task(

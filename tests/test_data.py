@@ -417,3 +417,17 @@ def test_balanced_counts_water_filling() -> None:
     assert balanced_counts({"a": 3, "b": 3}, 6, rng) == {"a": 3, "b": 3}
     with pytest.raises(DataError, match="cannot draw 7"):
         balanced_counts({"a": 3, "b": 3}, 7, rng)
+
+
+def test_a_shared_task_folder_with_a_task_toml_resolves_by_name(tmp_path, monkeypatch):
+    from rl_select.tasks import resolve_task
+
+    folder = tmp_path / "spam"
+    folder.mkdir()
+    (folder / "task.toml").write_text('name = "spam"\nlabels = ["ham", "spam"]\n'
+                                      'template = "Message: {text}\\nType: {label}"\n'
+                                      '[verbalizers]\nham = "normal"\nspam = "spam"\n')
+    monkeypatch.setenv("RL_SELECT_DATA", str(tmp_path))
+    assert resolve_task("spam").labels == ("ham", "spam")
+    with pytest.raises(Exception, match="unknown task 'eggs'"):
+        resolve_task("eggs")

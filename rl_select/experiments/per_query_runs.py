@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from agents.per_query import PerQueryStore, collect_per_query, to_episodes, train_per_query
-from rl_select.data import Splits, default_data_root, load_task, make_splits
+from rl_select.data import Splits, load_task, make_splits
 from rl_select.embeddings import MiniLMEmbedder
 from rl_select.errors import ConfigError, DataError, one_of, read_utf8
 from rl_select.lm.base import CachedScorer
@@ -39,9 +39,6 @@ from rl_select.prompts import content_free_queries
 from rl_select.selectors import SelectionContext, make_selector
 from rl_select.tasks import TaskSpec, resolve_task
 from rl_select.types import Example
-
-EXTRA_TASKS: tuple[str, ...] = ("sst5", "mpqa", "atis")
-"""Shared tasks that are not built in: each folder carries a ``task.toml``."""
 
 
 @dataclass
@@ -145,25 +142,16 @@ def check_rewards(rewards: Sequence[str]) -> None:
 
 
 def check_task_name(name: str) -> None:
-    """Refuse, without loading it, a task :func:`task_of` cannot find: a built-in name, a shared extra task or a
-    task spec file."""
+    """Refuse, without loading it, a task :func:`task_of` cannot find (see :func:`~rl_select.tasks.resolve_task`)."""
     if not isinstance(name, str):
         raise ConfigError(f"per-query task {name!r}; expected a task name")
-    if name not in EXTRA_TASKS:
-        resolve_task(name)
+    resolve_task(name)
 
 
-def task_of(name: str, shared_root: str | Path | None = None) -> tuple[TaskSpec, list[Example], list[Example]]:
-    """A shared task by name: built-in, or one of :data:`EXTRA_TASKS` through its ``task.toml``."""
-    if name in EXTRA_TASKS:
-        root = default_data_root(shared_root)
-        if root is None:
-            raise ConfigError(f"task {name!r} lives in ../shared/data/{name}; expected that folder next to the repo")
-        spec = resolve_task(str(root / name / "task.toml"))
-        train, test = load_task(spec, data=root / name)
-    else:
-        spec = resolve_task(name)
-        train, test = load_task(spec)
+def task_of(name: str) -> tuple[TaskSpec, list[Example], list[Example]]:
+    """A task by name: built-in, a spec file, or a shared task folder with a ``task.toml`` (e.g. ``sst5``)."""
+    spec = resolve_task(name)
+    train, test = load_task(spec)
     return spec, train, test
 
 
