@@ -25,8 +25,8 @@ _EXPORTS = {
     "MaskedDQN": "agents.dqn",
     "DQNAgent": "agents.dqn",
     "OfflineCQLAgent": "agents.offline",
-    "Episode": "agents.rollouts",
-    "RolloutStore": "agents.rollouts",
+    "Episode": "agents.rollout_store",
+    "RolloutStore": "agents.rollout_store",
     "collect": "agents.rollouts",
     "collect_random": "agents.rollouts",
 }
@@ -57,7 +57,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from agents.base import Agent, ArtifactError, evaluate, run_episode
     from agents.dqn import CandidateQPolicy, DQNAgent, MaskedDQN
     from agents.offline import OfflineCQLAgent
-    from agents.rollouts import Episode, RolloutStore, collect, collect_random
+    from agents.rollout_store import Episode, RolloutStore
+    from agents.rollouts import collect, collect_random
     from agents.tabular_q import TabularQAgent, exhaustive_best
 
 

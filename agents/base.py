@@ -12,7 +12,7 @@
   and the masked TD target shared by the DQN and offline agents.
 * :func:`evaluate` — mean greedy return of an agent in an env that follows ``docs/mdp.md`` (Dict
   observation with ``"state"``, ``"candidates"``, ``"action_mask"``), through the one rollout loop
-  :func:`rl_select.mdp.episode.run_episode` (re-exported here with :class:`EpisodeResult`).
+  :func:`rl_select.mdp.rollout.run_episode` (re-exported here with :class:`EpisodeResult`).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from agents.registry import AgentSettings, AgentTags
 from rl_select.errors import ArtifactError as ArtifactError
 from rl_select.errors import SelectionError
 from rl_select.mdp.artifacts import qnet_document, qnet_from_document, read_artifact, write_artifact
-from rl_select.mdp.episode import ActFn as ActFn
-from rl_select.mdp.episode import EpisodeResult as EpisodeResult
-from rl_select.mdp.episode import run_episode as run_episode
 from rl_select.mdp.qnet import CandidateQNet, masked_q
+from rl_select.mdp.rollout import ActFn as ActFn
+from rl_select.mdp.rollout import EpisodeResult as EpisodeResult
+from rl_select.mdp.rollout import run_episode as run_episode
 
 OBS_KEYS = ("state", "candidates", "action_mask")
 
@@ -295,7 +295,7 @@ class QNetAgent(Agent):
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
-# The rollout loop is rl_select.mdp.episode.run_episode (one loop for evaluation, collection, tabular
+# The rollout loop is rl_select.mdp.rollout.run_episode (one loop for evaluation, collection, tabular
 # Q-learning and the exported policy); ActFn / EpisodeResult / run_episode stay importable from here.
 
 

@@ -45,7 +45,8 @@ from agents.base import (
     masked_td_target,
 )
 from agents.registry import AgentSettings, AgentTags, register_agent
-from agents.rollouts import Episode, RolloutStore, stack_episodes
+from agents.rollout_store import Episode, RolloutStore
+from agents.rollouts import stack_episodes
 from rl_select.errors import DataError
 from rl_select.mdp.qnet import CandidateQNet, masked_q
 
@@ -103,7 +104,7 @@ def cql_dqn_loss(
 
 @register_agent
 class OfflineCQLAgent(QNetAgent):
-    """CQL-regularised DQN on a :class:`~agents.rollouts.RolloutStore`.
+    """CQL-regularised DQN on a :class:`~agents.rollout_store.RolloutStore`.
 
     Args:
         hidden: Hidden widths of the Q-network.

@@ -31,11 +31,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from agents.offline import OfflineCQLAgent
-from agents.rollouts import Episode
+from agents.rollout_store import Episode
 from rl_select.errors import ConfigError, DataError
 from rl_select.lm.base import CachedScorer
 from rl_select.mdp.episode import EpisodeRule
-from rl_select.mdp.per_query import FeatureView, PoolTable, QueryContexts, reward_of, vote_shares
+from rl_select.mdp.per_query import FeatureView, reward_of
+from rl_select.mdp.per_query_table import PoolTable, QueryContexts, vote_shares
 from rl_select.mdp.qnet import CandidateQNet
 from rl_select.metrics import label_ids
 
@@ -200,7 +201,7 @@ def collect_per_query(scorer: CachedScorer, table: PoolTable, ctx: QueryContexts
 
 def to_episodes(logged: Sequence[LoggedEpisode], table: PoolTable, ctx: QueryContexts, view: FeatureView, *,
                 k: int, reward: str, labels: Sequence[str]) -> list[Episode]:
-    """Logged episodes as :class:`~agents.rollouts.Episode` with ``view``'s features and the terminal ``reward``.
+    """Logged episodes as :class:`~agents.rollout_store.Episode` with ``view``'s features and the terminal ``reward``.
 
     Raises:
         DataError: A logged query that is not among ``ctx.queries``.

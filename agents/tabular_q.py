@@ -9,7 +9,7 @@ Masks everywhere: epsilon-exploration samples uniformly among the valid actions,
 the argmax over valid actions, and the TD target's max runs over the next state's valid actions
 (terminal: 0). ``gamma = 1`` by default: the episode is at most ``k`` steps long.
 
-Episodes run through the one rollout loop, :func:`rl_select.mdp.episode.run_episode` (the TD update is
+Episodes run through the one rollout loop, :func:`rl_select.mdp.rollout.run_episode` (the TD update is
 its ``on_step`` callback; :func:`exhaustive_best` replays prefixes with it too), and epsilon decays by
 SB3's linear schedule (``stable_baselines3.common.utils.LinearSchedule``, formerly ``get_linear_fn``), as DQN's
 exploration rate does.
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from agents.base import Agent, check_mask, load_agent, save_agent
 from agents.registry import AgentSettings, AgentTags, register_agent
 from rl_select.errors import SelectionError
-from rl_select.mdp.episode import Step, run_episode
+from rl_select.mdp.rollout import Step, run_episode
 
 State = tuple[int, ...]
 

@@ -31,10 +31,11 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import spearmanr
 
-from agents.rollouts import Episode, RolloutStore
+from agents.rollout_store import Episode, RolloutStore
 from rl_select.experiments.ablate import load_plan
+from rl_select.experiments.collection import store_path
 from rl_select.experiments.harness import scorer_factory
-from rl_select.experiments.training import build_task_envs, store_path
+from rl_select.experiments.task_envs import build_task_envs
 from rl_select.mdp.critic import CRITIC_FEATURES, ProbeCritic, critic_features
 
 STATS = CRITIC_FEATURES  # pred_entropy, mean_entropy, mean_max, query_entropy, demo_balance

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from rl_select.embeddings import Embedder, HashingEmbedder, MiniLMEmbedder, embed_examples, embedder_cache_key
-from rl_select.mdp.per_query import QueryContexts
 from rl_select.mdp.per_query_policy import PerQueryPolicy
+from rl_select.mdp.per_query_table import QueryContexts
 from rl_select.neighbours import ANN_MIN_ROWS, faiss_available, recall_at
 from rl_select.selectors import make_selector
 from rl_select.testing import ToyScorer, toy_examples, toy_task

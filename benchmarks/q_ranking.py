@@ -34,8 +34,9 @@ import torch
 from scipy.stats import spearmanr
 
 from agents.offline import OfflineCQLAgent
-from agents.rollouts import Episode, RolloutStore, stack_episodes, standardize_returns
-from rl_select.mdp.features import FeatureSpec
+from agents.rollout_store import Episode, RolloutStore
+from agents.rollouts import stack_episodes, standardize_returns
+from rl_select.mdp.feature_spec import FeatureSpec
 
 
 def _load(patterns: list[str], n: int | None) -> dict[str, list[Episode]]:

@@ -20,7 +20,8 @@ from rl_select.embeddings import Embedder
 from rl_select.errors import ConfigError, SelectionError
 from rl_select.lm.base import Scorer
 from rl_select.mdp.episode import NOT_RESET, REWARD_MODES, EpisodeRule, SelectionEpisode, check_reward_mode
-from rl_select.mdp.features import FEATURE_SETS, FeatureSpec, Featurizer
+from rl_select.mdp.feature_spec import FEATURE_SETS, FeatureSpec
+from rl_select.mdp.features import Featurizer
 from rl_select.mdp.table import RowTable
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example

@@ -19,7 +19,8 @@ from rl_select.embeddings import Embedder
 from rl_select.errors import ConfigError, SelectionError
 from rl_select.lm.base import Scorer
 from rl_select.mdp.episode import NOT_RESET, EpisodeRule
-from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, PoolTable, QueryContexts, reward_of
+from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, reward_of
+from rl_select.mdp.per_query_table import PoolTable, QueryContexts
 from rl_select.metrics import label_ids
 from rl_select.types import Example
 

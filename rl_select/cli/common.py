@@ -234,7 +234,7 @@ def _worker_lm(cfg) -> str:
 
 def _task_envs(cfg, *, fixed_pool: bool = False):
     from rl_select.experiments.harness import scorer_factory
-    from rl_select.experiments.training import build_task_envs, check_task_envs
+    from rl_select.experiments.task_envs import build_task_envs, check_task_envs
 
     _quiet_libraries()
     check_task_envs(cfg)  # bad input fails here, before the model loads

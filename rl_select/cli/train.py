@@ -34,8 +34,9 @@ def collect_cmd(cfg, explicit: frozenset[str]) -> None:
     """Random-policy rollouts of the selection MDP into a store (resumable: rerun to continue)."""
     import time
 
+    from rl_select.experiments.collection import EpisodeWorker, check_stores, collect_rollouts
     from rl_select.experiments.executors import Executor, LocalExecutor, RayExecutor
-    from rl_select.experiments.training import EpisodeWorker, check_stores, check_task_envs, collect_rollouts
+    from rl_select.experiments.task_envs import check_task_envs
 
     check_task_envs(cfg)  # bad input fails here, before any model loads
     check_stores(cfg)
@@ -71,15 +72,10 @@ def train_cmd(cfg, explicit: frozenset[str]) -> None:
     import time
 
     from agents.registry import agent_class
+    from rl_select.experiments.collection import check_stores
     from rl_select.experiments.rundir import RunDir
-    from rl_select.experiments.training import (
-        check_agent_tasks,
-        check_stores,
-        check_task_envs,
-        plot_curve,
-        policy_selection,
-        train_agent,
-    )
+    from rl_select.experiments.task_envs import check_task_envs
+    from rl_select.experiments.training import check_agent_tasks, plot_curve, policy_selection, train_agent
 
     tags = agent_class(cfg.agent.name).tags
     check_agent_tasks(cfg)
@@ -130,7 +126,8 @@ def per_query_cmd(
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Evaluate the policies only.")] = False,
 ) -> None:
     """Per-query policies across tasks: collect episodes per task, train leave-one-task-out, evaluate, report."""
-    from rl_select.experiments.per_query_runs import PerQueryRunConfig, run_stage
+    from rl_select.experiments.per_query_config import PerQueryRunConfig
+    from rl_select.experiments.per_query_runs import run_stage
 
     def names(text: str | None) -> list[str]:
         return [t.strip() for t in text.split(",") if t.strip()] if text else []

@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.rollouts import RolloutStore, random_valid_action, run_logged_episode
+from agents.rollout_store import RolloutStore
+from agents.rollouts import random_valid_action, run_logged_episode
 from envs.demo_selection import DemoSelectionEnv
 from rl_select.data import load_task, make_splits
 from rl_select.experiments.bench_scorer import raw_throughput
 from rl_select.lm.cache import ScoreCache
 from rl_select.lm.hf import HFScorer, cpu_has_fast_bf16, dtype_name, load_causal_lm, model_fingerprint
-from rl_select.mdp.features import FeatureSpec
+from rl_select.mdp.feature_spec import FeatureSpec
 from rl_select.mdp.table import RowTable
 from rl_select.prompts import content_free_queries, render_prefix, render_query
 from rl_select.tasks import TaskSpec

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from envs.demo_selection import DemoSelectionEnv
-from rl_select.mdp.episode import run_episode
+from rl_select.mdp.rollout import run_episode
 
 
 class _TimedSteps:

@@ -72,10 +72,11 @@ def bench_backends(*, spec: TaskSpec, data: str | None, k: int, n_queries: int, 
 def bench_executors(cfg: RunConfig, *, workers: tuple[int, ...] = (1, 2),
                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Rollout collection in process and on a local Ray with each worker count (see the module docstring)."""
-    from agents.rollouts import RolloutStore
+    from agents.rollout_store import RolloutStore
+    from rl_select.experiments.collection import EpisodeWorker, collect_rollouts
     from rl_select.experiments.executors import Executor, LocalExecutor, RayExecutor
     from rl_select.experiments.harness import scorer_factory
-    from rl_select.experiments.training import EpisodeWorker, build_task_envs, collect_rollouts
+    from rl_select.experiments.task_envs import build_task_envs
 
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rl-select-bench-") as tmp:

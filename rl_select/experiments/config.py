@@ -25,7 +25,7 @@ config is written into the run folder as ``config.toml``. The file's tables are 
     [executor]               # ExecutorConfig: in process or on Ray
 
 Every value is checked by the module that owns its value set (the scorer spec by ``rl_select.lm.spec``,
-feature sets by ``rl_select.mdp.features``, reward modes by the env, agents by the agent registry,
+feature sets by ``rl_select.mdp.feature_spec``, reward modes by the env, agents by the agent registry,
 selectors by the selector registry). ``None`` means unset. Older flat files (all keys at the top level or
 under ``[run]``) still load: each flat key is read into its section (:data:`FLAT_KEYS`).
 """
@@ -111,7 +111,7 @@ class MDPConfig:
     Attributes:
         n_candidates: Candidates N offered per episode (``None``: ``splits.n_pool``).
         feature_set: ``active`` (label-free), ``labelled``, ``zeroshot`` or ``table`` (candidate features from
-            the one-off row table; see :meth:`rl_select.mdp.features.FeatureSpec.lm_rows`).
+            the one-off row table; see :meth:`rl_select.mdp.feature_spec.FeatureSpec.lm_rows`).
         reward: ``marginal`` (per-step gain in val accuracy) or ``terminal``.
         allow_stop: Offer a STOP action.
         min_len: Fewest demonstrations before STOP is allowed.
@@ -125,7 +125,7 @@ class MDPConfig:
 
     def validate(self) -> None:
         from rl_select.mdp.episode import REWARD_MODES
-        from rl_select.mdp.features import FEATURE_SETS
+        from rl_select.mdp.feature_spec import FEATURE_SETS
 
         if self.n_candidates is not None:
             _positive("mdp.n_candidates", self.n_candidates)

@@ -2,7 +2,7 @@
 
 Work is cut into units that are pure functions of the config: a rollout episode ``(task, index, seed)``
 (every random draw comes from ``SeedSequence([seed, index])``, see :mod:`agents.rollouts`) and an
-evaluation job ``(seed, selector)``. A *worker* (:class:`rl_select.experiments.training.EpisodeWorker`,
+evaluation job ``(seed, selector)``. A *worker* (:class:`rl_select.experiments.collection.EpisodeWorker`,
 :class:`rl_select.experiments.harness.EvalWorker`) holds what the units need (envs, scorer, data) and runs
 one unit per ``worker.run(*unit)``. An :class:`Executor` maps units over workers of one class:
 
@@ -13,7 +13,7 @@ one unit per ``worker.run(*unit)``. An :class:`Executor` maps units over workers
   them, even when a worker's disk is another machine's.
 
 Either way the executor measures each unit's LM spend on the worker's scorers, and :meth:`Executor.map`
-gives the results in unit order, so the caller (:func:`~rl_select.experiments.training.collect_rollouts`,
+gives the results in unit order, so the caller (:func:`~rl_select.experiments.collection.collect_rollouts`,
 :func:`~rl_select.experiments.harness.run_grid`) writes the same store and rows on both.
 
 Ray ``address``: ``None`` starts a local Ray with ``workers`` CPUs; ``"auto"`` or ``ray://host:10001``

@@ -9,17 +9,18 @@ Every stage is resumable and writes into one run folder::
 
 Collection uses each task's seed-0 pool (``n_pool`` rows) and queries from the rest of its train file
 (never its validation or test rows). Evaluation uses seeded splits (pool / val / test) like
-``configs/reference.toml``: validation rows choose settings (:func:`validation_rows`), test rows report.
+``configs/reference.toml``: validation rows choose settings (``--split val``), test rows report.
+
+This module holds the stages (:class:`PerQueryRun`, :func:`run_stage`); the settings are
+:mod:`~rl_select.experiments.per_query_config`'s and ``results.csv`` is written and summarised by
+:mod:`~rl_select.experiments.per_query_results` (their names are importable from here).
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,124 +29,25 @@ import numpy as np
 from agents.per_query import PerQueryStore, collect_per_query, to_episodes, train_per_query
 from rl_select.data import Splits, load_task, make_splits
 from rl_select.embeddings import MiniLMEmbedder
-from rl_select.errors import ConfigError, DataError, one_of, read_utf8
+from rl_select.errors import ConfigError, DataError
+from rl_select.experiments.per_query_config import PerQueryRunConfig, check_rewards, check_task_name
+from rl_select.experiments.per_query_results import append_rows, done_rows, policy_label, summary_table
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import open_cache
-from rl_select.lm.spec import ScorerSpec
-from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, PoolTable, QueryContexts, vote_shares
-from rl_select.mdp.per_query_policy import MODES, PerQueryPolicy
+from rl_select.mdp.per_query import FeatureView
+from rl_select.mdp.per_query_policy import PerQueryPolicy
+from rl_select.mdp.per_query_table import PoolTable, QueryContexts, vote_shares
 from rl_select.metrics import label_ids
 from rl_select.prompts import content_free_queries
 from rl_select.selectors import SelectionContext, make_selector
 from rl_select.tasks import TaskSpec, resolve_task
 from rl_select.types import Example
 
-
-@dataclass
-class PerQueryRunConfig:
-    """The settings of one per-query run (every stage reads the same)."""
-
-    train_tasks: list[str] = field(default_factory=lambda: ["sst2", "agnews", "trec", "subj", "rte", "cb",
-                                                            "sst5", "mpqa", "atis"])
-    eval_tasks: list[str] = field(default_factory=lambda: ["sst2", "agnews", "trec", "subj"])
-    n_pool: int = 100
-    n_val: int = 100
-    n_test: int = 500
-    m: int = 16
-    k: int = 4
-    n_queries: int = 1000
-    episodes: int = 2000
-    collect_seed: int = 0
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    feature_set: str = "full"
-    reward: str = "correct"
-    train_steps: int = 3000
-    cql_alpha: float = 0.1
-    hidden: list[int] = field(default_factory=lambda: [64, 64])
-    cache: str | None = None
-    modes: list[str] = field(default_factory=lambda: ["greedy", "critic"])
-    adapt_episodes: int = 600
-    adapt_repeat: int = 8
-
-    def __post_init__(self) -> None:
-        """Refuse a value of the wrong type or range (one line naming the field), before any stage starts."""
-        def integer(name: str, least: int) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ConfigError(f"per-query config {name}={value!r}; expected an integer >= {least}")
-
-        def names(name: str, item: type, least: int | None = None) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, (list, tuple)) or not value or not all(
-                    isinstance(v, item) and not isinstance(v, bool) and (least is None or v >= least) for v in value):
-                what = "strings" if item is str else f"integers >= {least}" if least is not None else "integers"
-                raise ConfigError(f"per-query config {name}={value!r:.60}; expected a non-empty list of {what}")
-
-        for name in ("n_pool", "n_test", "m", "k", "n_queries", "episodes", "train_steps", "adapt_repeat"):
-            integer(name, 1)
-        for name in ("n_val", "collect_seed", "adapt_episodes"):
-            integer(name, 0)
-        if self.k > self.m:
-            raise ConfigError(f"per-query config k={self.k} exceeds m={self.m}; expected k <= m")
-        names("train_tasks", str)
-        names("eval_tasks", str)
-        names("seeds", int, 0)
-        names("hidden", int, 1)
-        if not isinstance(self.feature_set, str):
-            raise ConfigError(f"per-query config feature_set={self.feature_set!r:.60}; expected a name")
-        FeatureView.of(self.feature_set)
-        check_rewards([self.reward])
-        names("modes", str)
-        bad = [mode for mode in self.modes if mode not in MODES]
-        if bad:
-            raise ConfigError(f"per-query config modes={self.modes!r:.60}; {bad[0]!r} is not one of {list(MODES)}")
-        if not isinstance(self.cql_alpha, (int, float)) or isinstance(self.cql_alpha, bool) or self.cql_alpha < 0:
-            raise ConfigError(f"per-query config cql_alpha={self.cql_alpha!r}; expected a number >= 0")
-        if self.cache is not None and not isinstance(self.cache, str):
-            raise ConfigError(f"per-query config cache={self.cache!r}; expected a file path or 'none'")
-
-    @classmethod
-    def from_file(cls, path: str | Path | None) -> PerQueryRunConfig:
-        """The settings in a JSON file of these fields (``None``: the defaults).
-
-        Raises:
-            ConfigError: Unreadable or not UTF-8, not a JSON object, an unknown field (named, with the
-                closest valid ones), or a bad value (one line each).
-        """
-        if path is None:
-            return cls()
-        where = f"per-query config {str(path)!r}"
-        try:
-            fields = json.loads(read_utf8(Path(path), where, ConfigError))
-        except ValueError as exc:
-            raise ConfigError(f"{where} is not JSON ({str(exc).splitlines()[0]}); expected an object of "
-                              "PerQueryRunConfig fields") from None
-        if not isinstance(fields, dict):
-            raise ConfigError(f"{where} holds {type(fields).__name__}; expected a JSON object of PerQueryRunConfig "
-                              "fields")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(fields) - set(known))
-        if unknown:
-            raise ConfigError(f"{where}: unknown field {unknown[0]!r}; expected some of {one_of(known, unknown[0])}")
-        return cls(**fields)
-
-    def scorer_spec(self) -> ScorerSpec:
-        """The bundled model, calibrated (the reference protocol)."""
-        return ScorerSpec(model="bundled", calibrate=True)
-
-
-def check_rewards(rewards: Sequence[str]) -> None:
-    """Refuse a reward that is not a per-query terminal reward (one line)."""
-    for reward in rewards:
-        if reward not in PER_QUERY_REWARDS:
-            raise ConfigError(f"per-query reward {reward!r}; expected one of {list(PER_QUERY_REWARDS)}")
-
-
-def check_task_name(name: str) -> None:
-    """Refuse, without loading it, a task :func:`task_of` cannot find (see :func:`~rl_select.tasks.resolve_task`)."""
-    if not isinstance(name, str):
-        raise ConfigError(f"per-query task {name!r}; expected a task name")
-    resolve_task(name)
+__all__ = [
+    "STAGES", "PerQueryRun", "PerQueryRunConfig", "append_rows", "baselines", "check_rewards", "check_task_name",
+    "done_rows", "knn_vote", "main", "policy_fn", "policy_label", "registered", "run_stage", "summary_table",
+    "task_of", "variants",
+]
 
 
 def task_of(name: str) -> tuple[TaskSpec, list[Example], list[Example]]:
@@ -365,55 +267,6 @@ def policy_fn(run: PerQueryRun, path: Path, mode: str = "greedy") -> Callable[..
         return policy.select_for(sp.pool, queries, labels=scorer.spec.labels, embedder=run.embedder, scorer=scorer,
                                  mode=mode)
     return fn
-
-
-def policy_label(feature_set: str, reward: str, mode: str) -> str:
-    """A policy's selector name in ``results.csv``: ``policy_pq:<fs>-<reward>`` (greedy) or ``policy_pq:critic-...``."""
-    return f"policy_pq:{'' if mode == 'greedy' else mode + '-'}{feature_set}-{reward}"
-
-
-def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Append result rows to a CSV (header on first write)."""
-    if not rows:
-        return
-    new = not path.is_file()
-    with path.open("a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-
-
-def done_rows(path: Path) -> set[tuple[str, str, str, str]]:
-    """``(task, seed, split, selector)`` of rows already in the CSV."""
-    if not path.is_file():
-        return set()
-    with path.open(encoding="utf-8") as f:
-        return {(r["task"], r["seed"], r["split"], r["selector"]) for r in csv.DictReader(f)}
-
-
-def summary_table(path: Path, *, split: str = "test") -> str:
-    """``results.csv`` as a Markdown table: accuracy (%) mean ± std over seeds per task, and the task average."""
-    with path.open(encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == split]
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    sels = list(dict.fromkeys(r["selector"] for r in rows))
-    acc: dict[tuple[str, str], list[float]] = {}
-    lm: dict[str, list[int]] = {}
-    for r in rows:
-        acc.setdefault((r["selector"], r["task"]), []).append(100 * float(r["acc"]))
-        lm.setdefault(r["selector"], []).append(int(r["select_rows"]))
-    lines = ["| selector | " + " | ".join(tasks) + " | average | LM rows to select (mean per run) |",
-             "|---" * (len(tasks) + 3) + "|"]
-    for sel in sels:
-        cells, means = [], []
-        for t in tasks:
-            v = acc.get((sel, t), [])
-            cells.append(f"{np.mean(v):.1f} ± {np.std(v):.1f} (n={len(v)})" if v else "–")
-            means.append(np.mean(v) if v else np.nan)
-        avg = f"{np.mean(means):.1f}" if not np.isnan(means).any() else "–"
-        lines.append(f"| {sel} | " + " | ".join(cells) + f" | {avg} | {int(np.mean(lm[sel]))} |")
-    return "\n".join(lines)
 
 
 def variants(cfg: PerQueryRunConfig, feature_sets: Sequence[str], rewards: Sequence[str]) -> list[tuple[str, str]]:

@@ -113,7 +113,7 @@ def headline(rows: Sequence[Mapping[str, Any]], plan: Plan) -> tuple[list[str], 
 
 def training_rows_by_task(plan: Plan) -> dict[str, int]:
     """LM query rows spent collecting each task's rollout store (``lm_queries`` summed over its episodes)."""
-    from rl_select.experiments.training import store_path
+    from rl_select.experiments.collection import store_path
 
     out: dict[str, int] = {}
     for cell in plan.cells:

@@ -1,7 +1,7 @@
 """Hand-written per-query orders over a query's ``M`` nearest pool examples (no LM, no training).
 
-Pure functions of :class:`~rl_select.mdp.per_query.PoolTable` and
-:class:`~rl_select.mdp.per_query.QueryContexts`, shared by the neighbour-rule selectors
+Pure functions of :class:`~rl_select.mdp.per_query_table.PoolTable` and
+:class:`~rl_select.mdp.per_query_table.QueryContexts`, shared by the neighbour-rule selectors
 (:mod:`rl_select.selectors.neighbour_rules`) and the per-query policy's critic mode
 (:func:`rl_select.mdp.per_query_policy.critic_orders`), which values them. Each returns neighbour positions
 (0 = nearest) in prompt order, the most similar chosen demonstration last, next to the query.
@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rl_select.mdp.per_query import PoolTable, QueryContexts, vote_shares
+from rl_select.mdp.per_query_table import PoolTable, QueryContexts, vote_shares
 
 Order = Callable[[PoolTable, QueryContexts, int, int], list[int]]
 """``order(table, ctx, i, k)``: query ``i``'s ``k`` neighbour positions in prompt order."""

@@ -52,9 +52,11 @@ from rl_select.mdp.artifacts import (
 )
 from rl_select.mdp.critic import TENSOR as CRITIC_TENSOR
 from rl_select.mdp.critic import ProbeCritic, critic_features, per_query_features
-from rl_select.mdp.episode import ActFn, EpisodeRule, SelectionEpisode, run_episode
-from rl_select.mdp.features import FeatureSpec, Featurizer
+from rl_select.mdp.episode import EpisodeRule, SelectionEpisode
+from rl_select.mdp.feature_spec import FeatureSpec
+from rl_select.mdp.features import Featurizer
 from rl_select.mdp.qnet import CandidateQNet, masked_q
+from rl_select.mdp.rollout import ActFn, run_episode
 from rl_select.mdp.table import RowTable
 from rl_select.prompts import render_prompt
 from rl_select.tasks import TaskSpec
@@ -302,7 +304,7 @@ class SelectorPolicy:
         """Choose an ordered list of demonstrations from ``pool`` by the greedy Q-network rollout.
 
         The selection is one :class:`~rl_select.mdp.episode.SelectionEpisode` over ``pool`` (the steps the
-        training env takes, without rewards) rolled out by :func:`~rl_select.mdp.episode.run_episode`:
+        training env takes, without rewards) rolled out by :func:`~rl_select.mdp.rollout.run_episode`:
         at each step the features of the current prompt come from the shared
         :class:`~rl_select.mdp.features.Featurizer`, the :class:`~rl_select.mdp.episode.EpisodeRule`
         masks chosen candidates and STOP unless ``allow_stop`` and at least ``min(min_len, k)`` demos are

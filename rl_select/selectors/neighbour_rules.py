@@ -15,7 +15,7 @@ import numpy as np
 from rl_select.embeddings import Embedder, as_embedder
 from rl_select.errors import SelectionError
 from rl_select.mdp.neighbour_orders import balanced_order, majority_order, mmr_order
-from rl_select.mdp.per_query import PoolTable, QueryContexts, TableMemo
+from rl_select.mdp.per_query_table import PoolTable, QueryContexts, TableMemo
 from rl_select.neighbours import resolve_backend
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.tags import SelectorTags

@@ -28,7 +28,7 @@ def load_policy(path: str) -> SelectorPolicy:
 
 def uses_table(s: CostSetting) -> bool:
     """Whether the policy's feature set reads the one-off row table."""
-    from rl_select.mdp.features import FeatureSpec
+    from rl_select.mdp.feature_spec import FeatureSpec
 
     return FeatureSpec(s.feature_set).uses_table
 

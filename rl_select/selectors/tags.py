@@ -23,7 +23,7 @@ class CostSetting:
         k: Demonstrations to choose.
         args: The entry's selector arguments; an entry ``NAME:M`` has ``M`` under its
             :attr:`SelectorTags.count_arg`.
-        feature_set: The trained policy's feature set (:data:`~rl_select.mdp.features.FEATURE_SETS`).
+        feature_set: The trained policy's feature set (:data:`~rl_select.mdp.feature_spec.FEATURE_SETS`).
     """
 
     n_pool: int

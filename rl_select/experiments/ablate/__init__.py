@@ -22,7 +22,7 @@ that cell's MDP / agent settings and seed, then evaluate the policy; the ``M`` o
 declared ``count_arg`` (the number of proposals). Every row is keyed by
 ``(cell_id, seed, selector)`` (``cell_id``: a hash of the cell's grid values), so a killed grid run again on
 its run folder skips the rows already in ``results.csv``; rollout stores
-(:func:`~rl_select.experiments.training.store_path`), trained policies (``policies/``) and the score cache are
+(:func:`~rl_select.experiments.collection.store_path`), trained policies (``policies/``) and the score cache are
 reused.
 
 Costs: :func:`estimate` gives the LM *query rows* (the scorer's ``queries`` counter, cache hits included)

@@ -66,7 +66,7 @@ def training_rows(cfg: RunConfig, counted: set[str] | None = None) -> int:
     Upper bounds before the cache: a STOP shortens episodes.
     """
     from agents.registry import agent_class
-    from rl_select.mdp.features import FeatureSpec
+    from rl_select.mdp.feature_spec import FeatureSpec
 
     spec = FeatureSpec(cfg.mdp.feature_set)
     per_episode = spec.lm_rows(cfg.n_candidates, cfg.splits.n_val, reward=cfg.mdp.reward, k=cfg.k)["per_episode"]
@@ -76,8 +76,8 @@ def training_rows(cfg: RunConfig, counted: set[str] | None = None) -> int:
     rows = tags.env_episodes(cfg.agent, cfg.k) * per_episode
     if tags.learns_from == "env":
         return rows + one_off
-    from agents.rollouts import RolloutStore
-    from rl_select.experiments.training import store_path
+    from agents.rollout_store import RolloutStore
+    from rl_select.experiments.collection import store_path
 
     for task in cfg.train_tasks:
         path = store_path(cfg, task)

@@ -103,8 +103,10 @@ class Runner:
     def train(self, cell: Cell, seed: int) -> Trained:
         """The cell's policy for ``seed``: reused from ``policies/`` when there, else collected and trained."""
         from agents.registry import agent_class, load_agents
+        from rl_select.experiments.collection import EpisodeWorker, collect_rollouts
         from rl_select.experiments.executors import LocalExecutor
-        from rl_select.experiments.training import EpisodeWorker, build_task_envs, collect_rollouts, train_agent
+        from rl_select.experiments.task_envs import build_task_envs
+        from rl_select.experiments.training import train_agent
 
         if (cell.id, seed) in self._trained:
             return self._trained[(cell.id, seed)]
@@ -157,7 +159,8 @@ class Runner:
         """A stored policy trained before ``agent.probe_critic`` was set: fit its critic on the same stores and
         save it into the same file (the Q-network is unchanged, so rows already computed with it still hold);
         the LM rows the fit spends join the training record. A policy that has a critic is left alone."""
-        from rl_select.experiments.training import build_task_envs, fit_probe_critic
+        from rl_select.experiments.task_envs import build_task_envs
+        from rl_select.experiments.training import fit_probe_critic
         from rl_select.mdp.policy import SelectorPolicy
 
         policy = SelectorPolicy.load(policy_path)
