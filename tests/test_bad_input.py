@@ -390,8 +390,10 @@ CASES: list[Case] = [
     # --- baselines: policies
     C("baselines-policy-missing", f"{B} --policy no/such/policy.safetensors", r"no/such/policy\.safetensors"),
     C("baselines-policy-edited", f"{B} --policy edited.safetensors", r"edited\.safetensors.*edited or corrupted"),
-    C("baselines-policy-per-query", f"{B} --policy pq.safetensors",
-      r"pq\.safetensors.*'per_query_policy'.*expected 'policy'"),
+    C("baselines-per-query-policy-other-scorer", f"{B} --policy pq.safetensors --no-calibrate",
+      r"per-query policy 'pq\.safetensors'.*calibrate: trained True vs asked False.*--force"),
+    C("baselines-per-query-policy-other-k", f"{B} --policy pq.safetensors --k 3",
+      r"k=3 but per-query policy 'pq\.safetensors' was trained for k=2"),
     C("baselines-policy-other-scorer", f"{B} --policy policy.safetensors --no-calibrate",
       r"calibrate: trained True vs asked False.*--force"),
     C("baselines-policy-not-safetensors", f"{B} --policy prompt.json", r"prompt\.json.*not a readable safetensors"),
@@ -422,7 +424,10 @@ CASES: list[Case] = [
       r"--prompt-file runs in process"),
     C("evaluate-prompt-file-folder", "evaluate --prompt-file folder.json", r"prompt file 'folder\.json'"),
     C("evaluate-policy-edited", f"{E} --policy edited.safetensors", r"'edited\.safetensors' was edited or corrupted"),
-    C("evaluate-policy-per-query", f"{E} --policy pq.safetensors", r"'per_query_policy'.*expected 'policy'"),
+    C("evaluate-per-query-policy-edited", f"{E} --policy pq-edited.safetensors",
+      r"'pq-edited\.safetensors' was edited or corrupted"),
+    C("evaluate-per-query-policy-pool-below-m", f"{E.replace('--n-pool 8', '--n-pool 4')} --policy pq.safetensors",
+      r"M=8 neighbours per query but the pool has 4; expected --n-pool >= 8"),
     C("evaluate-k-zero", f"{E} --selector random --k 0", r"k=0 for selector 'random'; expected k >= 1"),
     C("evaluate-demos-k-mismatch", f"{E} --demos 1,2 --k 5", r"k=5 but --demos gives 2 demonstrations"),
     C("evaluate-demos-file-empty", f"{E} --demos empty.jsonl", r"empty\.jsonl.*empty"),
@@ -609,6 +614,16 @@ CASES: list[Case] = [
     C("per-query-config-not-utf8", "per-query collect --run-dir pq-new --config pq-utf8.json",
       r"pq-utf8\.json' is not UTF-8"),
     C("per-query-report-no-results", "per-query report --run-dir pq-run", r"'pq-run/results\.csv' not found"),
+    # --- reproduce
+    C("reproduce-unknown-name", "reproduce nosuch",
+      r"no shipped policy 'nosuch'; expected one of \['pretrained', 'pretrained-critic'\]"),
+    C("reproduce-outside-the-repository", "reproduce pretrained --dry-run",
+      r"config 'configs/per_query\.json' .*not found here; .*run from the repository root"),
+    C("reproduce-out-is-a-folder", "reproduce pretrained --out folder.json", r"--out 'folder\.json' is a folder"),
+    C("reproduce-work-dir-is-a-file", "reproduce pretrained --dry-run --work-dir prompt.json",
+      r"work folder 'prompt\.json' is a file"),
+    C("reproduce-record-not-commands", "reproduce pretrained --record 'make all'",
+      r"--record 'make all' holds 'make all'; expected rl-select commands joined by &&"),
     # --- bench
     C("bench-env-unknown-feature-set", f"bench env {MDP} --feature-set psychic",
       r"mdp\.feature_set='psychic'; expected one of"),
@@ -682,7 +697,7 @@ def guarded(monkeypatch, tmp_path, originals):
 def test_the_table_covers_every_command_with_enough_cases():
     commands = {c.argv.split()[0] if c.argv.split()[0] != "bench" else " ".join(c.argv.split()[:2]) for c in CASES}
     assert commands == {"tasks", "baselines", "evaluate", "collect", "train", "select", "prompt", "ablate", "results",
-                        "report", "per-query", "bench env", "bench collect", "bench scorer", "bench scale"}
+                        "report", "reproduce", "per-query", "bench env", "bench collect", "bench scorer", "bench scale"}
     assert len(CASES) >= 95 and len({c.id for c in CASES}) == len(CASES)
 
 

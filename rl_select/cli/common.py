@@ -6,9 +6,11 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import shlex
 import tomllib
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -93,7 +95,8 @@ OPTIONS: dict[str, Any] = {
     "seeds": _list(int, "Seeds, e.g. 0,1,2."),
     "cache": _opt(str, help="Score cache file ('none' disables; default ~/.cache/rl_select)."),
     "out": _opt(str, "--out", help="Parent folder of run folders."),
-    "policy": _list(str, "Trained policies (.safetensors) to add as selectors 'policy:<agent>'."),
+    "policy": _list(str, "Trained policies (.safetensors: fixed-prompt or per-query; 'pretrained', "
+                         "'pretrained-critic': the shipped ones) to add as selectors 'policy:<agent>' / 'policy_pq'."),
     # [lm]
     "model": _opt(str, help="'bundled' (SmolLM2-135M-Instruct), a folder, a hub id, or with --backend openai the "
                             "served model name."),
@@ -187,17 +190,68 @@ def _file_keys(path: Path | None) -> set[str]:
     return keys
 
 
+COMMAND_KEYS: dict[str, tuple[str, ...]] = {}
+"""The config keys each :func:`config_command` takes as options, by command (``"train"``, ``"bench env"``)."""
+
+
+def _command_path(name: str, parent: typer.Typer) -> str:
+    """``name`` as typed after ``rl-select``: ``"train"``, or ``"bench collect"`` for a sub-app's command."""
+    if parent is app:
+        return name
+    group = next((g.name for g in app.registered_groups if g.typer_instance is parent), None)
+    return f"{group} {name}" if group else name
+
+
+def _flag(key: str, value: Any) -> list[str]:
+    """``key``'s option as given on a command line (``--n-pool 100``, ``--no-calibrate``, ``-k`` as ``--k``)."""
+    info = next((m for m in getattr(OPTIONS[key], "__metadata__", ()) if hasattr(m, "param_decls")), None)
+    first = getattr(info, "default", None)  # typer reads a leading "--name" as a declaration, not a default
+    decls = [d for d in [first, *(getattr(info, "param_decls", None) or ())]
+             if isinstance(d, str) and d.startswith("--")]
+    decl = decls[0] if decls else "--" + key.replace("_", "-")
+    if "/" in decl:
+        on, off = decl.split("/", 1)
+        return [on if value else off]
+    return [decl, str(value)]
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """How a :func:`config_command` was called: its ``--config`` file and the options given (as typed)."""
+
+    command: str
+    config: Path | None
+    given: dict[str, Any]
+
+    def line(self, command: str | None = None, *, skip: tuple[str, ...] = ()) -> str:
+        """The command line that repeats this call (``rl-select NAME --config FILE --opt value ...``), or the same
+        config and options for another config command (those of its options it takes); ``skip``: options left
+        out."""
+        name = command or self.command
+        keys = COMMAND_KEYS.get(name, ())
+        parts = ["rl-select", *name.split()] + (["--config", str(self.config)] if self.config is not None else [])
+        for key, value in self.given.items():
+            if value is not None and key in keys and key not in skip:
+                parts += _flag(key, value)
+        return shlex.join(parts)
+
+
 def config_command(name: str, *groups: tuple[str, ...], parent: typer.Typer = app) -> Callable:
     """Register ``fn(cfg, explicit, **own)`` as command ``name`` with ``--config`` and the option ``groups``.
 
     ``fn``'s own parameters (after ``cfg`` and ``explicit``) stay its own options / arguments; the
     group options are parsed into a :class:`~rl_select.experiments.config.RunConfig` (defaults < file <
     flags), and ``explicit`` is the set of flat keys the user set in the file or on the command line.
+    A parameter named ``invocation`` is no option: it receives the call's :class:`Invocation`.
     """
     keys = tuple(dict.fromkeys(k for g in groups for k in g))
+    path = _command_path(name, parent)
+    COMMAND_KEYS[path] = keys
 
     def decorate(fn: Callable) -> Callable:
         own = list(inspect.signature(fn, eval_str=True).parameters.values())[2:]
+        wants = any(p.name == "invocation" for p in own)
+        own = [p for p in own if p.name != "invocation"]
         params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOpt)]
         params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=OPTIONS[k])
                    for k in keys]
@@ -208,10 +262,12 @@ def config_command(name: str, *groups: tuple[str, ...], parent: typer.Typer = ap
             from rl_select.experiments.config import load_config
 
             config = kwargs.pop("config")
-            given = {k: kwargs.pop(k) for k in keys}
-            given = {k: LISTS[k](k, v) if k in LISTS and v is not None else v for k, v in given.items()}
+            raw = {k: kwargs.pop(k) for k in keys}
+            given = {k: LISTS[k](k, v) if k in LISTS and v is not None else v for k, v in raw.items()}
             cfg = load_config(config, given)
             explicit = _file_keys(config) | {k for k, v in given.items() if v is not None}
+            if wants:
+                kwargs["invocation"] = Invocation(path, config, raw)
             return fn(cfg, frozenset(explicit), **kwargs)
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

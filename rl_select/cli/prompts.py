@@ -25,7 +25,8 @@ from rl_select.cli.common import (
 from rl_select.errors import ConfigError
 
 PolicyPathOpt = Annotated[str | None, typer.Option(
-    "--policy", help="A trained policy (.safetensors), or 'pretrained' (the shipped per-query policy).")]
+    "--policy", help="A trained policy (.safetensors), or a shipped one: 'pretrained' (per-query), "
+                     "'pretrained-critic' (fixed-prompt, with its probe critic).")]
 SeedOpt = Annotated[int | None, typer.Option(
     help="Seed of the pool / val split and of the selector (default: a policy's first training seed, else 0).")]
 

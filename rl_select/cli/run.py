@@ -32,23 +32,11 @@ from rl_select.errors import ConfigError, RLSelectError
 
 
 def _load_policies(cfg, explicit: frozenset[str], force: bool):
-    """The run's policies, and the config rebuilt for the scorer and task they were trained with."""
-    from rl_select.experiments.reproduce import policy_settings
-    from rl_select.mdp.policy import SelectorPolicy
+    """The run's policies as selector rows (fixed-prompt and per-query files, or the shipped names), and the config
+    rebuilt for the scorer (and a fixed-prompt policy's task) they were trained with."""
+    from rl_select.experiments.reproduce import policy_rows
 
-    policies = [SelectorPolicy.load(p) for p in cfg.policy or []]
-    if not policies:
-        return cfg, []
-    cfg, _ = policy_settings(policies, cfg, explicit=explicit, force=force)
-    names, args = list(cfg.selectors.names), dict(cfg.selectors.args)
-    for path, pol in zip(cfg.policy, policies):  # one row per policy, named after the agent that trained it
-        name = f"policy:{pol.agent}"
-        while name in names and args.get(name, {}).get("path") != path:
-            name += "'"
-        if name not in names:
-            names.append(name)
-        args[name] = {"path": path, "force": force}
-    return cfg.updated(selectors={"names": names, "args": args}), policies
+    return policy_rows(cfg.policy or [], cfg, explicit=explicit, force=force)
 
 
 def _run(cfg, command: str, *, explicit: frozenset[str] = frozenset(), force: bool = False, demos=None,
@@ -63,7 +51,7 @@ def _run(cfg, command: str, *, explicit: frozenset[str] = frozenset(), force: bo
     if cfg.executor.kind == "ray" and demos is not None:
         raise ConfigError("--demos runs in process; drop --executor ray")
     if demos is None:
-        cfg, _ = _load_policies(cfg, explicit, force)
+        cfg = _load_policies(cfg, explicit, force)
     data = TaskData.load(cfg)
     if demos is not None:
         demos = demos(data)

@@ -17,6 +17,7 @@ from rl_select.cli.common import (
     LM,
     MDP,
     RUN,
+    Invocation,
     _friendly,
     _quiet_libraries,
     _task_envs,
@@ -63,11 +64,13 @@ def collect_cmd(cfg, explicit: frozenset[str]) -> None:
 
 
 @config_command("train", RUN, LM, MDP, AGENT)
-def train_cmd(cfg, explicit: frozenset[str]) -> None:
+def train_cmd(cfg, explicit: frozenset[str], invocation: Invocation) -> None:
     """Train an agent; export the policy (policy.safetensors) and a learning curve into a run folder.
 
     Q-network agents (dqn, offline) export one policy file; the tabular agent, whose table is tied to one
-    fixed pool, writes its checkpoint (agent-tabular.safetensors) instead.
+    fixed pool, writes its checkpoint (agent-tabular.safetensors) instead. The policy's training record holds
+    ``rebuild``: this command line (and, for an agent that learns from rollouts, the ``collect`` before it), which
+    ``rl-select reproduce`` runs.
     """
     import time
 
@@ -92,6 +95,10 @@ def train_cmd(cfg, explicit: frozenset[str]) -> None:
         seconds = time.perf_counter() - t0
         selection = None
         if res.policy is not None:
+            where = ("out", "cache")  # where it writes and caches is no part of what it builds
+            learn = invocation.line(skip=where)
+            res.policy.training["rebuild"] = learn if tags.learns_from == "env" else \
+                f"{invocation.line('collect', skip=where)} && {learn}"
             res.policy.save(run.path / "policy.safetensors")
             selection = policy_selection(cfg, res.policy, task_envs[0].scorer)
         else:
@@ -139,6 +146,6 @@ def per_query_cmd(
         raise ConfigError(f"--seeds {seeds!r}; expected integers separated by commas") from None
     table = run_stage(stage, run_dir, cfg, tasks=names(tasks) or None, feature_sets=names(feature_sets),
                       rewards=names(rewards), split=split, seeds=seed_list, with_baselines=not no_baselines,
-                      say=lambda line: out.print(escape(line)))
+                      say=lambda line: out.print(escape(line)), config_path=config)
     if table:
         print(table)

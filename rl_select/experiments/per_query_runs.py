@@ -18,6 +18,7 @@ This module holds the stages (:class:`PerQueryRun`, :func:`run_stage`); the sett
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -284,6 +285,22 @@ def baselines(run: PerQueryRun) -> dict[str, Callable[..., Any]]:
             "knn_mmr": registered("knn_mmr", c.k, m=c.m, embedder=emb), "knn_vote": knn_vote(run, c.m)}
 
 
+def rebuild_command(config_path: str | Path | None, feature_set: str, reward: str) -> str:
+    """The commands that rebuild the ``general`` policy of ``(feature_set, reward)`` from the config file
+    ``config_path`` (``None``: the defaults), as its training record keeps them (``rebuild``); the policy lands in
+    ``<run dir>/policies/general-<feature_set>-<reward>.safetensors`` (``--run-dir``, default ``runs/per_query``)."""
+    config = [] if config_path is None else ["--config", str(config_path)]
+    collect = shlex.join(["rl-select", "per-query", "collect", *config])
+    general = shlex.join(["rl-select", "per-query", "general", *config, "--feature-sets", feature_set,
+                          "--rewards", reward])
+    return f"{collect} && {general}"
+
+
+def general_policy_path(run_dir: str | Path, feature_set: str, reward: str) -> Path:
+    """Where the ``general`` stage writes the policy of ``(feature_set, reward)`` in ``run_dir``."""
+    return Path(run_dir) / "policies" / f"general-{feature_set}-{reward}.safetensors"
+
+
 STAGES: tuple[str, ...] = ("collect", "train", "general", "evaluate", "adapt", "report")
 """The stages of a per-query run, in order (each resumes)."""
 
@@ -291,8 +308,11 @@ STAGES: tuple[str, ...] = ("collect", "train", "general", "evaluate", "adapt", "
 def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks: Sequence[str] | None = None,
               feature_sets: Sequence[str] = (), rewards: Sequence[str] = (), split: str = "test",
               seeds: Sequence[int] | None = None, with_baselines: bool = True,
-              say: Callable[[str], None] = print) -> str | None:
+              say: Callable[[str], None] = print, config_path: str | Path | None = None) -> str | None:
     """Run one stage of a per-query run in ``run_dir`` (see the module docstring).
+
+    ``config_path`` (the file ``cfg`` was read from, as given) goes into the ``general`` policies' ``rebuild``
+    record (:func:`rebuild_command`).
 
     * ``collect``: fill the stores of ``tasks`` (default: the config's training tasks);
     * ``train``: for every held-out task (``tasks``, default the config's eval tasks) and every
@@ -330,8 +350,7 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
     if stage == "general":
         for fs, rw in variants(cfg, feature_sets, rewards):
             run.train(f"general-{fs}-{rw}", cfg.train_tasks, feature_set=fs, reward=rw,
-                      rebuild=f"rl-select per-query collect --config CONFIG && rl-select per-query general --config "
-                              f"CONFIG --feature-sets {fs} --rewards {rw}")
+                      rebuild=rebuild_command(config_path, fs, rw))
         return None
     held_out = list(tasks or cfg.eval_tasks)
     for target in held_out:
@@ -380,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> None:  # pragma: no cover - ``pyt
     a = p.parse_args(argv)
     cfg = PerQueryRunConfig.from_file(a.config)
     table = run_stage(a.stage, a.run_dir, cfg, tasks=a.tasks, feature_sets=a.feature_sets, rewards=a.rewards,
-                      split=a.split, seeds=a.seeds, with_baselines=not a.no_baselines)
+                      split=a.split, seeds=a.seeds, with_baselines=not a.no_baselines, config_path=a.config)
     if table:
         print(table)
 

@@ -44,6 +44,8 @@ from rl_select.mdp.episode import EpisodeRule
 from rl_select.mdp.neighbour_orders import ORDERS
 from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, PoolTable, QueryContexts, TableMemo
 from rl_select.mdp.qnet import CandidateQNet, masked_q
+from rl_select.mdp.shipped import PRETRAINED as PRETRAINED  # the shipped per-query policy's name
+from rl_select.mdp.shipped import resolve_policy_path
 from rl_select.types import Example, is_int
 
 KIND = "per_query_policy"
@@ -51,11 +53,6 @@ KIND = "per_query_policy"
 
 SHAPE = "per_query"
 """The episode shape this policy was trained on (recorded in the document)."""
-
-PRETRAINED = "pretrained"
-"""The name that stands for the general per-query policy shipped in the package (:func:`resolve_policy_path`)."""
-
-_PACKAGED = Path(__file__).resolve().parent.parent / "pretrained" / "per_query.safetensors"
 
 MODES: tuple[str, ...] = ("greedy", "critic")
 """How a per-query policy chooses (see the module docstring); ``critic`` was chosen on validation rows."""
@@ -65,17 +62,6 @@ _REQUIRED = ("shape", "feature_set", "m", "k", "reward", "scorer", "qnet", "trai
 
 class PerQueryPolicyWarning(UserWarning):
     """A per-query policy used with another scorer than its training one (forced)."""
-
-
-def resolve_policy_path(path: str | Path) -> Path:
-    """``path``, or for ``"pretrained"`` the general per-query policy shipped in the package (trained on the nine
-    shared tasks for the bundled model; its document records the command that rebuilds it)."""
-    if str(path) == PRETRAINED:
-        if not _PACKAGED.is_file():
-            raise PolicyError(f"the pretrained per-query policy is missing from this install ({str(_PACKAGED)!r}); "
-                              "expected it in the package (reinstall rl_select)")
-        return _PACKAGED
-    return Path(path)
 
 
 def greedy_orders(qnet: CandidateQNet, view: FeatureView, table: PoolTable, ctx: QueryContexts, k: int,

@@ -57,6 +57,7 @@ from rl_select.mdp.feature_spec import FeatureSpec
 from rl_select.mdp.features import Featurizer
 from rl_select.mdp.qnet import CandidateQNet, masked_q
 from rl_select.mdp.rollout import ActFn, run_episode
+from rl_select.mdp.shipped import resolve_policy_path
 from rl_select.mdp.table import RowTable
 from rl_select.prompts import render_prompt
 from rl_select.tasks import TaskSpec
@@ -213,18 +214,20 @@ class SelectorPolicy:
         """Read a policy file written by :meth:`save`, checking it thoroughly; never executes code.
 
         Args:
-            path: The ``.safetensors`` file.
+            path: The ``.safetensors`` file, or ``"pretrained-critic"``: the fixed-prompt policy with its probe critic
+                shipped in the package (:mod:`rl_select.mdp.shipped`).
             expect_feature_set: Refuse a policy with another feature-set kind (``"active"``, ...).
 
         Returns:
             The policy, in eval mode on the CPU.
 
         Raises:
-            PolicyError: Missing file; not a (complete) safetensors file; no / non-JSON metadata; another
-                format, version or kind; a document or tensors that do not match their recorded hashes
-                (edited or corrupted); a document that lacks a field or whose architecture does not match
-                the tensors; another feature set than expected.
+            PolicyError: Missing file (or a shipped name this install lacks); not a (complete) safetensors file;
+                no / non-JSON metadata; another format, version or kind; a document or tensors that do not match
+                their recorded hashes (edited or corrupted); a document that lacks a field or whose architecture
+                does not match the tensors; another feature set than expected.
         """
+        path = resolve_policy_path(path)
         where = f"policy file {str(path)!r}"
         tensors, doc = read_artifact(path, kind=KIND, error=PolicyError, what="policy file")
         missing = [key for key in _REQUIRED if key not in doc]

@@ -6,7 +6,8 @@ The critic (:mod:`rl_select.mdp.critic`) is the terminal-state value the offline
 a ridge regression of each logged episode's return on label-free statistics of its final prompt's
 predictions (how evenly they spread over the labels, how confident they are) and the prompt's label
 balance. Trained on other tasks, it carries over to a new one because those statistics mean the same thing
-on any classification task. Train it with ``agent.probe_critic = true``.
+on any classification task. Train it with ``agent.probe_critic = true``; without a ``path``, the selector uses
+``pretrained-critic``, the policy with its probe critic shipped in the package (nine tasks, the bundled model).
 
 With ``with_knn = true`` the kNN per-query prompts (:class:`~rl_select.selectors.knn.KNNSelector`: each query's
 k nearest pool examples) are one more candidate: they are scored on the val texts the same way (each val query
@@ -28,6 +29,7 @@ import numpy as np
 
 from rl_select.embeddings import Embedder
 from rl_select.errors import SelectionError
+from rl_select.mdp.shipped import PRETRAINED_CRITIC
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.knn import KNNSelector
 from rl_select.selectors.policy_selector import load_policy
@@ -50,7 +52,8 @@ class PolicyProbeSelector(Selector):
     critic (val texts only).
 
     Args:
-        path: The policy's ``.safetensors`` file (trained with ``agent.probe_critic = true``).
+        path: The policy's ``.safetensors`` file (trained with ``agent.probe_critic = true``); ``"pretrained-critic"``
+            (the default) is the one shipped in the package.
         n_prompts: Random prompts drawn from the pool.
         with_knn: Also judge kNN's per-query prompts; then the selector is per-query.
         embedder: kNN's embedder (see :class:`~rl_select.selectors.knn.KNNSelector`); only with ``with_knn``.
@@ -67,7 +70,7 @@ class PolicyProbeSelector(Selector):
                         labels_read=probe_labels,
                         cost_note="n_prompts x V (val texts only; with_knn: + V, one prompt per query)")
 
-    def __init__(self, path: str, n_prompts: int = 16, with_knn: bool = False,
+    def __init__(self, path: str = PRETRAINED_CRITIC, n_prompts: int = 16, with_knn: bool = False,
                  embedder: Embedder | str | Path | None = None, force: bool = False) -> None:
         if not is_int(n_prompts) or n_prompts < 1:
             raise SelectionError(f"n_prompts={n_prompts!r}; expected an integer >= 1")

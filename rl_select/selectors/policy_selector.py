@@ -20,7 +20,8 @@ LABELLED_SETS = ("labelled", "table_labelled")
 
 
 def load_policy(path: str) -> SelectorPolicy:
-    """The policy file at ``path`` (:meth:`SelectorPolicy.load <rl_select.mdp.policy.SelectorPolicy.load>`)."""
+    """The policy file at ``path`` (:meth:`SelectorPolicy.load <rl_select.mdp.policy.SelectorPolicy.load>`);
+    ``"pretrained-critic"`` is the fixed-prompt policy with its probe critic shipped in the package."""
     from rl_select.mdp.policy import SelectorPolicy
 
     return SelectorPolicy.load(path)
@@ -51,7 +52,7 @@ class FixedPromptPolicySelector(Selector):
     """Greedy rollout of a learned Q-network (``rl-select train``) on the context's pool.
 
     Args:
-        path: The policy's ``.safetensors`` file.
+        path: The policy's ``.safetensors`` file (or ``"pretrained-critic"``, the shipped one).
         force: Use the policy with a scorer other than the one it was trained with (warns); by default
             that is refused with one line naming both.
     """
