@@ -6,7 +6,9 @@ continuation is known here without a model. It speaks the prompt-log-prob styles
 ``text_offset``, and vLLM's ``prompt_logprobs``) and, when asked to (``next_token=True``), the next
 token's top log-probs (OpenAI's layout or llama-server's), with labels ranked on demand outside the
 top ``N`` asked; it can play a chat-only API or a llama.cpp build without echo, and injects faults
-(5xx, 429, a redirect, slow answers, bad JSON, a server that dies) one request at a time.
+(5xx, 429, a redirect, slow answers, bad JSON, a server that dies) one request at a time. Given a context
+window (``n_ctx``) it refuses longer prompts in one server's words, and can say its window (llama.cpp's
+``GET /props``, vLLM's ``GET /v1/models``) and count tokens (``POST /tokenize``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import pytest
 
 from rl_select.errors import ModelError
+from rl_select.experiments.report import window_line
 from rl_select.lm.cache import ScoreCache
 from rl_select.lm.calibration import calibrate
 from rl_select.lm.openai import (
@@ -45,7 +48,8 @@ from rl_select.lm.openai import (
     vllm_continuation,
 )
 from rl_select.lm.openai.transport import retry_after_seconds
-from rl_select.lm.openai.wire import NoNextLogprobs, prefix_token
+from rl_select.lm.openai.wire import NoNextLogprobs, Overflow, context_overflow, prefix_token
+from rl_select.lm.window import ContextWindowWarning, failure_row
 from rl_select.prompts import (
     channel_contexts,
     channel_target,
@@ -142,6 +146,11 @@ class FakeServer:
     Attributes (next token): ``rank(prompt, token)`` places a token in the top ``N`` only when ``N >= rank``;
     ``stops(prompt)``: generate no token (end of text, no log-probs, as llama-cpp-python does);
     ``max_logprobs``: answer HTTP 400 to a larger ``logprobs`` (vLLM's ``--max-logprobs``).
+
+    Attributes (context window): ``n_ctx``: refuse a prompt whose tokens plus ``max_tokens`` exceed it, in the
+    words of ``overflow_format`` (a key of :data:`OVERFLOW_BODIES`), counting refusals in ``overflows``;
+    ``props``: answer ``GET /props`` with it (llama.cpp), ``models``: ``GET /v1/models`` (vLLM); ``tokenize``:
+    answer ``POST /tokenize`` in that server's shape (``"llama_server"`` or ``"vllm"``), recording ``tokenized``.
     """
 
     def __init__(self, style: str = "echo", *, bos: bool = False, delay: float = 0.0, port: int = 0,
@@ -153,6 +162,13 @@ class FakeServer:
         self.rank = lambda prompt, token: 1
         self.stops = lambda prompt: False
         self.max_logprobs: int | None = None
+        self.n_ctx: int | None = None
+        self.overflow_format = "llama_server"
+        self.overflows = 0
+        self.props = False
+        self.models = False
+        self.tokenize: str | None = None
+        self.tokenized: list[str] = []
         self.late_rank = 1  # "late" style: the rank of every next token (outside the top n when n < this)
         self.bos = bos
         self.delay = delay
@@ -274,6 +290,12 @@ class FakeServer:
             return 400, {"error": {"message": f"Requested sample logprobs of {top_n}, which is greater than max "
                                               f"allowed: {self.max_logprobs}", "type": "BadRequestError"}}
         next_token = self.next_token and not req.get("echo") and isinstance(top_n, int)
+        if self.n_ctx is not None:
+            n = max(len(tokenize(p)) for p in prompts)
+            if n + int(req.get("max_tokens", 16)) > self.n_ctx:
+                with self.lock:
+                    self.overflows += 1
+                return OVERFLOW_BODIES[self.overflow_format](n, self.n_ctx)
         choices = []
         for i, p in enumerate(prompts):
             if next_token:
@@ -293,6 +315,47 @@ class FakeServer:
         return 200, {"id": "cmpl-1", "object": "text_completion", "model": MODEL, "choices": choices, "usage": usage}
 
 
+    def answer_get(self, path: str) -> tuple[int, Any]:
+        if path == "/props" and self.props:
+            return 200, {"default_generation_settings": {"n_ctx": self.n_ctx, "params": {}}, "total_slots": 1}
+        if path == "/v1/models" and self.models:
+            return 200, {"object": "list", "data": [{"id": MODEL, "object": "model", "max_model_len": self.n_ctx}]}
+        return 404, {"error": {"message": "not found"}}
+
+    def answer_tokenize(self, req: dict[str, Any]) -> tuple[int, Any]:
+        key = {"llama_server": "content", "vllm": "prompt"}.get(self.tokenize or "")
+        if key is None or not isinstance(req.get(key), str):
+            return (404 if key is None else 400), {"error": {"message": "bad tokenize request"}}
+        with self.lock:
+            self.tokenized.append(req[key])
+        tokens = list(range(len(tokenize(req[key]))))
+        return 200, {"tokens": tokens} if self.tokenize == "llama_server" else \
+            {"tokens": tokens, "count": len(tokens), "max_model_len": self.n_ctx}
+
+
+#: A refused prompt of ``n`` tokens over a window of ``n_ctx``, in each server's words (status, body).
+OVERFLOW_BODIES = {
+    "llama_server": lambda n, n_ctx: (400, {"error": {
+        "code": 400, "message": f"request ({n} tokens) exceeds the available context size ({n_ctx} tokens), try "
+        f"increasing it", "type": "exceed_context_size_error", "n_prompt_tokens": n, "n_ctx": n_ctx}}),
+    "vllm": lambda n, n_ctx: (400, {
+        "object": "error", "message": f"This model's maximum context length is {n_ctx} tokens. However, you "
+        f"requested {n + 1} tokens ({n} in the messages, 1 in the completion). Please reduce the length of the "
+        f"messages or completion.", "type": "BadRequestError", "param": None, "code": 400}),
+    "vllm_decoder": lambda n, n_ctx: (400, {
+        "object": "error", "message": f"The decoder prompt (length {n}) is longer than the maximum model length of "
+        f"{n_ctx}. Make sure that `max_model_len` is no smaller than the number of text tokens.",
+        "type": "BadRequestError", "param": None, "code": 400}),
+    "openai": lambda n, n_ctx: (400, {"error": {
+        "message": f"This model's maximum context length is {n_ctx} tokens, however you requested {n + 1} tokens "
+        f"({n} in your prompt; 1 for the completion). Please reduce your prompt; or completion length.",
+        "type": "invalid_request_error", "param": None, "code": "context_length_exceeded"}}),
+    "llama_cpp_python": lambda n, n_ctx: (500, {"detail": f"Requested tokens ({n}) exceed context window of "
+                                                          f"{n_ctx}"}),
+    "unnumbered": lambda n, n_ctx: (400, {"error": {"message": "prompt too long", "code": "context_length_exceeded"}}),
+}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -308,9 +371,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_GET(self) -> None:
+        fake: FakeServer = self.server.fake  # type: ignore[attr-defined]
+        status, body = fake.answer_get(self.path)
+        self._send(status, json.dumps(body).encode())
+
     def do_POST(self) -> None:
         fake: FakeServer = self.server.fake  # type: ignore[attr-defined]
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/tokenize":
+            status, body = fake.answer_tokenize(json.loads(raw))
+            self._send(status, json.dumps(body).encode())
+            return
         if self.path != "/v1/completions":
             self._send(404, b'{"error": {"message": "not found"}}')
             return
@@ -859,6 +931,130 @@ def test_server_dies_mid_run_keeps_what_was_scored(serve, tmp_path: Path) -> Non
         assert scorer.stats.cache_hits == 3 and scorer.stats.cache_misses == 3
     finally:
         cache.close()
+
+
+# --- the context window ---------------------------------------------------------------------------
+
+LONG = Example(text=" ".join(["long"] * 40), label="positive", uid="long-1")
+HUGE = Example(text=" ".join(["huge"] * 200), label="negative", uid="huge-1")
+
+
+def row_tokens(demos: list[Example], query: Example) -> int:
+    """A direct-mode row's tokens on the fake: its longest label's prompt and the one generated token."""
+    context = render_prefix(SPEC, demos) + render_query(SPEC, query)
+    return max(len(tokenize(context + c)) for c in label_continuations(SPEC)) + 1
+
+
+def windowed(serve, **kwargs: Any) -> FakeServer:
+    """A fake whose window holds QUERIES and LONG after one demonstration, not LONG after two nor HUGE alone."""
+    server = serve("echo", **kwargs)
+    server.n_ctx = row_tokens(DEMOS[1:], LONG)
+    assert row_tokens(DEMOS, LONG) > server.n_ctx >= max(row_tokens(DEMOS, q) for q in QUERIES)
+    assert row_tokens([], HUGE) > server.n_ctx
+    return server
+
+
+def expected_window_rows(queries: list[Example]) -> np.ndarray:
+    """The window rule's answer: LONG without its leftmost demonstration, HUGE a failure, the rest as they are."""
+    rows = []
+    for q in queries:
+        if q is HUGE:
+            rows.append(failure_row(SPEC, q))
+        else:
+            rows.append(truth(DEMOS[1:] if q is LONG else DEMOS, [q])[0])
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("dialect", sorted(OVERFLOW_BODIES))
+def test_a_row_over_the_window_drops_demos_then_fails_in_every_servers_words(serve, dialect: str) -> None:
+    server = windowed(serve)
+    server.overflow_format = dialect
+    queries = [QUERIES[0], LONG, QUERIES[1], HUGE]
+    scorer = scorer_for(server, batch_size=4)
+    with pytest.warns(ContextWindowWarning) as caught:
+        got = scorer.logprobs(demos=DEMOS, queries=queries)
+    np.testing.assert_allclose(got, expected_window_rows(queries), atol=1e-9)
+    assert scorer.stats.rows_dropped_demos == 1 and scorer.stats.rows_failed == 1
+    notes = [str(w.message) for w in caught]
+    assert len(notes) == 2 and all(len(n) < 200 and "\n" not in n for n in notes), notes
+    window = "the server's context window" if dialect == "unnumbered" else f"the server's {server.n_ctx}-token"
+    assert notes[0].startswith("row 'long-1': dropped 1 of 2 demonstrations (leftmost first)") and window in notes[0]
+    assert notes[1].startswith("row 'huge-1': the query alone") and notes[1].endswith("scored as a failure")
+    if dialect != "unnumbered":
+        assert f"is {row_tokens([], HUGE):,} tokens" in notes[1]  # the server's count and the generated token
+    assert server.overflows >= 3  # LONG after two demonstrations, HUGE after two, one, none
+    assert window_line(scorer.stats).startswith("context window: 1 LM rows scored as failures")
+
+
+def test_rows_that_fit_are_sent_as_before(serve) -> None:
+    plain = serve("echo")
+    roomy = serve("echo")
+    roomy.n_ctx, roomy.props, roomy.tokenize = 10_000, True, "llama_server"
+    for server in (plain, roomy):
+        got = scorer_for(server, batch_size=4).logprobs(demos=DEMOS, queries=QUERIES)
+        np.testing.assert_allclose(got, truth(DEMOS, QUERIES), rtol=0, atol=0)
+    def sent(server: FakeServer) -> list[str]:
+        return sorted(json.dumps(b, sort_keys=True) for b in server.bodies)  # concurrent: any order
+
+    assert sent(roomy) == sent(plain) and roomy.overflows == 0
+    assert roomy.tokenized == []  # every row is within the window by its byte count: nothing to measure
+
+
+@pytest.mark.parametrize(("says", "shape"), [("props", "llama_server"), ("models", "vllm")])
+def test_a_server_that_says_its_window_has_long_rows_fitted_before_they_are_sent(serve, says: str,
+                                                                                  shape: str) -> None:
+    server = windowed(serve)
+    setattr(server, says, True)
+    server.tokenize = shape
+    queries = [QUERIES[0], LONG, HUGE]
+    scorer = scorer_for(server)
+    with pytest.warns(ContextWindowWarning, match=f"the {server.n_ctx:,}-token context window"):
+        got = scorer.logprobs(demos=DEMOS, queries=queries)
+    np.testing.assert_allclose(got, expected_window_rows(queries), atol=1e-9)
+    assert scorer.stats.rows_dropped_demos == 1 and scorer.stats.rows_failed == 1
+    assert server.overflows == 0  # nothing sent that the server would refuse
+    assert server.tokenized and all("long" in t or "huge" in t or t == "a" for t in server.tokenized)
+    assert not any(HUGE.text in p for p in server.prompts_seen)
+
+
+def test_next_token_rows_over_the_window_follow_the_same_rule(serve) -> None:
+    server = windowed(serve, next_token=True)
+    queries = [LONG, QUERIES[0], HUGE, QUERIES[1]]  # the style is settled on the first row that fits
+    scorer = scorer_for(server, batch_size=4)
+    with pytest.warns(ContextWindowWarning):
+        got = scorer.logprobs(demos=DEMOS, queries=queries)
+    np.testing.assert_allclose(got, expected_window_rows(queries), atol=1e-9)
+    assert scorer.style == "next_token" and not any(b.get("echo") for b in server.bodies)
+    assert scorer.stats.rows_dropped_demos == 1 and scorer.stats.rows_failed == 1
+
+
+def test_a_cut_row_is_cached_with_its_count_and_a_failed_row_is_not(serve, tmp_path: Path) -> None:
+    server = windowed(serve)
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    try:
+        with pytest.warns(ContextWindowWarning):
+            first = scorer_for(server, cache=cache).logprobs(demos=DEMOS, queries=[LONG, HUGE])
+        n = server.requests
+        again = scorer_for(server, cache=cache)
+        with pytest.warns(ContextWindowWarning, match="huge-1"):
+            second = again.logprobs(demos=DEMOS, queries=[LONG, HUGE])
+        np.testing.assert_array_equal(first, second)
+        assert again.stats.cache_hits == 1 and again.stats.rows_dropped_demos == 1 and again.stats.rows_failed == 1
+        assert server.requests > n and all(HUGE.text in p for b in server.bodies[n:] for p in b["prompt"])
+    finally:
+        cache.close()
+
+
+def test_other_refusals_are_not_taken_for_the_window() -> None:
+    for body in ({"error": {"message": "Requested sample logprobs of 1000, which is greater than max allowed: 20"}},
+                 {"error": {"message": "Only no echo is supported"}}, "Bad Request", None):
+        assert context_overflow(body) is None
+    newer_vllm = {"error": {"message": "'max_tokens' or 'max_completion_tokens' is too large: 1. This model's maximum "
+                                       "context length is 2048 tokens and your request has 2048 input tokens "
+                                       "(1 > 2048 - 2048)."}}
+    assert context_overflow(newer_vllm) == Overflow(prompt_tokens=2048, window=2048)
+    sglang = {"error": {"message": "The input (3000 tokens) is longer than the model's context length (2048 tokens)."}}
+    assert context_overflow(sglang) == Overflow(prompt_tokens=3000, window=2048)
 
 
 # --- the API key ----------------------------------------------------------------------------------
