@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rl_select.errors import ModelError
+from rl_select.errors import MAX_MESSAGE, ModelError
 from rl_select.experiments.report import window_line
 from rl_select.lm.cache import ScoreCache
 from rl_select.lm.calibration import calibrate
@@ -466,6 +466,15 @@ def scorer_for(server: FakeServer, **kwargs: Any) -> OpenAICompletionsScorer:
     return OpenAICompletionsScorer(SPEC, **opts)
 
 
+def assert_short(*messages: Any) -> None:
+    """Each message (an exception, a warning or a string) is one line under MAX_MESSAGE characters, not counting
+    the user's own values it names (the server's URL and the model name), as every rl-select message is."""
+    for message in messages:
+        text = str(getattr(message, "message", message))
+        own = re.sub(r"http://127\.0\.0\.1:\d+", "", text).replace(repr(MODEL), "")
+        assert len(own) < MAX_MESSAGE and "\n" not in text, (len(own), text)
+
+
 # --- scores ---------------------------------------------------------------------------------------
 
 
@@ -514,8 +523,9 @@ def test_prompts_go_as_lists_in_few_requests(serve) -> None:
 def test_a_server_that_refuses_lists_gets_one_prompt_per_request(serve) -> None:
     server = serve("echo", single=True)
     scorer = scorer_for(server, batch_size=4)
-    with pytest.warns(RuntimeWarning, match="refused a list of 4 prompts"):
+    with pytest.warns(RuntimeWarning, match=r"refused a list of 4 prompts \(HTTP 500 to a list of 4 prompts\)") as seen:
         lp = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    assert_short(*seen)
     np.testing.assert_allclose(lp, truth(DEMOS, QUERIES), atol=1e-9)
     assert scorer.batch_size == 1 and scorer.style == "echo"
     # the next-token probe ("auto"; this server scores prompts only), then one prompt per request
@@ -530,8 +540,9 @@ def test_a_server_that_refuses_lists_gets_one_prompt_per_request(serve) -> None:
 def test_a_one_token_late_echo_is_detected_and_read_right(serve, style: str) -> None:
     server = serve("late")
     scorer = scorer_for(server, logprob_style=style)
-    with pytest.warns(RuntimeWarning, match="one token late"):
+    with pytest.warns(RuntimeWarning, match="one token late") as seen:
         got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    assert_short(*seen)
     np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-9)
     assert scorer.style == "echo_shifted"
     assert any(b["prompt"] == [SHIFT_PROBE] for b in server.bodies)  # confirmed by the probe
@@ -552,8 +563,9 @@ def test_a_late_echo_token_outside_the_top_50_is_asked_again_with_more(serve) ->
     asked = [b["logprobs"] for b in server.bodies]
     assert asked[0] == SHIFTED_TOP_LOGPROBS and asked[1:] == [SHIFTED_TOP_LOGPROBS_RETRY] * 4  # each prompt again
     server.late_rank = 5000
-    with pytest.raises(ModelError, match="not among the"):
+    with pytest.raises(ModelError, match="not among the") as info:
         scorer_for(server, logprob_style="echo_shifted").logprobs(demos=DEMOS, queries=QUERIES[2:3])
+    assert_short(info.value)
 
 
 def test_a_late_echo_without_the_token_in_its_top_logprobs_is_a_clear_error(serve) -> None:
@@ -565,7 +577,7 @@ def test_a_late_echo_without_the_token_in_its_top_logprobs_is_a_clear_error(serv
         **original(i, p, n)["logprobs"], "top_logprobs": [None] + [{"zzz": -0.1}] * (len(tokenize(p)) - 1)}}
     with pytest.raises(ModelError, match=r"not among the 1 top log-probs.*shifted_top_logprobs") as info:
         scorer.logprobs(demos=DEMOS, queries=QUERIES[:1])
-    assert "\n" not in str(info.value)
+    assert_short(info.value)
 
 
 def test_max_concurrency_is_respected(serve) -> None:
@@ -658,8 +670,9 @@ def test_next_token_label_still_missing_is_scored_with_echo_never_zero(serve) ->
     server.stops = lambda prompt: prompt.endswith(mute.text + "\nSentiment:")
     scorer = scorer_for(server, batch_size=1, max_concurrency=1)
     with pytest.warns(RuntimeWarning, match=r"' negative' not among the top 1000 next tokens; scoring its missing "
-                                            r"labels with echo"):
+                                            r"labels with echo") as seen:
         got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    assert_short(*seen)
     np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-12)
     assert scorer.style == "next_token" and scorer.echo_fallbacks == 2
     ctx = contexts_of(DEMOS, QUERIES)
@@ -672,16 +685,19 @@ def test_next_token_label_still_missing_is_scored_with_echo_never_zero(serve) ->
         strict.logprobs(demos=DEMOS, queries=QUERIES[:1])  # settled on a query that works
         with pytest.raises(ModelError, match=said) as info:
             strict.logprobs(demos=DEMOS, queries=queries)
-        assert "\n" not in str(info.value) and "logprob_style='auto'" in str(info.value)
+        assert "logprob_style='auto'" in str(info.value)
+        assert_short(info.value)
 
 
 def test_multi_token_labels_keep_the_echo_path(serve) -> None:
     spec = dataclasses.replace(SPEC, name="sst2-very", verbalizers={"positive": "very good", "negative": "very bad"})
     server = serve("echo", next_token=True)
     scorer = OpenAICompletionsScorer(spec, base_url=server.url, model=MODEL, backoff=0.01)
-    with pytest.warns(RuntimeWarning, match=r"' very' is a proper prefix of ' very good'.*several tokens on this "
-                                            r"server's tokenizer\); scoring this task with echo"):
+    with pytest.warns(RuntimeWarning, match=r"label ' very (good|bad)' \(\+1 more\) not among the top 1000 next tokens "
+                                            r"\(' very' is a proper prefix: several tokens here\); "
+                                            r"scoring this task with echo") as seen:
         got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    assert_short(*seen)
     np.testing.assert_allclose(got, truth(DEMOS, QUERIES, spec=spec), atol=1e-12)
     assert scorer.style == "echo"
     assert [b.get("logprobs") for b in server.bodies[:2]] == [NEXT_TOKEN_TOP_LOGPROBS, NEXT_TOKEN_TOP_LOGPROBS_RETRY]
@@ -692,7 +708,7 @@ def test_multi_token_labels_keep_the_echo_path(serve) -> None:
     with pytest.raises(ModelError, match=r"several tokens.*use logprob_style='auto' or 'echo'") as info:
         OpenAICompletionsScorer(spec, base_url=server.url, model=MODEL, logprob_style="next_token").logprobs(
             demos=DEMOS, queries=QUERIES[:1])
-    assert "\n" not in str(info.value)
+    assert_short(info.value)
 
 
 def test_a_server_that_caps_logprobs_keeps_echo_for_labels_beyond_its_cap(serve) -> None:
@@ -703,6 +719,7 @@ def test_a_server_that_caps_logprobs_keeps_echo_for_labels_beyond_its_cap(serve)
     with pytest.warns(RuntimeWarning) as seen:
         got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
     said = [str(w.message) for w in seen]
+    assert_short(*said)
     assert any("refused logprobs=1000 (HTTP 400: Requested sample logprobs of 1000" in m for m in said)
     assert any("' negative' not among the top 20 next tokens; scoring this task with echo" in m for m in said)
     np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-12)
@@ -748,9 +765,10 @@ def test_no_logprobs_and_server_down_are_two_different_lines(serve) -> None:
                 demos=DEMOS, queries=QUERIES[:1])
         downs.append(str(info.value))
     messages = [str(strict.value), str(auto.value), str(rejected.value), *downs]
-    assert all("\n" not in m and MODEL in m for m in messages)
+    assert all(MODEL in m for m in messages)
+    assert_short(*messages)
     assert NO_NEXT_TOKEN_LOGPROBS in messages[0]
-    assert NO_PROMPT_LOGPROBS in messages[1] and "next_token: no top_logprobs in the answer" in messages[1]
+    assert NO_PROMPT_LOGPROBS in messages[1] and "next_token: no top_logprobs" in messages[1]
     assert NO_NEXT_TOKEN_LOGPROBS in messages[2] and "HTTP 400: Requested sample logprobs of 20" in messages[2]
     for m in downs:
         assert f"connection refused; is the server running at {url}?" in m
@@ -852,7 +870,8 @@ def test_a_redirect_is_refused_and_the_key_stays_home(serve) -> None:
     with pytest.raises(ModelError, match=r"HTTP 307 .*redirects are not followed") as info:
         scorer_for(server, api_key=SECRET, logprob_style="echo").logprobs(demos=DEMOS, queries=QUERIES[:1])
     assert server.requests == 1 and elsewhere.requests == 0 and not elsewhere.auth
-    assert "\n" not in str(info.value) and "SECRET" not in str(info.value)
+    assert "SECRET" not in str(info.value)
+    assert_short(info.value)
 
 
 def test_slow_server_is_retried_then_a_clear_error(serve) -> None:
@@ -865,7 +884,8 @@ def test_slow_server_is_retried_then_a_clear_error(serve) -> None:
     with pytest.raises(ModelError) as info:
         scorer.logprobs(demos=DEMOS, queries=QUERIES[1:2])
     msg = str(info.value)
-    assert "3 tries" in msg and "0.3s" in msg and server.url in msg and MODEL in msg and "\n" not in msg
+    assert "3 tries" in msg and "0.3s" in msg and server.url in msg and MODEL in msg
+    assert_short(msg)
 
 
 def test_malformed_json_is_named(serve) -> None:
@@ -873,7 +893,8 @@ def test_malformed_json_is_named(serve) -> None:
     server.faults = ["malformed"]
     with pytest.raises(ModelError, match="malformed JSON") as info:
         scorer_for(server).logprobs(demos=DEMOS, queries=QUERIES[:1])
-    assert "/v1/completions" in str(info.value) and "\n" not in str(info.value)
+    assert "/v1/completions" in str(info.value)
+    assert_short(info.value)
 
 
 @pytest.mark.parametrize("style", ["chat", "generated_only", "reject_echo"])
@@ -882,6 +903,7 @@ def test_no_prompt_logprobs_is_refused(serve, style: str) -> None:
     with pytest.raises(ModelError) as info:
         scorer_for(server).logprobs(demos=DEMOS, queries=QUERIES[:2])
     assert NO_PROMPT_LOGPROBS in str(info.value)
+    assert_short(info.value)
     if style == "reject_echo":
         assert "Only no echo is supported" in str(info.value)
     with pytest.raises(ModelError, match="no prompt log-probs"):
@@ -890,8 +912,14 @@ def test_no_prompt_logprobs_is_refused(serve, style: str) -> None:
 
 def test_wrong_model_names_the_server_message(serve) -> None:
     server = serve("echo")
-    with pytest.raises(ModelError, match=r"HTTP 404.*does not exist"):
+    with pytest.raises(ModelError, match=r"HTTP 404.*does not exist.*expected /v1/completions") as info:
         scorer_for(server, model="nope").logprobs(demos=DEMOS, queries=QUERIES[:1])
+    assert_short(info.value)
+    long_words = {"error": {"message": "the server explains at length " * 20}}
+    server.respond = lambda req: (400, long_words)  # type: ignore[method-assign]
+    with pytest.raises(ModelError, match="the server explains at length") as info:
+        scorer_for(server, logprob_style="echo").logprobs(demos=DEMOS, queries=QUERIES[:1])
+    assert_short(info.value)
 
 
 def test_no_server_says_so(serve) -> None:
@@ -1083,6 +1111,7 @@ def test_api_key_is_sent_but_never_shown(serve, tmp_path: Path, monkeypatch: pyt
         messages.append(str(info.value))
         assert "HTTP 401" in messages[0] and "***" in messages[0]
         assert all("SECRET" not in m for m in messages)
+        assert_short(*messages)
     finally:
         cache.close()
     for path in tmp_path.iterdir():

@@ -29,7 +29,13 @@ LIST_REFUSAL_STATUSES = (500, 501)
 
 
 class ListRefused(ModelError):
-    """A first request with a list of prompts failed the way servers without list support fail."""
+    """A first request with a list of prompts failed the way servers without list support fail.
+
+    Attributes:
+        reason: What failed, without the server's name (for the warning that follows).
+    """
+
+    reason = ""
 
 
 @dataclass(frozen=True)
@@ -129,8 +135,8 @@ class Batching:
             self._lists_ok = False
             self.batch_size = 1
             warnings.warn(
-                f"{self.base_url} refused a list of {len(first)} prompts ({list_error}); sending one prompt per "
-                f"request from now on (set batch_size=1 to skip this probe)",
+                f"{self.base_url} refused a list of {len(first)} prompts ({list_error.reason}); sending one prompt "
+                f"per request from now on (batch_size=1 skips this probe)",
                 RuntimeWarning, stacklevel=4,
             )
             rest = first[1:] + [p for b in todo for p in b]
@@ -145,15 +151,14 @@ class Batching:
         try:
             return self.transport.post(body, fail_fast=LIST_REFUSAL_STATUSES if probe else ())
         except StatusError as exc:
-            raise self.transport.error(f"HTTP {exc.status} to a list of {len(body['prompt'])} prompts",
-                                       ListRefused) from None
+            raise self._list_refused(f"HTTP {exc.status} to a list of {len(body['prompt'])} prompts") from None
 
     def _choices(self, response: Any, n: int, *, probe: bool = False) -> list[Mapping[str, Any]]:
         """The response's choices in prompt order (length ``n``); a wrong count on a probe is :class:`ListRefused`."""
         try:
             return wire.ordered_choices(response, n)
         except wire.ChoiceCountError as exc:
-            raise self.transport.error(str(exc), ListRefused if probe else ModelError) from None
+            raise (self._list_refused(str(exc)) if probe else self.transport.error(str(exc))) from None
         except ModelError as exc:
             raise self.transport.error(str(exc)) from None
 
@@ -165,3 +170,7 @@ class Batching:
             with self._lock:
                 self.stats.forward_tokens += n
 
+    def _list_refused(self, reason: str) -> ListRefused:
+        error = self.transport.error(reason, ListRefused)
+        error.reason = reason  # type: ignore[attr-defined]
+        return error  # type: ignore[return-value]

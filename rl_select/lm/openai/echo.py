@@ -62,7 +62,7 @@ class EchoPath(Batching):
             return scores
         if self._next_said:
             reasons.insert(0, f"next_token: {self._next_said}")
-        said = f" (server said: {'; '.join(reasons)})" if reasons else ""
+        said = f" (server said: {wire.clip('; '.join(reasons), 70)})" if reasons else ""
         raise self.transport.error(wire.NO_PROMPT_LOGPROBS + said)
 
     def _score_as(self, style: wire.Style, batch: list[Prompt], probe: bool = False, top: int | None = None

@@ -61,7 +61,7 @@ class NextTokenPath(EchoPath):
         except ContextOverflow:
             raise
         except (Rejected, wire.NoNextLogprobs) as exc:
-            said = f"HTTP {exc}" if isinstance(exc, Rejected) else "no top_logprobs in the answer"
+            said = wire.clip(f"HTTP {exc}", 70) if isinstance(exc, Rejected) else "no top_logprobs"
             if explicit:
                 raise self.transport.error(f"{wire.NO_NEXT_TOKEN_LOGPROBS} ({said})") from None
             with self._lock:
@@ -74,8 +74,7 @@ class NextTokenPath(EchoPath):
         if missing:
             why = self._missing_why(top, [conts[j] for j in missing], n)
             if explicit:
-                raise self.transport.error(f"{why}; use logprob_style='auto' or 'echo' for labels of several "
-                                           f"tokens")
+                raise self.transport.error(f"{why}; use logprob_style='auto' or 'echo'")
             with self._lock:
                 self._next, self._next_said = False, why
             warnings.warn(f"{self.base_url}: {why}; scoring this task with echo (one request per label)",
@@ -107,8 +106,9 @@ class NextTokenPath(EchoPath):
         except Rejected as exc:  # e.g. vLLM's --max-logprobs (20 by default), OpenAI's 5
             with self._lock:
                 self._retry_refused = True
-            warnings.warn(f"{self.base_url} refused logprobs={wire.NEXT_TOKEN_TOP_LOGPROBS_RETRY} (HTTP {exc}); a "
-                          f"label outside the top {n} next tokens is scored with echo", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{self.base_url} refused logprobs={wire.NEXT_TOKEN_TOP_LOGPROBS_RETRY} "
+                          f"({wire.clip(f'HTTP {exc}', 60)}); a label outside the top {n} next tokens is scored "
+                          f"with echo", RuntimeWarning, stacklevel=2)
             return found, top, n
         except wire.NoNextLogprobs:
             raise self.transport.error(wire.NO_NEXT_TOKEN_LOGPROBS) from None
@@ -118,12 +118,14 @@ class NextTokenPath(EchoPath):
 
     @staticmethod
     def _missing_why(top: Mapping[str, float], missing: list[str], n: int) -> str:
-        """One line on labels absent from a next-token distribution."""
-        said = f"label continuation(s) {', '.join(repr(c) for c in missing)} not among the top {n} next tokens"
-        prefixes = [(c, wire.prefix_token(top, c)) for c in missing]
-        shown = [f"{t!r} is a proper prefix of {c!r}" for c, t in prefixes if t is not None]
-        if shown:
-            said += f" ({'; '.join(shown)}: several tokens on this server's tokenizer)"
+        """One short line on labels absent from a next-token distribution: the first label (and how many more),
+        and a top token that is a proper prefix of it (evidence that it is several tokens)."""
+        first = wire.clip(repr(missing[0]), 24)
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        said = f"label {first}{more} not among the top {n} next tokens"
+        prefix = wire.prefix_token(top, missing[0])
+        if prefix is not None:
+            said += f" ({wire.clip(repr(prefix), 20)} is a proper prefix: several tokens here)"
         return said
 
     def _score_next_batch(self, batch: list[Prompt], probe: bool = False) -> list[Scored]:
@@ -163,7 +165,7 @@ class NextTokenPath(EchoPath):
         """Labels ``cols`` of next-token prompt ``p`` scored with echo (``"auto"``); with ``"next_token"``
         named explicitly, a one-line error saying ``why``."""
         if self.logprob_style == "next_token":
-            raise self.transport.error(f"{why}; logprob_style='auto' scores such labels with echo")
+            raise self.transport.error(f"{why}; logprob_style='auto' scores it with echo")
         with self._lock:
             self.echo_fallbacks += 1
             first, self._warned_fallback = not self._warned_fallback, True
@@ -178,6 +180,5 @@ class NextTokenPath(EchoPath):
         except ModelError as exc:
             if wire.NO_PROMPT_LOGPROBS not in str(exc):
                 raise
-            raise self.transport.error(f"{why}, and the server gives no prompt log-probs to score it with echo "
-                                       f"either") from None
+            raise self.transport.error(f"{why}; no prompt log-probs for echo either") from None
 

@@ -107,7 +107,7 @@ class ServerWindow(NextTokenPath):
                         alone = over[k].prompt_tokens
                         said = f"is {alone + wire.MAX_TOKENS:,} tokens" if alone else "does not fit"
                         self._window_note(f"row {row_name(queries[i])}: the query alone {said} (template and longest "
-                                          f"label included), over {self._window_said()}; scored as a failure")
+                                          f"label), over {self._window_said()}; scored as a failure")
         return out
 
     def _window_said(self) -> str:

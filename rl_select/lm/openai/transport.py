@@ -31,15 +31,13 @@ from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_ty
 from tenacity.wait import wait_base
 
 from rl_select.errors import ModelError
-from rl_select.lm.openai.wire import Overflow, context_overflow, error_text
+from rl_select.lm.openai.wire import Overflow, clip, context_overflow, error_text
 
 #: Environment variables read for the API key, in order.
 API_KEY_ENVS: tuple[str, ...] = ("RL_SELECT_API_KEY", "OPENAI_API_KEY")
 #: Longest wait taken from a ``Retry-After`` header, and longest back-off, in seconds.
 MAX_RETRY_AFTER = 60.0
 MAX_BACKOFF = 30.0
-#: Characters of a server's error text quoted in a message.
-QUOTE_CHARS = 100
 #: Seconds allowed for a request to an optional endpoint (:meth:`Transport.probe`).
 PROBE_TIMEOUT = 10.0
 
@@ -336,7 +334,7 @@ class Transport:
             if isinstance(cause, ConnectionRefusedError):
                 raise self.error(f"connection refused; is the server running at {self.base_url}?") from None
             if isinstance(cause, socket.gaierror):
-                raise self.error(f"cannot resolve the host of {self.base_url} ({cause})") from None
+                raise self.error(f"cannot resolve the host of {self.base_url} ({clip(str(cause), 60)})") from None
             raise _Transient(f"connection error ({type(cause).__name__})") from None
         except httpx.TransportError as exc:
             raise _Transient(f"connection dropped ({type(exc).__name__})") from None
@@ -356,10 +354,10 @@ class Transport:
         if status in (401, 403):
             hint = f"; check the API key (${API_KEY_ENVS[0]} or ${API_KEY_ENVS[1]})"
         elif status == 404:
-            hint = "; does the server offer /v1/completions with this model? chat-only APIs cannot score labels"
+            hint = "; expected /v1/completions for this model (chat-only APIs cannot score)"
         elif 300 <= status < 400:
-            hint = "; redirects are not followed, pass the final URL as the base URL"
-        raise self.error(f"HTTP {status} from POST {self.endpoint_shown}: {message}{hint}")
+            hint = "; redirects are not followed: pass the final URL as the base URL"
+        raise self.error(f"HTTP {status} from {self.endpoint_shown}: {message}{hint}")
 
     # -- messages -----------------------------------------------------------------------------------
 
@@ -370,15 +368,15 @@ class Transport:
 
     def describe(self, what: str) -> str:
         """``what``, prefixed with the server and model, with the API key masked."""
-        return self._redact(f"OpenAI-compatible server {self.base_url} (model {self.model!r}): {what}")
+        return self._redact(f"server {self.base_url} (model {self.model!r}): {what}")
 
     def error(self, what: str, kind: type[ModelError] = ModelError) -> ModelError:
         """A one-line error of class ``kind`` saying :meth:`describe` of ``what``."""
         return kind(self.describe(what))
 
     def _quote(self, text: str) -> str:
-        text = " ".join(self._redact(str(text)).split())
-        return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "..."
+        """A server's own words for a message: the key masked, one line, :data:`~.wire.QUOTE_CHARS` at most."""
+        return clip(self._redact(str(text)))
 
     def _redact(self, text: str) -> str:
         key = self._api_key.reveal()

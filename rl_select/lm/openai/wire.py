@@ -64,17 +64,13 @@ AUTO_STYLES: tuple[Style, ...] = ("echo", "vllm")
 #: ``(summed log-prob of a continuation, its token count, prompt tokens scored)``.
 Parsed = tuple[float, int, int]
 
-NO_PROMPT_LOGPROBS = (
-    "this endpoint returned no prompt log-probs; rl-select needs /v1/completions with echo+logprobs or "
-    "vLLM's prompt_logprobs (vLLM, llama-cpp-python's server, OpenAI completions models; llama.cpp's own "
-    "llama-server does not echo yet); chat-only APIs cannot score labels"
-)
+#: The message for a server without prompt log-probs (a chat-only API; llama.cpp's ``llama-server``, which does
+#: not echo; vLLM, llama-cpp-python's server and OpenAI completions models have them).
+NO_PROMPT_LOGPROBS = "no prompt log-probs in the answer; expected /v1/completions with echo or prompt_logprobs"
 
-NO_NEXT_TOKEN_LOGPROBS = (
-    "this endpoint returned no next-token log-probs (top_logprobs of the generated token); the next_token "
-    "style needs /v1/completions with an integer logprobs (vLLM, SGLang, llama.cpp's llama-server, "
-    "llama-cpp-python's server, OpenAI completions models); chat-only APIs cannot score labels"
-)
+#: The message for a server without next-token log-probs (vLLM, SGLang, llama.cpp's ``llama-server``,
+#: llama-cpp-python's server and OpenAI completions models have them; chat-only APIs do not).
+NO_NEXT_TOKEN_LOGPROBS = "no next-token log-probs in the answer; expected /v1/completions with integer logprobs"
 
 #: Tokens generated per request: 1 is accepted everywhere (vLLM refuses 0); the token is ignored.
 MAX_TOKENS = 1
@@ -94,6 +90,8 @@ NEXT_TOKEN_TOP_LOGPROBS_RETRY = 1000
 SHIFT_PROBE = "1, 2, 3, 4, 5, 6, 7, 8,"
 #: Characters of a server's error body kept when it has no message field.
 ERROR_BODY_CHARS = 400
+#: Characters of a server's own words quoted in one of our messages (:func:`clip`).
+QUOTE_CHARS = 70
 
 
 @dataclass(frozen=True)
@@ -168,6 +166,12 @@ def next_token_body(model: str, prompts: Sequence[str], *, top: int = NEXT_TOKEN
 # --- responses ------------------------------------------------------------------------------------
 
 
+def clip(text: str, n: int = QUOTE_CHARS) -> str:
+    """``text`` on one line, cut to ``n`` characters (``"..."`` at the end when cut), so a message stays short."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def error_text(body: Any) -> str:
     """The message of an error body: OpenAI's ``{"error": {"message"}}``, ``{"detail"}``, or plain text."""
     if isinstance(body, Mapping):
@@ -193,13 +197,13 @@ def ordered_choices(response: Any, n: int) -> list[Mapping[str, Any]]:
     if not isinstance(response, Mapping):
         raise ModelError("malformed JSON response: the top level is not an object")
     if "choices" not in response and "error" in response:
-        raise ModelError(f"the server returned an error: {error_text(response)}")
+        raise ModelError(f"the server returned an error: {clip(error_text(response))}")
     choices = response.get("choices")
     if not isinstance(choices, list) or not all(isinstance(c, Mapping) for c in choices):
         raise ModelError("malformed JSON response: no 'choices' list of objects")
     if len(choices) != n:
-        raise ChoiceCountError(f"the server returned {len(choices)} choices for {n} prompts; it may not accept a "
-                               f"list of prompts (try batch_size=1)")
+        raise ChoiceCountError(f"the server returned {len(choices)} choices for {n} prompts; expected one each "
+                               f"(try batch_size=1)")
     if not all("index" in c for c in choices):
         return list(choices)
     ordered: list[Mapping[str, Any] | None] = [None] * n
@@ -324,11 +328,8 @@ def shifted_echo_continuation(logprobs: Any, prompt: str, n_context: int) -> Par
                              "on this server")
         lp = prev.get(tokens[k])
         if not isinstance(lp, (int, float)):
-            raise NotInTop(
-                f"continuation token {tokens[k]!r} is not among the {len(prev)} top log-probs the server gave at its "
-                f"position, and this server (llama-cpp-python) reports no other way to read it; raise "
-                f"shifted_top_logprobs or use a server with correct echo (vLLM)"
-            )
+            raise NotInTop(f"continuation token {clip(repr(tokens[k]), 24)} not among the {len(prev)} top log-probs "
+                           f"of its late echo (llama-cpp-python); raise shifted_top_logprobs or use vLLM")
         total += float(lp)
         n_cont += 1
     if n_cont == 0:
