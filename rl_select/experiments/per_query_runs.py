@@ -28,7 +28,7 @@ import numpy as np
 from agents.per_query import PerQueryStore, collect_per_query, to_episodes, train_per_query
 from rl_select.data import Splits, load_task, make_splits
 from rl_select.embeddings import MiniLMEmbedder
-from rl_select.errors import ConfigError, DataError, one_of, read_utf8
+from rl_select.errors import ConfigError, DataError, one_of, path_kind, read_utf8
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import open_cache
 from rl_select.lm.spec import ScorerSpec
@@ -116,7 +116,7 @@ class PerQueryRunConfig:
             return cls()
         where = f"per-query config {str(path)!r}"
         try:
-            fields = json.loads(read_utf8(Path(path), where, ConfigError))
+            fields = json.loads(read_utf8(Path(path), where, ConfigError, expected="a JSON object"))
         except ValueError as exc:
             raise ConfigError(f"{where} is not JSON ({str(exc).splitlines()[0]}); expected an object of "
                               "PerQueryRunConfig fields") from None
@@ -459,6 +459,9 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
         raise ConfigError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
     if split not in ("val", "test"):
         raise ConfigError(f"split={split!r}; expected 'val' (choosing settings) or 'test' (reporting)")
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise ConfigError(f"--run-dir {str(run_dir)!r} is {path_kind(run_dir)}; expected a run folder (new or to "
+                          f"continue)")
     if stage == "report":
         path = Path(run_dir) / "results.csv"
         if not path.is_file():
