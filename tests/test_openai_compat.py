@@ -6,7 +6,9 @@ continuation is known here without a model. It speaks the prompt-log-prob styles
 ``text_offset``, and vLLM's ``prompt_logprobs``) and, when asked to (``next_token=True``), the next
 token's top log-probs (OpenAI's layout or llama-server's), with labels ranked on demand outside the
 top ``N`` asked; it can play a chat-only API or a llama.cpp build without echo, and injects faults
-(5xx, 429, a redirect, slow answers, bad JSON, a server that dies) one request at a time.
+(5xx, 429, a redirect, slow answers, bad JSON, a server that dies) one request at a time. Given a context
+window (``n_ctx``) it refuses longer prompts in one server's words, and can say its window (llama.cpp's
+``GET /props``, vLLM's ``GET /v1/models``) and count tokens (``POST /tokenize``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rl_select.errors import ModelError
+from rl_select.errors import MAX_MESSAGE, ModelError
+from rl_select.experiments.report import window_line
 from rl_select.lm.cache import ScoreCache
 from rl_select.lm.calibration import calibrate
 from rl_select.lm.openai import (
@@ -45,7 +48,8 @@ from rl_select.lm.openai import (
     vllm_continuation,
 )
 from rl_select.lm.openai.transport import retry_after_seconds
-from rl_select.lm.openai.wire import NoNextLogprobs, prefix_token
+from rl_select.lm.openai.wire import NoNextLogprobs, Overflow, context_overflow, prefix_token
+from rl_select.lm.window import ContextWindowWarning, failure_row
 from rl_select.prompts import (
     channel_contexts,
     channel_target,
@@ -142,6 +146,11 @@ class FakeServer:
     Attributes (next token): ``rank(prompt, token)`` places a token in the top ``N`` only when ``N >= rank``;
     ``stops(prompt)``: generate no token (end of text, no log-probs, as llama-cpp-python does);
     ``max_logprobs``: answer HTTP 400 to a larger ``logprobs`` (vLLM's ``--max-logprobs``).
+
+    Attributes (context window): ``n_ctx``: refuse a prompt whose tokens plus ``max_tokens`` exceed it, in the
+    words of ``overflow_format`` (a key of :data:`OVERFLOW_BODIES`), counting refusals in ``overflows``;
+    ``props``: answer ``GET /props`` with it (llama.cpp), ``models``: ``GET /v1/models`` (vLLM); ``tokenize``:
+    answer ``POST /tokenize`` in that server's shape (``"llama_server"`` or ``"vllm"``), recording ``tokenized``.
     """
 
     def __init__(self, style: str = "echo", *, bos: bool = False, delay: float = 0.0, port: int = 0,
@@ -153,6 +162,13 @@ class FakeServer:
         self.rank = lambda prompt, token: 1
         self.stops = lambda prompt: False
         self.max_logprobs: int | None = None
+        self.n_ctx: int | None = None
+        self.overflow_format = "llama_server"
+        self.overflows = 0
+        self.props = False
+        self.models = False
+        self.tokenize: str | None = None
+        self.tokenized: list[str] = []
         self.late_rank = 1  # "late" style: the rank of every next token (outside the top n when n < this)
         self.bos = bos
         self.delay = delay
@@ -274,6 +290,12 @@ class FakeServer:
             return 400, {"error": {"message": f"Requested sample logprobs of {top_n}, which is greater than max "
                                               f"allowed: {self.max_logprobs}", "type": "BadRequestError"}}
         next_token = self.next_token and not req.get("echo") and isinstance(top_n, int)
+        if self.n_ctx is not None:
+            n = max(len(tokenize(p)) for p in prompts)
+            if n + int(req.get("max_tokens", 16)) > self.n_ctx:
+                with self.lock:
+                    self.overflows += 1
+                return OVERFLOW_BODIES[self.overflow_format](n, self.n_ctx)
         choices = []
         for i, p in enumerate(prompts):
             if next_token:
@@ -293,6 +315,47 @@ class FakeServer:
         return 200, {"id": "cmpl-1", "object": "text_completion", "model": MODEL, "choices": choices, "usage": usage}
 
 
+    def answer_get(self, path: str) -> tuple[int, Any]:
+        if path == "/props" and self.props:
+            return 200, {"default_generation_settings": {"n_ctx": self.n_ctx, "params": {}}, "total_slots": 1}
+        if path == "/v1/models" and self.models:
+            return 200, {"object": "list", "data": [{"id": MODEL, "object": "model", "max_model_len": self.n_ctx}]}
+        return 404, {"error": {"message": "not found"}}
+
+    def answer_tokenize(self, req: dict[str, Any]) -> tuple[int, Any]:
+        key = {"llama_server": "content", "vllm": "prompt"}.get(self.tokenize or "")
+        if key is None or not isinstance(req.get(key), str):
+            return (404 if key is None else 400), {"error": {"message": "bad tokenize request"}}
+        with self.lock:
+            self.tokenized.append(req[key])
+        tokens = list(range(len(tokenize(req[key]))))
+        return 200, {"tokens": tokens} if self.tokenize == "llama_server" else \
+            {"tokens": tokens, "count": len(tokens), "max_model_len": self.n_ctx}
+
+
+#: A refused prompt of ``n`` tokens over a window of ``n_ctx``, in each server's words (status, body).
+OVERFLOW_BODIES = {
+    "llama_server": lambda n, n_ctx: (400, {"error": {
+        "code": 400, "message": f"request ({n} tokens) exceeds the available context size ({n_ctx} tokens), try "
+        f"increasing it", "type": "exceed_context_size_error", "n_prompt_tokens": n, "n_ctx": n_ctx}}),
+    "vllm": lambda n, n_ctx: (400, {
+        "object": "error", "message": f"This model's maximum context length is {n_ctx} tokens. However, you "
+        f"requested {n + 1} tokens ({n} in the messages, 1 in the completion). Please reduce the length of the "
+        f"messages or completion.", "type": "BadRequestError", "param": None, "code": 400}),
+    "vllm_decoder": lambda n, n_ctx: (400, {
+        "object": "error", "message": f"The decoder prompt (length {n}) is longer than the maximum model length of "
+        f"{n_ctx}. Make sure that `max_model_len` is no smaller than the number of text tokens.",
+        "type": "BadRequestError", "param": None, "code": 400}),
+    "openai": lambda n, n_ctx: (400, {"error": {
+        "message": f"This model's maximum context length is {n_ctx} tokens, however you requested {n + 1} tokens "
+        f"({n} in your prompt; 1 for the completion). Please reduce your prompt; or completion length.",
+        "type": "invalid_request_error", "param": None, "code": "context_length_exceeded"}}),
+    "llama_cpp_python": lambda n, n_ctx: (500, {"detail": f"Requested tokens ({n}) exceed context window of "
+                                                          f"{n_ctx}"}),
+    "unnumbered": lambda n, n_ctx: (400, {"error": {"message": "prompt too long", "code": "context_length_exceeded"}}),
+}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -308,9 +371,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_GET(self) -> None:
+        fake: FakeServer = self.server.fake  # type: ignore[attr-defined]
+        status, body = fake.answer_get(self.path)
+        self._send(status, json.dumps(body).encode())
+
     def do_POST(self) -> None:
         fake: FakeServer = self.server.fake  # type: ignore[attr-defined]
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/tokenize":
+            status, body = fake.answer_tokenize(json.loads(raw))
+            self._send(status, json.dumps(body).encode())
+            return
         if self.path != "/v1/completions":
             self._send(404, b'{"error": {"message": "not found"}}')
             return
@@ -394,6 +466,15 @@ def scorer_for(server: FakeServer, **kwargs: Any) -> OpenAICompletionsScorer:
     return OpenAICompletionsScorer(SPEC, **opts)
 
 
+def assert_short(*messages: Any) -> None:
+    """Each message (an exception, a warning or a string) is one line under MAX_MESSAGE characters, not counting
+    the user's own values it names (the server's URL and the model name), as every rl-select message is."""
+    for message in messages:
+        text = str(getattr(message, "message", message))
+        own = re.sub(r"http://127\.0\.0\.1:\d+", "", text).replace(repr(MODEL), "")
+        assert len(own) < MAX_MESSAGE and "\n" not in text, (len(own), text)
+
+
 # --- scores ---------------------------------------------------------------------------------------
 
 
@@ -442,8 +523,9 @@ def test_prompts_go_as_lists_in_few_requests(serve) -> None:
 def test_a_server_that_refuses_lists_gets_one_prompt_per_request(serve) -> None:
     server = serve("echo", single=True)
     scorer = scorer_for(server, batch_size=4)
-    with pytest.warns(RuntimeWarning, match="refused a list of 4 prompts"):
+    with pytest.warns(RuntimeWarning, match=r"refused a list of 4 prompts \(HTTP 500 to a list of 4 prompts\)") as seen:
         lp = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    assert_short(*seen)
     np.testing.assert_allclose(lp, truth(DEMOS, QUERIES), atol=1e-9)
     assert scorer.batch_size == 1 and scorer.style == "echo"
     # the next-token probe ("auto"; this server scores prompts only), then one prompt per request
@@ -458,8 +540,9 @@ def test_a_server_that_refuses_lists_gets_one_prompt_per_request(serve) -> None:
 def test_a_one_token_late_echo_is_detected_and_read_right(serve, style: str) -> None:
     server = serve("late")
     scorer = scorer_for(server, logprob_style=style)
-    with pytest.warns(RuntimeWarning, match="one token late"):
+    with pytest.warns(RuntimeWarning, match="one token late") as seen:
         got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    assert_short(*seen)
     np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-9)
     assert scorer.style == "echo_shifted"
     assert any(b["prompt"] == [SHIFT_PROBE] for b in server.bodies)  # confirmed by the probe
@@ -480,8 +563,9 @@ def test_a_late_echo_token_outside_the_top_50_is_asked_again_with_more(serve) ->
     asked = [b["logprobs"] for b in server.bodies]
     assert asked[0] == SHIFTED_TOP_LOGPROBS and asked[1:] == [SHIFTED_TOP_LOGPROBS_RETRY] * 4  # each prompt again
     server.late_rank = 5000
-    with pytest.raises(ModelError, match="not among the"):
+    with pytest.raises(ModelError, match="not among the") as info:
         scorer_for(server, logprob_style="echo_shifted").logprobs(demos=DEMOS, queries=QUERIES[2:3])
+    assert_short(info.value)
 
 
 def test_a_late_echo_without_the_token_in_its_top_logprobs_is_a_clear_error(serve) -> None:
@@ -493,7 +577,7 @@ def test_a_late_echo_without_the_token_in_its_top_logprobs_is_a_clear_error(serv
         **original(i, p, n)["logprobs"], "top_logprobs": [None] + [{"zzz": -0.1}] * (len(tokenize(p)) - 1)}}
     with pytest.raises(ModelError, match=r"not among the 1 top log-probs.*shifted_top_logprobs") as info:
         scorer.logprobs(demos=DEMOS, queries=QUERIES[:1])
-    assert "\n" not in str(info.value)
+    assert_short(info.value)
 
 
 def test_max_concurrency_is_respected(serve) -> None:
@@ -586,8 +670,9 @@ def test_next_token_label_still_missing_is_scored_with_echo_never_zero(serve) ->
     server.stops = lambda prompt: prompt.endswith(mute.text + "\nSentiment:")
     scorer = scorer_for(server, batch_size=1, max_concurrency=1)
     with pytest.warns(RuntimeWarning, match=r"' negative' not among the top 1000 next tokens; scoring its missing "
-                                            r"labels with echo"):
+                                            r"labels with echo") as seen:
         got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    assert_short(*seen)
     np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-12)
     assert scorer.style == "next_token" and scorer.echo_fallbacks == 2
     ctx = contexts_of(DEMOS, QUERIES)
@@ -600,16 +685,19 @@ def test_next_token_label_still_missing_is_scored_with_echo_never_zero(serve) ->
         strict.logprobs(demos=DEMOS, queries=QUERIES[:1])  # settled on a query that works
         with pytest.raises(ModelError, match=said) as info:
             strict.logprobs(demos=DEMOS, queries=queries)
-        assert "\n" not in str(info.value) and "logprob_style='auto'" in str(info.value)
+        assert "logprob_style='auto'" in str(info.value)
+        assert_short(info.value)
 
 
 def test_multi_token_labels_keep_the_echo_path(serve) -> None:
     spec = dataclasses.replace(SPEC, name="sst2-very", verbalizers={"positive": "very good", "negative": "very bad"})
     server = serve("echo", next_token=True)
     scorer = OpenAICompletionsScorer(spec, base_url=server.url, model=MODEL, backoff=0.01)
-    with pytest.warns(RuntimeWarning, match=r"' very' is a proper prefix of ' very good'.*several tokens on this "
-                                            r"server's tokenizer\); scoring this task with echo"):
+    with pytest.warns(RuntimeWarning, match=r"label ' very (good|bad)' \(\+1 more\) not among the top 1000 next tokens "
+                                            r"\(' very' is a proper prefix: several tokens here\); "
+                                            r"scoring this task with echo") as seen:
         got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
+    assert_short(*seen)
     np.testing.assert_allclose(got, truth(DEMOS, QUERIES, spec=spec), atol=1e-12)
     assert scorer.style == "echo"
     assert [b.get("logprobs") for b in server.bodies[:2]] == [NEXT_TOKEN_TOP_LOGPROBS, NEXT_TOKEN_TOP_LOGPROBS_RETRY]
@@ -620,7 +708,7 @@ def test_multi_token_labels_keep_the_echo_path(serve) -> None:
     with pytest.raises(ModelError, match=r"several tokens.*use logprob_style='auto' or 'echo'") as info:
         OpenAICompletionsScorer(spec, base_url=server.url, model=MODEL, logprob_style="next_token").logprobs(
             demos=DEMOS, queries=QUERIES[:1])
-    assert "\n" not in str(info.value)
+    assert_short(info.value)
 
 
 def test_a_server_that_caps_logprobs_keeps_echo_for_labels_beyond_its_cap(serve) -> None:
@@ -631,6 +719,7 @@ def test_a_server_that_caps_logprobs_keeps_echo_for_labels_beyond_its_cap(serve)
     with pytest.warns(RuntimeWarning) as seen:
         got = scorer.logprobs(demos=DEMOS, queries=QUERIES)
     said = [str(w.message) for w in seen]
+    assert_short(*said)
     assert any("refused logprobs=1000 (HTTP 400: Requested sample logprobs of 1000" in m for m in said)
     assert any("' negative' not among the top 20 next tokens; scoring this task with echo" in m for m in said)
     np.testing.assert_allclose(got, truth(DEMOS, QUERIES), atol=1e-12)
@@ -676,9 +765,10 @@ def test_no_logprobs_and_server_down_are_two_different_lines(serve) -> None:
                 demos=DEMOS, queries=QUERIES[:1])
         downs.append(str(info.value))
     messages = [str(strict.value), str(auto.value), str(rejected.value), *downs]
-    assert all("\n" not in m and MODEL in m for m in messages)
+    assert all(MODEL in m for m in messages)
+    assert_short(*messages)
     assert NO_NEXT_TOKEN_LOGPROBS in messages[0]
-    assert NO_PROMPT_LOGPROBS in messages[1] and "next_token: no top_logprobs in the answer" in messages[1]
+    assert NO_PROMPT_LOGPROBS in messages[1] and "next_token: no top_logprobs" in messages[1]
     assert NO_NEXT_TOKEN_LOGPROBS in messages[2] and "HTTP 400: Requested sample logprobs of 20" in messages[2]
     for m in downs:
         assert f"connection refused; is the server running at {url}?" in m
@@ -780,7 +870,8 @@ def test_a_redirect_is_refused_and_the_key_stays_home(serve) -> None:
     with pytest.raises(ModelError, match=r"HTTP 307 .*redirects are not followed") as info:
         scorer_for(server, api_key=SECRET, logprob_style="echo").logprobs(demos=DEMOS, queries=QUERIES[:1])
     assert server.requests == 1 and elsewhere.requests == 0 and not elsewhere.auth
-    assert "\n" not in str(info.value) and "SECRET" not in str(info.value)
+    assert "SECRET" not in str(info.value)
+    assert_short(info.value)
 
 
 def test_slow_server_is_retried_then_a_clear_error(serve) -> None:
@@ -793,7 +884,8 @@ def test_slow_server_is_retried_then_a_clear_error(serve) -> None:
     with pytest.raises(ModelError) as info:
         scorer.logprobs(demos=DEMOS, queries=QUERIES[1:2])
     msg = str(info.value)
-    assert "3 tries" in msg and "0.3s" in msg and server.url in msg and MODEL in msg and "\n" not in msg
+    assert "3 tries" in msg and "0.3s" in msg and server.url in msg and MODEL in msg
+    assert_short(msg)
 
 
 def test_malformed_json_is_named(serve) -> None:
@@ -801,7 +893,8 @@ def test_malformed_json_is_named(serve) -> None:
     server.faults = ["malformed"]
     with pytest.raises(ModelError, match="malformed JSON") as info:
         scorer_for(server).logprobs(demos=DEMOS, queries=QUERIES[:1])
-    assert "/v1/completions" in str(info.value) and "\n" not in str(info.value)
+    assert "/v1/completions" in str(info.value)
+    assert_short(info.value)
 
 
 @pytest.mark.parametrize("style", ["chat", "generated_only", "reject_echo"])
@@ -810,6 +903,7 @@ def test_no_prompt_logprobs_is_refused(serve, style: str) -> None:
     with pytest.raises(ModelError) as info:
         scorer_for(server).logprobs(demos=DEMOS, queries=QUERIES[:2])
     assert NO_PROMPT_LOGPROBS in str(info.value)
+    assert_short(info.value)
     if style == "reject_echo":
         assert "Only no echo is supported" in str(info.value)
     with pytest.raises(ModelError, match="no prompt log-probs"):
@@ -818,8 +912,14 @@ def test_no_prompt_logprobs_is_refused(serve, style: str) -> None:
 
 def test_wrong_model_names_the_server_message(serve) -> None:
     server = serve("echo")
-    with pytest.raises(ModelError, match=r"HTTP 404.*does not exist"):
+    with pytest.raises(ModelError, match=r"HTTP 404.*does not exist.*expected /v1/completions") as info:
         scorer_for(server, model="nope").logprobs(demos=DEMOS, queries=QUERIES[:1])
+    assert_short(info.value)
+    long_words = {"error": {"message": "the server explains at length " * 20}}
+    server.respond = lambda req: (400, long_words)  # type: ignore[method-assign]
+    with pytest.raises(ModelError, match="the server explains at length") as info:
+        scorer_for(server, logprob_style="echo").logprobs(demos=DEMOS, queries=QUERIES[:1])
+    assert_short(info.value)
 
 
 def test_no_server_says_so(serve) -> None:
@@ -861,6 +961,130 @@ def test_server_dies_mid_run_keeps_what_was_scored(serve, tmp_path: Path) -> Non
         cache.close()
 
 
+# --- the context window ---------------------------------------------------------------------------
+
+LONG = Example(text=" ".join(["long"] * 40), label="positive", uid="long-1")
+HUGE = Example(text=" ".join(["huge"] * 200), label="negative", uid="huge-1")
+
+
+def row_tokens(demos: list[Example], query: Example) -> int:
+    """A direct-mode row's tokens on the fake: its longest label's prompt and the one generated token."""
+    context = render_prefix(SPEC, demos) + render_query(SPEC, query)
+    return max(len(tokenize(context + c)) for c in label_continuations(SPEC)) + 1
+
+
+def windowed(serve, **kwargs: Any) -> FakeServer:
+    """A fake whose window holds QUERIES and LONG after one demonstration, not LONG after two nor HUGE alone."""
+    server = serve("echo", **kwargs)
+    server.n_ctx = row_tokens(DEMOS[1:], LONG)
+    assert row_tokens(DEMOS, LONG) > server.n_ctx >= max(row_tokens(DEMOS, q) for q in QUERIES)
+    assert row_tokens([], HUGE) > server.n_ctx
+    return server
+
+
+def expected_window_rows(queries: list[Example]) -> np.ndarray:
+    """The window rule's answer: LONG without its leftmost demonstration, HUGE a failure, the rest as they are."""
+    rows = []
+    for q in queries:
+        if q is HUGE:
+            rows.append(failure_row(SPEC, q))
+        else:
+            rows.append(truth(DEMOS[1:] if q is LONG else DEMOS, [q])[0])
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("dialect", sorted(OVERFLOW_BODIES))
+def test_a_row_over_the_window_drops_demos_then_fails_in_every_servers_words(serve, dialect: str) -> None:
+    server = windowed(serve)
+    server.overflow_format = dialect
+    queries = [QUERIES[0], LONG, QUERIES[1], HUGE]
+    scorer = scorer_for(server, batch_size=4)
+    with pytest.warns(ContextWindowWarning) as caught:
+        got = scorer.logprobs(demos=DEMOS, queries=queries)
+    np.testing.assert_allclose(got, expected_window_rows(queries), atol=1e-9)
+    assert scorer.stats.rows_dropped_demos == 1 and scorer.stats.rows_failed == 1
+    notes = [str(w.message) for w in caught]
+    assert len(notes) == 2 and all(len(n) < 200 and "\n" not in n for n in notes), notes
+    window = "the server's context window" if dialect == "unnumbered" else f"the server's {server.n_ctx}-token"
+    assert notes[0].startswith("row 'long-1': dropped 1 of 2 demonstrations (leftmost first)") and window in notes[0]
+    assert notes[1].startswith("row 'huge-1': the query alone") and notes[1].endswith("scored as a failure")
+    if dialect != "unnumbered":
+        assert f"is {row_tokens([], HUGE):,} tokens" in notes[1]  # the server's count and the generated token
+    assert server.overflows >= 3  # LONG after two demonstrations, HUGE after two, one, none
+    assert window_line(scorer.stats).startswith("context window: 1 LM rows scored as failures")
+
+
+def test_rows_that_fit_are_sent_as_before(serve) -> None:
+    plain = serve("echo")
+    roomy = serve("echo")
+    roomy.n_ctx, roomy.props, roomy.tokenize = 10_000, True, "llama_server"
+    for server in (plain, roomy):
+        got = scorer_for(server, batch_size=4).logprobs(demos=DEMOS, queries=QUERIES)
+        np.testing.assert_allclose(got, truth(DEMOS, QUERIES), rtol=0, atol=0)
+    def sent(server: FakeServer) -> list[str]:
+        return sorted(json.dumps(b, sort_keys=True) for b in server.bodies)  # concurrent: any order
+
+    assert sent(roomy) == sent(plain) and roomy.overflows == 0
+    assert roomy.tokenized == []  # every row is within the window by its byte count: nothing to measure
+
+
+@pytest.mark.parametrize(("says", "shape"), [("props", "llama_server"), ("models", "vllm")])
+def test_a_server_that_says_its_window_has_long_rows_fitted_before_they_are_sent(serve, says: str,
+                                                                                  shape: str) -> None:
+    server = windowed(serve)
+    setattr(server, says, True)
+    server.tokenize = shape
+    queries = [QUERIES[0], LONG, HUGE]
+    scorer = scorer_for(server)
+    with pytest.warns(ContextWindowWarning, match=f"the {server.n_ctx:,}-token context window"):
+        got = scorer.logprobs(demos=DEMOS, queries=queries)
+    np.testing.assert_allclose(got, expected_window_rows(queries), atol=1e-9)
+    assert scorer.stats.rows_dropped_demos == 1 and scorer.stats.rows_failed == 1
+    assert server.overflows == 0  # nothing sent that the server would refuse
+    assert server.tokenized and all("long" in t or "huge" in t or t == "a" for t in server.tokenized)
+    assert not any(HUGE.text in p for p in server.prompts_seen)
+
+
+def test_next_token_rows_over_the_window_follow_the_same_rule(serve) -> None:
+    server = windowed(serve, next_token=True)
+    queries = [LONG, QUERIES[0], HUGE, QUERIES[1]]  # the style is settled on the first row that fits
+    scorer = scorer_for(server, batch_size=4)
+    with pytest.warns(ContextWindowWarning):
+        got = scorer.logprobs(demos=DEMOS, queries=queries)
+    np.testing.assert_allclose(got, expected_window_rows(queries), atol=1e-9)
+    assert scorer.style == "next_token" and not any(b.get("echo") for b in server.bodies)
+    assert scorer.stats.rows_dropped_demos == 1 and scorer.stats.rows_failed == 1
+
+
+def test_a_cut_row_is_cached_with_its_count_and_a_failed_row_is_not(serve, tmp_path: Path) -> None:
+    server = windowed(serve)
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    try:
+        with pytest.warns(ContextWindowWarning):
+            first = scorer_for(server, cache=cache).logprobs(demos=DEMOS, queries=[LONG, HUGE])
+        n = server.requests
+        again = scorer_for(server, cache=cache)
+        with pytest.warns(ContextWindowWarning, match="huge-1"):
+            second = again.logprobs(demos=DEMOS, queries=[LONG, HUGE])
+        np.testing.assert_array_equal(first, second)
+        assert again.stats.cache_hits == 1 and again.stats.rows_dropped_demos == 1 and again.stats.rows_failed == 1
+        assert server.requests > n and all(HUGE.text in p for b in server.bodies[n:] for p in b["prompt"])
+    finally:
+        cache.close()
+
+
+def test_other_refusals_are_not_taken_for_the_window() -> None:
+    for body in ({"error": {"message": "Requested sample logprobs of 1000, which is greater than max allowed: 20"}},
+                 {"error": {"message": "Only no echo is supported"}}, "Bad Request", None):
+        assert context_overflow(body) is None
+    newer_vllm = {"error": {"message": "'max_tokens' or 'max_completion_tokens' is too large: 1. This model's maximum "
+                                       "context length is 2048 tokens and your request has 2048 input tokens "
+                                       "(1 > 2048 - 2048)."}}
+    assert context_overflow(newer_vllm) == Overflow(prompt_tokens=2048, window=2048)
+    sglang = {"error": {"message": "The input (3000 tokens) is longer than the model's context length (2048 tokens)."}}
+    assert context_overflow(sglang) == Overflow(prompt_tokens=3000, window=2048)
+
+
 # --- the API key ----------------------------------------------------------------------------------
 
 
@@ -887,6 +1111,7 @@ def test_api_key_is_sent_but_never_shown(serve, tmp_path: Path, monkeypatch: pyt
         messages.append(str(info.value))
         assert "HTTP 401" in messages[0] and "***" in messages[0]
         assert all("SECRET" not in m for m in messages)
+        assert_short(*messages)
     finally:
         cache.close()
     for path in tmp_path.iterdir():

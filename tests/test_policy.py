@@ -155,6 +155,8 @@ def test_refuses_truncated_file(tmp_path, task):
 def test_refuses_non_safetensors_file(tmp_path):
     path = tmp_path / "p.safetensors"
     path.write_bytes(b"\x80\x04\x95 this is a pickle, honest" * 4)
+    _refused(path, "is a pickle file (a PyTorch checkpoint?), not a .safetensors file")
+    path.write_bytes(b"\x00\x01 garbage" * 4)
     _refused(path, "not a readable safetensors file")
 
 

@@ -258,11 +258,16 @@ def report_cmd(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table instead.")] = False,
 ) -> None:
     """Print the summary table of a finished run from its folder (no model needed)."""
-    from rl_select.errors import DataError
+    from rl_select.errors import DataError, not_a_run_folder
     from rl_select.experiments.report import summary_markdown, summary_table
     from rl_select.experiments.rundir import read_status
 
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DataError(not_a_run_folder(run_dir, "results.json", "a folder written by baselines or evaluate"))
     path = run_dir / "results.json"
+    if not path.is_file() and (run_dir / "ablate.toml").is_file():
+        raise DataError(f"{str(run_dir)!r} is an ablate run folder; expected one written by baselines or evaluate "
+                        f"(for this one: rl-select results DIR)")
     status = read_status(run_dir)
     if not path.is_file() and status is not None and status.get("state") != "done":
         why = str(status.get("error") or "no reason recorded (killed?)")

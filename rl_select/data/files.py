@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rl_select.errors import DataError, not_utf8, utf8_position
+from rl_select.errors import DataError, not_text
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
@@ -78,7 +78,7 @@ def read_jsonl_objects(path: Path) -> Iterator[tuple[int, str, Mapping[str, Any]
                     raise DataError(f"{where} holds a JSON {type(obj).__name__}; expected an object")
                 yield lineno, where, obj
     except UnicodeDecodeError:
-        raise DataError(not_utf8(f"data file {str(path)!r}", utf8_position(path.read_bytes()))) from None
+        raise DataError(not_text(f"data file {str(path)!r}", path.read_bytes(), "JSON lines")) from None
     except OSError as exc:
         raise DataError(f"cannot read data file {str(path)!r}: {exc.strerror or exc}") from None
 
@@ -96,7 +96,7 @@ def read_table_file(path: Path, what: str = "data file") -> Any:
     except pd.errors.EmptyDataError:
         raise DataError(f"{what} {str(path)!r} is empty; expected a header and rows") from None
     except UnicodeDecodeError:
-        raise DataError(not_utf8(f"{what} {str(path)!r}", utf8_position(path.read_bytes()))) from None
+        raise DataError(not_text(f"{what} {str(path)!r}", path.read_bytes(), "CSV text")) from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot read {what} {str(path)!r}: {msg}") from None

@@ -431,9 +431,10 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
         p = Path(path)
         where = f"config file {str(p)!r}"
         if not p.is_file():
-            raise ConfigError(f"{where} does not exist; expected a TOML file")
+            said = "is a folder" if p.is_dir() else "does not exist"
+            raise ConfigError(f"{where} {said}; expected a TOML file")
         try:
-            doc = tomllib.loads(read_utf8(p, where, ConfigError))
+            doc = tomllib.loads(read_utf8(p, where, ConfigError, expected="a TOML file"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{where} is not valid TOML: {exc}") from None
         doc = dict(doc.get("run", doc)) if isinstance(doc.get("run"), Mapping) else doc

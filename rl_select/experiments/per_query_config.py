@@ -91,7 +91,7 @@ class PerQueryRunConfig:
             return cls()
         where = f"per-query config {str(path)!r}"
         try:
-            fields = json.loads(read_utf8(Path(path), where, ConfigError))
+            fields = json.loads(read_utf8(Path(path), where, ConfigError, expected="a JSON object"))
         except ValueError as exc:
             raise ConfigError(f"{where} is not JSON ({str(exc).splitlines()[0]}); expected an object of "
                               "PerQueryRunConfig fields") from None

@@ -30,7 +30,7 @@ import numpy as np
 from agents.per_query import PerQueryStore, collect_per_query, to_episodes, train_per_query
 from rl_select.data import Splits, load_task, make_splits
 from rl_select.embeddings import MiniLMEmbedder
-from rl_select.errors import ConfigError, DataError
+from rl_select.errors import ConfigError, DataError, path_kind
 from rl_select.experiments.per_query_config import PerQueryRunConfig, check_rewards, check_task_name
 from rl_select.experiments.per_query_results import append_rows, done_rows, policy_label, summary_table
 from rl_select.lm.base import CachedScorer
@@ -332,6 +332,9 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
         raise ConfigError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
     if split not in ("val", "test"):
         raise ConfigError(f"split={split!r}; expected 'val' (choosing settings) or 'test' (reporting)")
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise ConfigError(f"--run-dir {str(run_dir)!r} is {path_kind(run_dir)}; expected a run folder (new or to "
+                          f"continue)")
     if stage == "report":
         path = Path(run_dir) / "results.csv"
         if not path.is_file():

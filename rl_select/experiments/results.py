@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rl_select.errors import ConfigError
+from rl_select.errors import ConfigError, not_a_run_folder
 from rl_select.experiments.ablate import Plan, load_plan, read_rows, summarise, summary_markdown
 from rl_select.experiments.rundir import read_status
 from rl_select.selectors import SELECTORS, selector_tags
@@ -203,6 +203,11 @@ def run_state(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> list[str]:
 def render(run_dir: Path, ablations: Sequence[Path] = ()) -> str:
     """The whole ``docs/results.md`` text."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(not_a_run_folder(run_dir, "results.csv", "an ablate run folder (ablate --run-dir DIR)"))
+    if not (run_dir / "ablate.toml").is_file() and (run_dir / "results.json").is_file():
+        raise ConfigError(f"{str(run_dir)!r} is a baselines or evaluate run folder; expected an ablate run folder "
+                          f"(for this one: rl-select report DIR)")
     status = read_status(run_dir)
     if not (run_dir / "results.csv").is_file() and status is not None and status.get("state") != "done":
         why = str(status.get("error") or "no reason recorded (killed?)")

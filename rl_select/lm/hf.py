@@ -106,15 +106,14 @@ def load_causal_lm(model_id: str, *, dtype: str = "auto", device: str = "auto"):
         if local_only and not _in_hub_cache(model_id):
             why = f"{offline} is set" if offline else unreachable
             raise ModelError(
-                f"cannot load model {model_id!r}: no local folder of that name, {why}, and it is not in the "
-                f"local Hugging Face cache; expected a local folder, {BUNDLED_ID!r}, or network access to the hub"
-                + (f" (unset {offline.split('=')[0]})" if offline else "")
+                f"cannot load model {model_id!r}: not a local folder nor cached, and {why}; expected a local folder, "
+                f"{BUNDLED_ID!r} or hub access" + (f" (unset {offline.split('=')[0]})" if offline else "")
             ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "" if os.path.isdir(model_id) else " (no local folder of that name, and the hub is unreachable?)"
+        hint = "" if os.path.isdir(model_id) else " (no such local folder; is the hub reachable?)"
         raise ModelError(
-            f"cannot load model {model_id!r}{hint}: {first[:200]}; expected a local folder, a reachable "
-            f"Hugging Face id, or {BUNDLED_ID!r}"
+            f"cannot load model {model_id!r}{hint}: {first if len(first) <= 70 else first[:67] + '...'}; expected a "
+            f"local folder, a hub id or {BUNDLED_ID!r}"
         ) from None
     model.to(dev).eval()
     return model, tokenizer

@@ -43,7 +43,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from rl_select.errors import ArtifactError, PolicyError
+from rl_select.errors import ArtifactError, PolicyError, path_kind
 from rl_select.mdp.qnet import CandidateQNet
 from rl_select.types import document_sha256, is_int
 
@@ -154,12 +154,16 @@ def read_artifact(
     where = f"{what} {str(path)!r}"
     path = Path(path)
     if not path.is_file():
-        raise error(f"{where} not found; expected a .safetensors file written by rl_select")
+        said = "is a folder" if path.is_dir() else "not found"
+        raise error(f"{where} {said}; expected a .safetensors file written by rl_select")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as exc:  # SafetensorError (truncated, garbage header), OSError
+        kind = path_kind(path)
+        if kind not in ("binary content", "a text file") and "safetensors" not in kind:
+            raise error(f"{where} is {kind}, not a .safetensors file; expected one written by rl_select") from None
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise error(f"{where} is not a readable safetensors file ({first}); expected a complete file written by "
                     "rl_select") from None

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rl_select.errors import ConfigError, TaskError, not_utf8, utf8_position
+from rl_select.errors import ConfigError, TaskError, binary_kind, not_utf8, utf8_position
 from rl_select.lm.spec import ScorerSpec
 from rl_select.prompt_file.fileformat import (
     _REQUIRED,
@@ -360,12 +360,19 @@ class PromptFile:
         """
         path = Path(path)
         where = f"prompt file {str(path)!r}"
+        expected = "a .json file written by rl-select select"
+        if path.is_dir():
+            raise PromptFileError(f"{where} is a folder; expected {expected}")
         if not path.is_file():
-            raise PromptFileError(f"{where} not found; expected a .json file written by rl-select select")
+            raise PromptFileError(f"{where} not found; expected {expected}")
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError:
-            raise PromptFileError(not_utf8(where, utf8_position(path.read_bytes()))) from None
+            raw = path.read_bytes()
+            kind = binary_kind(raw)
+            if kind is not None:
+                raise PromptFileError(f"{where} is {kind}, not a prompt file; expected {expected}") from None
+            raise PromptFileError(not_utf8(where, utf8_position(raw))) from None
         except json.JSONDecodeError as exc:
             raise PromptFileError(f"{where} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
                                   "expected a prompt file written by rl-select select") from None

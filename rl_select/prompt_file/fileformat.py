@@ -10,11 +10,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rl_select.errors import ArtifactError
+from rl_select.errors import PROMPT_FORMAT, ArtifactError
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example, is_int
 
-FORMAT_NAME = "rl_select.prompt"
+FORMAT_NAME = PROMPT_FORMAT
 """The ``format`` field of a prompt file."""
 
 FORMAT_VERSION = 2

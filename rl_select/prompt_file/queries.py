@@ -107,7 +107,8 @@ def read_query_file(task: TaskSpec, path: str | Path) -> list[tuple[str, Example
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"query file {str(path)!r} not found; expected a .jsonl or .csv file")
+        said = "is a folder" if path.is_dir() else "not found"
+        raise DataError(f"query file {str(path)!r} {said}; expected a .jsonl or .csv file")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         out = [(where, query_example(task, obj, where=where)) for _, where, obj in read_jsonl_objects(path)]

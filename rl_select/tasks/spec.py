@@ -197,7 +197,7 @@ def load_task_spec(path: str | Path) -> TaskSpec:
     if suffix not in (".json", ".toml"):
         raise TaskError(f"task spec file {str(path)!r} has suffix {suffix!r}; expected .json or .toml")
     where = f"task spec file {str(path)!r}"
-    text = read_utf8(path, where, TaskError)
+    text = read_utf8(path, where, TaskError, expected="a .json or .toml task spec")
     try:
         raw = json.loads(text) if suffix == ".json" else _parse_toml(text)
     except ValueError as exc:

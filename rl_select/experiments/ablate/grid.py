@@ -146,8 +146,9 @@ def load_plan(path: str | Path) -> Plan:
     p = Path(path)
     where = f"ablate config {str(p)!r}"
     if not p.is_file():
-        raise ConfigError(f"{where} does not exist; expected a TOML file with [base] and [grid]")
-    source = read_utf8(p, where, ConfigError)
+        said = "is a folder" if p.is_dir() else "does not exist"
+        raise ConfigError(f"{where} {said}; expected a TOML file with [base] and [grid]")
+    source = read_utf8(p, where, ConfigError, expected="a TOML file with [base] and [grid]")
     try:
         doc = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:

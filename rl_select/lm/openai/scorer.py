@@ -1,6 +1,9 @@
 """The OpenAI-compatible scorer: label log-probs from a ``/v1/completions`` endpoint.
 
-:class:`OpenAICompletionsScorer` reads label log-probs in one of two ways (wire formats:
+:class:`OpenAICompletionsScorer` holds the settings and turns one prompt into requests; each other job is a
+part of its own module (:mod:`~rl_select.lm.openai.next_token`, :mod:`~rl_select.lm.openai.echo`,
+:mod:`~rl_select.lm.openai.batching`, and :mod:`~rl_select.lm.openai.server_window` for rows over the
+server's context window). It reads label log-probs in one of two ways (wire formats:
 :mod:`rl_select.lm.openai.wire`; HTTP and retries: :mod:`rl_select.lm.openai.transport`):
 
 * **next token** (``logprob_style="next_token"``): one request per QUERY with the context alone
@@ -49,20 +52,20 @@ log-probs, max |diff| 0.0; ``tests/test_llama_server.py``), so the
 
 Requests carry up to ``batch_size`` prompts (a JSON list) and run on up to ``max_concurrency`` threads.
 A server that refuses lists (llama-cpp-python's answers HTTP 500) is detected on the first request and
-then sent one prompt per request. Query rows are written to the score cache as soon as all their
-labels are in, so a run that fails half way keeps what it got, and the rerun asks the server only for
-the rest.
+then sent one prompt per request. A row longer than the server's context window follows the rule of
+:mod:`rl_select.lm.window` (demonstrations dropped leftmost first; the query alone too long: a failed row);
+:mod:`~rl_select.lm.openai.server_window` says how the scorer learns the window and the rows' lengths.
+
+Query rows are written to the score cache as soon as all their labels are in, so a run that fails half
+way keeps what it got, and the rerun asks the server only for the rest.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import warnings
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -70,43 +73,23 @@ from rl_select.errors import ModelError
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import ScoreCache, prefix_digest, query_key
 from rl_select.lm.openai import wire
-from rl_select.lm.openai.transport import Rejected, StatusError, Transport
-from rl_select.prompts import Mode, label_continuations, scoring_texts
+from rl_select.lm.openai.batching import Prompt, Scored, ScoreFn
+from rl_select.lm.openai.server_window import ServerWindow
+from rl_select.lm.openai.transport import Transport
+from rl_select.prompts import Mode, scoring_texts
 from rl_select.tasks import TaskSpec
 from rl_select.types import Example
 
 LogprobStyle = Literal["auto", "next_token", "echo", "echo_shifted", "vllm"]
 LOGPROB_STYLES: tuple[str, ...] = ("auto", "next_token", "echo", "echo_shifted", "vllm")
-#: ``(summed log-prob of a continuation, its token count)``.
-Score = tuple[float, int]
-#: What one prompt yields: ``(label column, score)`` pairs (one pair for an echo prompt, one per label
-#: for a next-token prompt).
-Scored = list[tuple[int, Score]]
 
 #: Environment variable read for the base URL when none is passed.
 BASE_URL_ENV = "RL_SELECT_BASE_URL"
 #: Environment variable read for the model name when none is passed.
 MODEL_ENV = "RL_SELECT_MODEL"
-#: HTTP statuses with which servers without list support answer a list of prompts.
-LIST_REFUSAL_STATUSES = (500, 501)
 
 
-class ListRefused(ModelError):
-    """A first request with a list of prompts failed the way servers without list support fail."""
-
-
-@dataclass(frozen=True)
-class _Prompt:
-    """One echo prompt (``text = context + continuation``, label column ``col``) or one next-token
-    prompt (``text`` = the context, ``col = -1``: every label)."""
-
-    row: int
-    col: int
-    text: str
-    n_context: int
-
-
-class OpenAICompletionsScorer(CachedScorer):
+class OpenAICompletionsScorer(ServerWindow, CachedScorer):
     """Label log-probs from an OpenAI-compatible ``/v1/completions`` server (vLLM, llama.cpp, OpenAI).
 
     See the module docstrings for the wire formats, the token rule and the retry policy.
@@ -202,6 +185,10 @@ class OpenAICompletionsScorer(CachedScorer):
         self._warned_fallback = False
         self._lists_ok: bool | None = None  # does the server take a list of prompts? (None: not asked yet)
         self._lock = threading.Lock()
+        self._window: int | None = None  # the server's context window in tokens (None: not known)
+        self._window_asked = False  # GET /props, /v1/models sent?
+        self._tokenize: str | None = None  # the /tokenize body the server takes ("" none; None: not asked yet)
+        self._token_counts: dict[str, int] = {}
 
     @property
     def fingerprint(self) -> str:
@@ -255,10 +242,23 @@ class OpenAICompletionsScorer(CachedScorer):
     # -- scoring ------------------------------------------------------------------------------------
 
     def _compute(self, demos: Sequence[Example], queries: Sequence[Example]) -> np.ndarray:
-        """Label log-probs of ``queries`` after ``demos``. Shape ``(len(queries), n_labels)``.
+        """Label log-probs of ``queries`` after ``demos``, ``(len(queries), n_labels)``; NaN in a row whose
+        prompt the server refused as longer than its context window (:meth:`_score_rows`)."""
+        result, over = self._score_rows(demos, queries)
+        result[list(over)] = np.nan
+        return result
+
+    def _score_rows(self, demos: Sequence[Example], queries: Sequence[Example]
+                    ) -> tuple[np.ndarray, dict[int, wire.Overflow]]:
+        """Label log-probs of ``queries`` after ``demos``, and the rows the server refused as over its window.
 
         Rows are stored in the score cache (when there is one) as soon as all their labels are in, so a
         failure half way keeps them; the base class then stores the whole result again on success.
+
+        Returns:
+            ``(result, over)``: ``result`` of shape ``(len(queries), n_labels)``; ``over`` maps each row one of
+            whose prompts did not fit the server's context window to what the server said (its labels in
+            ``result`` are then meaningless).
         """
         n_labels = len(self.spec.labels)
         texts = scoring_texts(self.spec, demos, queries, mode=self.mode)
@@ -268,14 +268,19 @@ class OpenAICompletionsScorer(CachedScorer):
                                  "check the template and verbalisers")
         result = np.zeros((len(queries), n_labels))
         left = np.full(len(queries), n_labels)
+        over: dict[int, wire.Overflow] = {}
         keys: list[str] | None = None
         if self.cache is not None:
             prefix = prefix_digest(self.fingerprint, self.spec.digest_fields(), demos)
             keys = [query_key(prefix, q) for q in queries]
 
-        def take(batch: list[_Prompt], scored: list[Scored]) -> None:
+        def take(batch: list[Prompt], scored: list[Scored | wire.Overflow]) -> None:
             done: list[int] = []
             for p, pairs in zip(batch, scored):
+                if isinstance(pairs, wire.Overflow):
+                    over.setdefault(p.row, pairs)
+                    self._learn_window(pairs)
+                    continue
                 for col, (total, n_tok) in pairs:
                     result[p.row, col] = total / n_tok if self.length_norm else total
                 left[p.row] -= len(pairs)
@@ -284,347 +289,17 @@ class OpenAICompletionsScorer(CachedScorer):
             if keys is not None and done and self.cache is not None:
                 self.cache.put_many((keys[r], result[r].copy()) for r in done)
 
-        contexts = [_Prompt(i, -1, per_label[0][0], len(per_label[0][0])) for i, per_label in enumerate(texts)]
+        contexts = [Prompt(i, -1, per_label[0][0], len(per_label[0][0])) for i, per_label in enumerate(texts)]
         if self._next is None and contexts:
             self.transport.resume()
             self._settle_next(contexts, take)
-        todo = [i for i in range(len(queries)) if left[i] > 0]
+        todo = [i for i in range(len(queries)) if left[i] > 0 and i not in over]
         if self._next:
             prompts = [contexts[i] for i in todo]
-            score: Callable[[list[_Prompt], bool], list[Scored]] = self._score_next_batch
+            score: ScoreFn = self._score_next_batch
         else:  # every (row, label) prompt, query-major so rows finish early
-            prompts = [_Prompt(i, j, ctx + cont, len(ctx)) for i in todo for j, (ctx, cont) in enumerate(texts[i])]
+            prompts = [Prompt(i, j, ctx + cont, len(ctx)) for i in todo for j, (ctx, cont) in enumerate(texts[i])]
             score = self._score_echo_batch
         batches = [prompts[s : s + self.batch_size] for s in range(0, len(prompts), self.batch_size)]
-        self._run(batches, take, score)
-        return result
-
-    def _run(self, batches: list[list[_Prompt]], take: Callable[[list[_Prompt], list[Scored]], None],
-             score: Callable[[list[_Prompt], bool], list[Scored]]) -> None:
-        """Score every batch with ``score`` (concurrently), handing each result to ``take`` in this thread."""
-        if not batches:
-            return
-        self.transport.resume()
-        todo = list(batches)
-        if self._lists_ok is None or (not self._next and self._style is None):
-            todo = self._settle(todo, take, score)  # settle style and list support before fanning out
-        if not todo:
-            return
-        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(todo)), thread_name_prefix="rl-openai")
-        try:
-            futures: dict[Future, list[_Prompt]] = {pool.submit(score, b, False): b for b in todo}
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for fut in finished:
-                    if fut.exception() is None:
-                        take(futures[fut], fut.result())
-                for fut in finished:
-                    if fut.exception() is not None:
-                        self.transport.halt()
-                        # keep what the other in-flight requests bring back before raising
-                        for other in pending:
-                            other.cancel()
-                        for other in wait(pending).done:
-                            if not other.cancelled() and other.exception() is None:
-                                take(futures[other], other.result())
-                        raise fut.exception()  # type: ignore[misc]
-        finally:
-            self.transport.halt()
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _settle(self, todo: list[list[_Prompt]], take: Callable[[list[_Prompt], list[Scored]], None],
-                score: Callable[[list[_Prompt], bool], list[Scored]]) -> list[list[_Prompt]]:
-        """Score the first batch alone, learning the response style and whether lists of prompts work.
-
-        A server that refuses a list of prompts (llama-cpp-python's server answers HTTP 500; others 400,
-        or one choice for the list) is asked again with the first prompt alone, then with the rest of the
-        batch as a list: when the one prompt works and the list fails again, every later request carries
-        one prompt (``batch_size`` becomes 1, with a warning); a list that works the second time was a
-        transient failure. Returns the batches still to score.
-        """
-        first = todo.pop(0)
-        if len(first) == 1 or self._lists_ok is not None:
-            take(first, score(first, False))
-            if len(first) > 1:
-                self._lists_ok = True
-            return todo
-        try:
-            scores = score(first, True)
-        except ListRefused as list_error:
-            try:
-                take(first[:1], score(first[:1], False))
-            except ModelError:
-                raise list_error from None
-            if len(first) > 2:
-                try:
-                    scores = score(first[1:], True)
-                except ListRefused:
-                    pass
-                else:  # the first refusal was transient
-                    self._lists_ok = True
-                    take(first[1:], scores)
-                    return todo
-            self._lists_ok = False
-            self.batch_size = 1
-            warnings.warn(
-                f"{self.base_url} refused a list of {len(first)} prompts ({list_error}); sending one prompt per "
-                f"request from now on (set batch_size=1 to skip this probe)",
-                RuntimeWarning, stacklevel=4,
-            )
-            rest = first[1:] + [p for b in todo for p in b]
-            return [[p] for p in rest]
-        self._lists_ok = True
-        take(first, scores)
-        return todo
-
-    # -- the next-token path ------------------------------------------------------------------------
-
-    def _continuations(self) -> list[str]:
-        return label_continuations(self.spec)
-
-    def _settle_next(self, contexts: list[_Prompt], take: Callable[[list[_Prompt], list[Scored]], None]) -> None:
-        """Decide whether next token scores this task: send queries alone until one answers.
-
-        Sets ``self._next`` to True (every label is one top token) or False (the echo path; with
-        ``"next_token"`` named explicitly, a one-line error instead). A query for which the server
-        generated no token leaves it undecided; that row's labels are scored with echo.
-        """
-        explicit = self.logprob_style == "next_token"
-        conts = self._continuations()
-        for p in contexts:
-            if self._next is not None:
-                return
-            try:
-                top = self._next_top(p, self.next_token_top_logprobs)
-            except (Rejected, wire.NoNextLogprobs) as exc:
-                said = f"HTTP {exc}" if isinstance(exc, Rejected) else "no top_logprobs in the answer"
-                if explicit:
-                    raise self.transport.error(f"{wire.NO_NEXT_TOKEN_LOGPROBS} ({said})") from None
-                with self._lock:
-                    self._next, self._next_said = False, said
-                return
-            if not top:  # no token generated: no distribution to read; this row goes to echo
-                take([p], [self._echo_for(p, list(range(len(conts))), "the server generated no token for a query")])
-                continue
-            found, top, n = self._with_retry(p, top)
-            missing = [j for j, v in enumerate(found) if v is None]
-            if missing:
-                why = self._missing_why(top, [conts[j] for j in missing], n)
-                if explicit:
-                    raise self.transport.error(f"{why}; use logprob_style='auto' or 'echo' for labels of several "
-                                               f"tokens")
-                with self._lock:
-                    self._next, self._next_said = False, why
-                warnings.warn(f"{self.base_url}: {why}; scoring this task with echo (one request per label)",
-                              RuntimeWarning, stacklevel=4)
-                return
-            with self._lock:
-                self._next = True
-            take([p], [[(j, (float(v), 1)) for j, v in enumerate(found)]])  # type: ignore[arg-type]
-
-    def _next_top(self, p: _Prompt, top: int) -> dict[str, float]:
-        """The next-token top log-probs after ``p`` asked alone (raises ``Rejected``, ``NoNextLogprobs``)."""
-        response = self.transport.post(wire.next_token_body(self.model, [p.text], top=top))
-        choice = self._choices(response, 1)[0]
-        self._count_usage(response)
-        return wire.next_token_logprobs(choice)
-
-    def _with_retry(self, p: _Prompt, top: dict[str, float]) -> tuple[list[float | None], dict[str, float], int]:
-        """Labels' log-probs in ``top``; when one is absent, ``p`` asked again alone for
-        :data:`~rl_select.lm.openai.wire.NEXT_TOKEN_TOP_LOGPROBS_RETRY`. Returns ``(found, top, n asked)``."""
-        conts = self._continuations()
-        found = wire.label_logprobs(top, conts)
-        n = self.next_token_top_logprobs
-        if all(v is not None for v in found) or n >= wire.NEXT_TOKEN_TOP_LOGPROBS_RETRY or self._retry_refused:
-            return found, top, n
-        try:
-            more = self._next_top(p, wire.NEXT_TOKEN_TOP_LOGPROBS_RETRY)
-        except Rejected as exc:  # e.g. vLLM's --max-logprobs (20 by default), OpenAI's 5
-            with self._lock:
-                self._retry_refused = True
-            warnings.warn(f"{self.base_url} refused logprobs={wire.NEXT_TOKEN_TOP_LOGPROBS_RETRY} (HTTP {exc}); a "
-                          f"label outside the top {n} next tokens is scored with echo", RuntimeWarning, stacklevel=2)
-            return found, top, n
-        except wire.NoNextLogprobs:
-            raise self.transport.error(wire.NO_NEXT_TOKEN_LOGPROBS) from None
-        if not more:
-            return found, top, n
-        return wire.label_logprobs(more, conts), more, wire.NEXT_TOKEN_TOP_LOGPROBS_RETRY
-
-    @staticmethod
-    def _missing_why(top: Mapping[str, float], missing: list[str], n: int) -> str:
-        """One line on labels absent from a next-token distribution."""
-        said = f"label continuation(s) {', '.join(repr(c) for c in missing)} not among the top {n} next tokens"
-        prefixes = [(c, wire.prefix_token(top, c)) for c in missing]
-        shown = [f"{t!r} is a proper prefix of {c!r}" for c, t in prefixes if t is not None]
-        if shown:
-            said += f" ({'; '.join(shown)}: several tokens on this server's tokenizer)"
-        return said
-
-    def _score_next_batch(self, batch: list[_Prompt], probe: bool = False) -> list[Scored]:
-        """Every label's score for each context in ``batch`` from one next-token request.
-
-        A query with a label outside the top ``next_token_top_logprobs`` is asked again alone for more; a
-        label still absent is scored with echo (:meth:`_echo_for`).
-        """
-        body = wire.next_token_body(self.model, [p.text for p in batch], top=self.next_token_top_logprobs)
-        try:
-            response = self._post(body, probe=probe)
-        except Rejected as exc:
-            raise self.transport.error(f"HTTP {exc}") from None
-        choices = self._choices(response, len(batch), probe=probe)
-        self._count_usage(response)
-        out: list[Scored] = []
-        conts = self._continuations()
-        for p, choice in zip(batch, choices):
-            try:
-                top = wire.next_token_logprobs(choice)
-            except wire.NoNextLogprobs:
-                raise self.transport.error(wire.NO_NEXT_TOKEN_LOGPROBS) from None
-            if not top:
-                out.append(self._echo_for(p, list(range(len(conts))), "the server generated no token for a query"))
-                continue
-            found, top, n = self._with_retry(p, top)
-            pairs: Scored = [(j, (float(v), 1)) for j, v in enumerate(found) if v is not None]
-            missing = [j for j, v in enumerate(found) if v is None]
-            if missing:
-                pairs += self._echo_for(p, missing, self._missing_why(top, [conts[j] for j in missing], n))
-            out.append(pairs)
-        return out
-
-    def _echo_for(self, p: _Prompt, cols: list[int], why: str) -> Scored:
-        """Labels ``cols`` of next-token prompt ``p`` scored with echo (``"auto"``); with ``"next_token"``
-        named explicitly, a one-line error saying ``why``."""
-        if self.logprob_style == "next_token":
-            raise self.transport.error(f"{why}; logprob_style='auto' scores such labels with echo")
-        with self._lock:
-            self.echo_fallbacks += 1
-            first, self._warned_fallback = not self._warned_fallback, True
-        if first:
-            warnings.warn(f"{self.base_url}: {why}; scoring its missing labels with echo (warned once)",
-                          RuntimeWarning, stacklevel=2)
-        conts = self._continuations()
-        prompts = [_Prompt(p.row, j, p.text + conts[j], len(p.text)) for j in cols]
-        batches = [prompts] if self._lists_ok else [[q] for q in prompts]
-        try:
-            return [pair for b in batches for scored in self._score_echo_batch(b) for pair in scored]
-        except ModelError as exc:
-            if wire.NO_PROMPT_LOGPROBS not in str(exc):
-                raise
-            raise self.transport.error(f"{why}, and the server gives no prompt log-probs to score it with echo "
-                                       f"either") from None
-
-    def _count_usage(self, response: Any) -> None:
-        """Add the response's ``usage.prompt_tokens`` (when given) to the spend counters."""
-        usage = response.get("usage") if isinstance(response, Mapping) else None
-        n = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
-        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
-            with self._lock:
-                self.stats.forward_tokens += n
-
-    # -- the echo path ------------------------------------------------------------------------------
-
-    def _score_echo_batch(self, batch: list[_Prompt], probe: bool = False) -> list[Scored]:
-        """:meth:`_score_batch` as ``(column, score)`` pairs per prompt."""
-        return [[(p.col, sc)] for p, sc in zip(batch, self._score_batch(batch, probe))]
-
-    def _score_batch(self, batch: list[_Prompt], probe: bool = False) -> list[Score]:
-        """``(summed log-prob, token count)`` of each prompt's continuation, in batch order.
-
-        ``probe``: the first request with a list of prompts; an HTTP 500/501 is not retried but raised as
-        :class:`ListRefused` (the caller then tries one prompt alone).
-        """
-        style = self._style
-        if style is not None:
-            try:
-                return self._score_as(style, batch, probe)
-            except wire.NoPromptLogprobs:
-                raise self.transport.error(wire.NO_PROMPT_LOGPROBS) from None
-            except Rejected as exc:
-                raise self.transport.error(f"HTTP {exc}") from None
-        reasons: list[str] = []
-        for candidate in wire.AUTO_STYLES:
-            try:
-                scores = self._score_as(candidate, batch, probe)
-            except wire.NoPromptLogprobs:
-                continue
-            except Rejected as exc:
-                reasons.append(f"{candidate}: HTTP {exc}")
-                continue
-            with self._lock:
-                if self._style is None:  # (echo may have switched to echo_shifted already)
-                    self._style = candidate
-            return scores
-        if self._next_said:
-            reasons.insert(0, f"next_token: {self._next_said}")
-        said = f" (server said: {'; '.join(reasons)})" if reasons else ""
-        raise self.transport.error(wire.NO_PROMPT_LOGPROBS + said)
-
-    def _score_as(self, style: wire.Style, batch: list[_Prompt], probe: bool = False, top: int | None = None
-                  ) -> list[Score]:
-        """One request for ``batch`` in ``style``; ``top``: top log-probs asked in ``"echo_shifted"``."""
-        top = top or self.shifted_top_logprobs
-        body = wire.request_body(style, self.model, [p.text for p in batch], top=top)
-        choices = self._choices(self._post(body, probe=probe), len(batch), probe=probe)
-        if style == "echo" and not self._shift_checked and self._echo_is_late(batch, choices):
-            return self._score_as("echo_shifted", batch, probe)
-        out: list[Score] = []
-        n_tokens = 0
-        for p, choice in zip(batch, choices):
-            try:
-                total, n_cont, n_prompt = wire.continuation(style, choice, p.text, p.n_context)
-            except wire.NotInTop as exc:
-                if top >= wire.SHIFTED_TOP_LOGPROBS_RETRY:
-                    raise self.transport.error(str(exc)) from None
-                (total, n_cont), = self._score_as(style, [p], probe, top=wire.SHIFTED_TOP_LOGPROBS_RETRY)
-                n_prompt = 0  # counted by that call
-            except ModelError as exc:
-                raise self.transport.error(str(exc)) from None
-            out.append((total, n_cont))
-            n_tokens += n_prompt
-        with self._lock:
-            self.stats.forward_tokens += n_tokens
-        return out
-
-    def _echo_is_late(self, batch: list[_Prompt], choices: list[Mapping[str, Any]]) -> bool:
-        """Whether this server echoes log-probs one position late; switches to ``"echo_shifted"`` if so.
-
-        Suspicion (:func:`~rl_select.lm.openai.wire.looks_late`) on this batch is confirmed by one probe
-        request (:func:`~rl_select.lm.openai.wire.confirms_late`).
-        """
-        late = False
-        if wire.looks_late(choices, [p.text for p in batch]):
-            try:
-                probe = self._choices(self._post(wire.probe_body(self.model)), 1)[0]
-            except ModelError:
-                probe = {}
-            late = wire.confirms_late(probe)
-        with self._lock:
-            self._shift_checked = True
-            if late:
-                self._style = "echo_shifted"
-        if late:
-            warnings.warn(
-                f"{self.base_url} echoes prompt log-probs one token late (llama-cpp-python, "
-                f"abetlen/llama-cpp-python#1983); reading them from its top-{self.shifted_top_logprobs} log-probs "
-                f"instead", RuntimeWarning, stacklevel=2,
-            )
-        return late
-
-    def _post(self, body: dict[str, Any], *, probe: bool = False) -> Any:
-        """The decoded answer to ``body``; with ``probe``, an HTTP 500/501 is raised as :class:`ListRefused`."""
-        try:
-            return self.transport.post(body, fail_fast=LIST_REFUSAL_STATUSES if probe else ())
-        except StatusError as exc:
-            raise self.transport.error(f"HTTP {exc.status} to a list of {len(body['prompt'])} prompts",
-                                       ListRefused) from None
-
-    def _choices(self, response: Any, n: int, *, probe: bool = False) -> list[Mapping[str, Any]]:
-        """The response's choices in prompt order (length ``n``); a wrong count on a probe is :class:`ListRefused`."""
-        try:
-            return wire.ordered_choices(response, n)
-        except wire.ChoiceCountError as exc:
-            raise self.transport.error(str(exc), ListRefused if probe else ModelError) from None
-        except ModelError as exc:
-            raise self.transport.error(str(exc)) from None
+        self._run(batches, take, self._splitting(score))
+        return result, over

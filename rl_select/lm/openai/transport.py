@@ -31,15 +31,15 @@ from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_ty
 from tenacity.wait import wait_base
 
 from rl_select.errors import ModelError
-from rl_select.lm.openai.wire import error_text
+from rl_select.lm.openai.wire import Overflow, clip, context_overflow, error_text
 
 #: Environment variables read for the API key, in order.
 API_KEY_ENVS: tuple[str, ...] = ("RL_SELECT_API_KEY", "OPENAI_API_KEY")
 #: Longest wait taken from a ``Retry-After`` header, and longest back-off, in seconds.
 MAX_RETRY_AFTER = 60.0
 MAX_BACKOFF = 30.0
-#: Characters of a server's error text quoted in a message.
-QUOTE_CHARS = 200
+#: Seconds allowed for a request to an optional endpoint (:meth:`Transport.probe`).
+PROBE_TIMEOUT = 10.0
 
 
 class Secret:
@@ -68,6 +68,18 @@ class Rejected(Exception):
 
     ``str(exc)`` is ``"<status>: <the server's message>"``.
     """
+
+
+class ContextOverflow(Rejected):
+    """The server refused a prompt as longer than its context window (see :func:`.wire.context_overflow`).
+
+    Attributes:
+        overflow: What the server said: the prompt's tokens and the window, where it gave them.
+    """
+
+    def __init__(self, message: str, overflow: Overflow) -> None:
+        super().__init__(message)
+        self.overflow = overflow
 
 
 class StatusError(ModelError):
@@ -184,6 +196,7 @@ class Transport:
         base_url: The base URL as shown in fingerprints and messages (no query string).
         requests: HTTP attempts made (retries included).
         retries: Of those, retries after a transient failure.
+        probes: Requests to other endpoints (:meth:`probe`), not counted in ``requests``.
     """
 
     def __init__(self, base_url: str, *, model: str, api_key: str | None = None, timeout: float = 60.0,
@@ -197,6 +210,7 @@ class Transport:
         self.wait = RetryWait(float(backoff), seed)
         self.requests = 0
         self.retries = 0
+        self.probes = 0
         self._lock = threading.Lock()
         self._halted = threading.Event()
         self._client = httpx.Client(timeout=self.timeout, follow_redirects=False)
@@ -223,6 +237,7 @@ class Transport:
 
         Raises:
             StatusError: an HTTP status in ``fail_fast``.
+            ContextOverflow: the server says the prompt is longer than its context window (any error status).
             Rejected: HTTP 400/422 (the caller decides whether another request may work).
             ModelError: connection refused, an unknown host, another HTTP error status, retries exhausted
                 or cut short by :meth:`halt`, malformed JSON.
@@ -256,6 +271,37 @@ class Transport:
             raise self.error(f"malformed JSON in the response to POST {self.endpoint_shown} "
                              f"({len(payload.get('prompt', ()))} prompts): {snippet!r}") from None
 
+    def probe(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        """One request to an optional endpoint of the server (``GET /props``, ``POST /tokenize``), never retried.
+
+        Args:
+            method: ``"GET"`` or ``"POST"``.
+            path: The path from the server root (the base URL without ``/v1``), e.g. ``"/props"``.
+            payload: The JSON body of a POST.
+
+        Returns:
+            The decoded JSON answer, or ``None`` on any failure (no such endpoint, an error, no JSON).
+        """
+        parts = urllib.parse.urlsplit(self.endpoint)
+        root = parts.path.removesuffix("/completions").removesuffix("/v1")
+        url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, root + path, parts.query, ""))
+        headers = {"Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
+        with self._lock:
+            self.probes += 1
+        try:
+            response = self._client.request(method, url, json=payload, headers=headers,
+                                            timeout=min(self.timeout, PROBE_TIMEOUT))
+        except httpx.HTTPError:
+            return None
+        if not response.is_success:
+            return None
+        try:
+            return json.loads(response.content)
+        except ValueError:
+            return None
+
     def halt(self) -> None:
         """Cut short the back-off of every request in flight; each then fails instead of retrying."""
         self._halted.set()
@@ -273,6 +319,7 @@ class Transport:
 
         Raises:
             _Transient: 429/5xx, a time-out, a dropped connection.
+            ContextOverflow: the prompt is over the server's context window.
             Rejected: 400/422.
             ModelError: any other failure.
         """
@@ -287,14 +334,18 @@ class Transport:
             if isinstance(cause, ConnectionRefusedError):
                 raise self.error(f"connection refused; is the server running at {self.base_url}?") from None
             if isinstance(cause, socket.gaierror):
-                raise self.error(f"cannot resolve the host of {self.base_url} ({cause})") from None
+                raise self.error(f"cannot resolve the host of {self.base_url} ({clip(str(cause), 60)})") from None
             raise _Transient(f"connection error ({type(cause).__name__})") from None
         except httpx.TransportError as exc:
             raise _Transient(f"connection dropped ({type(exc).__name__})") from None
         if response.is_success:
             return response
         status = response.status_code
-        message = self._quote(error_text(_maybe_json(response.content)) or response.reason_phrase)
+        body = _maybe_json(response.content)
+        message = self._quote(error_text(body) or response.reason_phrase)
+        overflow = context_overflow(body) if status != 429 else None
+        if overflow is not None:
+            raise ContextOverflow(f"{status}: {message}", overflow)
         if status == 429 or status >= 500:
             raise _Transient(f"HTTP {status}", retry_after_seconds(response.headers.get("Retry-After")), status)
         if status in (400, 422):
@@ -303,10 +354,10 @@ class Transport:
         if status in (401, 403):
             hint = f"; check the API key (${API_KEY_ENVS[0]} or ${API_KEY_ENVS[1]})"
         elif status == 404:
-            hint = "; does the server offer /v1/completions with this model? chat-only APIs cannot score labels"
+            hint = "; expected /v1/completions for this model (chat-only APIs cannot score)"
         elif 300 <= status < 400:
-            hint = "; redirects are not followed, pass the final URL as the base URL"
-        raise self.error(f"HTTP {status} from POST {self.endpoint_shown}: {message}{hint}")
+            hint = "; redirects are not followed: pass the final URL as the base URL"
+        raise self.error(f"HTTP {status} from {self.endpoint_shown}: {message}{hint}")
 
     # -- messages -----------------------------------------------------------------------------------
 
@@ -317,15 +368,15 @@ class Transport:
 
     def describe(self, what: str) -> str:
         """``what``, prefixed with the server and model, with the API key masked."""
-        return self._redact(f"OpenAI-compatible server {self.base_url} (model {self.model!r}): {what}")
+        return self._redact(f"server {self.base_url} (model {self.model!r}): {what}")
 
     def error(self, what: str, kind: type[ModelError] = ModelError) -> ModelError:
         """A one-line error of class ``kind`` saying :meth:`describe` of ``what``."""
         return kind(self.describe(what))
 
     def _quote(self, text: str) -> str:
-        text = " ".join(self._redact(str(text)).split())
-        return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "..."
+        """A server's own words for a message: the key masked, one line, :data:`~.wire.QUOTE_CHARS` at most."""
+        return clip(self._redact(str(text)))
 
     def _redact(self, text: str) -> str:
         key = self._api_key.reveal()

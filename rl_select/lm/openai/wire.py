@@ -49,7 +49,9 @@ The next-token parser raises :class:`NoNextLogprobs` when the response holds no 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from rl_select.errors import ModelError
@@ -62,17 +64,13 @@ AUTO_STYLES: tuple[Style, ...] = ("echo", "vllm")
 #: ``(summed log-prob of a continuation, its token count, prompt tokens scored)``.
 Parsed = tuple[float, int, int]
 
-NO_PROMPT_LOGPROBS = (
-    "this endpoint returned no prompt log-probs; rl-select needs /v1/completions with echo+logprobs or "
-    "vLLM's prompt_logprobs (vLLM, llama-cpp-python's server, OpenAI completions models; llama.cpp's own "
-    "llama-server does not echo yet); chat-only APIs cannot score labels"
-)
+#: The message for a server without prompt log-probs (a chat-only API; llama.cpp's ``llama-server``, which does
+#: not echo; vLLM, llama-cpp-python's server and OpenAI completions models have them).
+NO_PROMPT_LOGPROBS = "no prompt log-probs in the answer; expected /v1/completions with echo or prompt_logprobs"
 
-NO_NEXT_TOKEN_LOGPROBS = (
-    "this endpoint returned no next-token log-probs (top_logprobs of the generated token); the next_token "
-    "style needs /v1/completions with an integer logprobs (vLLM, SGLang, llama.cpp's llama-server, "
-    "llama-cpp-python's server, OpenAI completions models); chat-only APIs cannot score labels"
-)
+#: The message for a server without next-token log-probs (vLLM, SGLang, llama.cpp's ``llama-server``,
+#: llama-cpp-python's server and OpenAI completions models have them; chat-only APIs do not).
+NO_NEXT_TOKEN_LOGPROBS = "no next-token log-probs in the answer; expected /v1/completions with integer logprobs"
 
 #: Tokens generated per request: 1 is accepted everywhere (vLLM refuses 0); the token is ignored.
 MAX_TOKENS = 1
@@ -92,6 +90,21 @@ NEXT_TOKEN_TOP_LOGPROBS_RETRY = 1000
 SHIFT_PROBE = "1, 2, 3, 4, 5, 6, 7, 8,"
 #: Characters of a server's error body kept when it has no message field.
 ERROR_BODY_CHARS = 400
+#: Characters of a server's own words quoted in one of our messages (:func:`clip`).
+QUOTE_CHARS = 70
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """A server's answer that a prompt is longer than its context window (:func:`context_overflow`).
+
+    Attributes:
+        prompt_tokens: The prompt's tokens, as the server counted them (``None``: not said).
+        window: The server's context window in tokens (``None``: not said).
+    """
+
+    prompt_tokens: int | None = None
+    window: int | None = None
 
 
 class NoPromptLogprobs(Exception):
@@ -153,6 +166,12 @@ def next_token_body(model: str, prompts: Sequence[str], *, top: int = NEXT_TOKEN
 # --- responses ------------------------------------------------------------------------------------
 
 
+def clip(text: str, n: int = QUOTE_CHARS) -> str:
+    """``text`` on one line, cut to ``n`` characters (``"..."`` at the end when cut), so a message stays short."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def error_text(body: Any) -> str:
     """The message of an error body: OpenAI's ``{"error": {"message"}}``, ``{"detail"}``, or plain text."""
     if isinstance(body, Mapping):
@@ -178,13 +197,13 @@ def ordered_choices(response: Any, n: int) -> list[Mapping[str, Any]]:
     if not isinstance(response, Mapping):
         raise ModelError("malformed JSON response: the top level is not an object")
     if "choices" not in response and "error" in response:
-        raise ModelError(f"the server returned an error: {error_text(response)}")
+        raise ModelError(f"the server returned an error: {clip(error_text(response))}")
     choices = response.get("choices")
     if not isinstance(choices, list) or not all(isinstance(c, Mapping) for c in choices):
         raise ModelError("malformed JSON response: no 'choices' list of objects")
     if len(choices) != n:
-        raise ChoiceCountError(f"the server returned {len(choices)} choices for {n} prompts; it may not accept a "
-                               f"list of prompts (try batch_size=1)")
+        raise ChoiceCountError(f"the server returned {len(choices)} choices for {n} prompts; expected one each "
+                               f"(try batch_size=1)")
     if not all("index" in c for c in choices):
         return list(choices)
     ordered: list[Mapping[str, Any] | None] = [None] * n
@@ -309,11 +328,8 @@ def shifted_echo_continuation(logprobs: Any, prompt: str, n_context: int) -> Par
                              "on this server")
         lp = prev.get(tokens[k])
         if not isinstance(lp, (int, float)):
-            raise NotInTop(
-                f"continuation token {tokens[k]!r} is not among the {len(prev)} top log-probs the server gave at its "
-                f"position, and this server (llama-cpp-python) reports no other way to read it; raise "
-                f"shifted_top_logprobs or use a server with correct echo (vLLM)"
-            )
+            raise NotInTop(f"continuation token {clip(repr(tokens[k]), 24)} not among the {len(prev)} top log-probs "
+                           f"of its late echo (llama-cpp-python); raise shifted_top_logprobs or use vLLM")
         total += float(lp)
         n_cont += 1
     if n_cont == 0:
@@ -496,3 +512,101 @@ def confirms_late(choice: Mapping[str, Any]) -> bool:
     """Whether the answer to :func:`probe_body` is late: its last token (",") is not its greedy
     continuation (" 9"), so only a late echo shows the generated token as top-1 there."""
     return _top1_is_generated(choice, SHIFT_PROBE)
+
+
+# --- the context window ---------------------------------------------------------------------------
+
+#: An error that says the prompt does not fit the server's context window, in each server's words:
+#: llama.cpp's ``llama-server`` (``exceed_context_size_error``: "request (N tokens) exceeds the available
+#: context size (M tokens)"), vLLM ("This model's maximum context length is M tokens. However, you requested
+#: N tokens ...", "The decoder prompt (length N) is longer than the maximum model length of M"), OpenAI
+#: (``context_length_exceeded``), llama-cpp-python ("Requested tokens (N) exceed context window of M", or
+#: OpenAI's words), SGLang ("The input (N tokens) is longer than the model's context length (M tokens)") and
+#: text-generation-inference ("`inputs` tokens + `max_new_tokens` must be <= M").
+OVERFLOW_RE = re.compile(
+    r"context_length_exceeded|exceed_context_size|maximum context length|exceeds? the available context size"
+    r"|exceeds? context window|maximum model length|longer than the model's context length"
+    r"|is too long and exceeds limit|`inputs` tokens \+ `max_new_tokens` must be",
+    re.IGNORECASE,
+)
+_WINDOW_RES = [re.compile(p, re.IGNORECASE) for p in (
+    r"maximum context length is (\d+)", r"available context size \((\d+)", r"context window of (\d+)",
+    r"maximum model length of (\d+)", r"context length \((\d+) tokens", r"exceeds limit of (\d+)",
+    r"must be <= (\d+)",
+)]
+_PROMPT_RES = [re.compile(p, re.IGNORECASE) for p in (
+    r"\((\d+) in (?:the messages|your prompt|the prompt)", r"(\d+) input tokens", r"request \((\d+) tokens\)",
+    r"requested tokens \((\d+)\)", r"prompt \(length (\d+)\)", r"input \((\d+) tokens\)",
+    r"given: (\d+) `inputs` tokens", r"you requested (\d+) tokens",
+)]
+
+
+def _first_number(patterns: Sequence[re.Pattern[str]], text: str) -> int | None:
+    for pattern in patterns:
+        found = pattern.search(text)
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def context_overflow(body: Any) -> Overflow | None:
+    """What an error body says about a prompt over the server's context window, or ``None`` when it is another error.
+
+    Matches :data:`OVERFLOW_RE` in the body's message, ``code`` and ``type``, and reads the numbers from
+    llama.cpp's ``n_prompt_tokens`` / ``n_ctx`` fields, else from the message.
+    """
+    text = json.dumps(body) if isinstance(body, Mapping) else str(body)
+    if not OVERFLOW_RE.search(text):
+        return None
+    err = body.get("error", body) if isinstance(body, Mapping) else None
+    fields = err if isinstance(err, Mapping) else {}
+    message = error_text(body)
+    return Overflow(prompt_tokens=_count(fields.get("n_prompt_tokens")) or _first_number(_PROMPT_RES, message),
+                    window=_count(fields.get("n_ctx")) or _first_number(_WINDOW_RES, message))
+
+
+def props_window(body: Any) -> int | None:
+    """The context window of one slot from llama.cpp's ``GET /props``: ``default_generation_settings.n_ctx``,
+    else a top-level ``n_ctx``."""
+    if not isinstance(body, Mapping):
+        return None
+    settings = body.get("default_generation_settings")
+    found = _count(settings.get("n_ctx")) if isinstance(settings, Mapping) else None
+    return found or _count(body.get("n_ctx"))
+
+
+def models_window(body: Any, model: str) -> int | None:
+    """The context window of ``model`` from vLLM's ``GET /v1/models`` (``max_model_len`` of its entry, or of the
+    only entry)."""
+    data = body.get("data") if isinstance(body, Mapping) else None
+    if not isinstance(data, list):
+        return None
+    entries = [d for d in data if isinstance(d, Mapping)]
+    mine = [d for d in entries if d.get("id") == model] or (entries if len(entries) == 1 else [])
+    return _count(mine[0].get("max_model_len")) if mine else None
+
+
+#: ``POST /tokenize`` bodies by server: llama.cpp's ``llama-server`` reads ``content``, vLLM ``prompt``.
+TOKENIZE_SHAPES = ("llama_server", "vllm")
+
+
+def tokenize_body(shape: str, model: str, text: str) -> dict[str, Any]:
+    """The ``POST /tokenize`` body for ``text`` in ``shape`` (:data:`TOKENIZE_SHAPES`), special tokens added as a
+    completion request adds them."""
+    if shape == "llama_server":
+        return {"content": text, "add_special": True}
+    return {"model": model, "prompt": text, "add_special_tokens": True}
+
+
+def token_count(body: Any) -> int | None:
+    """The number of tokens in a ``POST /tokenize`` answer (vLLM's ``count``, else the ``tokens`` list's length)."""
+    if not isinstance(body, Mapping):
+        return None
+    tokens = body.get("tokens")
+    if _count(body.get("count")) is not None:
+        return body["count"]
+    return len(tokens) if isinstance(tokens, list) and tokens else None
