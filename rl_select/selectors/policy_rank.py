@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rl_select.errors import SelectionError
+from rl_select.mdp.shipped import PRETRAINED_CRITIC
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.policy_selector import load_policy, policy_labels, rollout_rows, uses_table
 from rl_select.selectors.tags import CostSetting, SelectorTags
@@ -39,7 +40,7 @@ class PolicyRankSelector(Selector):
     """Best of ``n_sets`` random orders by the policy's predicted return (no val labels, no prompt scored).
 
     Args:
-        path: The policy's ``.safetensors`` file.
+        path: The policy's ``.safetensors`` file (default ``"pretrained-critic"``, the shipped one).
         n_sets: Random k-shot orders drawn from the pool (``ctx.rng``, without replacement within an order).
         force: Use the policy with a scorer other than its training one (warns).
 
@@ -52,7 +53,7 @@ class PolicyRankSelector(Selector):
                         lm_rows=rank_rows, labels_read=policy_labels,
                         cost_note="table sets: P table rows; else n_sets x policy")
 
-    def __init__(self, path: str, n_sets: int = 32, force: bool = False) -> None:
+    def __init__(self, path: str = PRETRAINED_CRITIC, n_sets: int = 32, force: bool = False) -> None:
         if not is_int(n_sets) or n_sets < 1:
             raise SelectionError(f"n_sets={n_sets!r}; expected an integer >= 1")
         self.path, self.n_sets, self.force = str(path), int(n_sets), bool(force)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from rl_select.errors import SelectionError
+from rl_select.mdp.shipped import PRETRAINED_CRITIC
 from rl_select.metrics import accuracy
 from rl_select.selectors.base import SelectionContext, Selector, check_k, check_val, register_selector
 from rl_select.selectors.policy_selector import load_policy, policy_labels, rollout_rows
@@ -48,7 +49,7 @@ class PolicySearchSelector(Selector):
     """Best of ``m`` policy rollouts (greedy first, then softmax-sampled) on val accuracy.
 
     Args:
-        path: The policy's ``.safetensors`` file.
+        path: The policy's ``.safetensors`` file (default ``"pretrained-critic"``, the shipped one).
         m: Rollouts proposed (``1``: the greedy policy, no val scoring needed but done for the record).
         temperature: Softmax temperature of rollouts 2..m, in Q-value units (Q-values are val-accuracy
             returns, so differences are a few hundredths; ``0.05`` by default).
@@ -70,7 +71,7 @@ class PolicySearchSelector(Selector):
                         cost_note="M x (policy + V); table sets: the table once + M x V (screen S, keep K: "
                                   "M x S + K x (V - S))")
 
-    def __init__(self, path: str, m: int = 4, temperature: float = 0.05, force: bool = False,
+    def __init__(self, path: str = PRETRAINED_CRITIC, m: int = 4, temperature: float = 0.05, force: bool = False,
                  screen: int | None = None, keep: int = 2) -> None:
         if not is_int(m) or isinstance(m, bool) or m < 1:
             raise SelectionError(f"m={m!r}; expected an integer >= 1")

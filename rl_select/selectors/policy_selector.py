@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rl_select.mdp.shipped import PRETRAINED_CRITIC
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.tags import CostSetting, SelectorTags
 from rl_select.types import Example
@@ -52,7 +53,7 @@ class FixedPromptPolicySelector(Selector):
     """Greedy rollout of a learned Q-network (``rl-select train``) on the context's pool.
 
     Args:
-        path: The policy's ``.safetensors`` file (or ``"pretrained-critic"``, the shipped one).
+        path: The policy's ``.safetensors`` file (default ``"pretrained-critic"``, the shipped one).
         force: Use the policy with a scorer other than the one it was trained with (warns); by default
             that is refused with one line naming both.
     """
@@ -62,7 +63,7 @@ class FixedPromptPolicySelector(Selector):
                         lm_rows=rollout_rows, labels_read=policy_labels,
                         cost_note="k x (P + V); table sets: P table rows (zeroshot: P + V, and k x V)")
 
-    def __init__(self, path: str, force: bool = False) -> None:
+    def __init__(self, path: str = PRETRAINED_CRITIC, force: bool = False) -> None:
         self.path = str(path)
         self.force = force
         self.policy = load_policy(path)
