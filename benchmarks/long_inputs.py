@@ -1,12 +1,12 @@
 """Peak memory of a full ``rl-select baselines`` run on long inputs (issue 21: <= 2 GB).
 
 Builds a task of long reviews from the shared SST-2 copy (sentences of one label joined until a review is at
-least ``--chars`` characters, about 760 by default, as long as the movie reviews users bring), then runs
+least ``--chars`` characters; 700 gives about 760 on average, as long as the movie reviews users bring), then runs
 ``rl-select baselines`` on it with every selector that needs no training run of its own (the policy ones read
 the shipped pretrained policies) in a child process, and prints the child's peak resident memory, its wall
 time and the table. Writes the same as JSON with ``--json``.
 
-    python benchmarks/long_inputs.py --json docs/bench_long_inputs.json          # ~25 min on 2 cores
+    python benchmarks/long_inputs.py --chars 700 --json docs/bench_long_inputs.json   # ~40 min on 2 cores
     python benchmarks/long_inputs.py --n-test 20 --n-val 10 --selectors zero_shot,knn   # a quick look
 """
 

@@ -141,7 +141,7 @@ def test_a_hanging_dns_lookup_is_cut_off(stalled_dns: None, online_mode: None, m
 
 
 def test_offline_variables_go_straight_to_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    import rl_select.lm.hf as hf_mod
+    import rl_select.lm.hf_load as hf_mod
 
     def no_probe(*args, **kwargs):
         raise AssertionError("offline mode was asked for: the hub must not be probed")
@@ -197,7 +197,7 @@ def test_unreachable_hub_still_loads_a_cached_dataset(dead_endpoint: str, monkey
 
 def test_model_load_is_local_only_exactly_when_the_hub_is_unreachable(dead_endpoint: str,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    import rl_select.lm.hf as hf_mod
+    import rl_select.lm.hf_load as hf_mod
 
     seen: list[bool] = []
 

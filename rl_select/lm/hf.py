@@ -1,35 +1,43 @@
-"""The transformers backend: fast label scoring with a shared prefix KV cache.
+"""The transformers backend: fast label scoring (loading lives in :mod:`~rl_select.lm.hf_load`, token ids and
+batch shapes in :mod:`~rl_select.lm.hf_batches`).
 
-For one ordered demonstration list and a batch of queries, :class:`HFScorer`
-
-1. encodes the demonstration prefix once (LM body only, no logits) and keeps its KV cache;
-2. runs the queries as one left-padded batch on top of that cache (the cache is broadcast, not
-   copied), and applies the LM head to the last position of each row only: that gives the first token
-   of every label's verbaliser at once;
-3. only when a verbaliser has more than one token, runs those remaining tokens as a second batch on the
-   query cache, with the LM head applied only at the positions read.
-
-Queries are sorted by length before batching, so padding stays small. Channel scoring reuses the
-same two stages with the roles swapped: the label lines are the contexts and the query inputs are
-the scored continuations.
+Direct mode scores every call, one prompt or many, through one token trie (:mod:`rl_select.lm.packing`): the
+demonstrations two prompts share, the template text every query starts with and label prefixes run once; the
+trie is cut into sequences of about ``pack_tokens`` tokens with tree attention masks, label tokens are read in
+the same forward (the LM head only at the positions read), and a one-prompt call's demonstrations are encoded
+once and broadcast as a KV cache under its packed queries. Channel mode keeps one prompt per call: the prefix
+KV cache, then the label lines as a left-padded batch, then the query inputs as the scored continuations.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from rl_select.errors import ModelError
-from rl_select.hub import hub_unreachable, offline_env
 from rl_select.lm.base import CachedScorer
-from rl_select.lm.bundled import BUNDLED_ID, ensure_plain_copy, is_bundled
+from rl_select.lm.bundled import BUNDLED_ID
 from rl_select.lm.cache import ScoreCache
+from rl_select.lm.hf_batches import (  # noqa: F401 (re-exported: the scorer's public names stay importable here)
+    BATCH_OVERHEAD_SLOTS,
+    Tokens,
+    _out_of_memory,
+    padded_batches,
+    shape_bucket,
+)
+from rl_select.lm.hf_load import (  # noqa: F401 (re-exported)
+    context_window,
+    cpu_has_fast_bf16,
+    dtype_name,
+    load_causal_lm,
+    model_fingerprint,
+    resolve_device,
+    resolve_dtype,
+)
 from rl_select.lm.packing import Read, TokenTrie, pack, sequence_arrays
 from rl_select.prompts import (
     Mode,
@@ -45,219 +53,13 @@ from rl_select.types import Example
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-# --- loading --------------------------------------------------------------------------------------
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``"auto"``: bf16 on CUDA and on CPUs with native bf16, else fp32. Also ``"bf16"``/``"fp32"``/``"fp16"``."""
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
-             "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
-    if dtype == "auto":
-        fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
-        return torch.bfloat16 if fast else torch.float32
-    if dtype not in names:
-        raise ModelError(f"unknown dtype {dtype!r}; expected one of auto, bf16, fp32, fp16")
-    return names[dtype]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``"bf16"``, ``"fp32"`` or ``"fp16"``: the config name of a torch dtype."""
-    names = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
-    if dtype not in names:
-        raise ModelError(f"model dtype {dtype}; expected one of bf16, fp32, fp16")
-    return names[dtype]
-
-
-def load_causal_lm(model_id: str, *, dtype: str = "auto", device: str = "auto"):
-    """Load ``(model, tokenizer)`` in eval mode: the bundled SmolLM2, a local folder or a hub id.
-
-    Raises:
-        ModelError: with one line naming the id when it cannot be loaded (no network, no such folder).
-    """
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
-    source = str(ensure_plain_copy()) if is_bundled(model_id) else model_id
-    # A hub id with offline asked for, or no network: the local cache only, at once (not after ~50 s of retries).
-    on_disk = os.path.exists(source)
-    offline = None if on_disk else offline_env()
-    unreachable = None if on_disk or offline else hub_unreachable()
-    local_only = bool(offline or unreachable)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=local_only)
-    except (OSError, ValueError) as exc:
-        if local_only and not _in_hub_cache(model_id):
-            why = f"{offline} is set" if offline else unreachable
-            raise ModelError(
-                f"cannot load model {model_id!r}: not a local folder nor cached, and {why}; expected a local folder, "
-                f"{BUNDLED_ID!r} or hub access" + (f" (unset {offline.split('=')[0]})" if offline else "")
-            ) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "" if os.path.isdir(model_id) else " (no such local folder; is the hub reachable?)"
-        raise ModelError(
-            f"cannot load model {model_id!r}{hint}: {first if len(first) <= 70 else first[:67] + '...'}; expected a "
-            f"local folder, a hub id or {BUNDLED_ID!r}"
-        ) from None
-    model.to(dev).eval()
-    return model, tokenizer
-
-
-def _in_hub_cache(model_id: str) -> bool:
-    """Whether the local hub cache holds this id's ``config.json`` (so a load failure is not just "not cached")."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
-    except Exception:  # a malformed id, an unreadable cache
-        return False
-
-
-def model_fingerprint(model: PreTrainedModel) -> str:
-    """Content hash of a model: class, dtype, and every parameter's name, shape, sum and first values."""
-    h = hashlib.sha256(type(model).__name__.encode())
-    h.update(str(next(model.parameters()).dtype).encode())
-    with torch.inference_mode():
-        for name, p in model.named_parameters():
-            flat = p.detach().reshape(-1)
-            h.update(name.encode())
-            h.update(str(tuple(p.shape)).encode())
-            h.update(np.float64(flat.double().sum().item()).tobytes())
-            h.update(flat[:32].double().cpu().numpy().tobytes())
-    return h.hexdigest()[:24]
-
-
-# --- tokenisation shared with the reference scorer -------------------------------------------------
-
-
-class Tokens:
-    """Batched encoding without special tokens, plus the BOS id when the tokenizer would add one."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        probe = tokenizer("a").input_ids
-        bos = tokenizer.bos_token_id
-        self.bos: list[int] = [bos] if bos is not None and probe and probe[0] == bos else []
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad: int = int(pad if pad is not None else 0)
-
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-
-    def prefix(self, text: str) -> list[int]:
-        return self.bos + (self.encode([text])[0] if text else [])
-
-    def split_shared(self, prefix: str, contexts: Sequence[str]) -> tuple[list[int], list[list[int]]]:
-        """Token ids of ``prefix + context`` for each context, cut into one shared prefix and the rest.
-
-        Each full string is tokenised as one, because BPE tokenisers merge across the boundary
-        (``"\\n\\n"`` ends a string as one token but is two before ``"Review"``); the shared part is
-        the longest token prefix common to all of them (the demonstrations plus any template text that
-        every query starts with, such as ``"Review:"``), keeping at least one token per context. The LM
-        then sees exactly the ids of the joined text, and encodes the shared part once.
-
-        Returns:
-            ``(shared_ids, [rest_ids per context])``; ``shared_ids`` starts with BOS if the model uses one.
-        """
-        joint = self.encode([prefix + c for c in contexts])
-        if not joint:
-            return list(self.bos), []
-        first = joint[0]
-        n = min(len(ids) for ids in joint) - 1
-        for ids in joint[1:]:
-            while n > 0 and ids[:n] != first[:n]:
-                n -= 1
-        return self.bos + first[:n], [ids[n:] for ids in joint]
-
-
-def context_window(model: PreTrainedModel, tokenizer) -> int:
-    """Longest sequence the model accepts."""
-    n = getattr(model.config, "max_position_embeddings", None)
-    if n is None:
-        n = getattr(tokenizer, "model_max_length", 2048)
-    return int(min(n, 10**7))
-
-
-def shape_bucket(n: int) -> int:
-    """``n`` rounded up to a multiple of 32 (to 256 tokens), 64 (to 1,024) or 256: the widths forwards are padded to.
-
-    The CPU kernels keep buffers per tensor shape; with every prompt's own width a long run grows by megabytes per
-    distinct shape (gigabytes over a long-input evaluation), with a few dozen widths it levels off."""
-    step = 32 if n <= 256 else 64 if n <= 1024 else 256
-    return -(-n // step) * step
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """Whether a torch error is an allocation failure (CPU or CUDA), which a smaller batch can avoid."""
-    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower() or "can't allocate" in str(exc).lower()
-
-
 # --- the fast scorer ------------------------------------------------------------------------------
-
-BATCH_OVERHEAD_SLOTS = 64
-"""Fixed cost of one forward, in token slots, for :func:`padded_batches` (measured on a 2-core CPU)."""
 
 CACHED_PREFIX_TOKENS = 32
 """A run of at least this many tokens shared by every path of a trie is encoded once and cached (one prompt)."""
 
 TRIE_TOKENS = 65_536
 """Most prompt tokens in one token trie of the many-prompt path (its Python nodes cost ~0.3 kB each)."""
-
-
-def padded_batches(
-    order: Sequence[int], lengths: Sequence[int], max_rows: int, overhead: int, max_tokens: int | None = None
-) -> list[list[int]]:
-    """Cut rows sorted by length into batches of at most ``max_rows`` that minimise the padded slots.
-
-    A batch of ``B`` rows whose longest has ``w`` tokens costs ``B * w + overhead`` slots (padding
-    included); an exact dynamic programme over the sorted rows picks the cuts (fixed-size chunks of
-    sorted rows pad a short row up to the longest of its chunk; this cuts where the lengths jump).
-
-    Args:
-        order: Row indices sorted by ascending length.
-        lengths: Each row's token count (indexed by row).
-        max_rows: Most rows per batch.
-        overhead: Fixed cost of a forward in slots.
-        max_tokens: Most padded slots (rows x longest row) per batch; a single row longer than that still
-            gets a batch of its own.
-
-    Returns:
-        The batches, each a list of row indices, in order.
-    """
-    n = len(order)
-    best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for end in range(1, n + 1):
-        width = lengths[order[end - 1]]  # sorted: the last row is the longest
-        for size in range(1, min(max_rows, end) + 1):
-            if max_tokens is not None and size > 1 and size * width > max_tokens:
-                break
-            cost = best[end - size] + size * width + overhead
-            if cost < best[end]:
-                best[end], cut[end] = cost, end - size
-    out, end = [], n
-    while end > 0:
-        out.append(list(order[cut[end] : end]))
-        end = cut[end]
-    return out[::-1]
 
 
 class HFScorer(CachedScorer):
