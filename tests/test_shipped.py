@@ -54,14 +54,6 @@ def _per_query(spec: ScorerSpec | None = TRAINED, m: int = 8, k: int = 2) -> Per
                           reward="margin", scorer_spec=spec, training={"tasks": ["trec"]})
 
 
-@pytest.fixture
-def package(tmp_path, monkeypatch) -> Path:
-    """An empty stand-in for the package's ``pretrained/`` folder."""
-    folder = tmp_path / "package"
-    folder.mkdir()
-    monkeypatch.setattr(shipped, "FOLDER", folder)
-    return folder
-
 
 # --- the names --------------------------------------------------------------------------------------------------
 
