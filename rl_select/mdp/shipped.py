@@ -2,7 +2,8 @@
 
 Each name stands for one file in ``rl_select/pretrained/`` wherever a policy path is accepted
 (:func:`resolve_policy_path`): the per-query loader (``--policy pretrained``, ``policy_pq``'s default) and the
-fixed-prompt loader (``--policy pretrained-critic``, ``policy_probe``'s default). Each file's training record
+fixed-prompt loader (``--policy pretrained-critic``, the default of ``policy``, ``policy_search``, ``policy_rank`` and
+``policy_probe``). Each file's training record
 holds ``rebuild``, the commands that rebuild it from committed configs (``rl-select reproduce NAME``).
 """
 
