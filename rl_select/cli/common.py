@@ -89,7 +89,8 @@ def _list(item: type, help: str) -> Any:
 
 OPTIONS: dict[str, Any] = {
     # top level
-    "task": _opt(str, help="Built-in task name or a JSON/TOML task spec file."),
+    "task": _opt(str, help="Built-in task name, a JSON/TOML task spec file, or a folder under the data root "
+                           "with a task.toml (e.g. sst5)."),
     "data": _opt(str, help="Folder with train/test files (default: ../shared/data/TASK, else the hub)."),
     "k": _opt(int, "-k", "--k", help="Number of demonstrations."),
     "seeds": _list(int, "Seeds, e.g. 0,1,2."),
