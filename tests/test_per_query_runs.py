@@ -10,7 +10,7 @@ import pytest
 from agents.per_query import PerQueryStore
 from rl_select.data import default_data_root
 from rl_select.embeddings import HashingEmbedder
-from rl_select.errors import ConfigError
+from rl_select.errors import ConfigError, DataError
 from rl_select.experiments import per_query_runs as pqr
 from rl_select.mdp.per_query_policy import PerQueryPolicy
 from rl_select.testing import CachedToyScorer
@@ -77,3 +77,25 @@ def test_unknown_stage_and_split_are_one_line_errors(tmp_path):
         pqr.run_stage("fly", tmp_path, pqr.PerQueryRunConfig())
     with pytest.raises(ConfigError, match="split='dev'"):
         pqr.run_stage("evaluate", tmp_path, pqr.PerQueryRunConfig(), split="dev")
+
+
+def test_evaluate_takes_another_runs_policies_and_names_a_missing_one(toy_run, tmp_path):
+    """``policy_run``: the held-out policies of a first run are evaluated in a second run with a larger pool,
+    and nothing is collected or trained there."""
+    cfg = pqr.PerQueryRunConfig(**{**toy_run.__dict__, "train_tasks": ["sst2", "trec"], "episodes": 30})
+    first = tmp_path / "first"
+    with pytest.raises(DataError, match="holds no episodes"):  # train before collect: one line
+        pqr.run_stage("train", first, cfg, say=lambda _: None)
+    pqr.run_stage("collect", first, cfg, say=lambda _: None)
+    pqr.run_stage("train", first, cfg, say=lambda _: None)
+    big = pqr.PerQueryRunConfig(**{**cfg.__dict__, "n_pool": 48, "policy_run": str(first)})
+    second = tmp_path / "second"
+    pqr.run_stage("evaluate", second, big, split="val", say=lambda _: None)
+    assert not (second / "stores").exists() and not (second / "policies").exists()
+    with (second / "results.csv").open() as f:
+        sels = {r["selector"] for r in csv.DictReader(f)}
+    assert {"knn", "policy_pq:full-margin", "policy_pq:critic-full-margin"} <= sels
+    with pytest.raises(DataError, match="loo-sst2-full-correct"):
+        pqr.run_stage("evaluate", second, big, split="val", rewards=["correct"], say=lambda _: None)
+    with pytest.raises(ConfigError, match="policy_run=3"):
+        pqr.PerQueryRunConfig(policy_run=3)

@@ -41,6 +41,9 @@ class PerQueryRunConfig:
     modes: list[str] = field(default_factory=lambda: ["greedy", "critic"])
     adapt_episodes: int = 600
     adapt_repeat: int = 8
+    policy_run: str | None = None
+    """Another run folder whose leave-one-task-out policies ``evaluate`` uses as they are (nothing is trained
+    here): e.g. the pool-100 policies evaluated with a 1,000-example pool."""
 
     def __post_init__(self) -> None:
         """Refuse a value of the wrong type or range (one line naming the field), before any stage starts."""
@@ -76,6 +79,8 @@ class PerQueryRunConfig:
             raise ConfigError(f"per-query config modes={self.modes!r:.60}; {bad[0]!r} is not one of {list(MODES)}")
         if not isinstance(self.cql_alpha, (int, float)) or isinstance(self.cql_alpha, bool) or self.cql_alpha < 0:
             raise ConfigError(f"per-query config cql_alpha={self.cql_alpha!r}; expected a number >= 0")
+        if self.policy_run is not None and not isinstance(self.policy_run, str):
+            raise ConfigError(f"per-query config policy_run={self.policy_run!r:.60}; expected a run folder path")
         if self.cache is not None and not isinstance(self.cache, str):
             raise ConfigError(f"per-query config cache={self.cache!r}; expected a file path or 'none'")
 

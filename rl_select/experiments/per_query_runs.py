@@ -151,6 +151,9 @@ class PerQueryRun:
         eps: list = []
         rows: dict[str, int] = {}
         for name in tasks:
+            if not len(self.store(name)):
+                raise DataError(f"{str(self.store(name).path)!r} holds no episodes; expected task {name!r}'s "
+                                f"logged episodes (rl-select per-query collect)")
             mine = self.episodes(name, view, rw, limit=limit)
             eps += mine
             rows[name] = len(mine)
@@ -319,8 +322,8 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
       ``(feature_set, reward)``, a policy trained on every other training task (``loo-<task>-<fs>-<reward>``);
     * ``general``: one policy per ``(feature_set, reward)`` trained on every training task
       (``general-<fs>-<reward>``, the one that ships with the package);
-    * ``evaluate``: train what is missing, then append the baselines' and the policies' accuracy on ``split``
-      rows of every held-out task and seed to ``results.csv``;
+    * ``evaluate``: train what is missing (or take the policies of the config's ``policy_run``), then append the
+      baselines' and the policies' accuracy on ``split`` rows of every held-out task and seed to ``results.csv``;
     * ``adapt``: per held-out task and seed, a leave-one-task-out policy that also learned from episodes on
       that task's own pool (:meth:`PerQueryRun.adapted`), evaluated like ``evaluate`` (``policy_pq:adapt-...``);
     * ``report``: the Markdown table of ``results.csv`` (returned).
@@ -356,10 +359,8 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
                       rebuild=rebuild_command(config_path, fs, rw))
         return None
     held_out = list(tasks or cfg.eval_tasks)
-    for target in held_out:
-        others = [t for t in cfg.train_tasks if t != target]
-        for fs, rw in variants(cfg, feature_sets, rewards):
-            run.train(f"loo-{target}-{fs}-{rw}", others, feature_set=fs, reward=rw)
+    policies = loo_policies(run, held_out, variants(cfg, feature_sets, rewards), train=stage != "evaluate"
+                            or cfg.policy_run is None)
     if stage == "train":
         return None
     results = run.dir / "results.csv"
@@ -377,12 +378,36 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
             have = done_rows(results)
             fns = baselines(run) if with_baselines else {}
             for fs, rw in variants(cfg, feature_sets, rewards):
-                path = run.dir / "policies" / f"loo-{target}-{fs}-{rw}.safetensors"
                 for mode in cfg.modes:
-                    fns[policy_label(fs, rw, mode)] = policy_fn(run, path, mode)
+                    fns[policy_label(fs, rw, mode)] = policy_fn(run, policies[target, fs, rw], mode)
             todo = {n: f for n, f in fns.items() if (target, str(seed), split, n) not in have}
             append_rows(results, run.evaluate(target, seed, todo, split=split))
     return None
+
+
+def loo_policies(run: PerQueryRun, held_out: Sequence[str], pairs: Sequence[tuple[str, str]], *,
+                 train: bool = True) -> dict[tuple[str, str, str], Path]:
+    """The leave-one-task-out policy of every held-out task and ``(feature_set, reward)``, keyed by
+    ``(task, feature_set, reward)``: trained here on every other training task (``train``), or taken as they are
+    from the config's ``policy_run`` folder.
+
+    Raises:
+        DataError: ``policy_run`` lacks one of them (one line naming the file).
+    """
+    cfg, out = run.cfg, {}
+    for target in held_out:
+        others = [t for t in cfg.train_tasks if t != target]
+        for fs, rw in pairs:
+            name = f"loo-{target}-{fs}-{rw}"
+            if train:
+                out[target, fs, rw] = run.train(name, others, feature_set=fs, reward=rw)
+                continue
+            path = Path(str(cfg.policy_run)) / "policies" / f"{name}.safetensors"
+            if not path.is_file():
+                raise DataError(f"policy_run: {str(path)!r} not found; expected the {name} policy of that run "
+                                f"(rl-select per-query train)")
+            out[target, fs, rw] = path
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:  # pragma: no cover - ``python -m`` entry point

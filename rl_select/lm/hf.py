@@ -265,7 +265,7 @@ class HFScorer(CachedScorer):
         if prefix_kv:
             shared = [(k.expand(len(seqs), -1, -1, -1), v.expand(len(seqs), -1, -1, -1)) for k, v in prefix_kv]
             kw = {self._cache_kw: DynamicCache(ddp_cache_data=shared), "use_cache": True}
-        h = self._body(input_ids=ids.to(self.device), attention_mask=mask[:, None].to(self.device),
+        h = self._body(input_ids=ids.to(self.device), attention_mask=self._attention_mask(mask),
                        position_ids=pos.to(self.device), **kw).last_hidden_state  # (B, T, H)
         self.stats.forward_tokens += sum(len(sq[0]) for sq in seqs)
         bi, ti = zip(*slots)
@@ -274,6 +274,10 @@ class HFScorer(CachedScorer):
             for rd in reads[node]:
                 flat[rd.row, rd.col] += logp[k, rd.target]
         done.update(nodes_read)
+
+    def _attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The model's attention mask for a packed forward's bool ``mask`` ``(B, T, P' + T)``: ``(B, 1, T, P' + T)``."""
+        return mask[:, None].to(self.device)
 
     def _score_prompts(self, prompts: list[tuple[list[int], list[list[int]]]],
                        conts: list[list[int]]) -> list[np.ndarray]:
