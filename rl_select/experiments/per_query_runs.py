@@ -130,11 +130,15 @@ class PerQueryRun:
         """Task ``name``'s logged episodes with ``view``'s features and ``reward`` (memoised per process)."""
         key = (name, view.name, reward, limit)
         if key not in self._episodes:
+            store = self.store(name)
+            logged = store.load()[:limit]
+            if not logged:  # before any LM work
+                raise DataError(f"{str(store.path)!r} holds no episodes; expected task {name!r}'s logged episodes "
+                                f"(rl-select per-query collect)")
             spec = self.task(name)[0]
             if name not in self._contexts:
                 self._contexts[name] = self.training_contexts(name)
             table, ctx = self._contexts[name]
-            logged = self.store(name).load()[:limit]
             self._episodes[key] = to_episodes(logged, table, ctx, view, k=self.cfg.k, reward=reward,
                                               labels=spec.labels)
         return self._episodes[key]
@@ -151,9 +155,6 @@ class PerQueryRun:
         eps: list = []
         rows: dict[str, int] = {}
         for name in tasks:
-            if not len(self.store(name)):
-                raise DataError(f"{str(self.store(name).path)!r} holds no episodes; expected task {name!r}'s "
-                                f"logged episodes (rl-select per-query collect)")
             mine = self.episodes(name, view, rw, limit=limit)
             eps += mine
             rows[name] = len(mine)
@@ -359,8 +360,8 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
                       rebuild=rebuild_command(config_path, fs, rw))
         return None
     held_out = list(tasks or cfg.eval_tasks)
-    policies = loo_policies(run, held_out, variants(cfg, feature_sets, rewards), train=stage != "evaluate"
-                            or cfg.policy_run is None)
+    policies = loo_policies(run, held_out, variants(cfg, feature_sets, rewards),
+                            train=cfg.policy_run is None or stage != "evaluate")
     if stage == "train":
         return None
     results = run.dir / "results.csv"
@@ -402,7 +403,7 @@ def loo_policies(run: PerQueryRun, held_out: Sequence[str], pairs: Sequence[tupl
             if train:
                 out[target, fs, rw] = run.train(name, others, feature_set=fs, reward=rw)
                 continue
-            path = Path(str(cfg.policy_run)) / "policies" / f"{name}.safetensors"
+            path = Path(cfg.policy_run or "") / "policies" / f"{name}.safetensors"
             if not path.is_file():
                 raise DataError(f"policy_run: {str(path)!r} not found; expected the {name} policy of that run "
                                 f"(rl-select per-query train)")
