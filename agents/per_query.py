@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from agents.offline import OfflineCQLAgent
@@ -37,6 +38,7 @@ from rl_select.lm.base import CachedScorer
 from rl_select.mdp.episode import EpisodeRule
 from rl_select.mdp.per_query import FeatureView, reward_of
 from rl_select.mdp.per_query_table import PoolTable, QueryContexts, vote_shares
+from rl_select.mdp.per_query_verifier import Verifier, verifier_inputs
 from rl_select.mdp.qnet import CandidateQNet
 from rl_select.metrics import label_ids
 
@@ -242,3 +244,62 @@ def train_per_query(episodes: Sequence[Episode], *, seed: int, steps: int = 3000
     agent.learn(list(episodes))
     assert agent.qnet is not None
     return agent.qnet, {**agent.summary, "agent": "offline", "config": agent.config()}
+
+
+def verifier_data(logged: Sequence[LoggedEpisode], table: PoolTable, ctx: QueryContexts, view: FeatureView, *,
+                  k: int, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The verifier's training rows from logged episodes: each final prompt's inputs and whether its answer was right.
+
+    Returns:
+        ``(float32 (n, D), float32 (n,))`` (see :func:`~rl_select.mdp.per_query_verifier.verifier_inputs`).
+
+    Raises:
+        DataError: A logged query that is not among ``ctx.queries``.
+    """
+    index = {q.uid: i for i, q in enumerate(ctx.queries)}
+    missing = [e.query for e in logged if e.query not in index]
+    if missing:
+        raise DataError(f"{len(missing)} logged queries (first {missing[0]!r}) are not among the task's queries; "
+                        "expected the store's own task and seed")
+    rows = [index[e.query] for e in logged]
+    x, answers = verifier_inputs(view, table, ctx, [e.order for e in logged], np.array([e.logprobs for e in logged]),
+                                 k, rows=rows)
+    gold = label_ids(labels, ctx.queries)[rows]
+    return x, (answers == gold).astype(np.float32)
+
+
+def train_verifier(x: np.ndarray, y: np.ndarray, *, seed: int = 0, steps: int = 3000, hidden: Sequence[int] = (64, 64),
+                   members: int = 3, batch: int = 256, lr: float = 1e-3) -> tuple[Verifier, dict[str, Any]]:
+    """Fit a :class:`~rl_select.mdp.per_query_verifier.Verifier` (``members`` MLPs, seeds ``seed..``) by
+    binary cross-entropy on ``(x (n, D), y (n,))``, Adam with weight decay 1e-4.
+
+    Returns:
+        ``(verifier, summary)``: the summary holds the row count, the share right and the final training loss.
+
+    Raises:
+        DataError: No rows, or rows and targets of different lengths.
+    """
+    if len(x) == 0 or len(x) != len(y):
+        raise DataError(f"{len(x)} verifier rows for {len(y)} targets; expected the same positive number")
+    torch.manual_seed(seed)  # the members' initial weights
+    ver = Verifier(int(x.shape[1]), tuple(hidden), members)
+    xt, yt = torch.as_tensor(np.asarray(x, dtype=np.float32)), torch.as_tensor(np.asarray(y, dtype=np.float32))
+    ver.mean.copy_(xt.mean(dim=0))
+    ver.scale.copy_(xt.std(dim=0) + 1e-6)
+    z = (xt - ver.mean) / ver.scale
+    losses = []
+    for n, net in enumerate(ver.nets):
+        torch.manual_seed(seed + n)
+        opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
+        gen = torch.Generator().manual_seed(seed + n)
+        for _ in range(steps):
+            idx = torch.randint(0, len(z), (batch,), generator=gen)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(z[idx]).squeeze(-1), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            losses.append(float(torch.nn.functional.binary_cross_entropy_with_logits(net(z).squeeze(-1), yt)))
+    ver.eval()
+    return ver, {"rows": len(x), "share_right": round(float(np.mean(y)), 4), "steps": steps, "members": members,
+                 "hidden": list(hidden), "seed": seed, "train_loss": round(float(np.mean(losses)), 4)}

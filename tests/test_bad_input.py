@@ -659,7 +659,7 @@ CASES: list[Case] = [
     C("per-query-config-feature-set", "per-query collect --run-dir pq-new --config pq-feature-set.json", r"'shiny'"),
     C("per-query-config-seeds-text", "per-query collect --run-dir pq-new --config pq-seeds.json", r"seeds='0,1'"),
     C("per-query-config-mode", "per-query collect --run-dir pq-new --config pq-modes.json",
-      r"modes=\['greedy', 'beam'\]; 'beam' is not one of \['greedy', 'critic'\]"),
+      r"modes=\['greedy', 'beam'\]; 'beam' is not one of \['greedy', 'critic', 'verify'\]"),
     C("per-query-config-not-utf8", "per-query collect --run-dir pq-new --config pq-utf8.json",
       r"pq-utf8\.json' is not UTF-8"),
     C("per-query-report-no-results", "per-query report --run-dir pq-run", r"'pq-run/results\.csv' not found"),

@@ -27,7 +27,7 @@ EXPECTED = {
         "greedy": (180, 21, False), "policy": (84, 4, False), "policy_search:3": (279, 21, False),
         "policy_search:6s": (534, 21, False), "policy_rank": (504, 4, False), "policy_probe": (144, 12, False),
         "policy_probe:knn": (81, 12, True), "knn_majority": (0, 12, True), "knn_balanced": (0, 12, True),
-        "knn_mmr": (0, 12, True), "policy_pq": (20, 12, True),
+        "knn_mmr": (0, 12, True), "policy_pq": (60, 12, True),
     },
     "table_labelled": {
         "zero_shot": (0, 0, False), "random": (0, 4, False), "knn": (0, 12, True), "max_entropy": (42, 4, False),
@@ -35,7 +35,7 @@ EXPECTED = {
         "greedy": (180, 21, False), "policy": (12, 12, False), "policy_search:3": (39, 21, False),
         "policy_search:6s": (42, 21, False), "policy_rank": (12, 12, False), "policy_probe": (144, 12, False),
         "policy_probe:knn": (81, 12, True), "knn_majority": (0, 12, True), "knn_balanced": (0, 12, True),
-        "knn_mmr": (0, 12, True), "policy_pq": (20, 12, True),
+        "knn_mmr": (0, 12, True), "policy_pq": (60, 12, True),
     },
 }
 

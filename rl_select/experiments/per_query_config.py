@@ -38,7 +38,7 @@ class PerQueryRunConfig:
     cql_alpha: float = 0.1
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     cache: str | None = None
-    modes: list[str] = field(default_factory=lambda: ["greedy", "critic"])
+    modes: list[str] = field(default_factory=lambda: ["greedy", "critic", "verify"])
     adapt_episodes: int = 600
     adapt_repeat: int = 8
     policy_run: str | None = None

@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from agents.per_query import PerQueryStore, collect_per_query, to_episodes, train_per_query
+from agents.per_query import (
+    PerQueryStore,
+    collect_per_query,
+    to_episodes,
+    train_per_query,
+    train_verifier,
+    verifier_data,
+)
 from rl_select.data import Splits, load_task, make_splits
 from rl_select.embeddings import MiniLMEmbedder
 from rl_select.errors import ConfigError, DataError, path_kind
@@ -38,6 +45,7 @@ from rl_select.lm.cache import open_cache
 from rl_select.mdp.per_query import FeatureView
 from rl_select.mdp.per_query_policy import PerQueryPolicy
 from rl_select.mdp.per_query_table import PoolTable, QueryContexts, vote_shares
+from rl_select.mdp.per_query_verifier import Verifier
 from rl_select.metrics import label_ids
 from rl_select.prompts import content_free_queries
 from rl_select.selectors import SelectionContext, make_selector
@@ -130,28 +138,53 @@ class PerQueryRun:
         """Task ``name``'s logged episodes with ``view``'s features and ``reward`` (memoised per process)."""
         key = (name, view.name, reward, limit)
         if key not in self._episodes:
-            store = self.store(name)
-            logged = store.load()[:limit]
-            if not logged:  # before any LM work
-                raise DataError(f"{str(store.path)!r} holds no episodes; expected task {name!r}'s logged episodes "
-                                f"(rl-select per-query collect)")
-            spec = self.task(name)[0]
-            if name not in self._contexts:
-                self._contexts[name] = self.training_contexts(name)
-            table, ctx = self._contexts[name]
+            logged, table, ctx = self.logged(name, limit=limit)
             self._episodes[key] = to_episodes(logged, table, ctx, view, k=self.cfg.k, reward=reward,
-                                              labels=spec.labels)
+                                              labels=self.task(name)[0].labels)
         return self._episodes[key]
+
+    def logged(self, name: str, *, limit: int | None = None) -> tuple[list, PoolTable, QueryContexts]:
+        """Task ``name``'s logged episodes (the first ``limit``) and the training contexts they index.
+
+        Raises:
+            DataError: An empty store (before any LM work).
+        """
+        store = self.store(name)
+        logged = store.load()[:limit]
+        if not logged:
+            raise DataError(f"{str(store.path)!r} holds no episodes; expected task {name!r}'s logged episodes "
+                            f"(rl-select per-query collect)")
+        if name not in self._contexts:
+            self._contexts[name] = self.training_contexts(name)
+        return (logged, *self._contexts[name])
+
+    def verifier(self, tasks: Sequence[str], view: FeatureView, *, seed: int = 0, limit: int | None = None
+                 ) -> tuple[Verifier, dict[str, Any]]:
+        """A verifier trained on the logged episodes of ``tasks`` (their final prompts' answers; no LM row)."""
+        xs, ys = [], []
+        for name in tasks:
+            logged, table, ctx = self.logged(name, limit=limit)
+            x, y = verifier_data(logged, table, ctx, view, k=self.cfg.k, labels=self.task(name)[0].labels)
+            xs.append(x)
+            ys.append(y)
+        t0 = time.perf_counter()
+        ver, summary = train_verifier(np.concatenate(xs), np.concatenate(ys), seed=seed)
+        return ver, {**summary, "tasks": list(tasks), "seconds": round(time.perf_counter() - t0, 1)}
 
     def train(self, policy_name: str, tasks: Sequence[str], *, feature_set: str | None = None,
               reward: str | None = None, seed: int = 0, limit: int | None = None, rebuild: str = "") -> Path:
-        """Train (or reuse) ``RUN/policies/<policy_name>.safetensors`` on the stores of ``tasks``."""
+        """Train (or reuse) ``RUN/policies/<policy_name>.safetensors`` on the stores of ``tasks``, with its verifier
+        (a file written before verifiers existed gets one added; its Q-network stays as it is)."""
         c = self.cfg
         fs, rw = feature_set or c.feature_set, reward or c.reward
         path = self.dir / "policies" / f"{policy_name}.safetensors"
-        if path.is_file():
-            return path
         view = FeatureView.of(fs)
+        if path.is_file():
+            old = PerQueryPolicy.load(path)
+            if old.verifier is None:
+                old.with_verifier(*self.verifier(tasks, view, seed=seed, limit=limit)).save(path)
+                self.say(f"added a verifier to {policy_name}")
+            return path
         eps: list = []
         rows: dict[str, int] = {}
         for name in tasks:
@@ -169,8 +202,9 @@ class PerQueryRun:
         training = {"tasks": list(tasks), "episodes_per_task": rows, "prompt_lm_rows_per_task": lm_rows,
                     "seconds": round(time.perf_counter() - t0, 1), "rebuild": rebuild,
                     "run_config": {k: v for k, v in asdict(c).items() if k != "cache"}, **summary}
+        ver, ver_summary = self.verifier(tasks, view, seed=seed, limit=limit)
         PerQueryPolicy(qnet, feature_set=fs, m=c.m, k=c.k, reward=rw, scorer_spec=self.scorer(tasks[0]).scorer_spec,
-                       training=training).save(path)
+                       training=training, verifier=ver, verifier_training=ver_summary).save(path)
         self.say(f"trained {policy_name} on {sum(rows.values())} episodes of {list(tasks)} "
                  f"in {training['seconds']} s")
         return path

@@ -14,7 +14,14 @@ same pool:
 * ``critic``: the Q-network as a critic (:func:`critic_orders`): each query's candidate prompts (the greedy
   rollout and the hand-written orders of :mod:`rl_select.mdp.neighbour_orders`) are valued by the last
   step's Q, ``Q(state after the first k-1, last action)``, the predicted terminal reward (a plain regression
-  target in training, no bootstrapping), and the best is kept. No LM row beyond the greedy mode's.
+  target in training, no bootstrapping), and the best is kept. No LM row beyond the greedy mode's;
+* ``verify``: the same candidate prompts, each scored for its query by the LM (one row each, calibrated like
+  training), valued by the policy's :class:`~rl_select.mdp.per_query_verifier.Verifier`, which also reads the
+  LM's answer under the prompt (:func:`verify_orders`). Policies trained since the verifier was added carry
+  one (tensors ``verifier.*``, document entry ``"verifier"``); older files have none and refuse this mode.
+
+The default mode (``mode=None``) is ``verify`` for a policy that carries a verifier, else ``critic``: the order
+of the validation averages (docs/per_query/README.md).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from torch import Tensor
 
 from rl_select.embeddings import Embedder
 from rl_select.errors import ConfigError, PolicyError, SelectionError
-from rl_select.lm.base import Scorer
+from rl_select.lm.base import Scorer, grouped_logprobs
 from rl_select.lm.spec import IDENTITY_FIELDS, ScorerSpec
 from rl_select.mdp.artifacts import (
     qnet_document,
@@ -43,6 +50,7 @@ from rl_select.mdp.artifacts import (
 from rl_select.mdp.episode import EpisodeRule
 from rl_select.mdp.neighbour_orders import ORDERS
 from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, PoolTable, QueryContexts, TableMemo
+from rl_select.mdp.per_query_verifier import Verifier, choose, input_names, verifier_inputs
 from rl_select.mdp.qnet import CandidateQNet, masked_q
 from rl_select.mdp.shipped import PRETRAINED as PRETRAINED  # the shipped per-query policy's name
 from rl_select.mdp.shipped import resolve_policy_path
@@ -54,8 +62,11 @@ KIND = "per_query_policy"
 SHAPE = "per_query"
 """The episode shape this policy was trained on (recorded in the document)."""
 
-MODES: tuple[str, ...] = ("greedy", "critic")
-"""How a per-query policy chooses (see the module docstring); ``critic`` was chosen on validation rows."""
+MODES: tuple[str, ...] = ("greedy", "critic", "verify")
+"""How a per-query policy chooses (see the module docstring); ``verify``, then ``critic``, chosen on validation rows."""
+
+VERIFIER_PREFIX = "verifier."
+"""The artifact's tensor names of the verifier start with this; the Q-network's are the rest."""
 
 _REQUIRED = ("shape", "feature_set", "m", "k", "reward", "scorer", "qnet", "training")
 
@@ -109,6 +120,39 @@ def last_step_values(qnet: CandidateQNet, view: FeatureView, table: PoolTable, c
     return q[torch.arange(len(orders)), torch.as_tensor([int(o[-1]) for o in orders])].numpy().astype(np.float64)
 
 
+def candidate_orders(qnet: CandidateQNet, view: FeatureView, table: PoolTable, ctx: QueryContexts, k: int
+                     ) -> dict[str, list[list[int]]]:
+    """Each query's candidate prompts by name: the greedy rollout, then
+    :data:`~rl_select.mdp.neighbour_orders.ORDERS`."""
+    cands = {"greedy": greedy_orders(qnet, view, table, ctx, k)}
+    for name, order in ORDERS.items():
+        cands[name] = [order(table, ctx, i, k) for i in range(len(ctx.queries))]
+    return cands
+
+
+def verify_orders(qnet: CandidateQNet, verifier: Verifier, view: FeatureView, table: PoolTable, ctx: QueryContexts,
+                  k: int, scorer: Scorer) -> tuple[list[list[int]], list[str]]:
+    """Each query's candidate prompt (:func:`candidate_orders`) that the verifier trusts most, after the LM answered.
+
+    All ``C x Q`` (prompt, query) pairs go to the scorer in one :func:`~rl_select.lm.base.grouped_logprobs` call
+    (one batched, disk-cached pass for a cached scorer; a prompt two candidates share is scored once); :func:`~rl_select.mdp.per_query_verifier.
+    choose` picks per query.
+
+    Returns:
+        ``(orders, sources)``: per query, the chosen positions in prompt order and the name of the candidate.
+    """
+    cands = candidate_orders(qnet, view, table, ctx, k)
+    names, n_q = list(cands), len(ctx.queries)
+    flat = [order for name in names for order in cands[name]]
+    rows = [i for _ in names for i in range(n_q)]
+    lp = grouped_logprobs(scorer, [ctx.demos(table, i, o) for i, o in zip(rows, flat)],
+                          [ctx.queries[i] for i in rows])
+    x, answers = verifier_inputs(view, table, ctx, flat, lp, k, rows=rows)
+    p = verifier.p_correct(x).reshape(len(names), n_q)
+    best = choose(p, answers.reshape(len(names), n_q), table.n_labels)
+    return [cands[names[c]][i] for i, c in enumerate(best)], [names[c] for c in best]
+
+
 def critic_orders(qnet: CandidateQNet, view: FeatureView, table: PoolTable, ctx: QueryContexts, k: int
                   ) -> tuple[list[list[int]], list[str]]:
     """Each query's best candidate prompt by the last step's Q (see the module docstring).
@@ -119,9 +163,7 @@ def critic_orders(qnet: CandidateQNet, view: FeatureView, table: PoolTable, ctx:
     Returns:
         ``(orders, sources)``: per query, the chosen positions in prompt order and the name of the candidate.
     """
-    cands = {"greedy": greedy_orders(qnet, view, table, ctx, k)}
-    for name, order in ORDERS.items():
-        cands[name] = [order(table, ctx, i, k) for i in range(len(ctx.queries))]
+    cands = candidate_orders(qnet, view, table, ctx, k)
     values = np.stack([last_step_values(qnet, view, table, ctx, o) for o in cands.values()])  # (C, Q)
     best = values.argmax(axis=0)
     names = list(cands)
@@ -139,13 +181,16 @@ class PerQueryPolicy:
         reward: The terminal reward it was trained on (:data:`~rl_select.mdp.per_query.PER_QUERY_REWARDS`).
         scorer_spec: The scorer its rewards and LM features came from (``None``: not recorded).
         training: Training summary (tasks, episodes, LM rows, agent settings).
+        verifier: The :class:`~rl_select.mdp.per_query_verifier.Verifier` of the ``verify`` mode (``None``: none).
+        verifier_training: Its training summary (recorded in the document).
 
     Raises:
         PolicyError: Settings that do not fit together (one line).
     """
 
     def __init__(self, qnet: CandidateQNet, *, feature_set: str, m: int, k: int, reward: str,
-                 scorer_spec: ScorerSpec | None = None, training: Mapping[str, Any] | None = None) -> None:
+                 scorer_spec: ScorerSpec | None = None, training: Mapping[str, Any] | None = None,
+                 verifier: Verifier | None = None, verifier_training: Mapping[str, Any] | None = None) -> None:
         try:
             self.view = FeatureView.of(feature_set)
         except ConfigError as exc:
@@ -161,20 +206,44 @@ class PerQueryPolicy:
         self.feature_set, self.m, self.k, self.reward = feature_set, int(m), int(k), reward
         self.scorer_spec = scorer_spec
         self.training = dict(training or {})
+        if verifier is not None and verifier.in_dim != len(input_names(self.view)):
+            raise PolicyError(f"verifier in_dim {verifier.in_dim} does not match feature set {feature_set!r}; "
+                              f"expected {len(input_names(self.view))}")
+        self.verifier = None if verifier is None else verifier.eval()
+        self.verifier_training = dict(verifier_training or {})
         self._tables = TableMemo()
 
     def __repr__(self) -> str:
-        return f"PerQueryPolicy(feature_set={self.feature_set!r}, m={self.m}, k={self.k}, reward={self.reward!r})"
+        return (f"PerQueryPolicy(feature_set={self.feature_set!r}, m={self.m}, k={self.k}, reward={self.reward!r}, "
+                f"verifier={self.verifier is not None})")
+
+    @property
+    def default_mode(self) -> str:
+        """``verify`` when this policy carries a verifier, else ``critic`` (see :data:`MODES`)."""
+        return "verify" if self.verifier is not None else "critic"
+
+    def with_verifier(self, verifier: Verifier, training: Mapping[str, Any] | None = None) -> PerQueryPolicy:
+        """This policy (the same Q-network and settings) with ``verifier`` and its training summary."""
+        return PerQueryPolicy(self.qnet, feature_set=self.feature_set, m=self.m, k=self.k, reward=self.reward,
+                              scorer_spec=self.scorer_spec, training=self.training, verifier=verifier,
+                              verifier_training=training)
 
     # --- save / load ------------------------------------------------------------------------------
 
     def _document(self) -> dict[str, Any]:
         return {"shape": SHAPE, "feature_set": self.feature_set, "m": self.m, "k": self.k, "reward": self.reward,
                 "scorer": None if self.scorer_spec is None else self.scorer_spec.to_dict(),
-                "qnet": qnet_document(self.qnet), "training": copy.deepcopy(self.training)}
+                "qnet": qnet_document(self.qnet), "training": copy.deepcopy(self.training),
+                "verifier": None if self.verifier is None else {
+                    **self.verifier.document(), "inputs": input_names(self.view),
+                    "training": copy.deepcopy(self.verifier_training)}}
 
     def _tensors(self) -> dict[str, Tensor]:
-        return {n: t.detach().to("cpu").contiguous().clone() for n, t in self.qnet.state_dict().items()}
+        out = {n: t.detach().to("cpu").contiguous().clone() for n, t in self.qnet.state_dict().items()}
+        if self.verifier is not None:
+            out.update({VERIFIER_PREFIX + n: t.detach().to("cpu").contiguous().clone()
+                        for n, t in self.verifier.state_dict().items()})
+        return out
 
     def save(self, path: str | Path) -> Path:
         """Write the policy as one ``.safetensors`` file, atomically; returns the path."""
@@ -206,10 +275,13 @@ class PerQueryPolicy:
             scorer_spec = None if doc["scorer"] is None else ScorerSpec.from_dict(doc["scorer"], where="scorer")
         except ConfigError as exc:
             raise PolicyError(f"{where}: {exc}") from None
-        qnet = qnet_from_document(doc["qnet"], tensors, where=where, error=PolicyError)
+        q_tensors = {n: t for n, t in tensors.items() if not n.startswith(VERIFIER_PREFIX)}
+        qnet = qnet_from_document(doc["qnet"], q_tensors, where=where, error=PolicyError)
+        verifier = _verifier_from(doc.get("verifier"), tensors, where=where)
         try:
             return cls(qnet, feature_set=doc["feature_set"], m=doc["m"], k=doc["k"], reward=doc["reward"],
-                       scorer_spec=scorer_spec, training=doc["training"])
+                       scorer_spec=scorer_spec, training=doc["training"], verifier=verifier,
+                       verifier_training=(doc.get("verifier") or {}).get("training"))
         except PolicyError as exc:
             raise PolicyError(f"{where}: {exc}") from None
 
@@ -265,7 +337,7 @@ class PerQueryPolicy:
 
     def select_for(self, pool: Sequence[Example], queries: Sequence[Example], *, labels: Sequence[str],
                    embedder: Embedder, scorer: Scorer | None = None, force: bool = False,
-                   mode: str = "critic", index: str = "auto") -> list[list[Example]]:
+                   mode: str | None = None, index: str = "auto") -> list[list[Example]]:
         """Each query's ``k`` demonstrations, in prompt order (the most relevant last, where the Q put it).
 
         Args:
@@ -276,7 +348,8 @@ class PerQueryPolicy:
             scorer: The frozen LM, for the zero-shot features (cached rows: the pool's, or for a pool of more
                 than :data:`~rl_select.mdp.per_query.LAZY_LM_MIN_ROWS` its queries' neighbours'; and ``Q``).
             force: Use a scorer other than the training one (warns).
-            mode: ``"critic"`` or ``"greedy"`` (:data:`MODES`).
+            mode: One of :data:`MODES`; ``None``: :attr:`default_mode`. ``verify`` scores every candidate prompt
+                for its query (``C`` LM rows a query, cached) and needs a scorer and a policy with a verifier.
             index: The pool's neighbour index (:data:`~rl_select.neighbours.BACKENDS`; ``"auto"``: exact below
                 :data:`~rl_select.neighbours.ANN_MIN_ROWS` rows, FAISS above when installed).
 
@@ -284,9 +357,15 @@ class PerQueryPolicy:
             ``len(queries)`` lists of ``k`` distinct pool examples.
 
         Raises:
-            SelectionError: An unknown mode (and see :meth:`contexts`).
+            SelectionError: An unknown mode; ``verify`` without a verifier or without a scorer (and see
+                :meth:`contexts`).
         """
-        check_mode(mode)
+        mode = self.default_mode if mode is None else check_mode(mode)
+        if mode == "verify" and self.verifier is None:
+            raise SelectionError("mode 'verify' needs a policy trained with a verifier (this file has none); expected "
+                                 "mode 'critic' or 'greedy', or a policy from rl-select per-query train")
+        if mode == "verify" and scorer is None:
+            raise SelectionError("mode 'verify' scores each candidate prompt with the LM; expected a scorer")
         if scorer is not None:
             self.check_scorer(scorer, force=force)
         if not queries:
@@ -294,9 +373,32 @@ class PerQueryPolicy:
         table, ctx = self.contexts(pool, queries, labels=labels, embedder=embedder, scorer=scorer, index=index)
         if mode == "greedy":
             orders = greedy_orders(self.qnet, self.view, table, ctx, self.k)
+        elif mode == "verify":
+            assert self.verifier is not None and scorer is not None
+            orders, _ = verify_orders(self.qnet, self.verifier, self.view, table, ctx, self.k, scorer)
         else:
             orders, _ = critic_orders(self.qnet, self.view, table, ctx, self.k)
         return [ctx.demos(table, i, order) for i, order in enumerate(orders)]
+
+
+def _verifier_from(entry: Any, tensors: Mapping[str, Tensor], *, where: str) -> Verifier | None:
+    """The verifier of a document's ``"verifier"`` entry and its ``verifier.*`` tensors (``None`` when absent).
+
+    Raises:
+        PolicyError: An entry without tensors (or the reverse), or one that does not match them (one line).
+    """
+    mine = {n[len(VERIFIER_PREFIX):]: t for n, t in tensors.items() if n.startswith(VERIFIER_PREFIX)}
+    if entry is None and not mine:
+        return None
+    if entry is None or not mine:
+        raise PolicyError(f"{where}: the verifier's metadata and tensors do not go together "
+                          f"({'no' if entry is None else 'an'} entry, {len(mine)} tensors); expected both or neither")
+    try:
+        verifier = Verifier.from_document(entry)
+        verifier.load_state_dict(dict(mine), strict=True)
+    except (ValueError, RuntimeError) as exc:
+        raise PolicyError(f"{where}: verifier: {str(exc).splitlines()[0]}") from None
+    return verifier.eval()
 
 
 def check_mode(mode: str) -> str:

@@ -30,7 +30,8 @@ def masked_q(q: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.bool(), q, torch.full_like(q, MASKED_Q))
 
 
-def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+    """``in_dim -> hidden... -> out_dim`` with ReLU between layers."""
     layers: list[nn.Module] = []
     last = in_dim
     for width in hidden:
@@ -65,8 +66,8 @@ class CandidateQNet(nn.Module):
         self.state_dim = int(state_dim)
         self.cand_dim = int(cand_dim)
         self.hidden = tuple(int(h) for h in hidden)
-        self.cand_mlp = _mlp(self.state_dim + self.cand_dim, self.hidden, 1)
-        self.stop_mlp = _mlp(self.state_dim, self.hidden, 1)
+        self.cand_mlp = mlp(self.state_dim + self.cand_dim, self.hidden, 1)
+        self.stop_mlp = mlp(self.state_dim, self.hidden, 1)
 
     def forward(self, state: Tensor, cands: Tensor) -> Tensor:
         """Score every candidate and STOP.

@@ -43,7 +43,7 @@ def select_per_query_prompt(
     policy: Any, *, task: TaskSpec, pool: Sequence[Example], queries: Sequence[Example], scorer: Any,
     val: Sequence[Example] = (), seed: int = 0, measure: bool = True, args: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None, scorer_spec: ScorerSpec | None = None, force: bool = False,
-    embedder: Any = None, mode: str = "critic",
+    embedder: Any = None, mode: str | None = None,
 ) -> PromptFile:
     """A per-query policy's choices for ``queries`` as a ``"policy"`` per-query prompt file.
 
@@ -56,7 +56,8 @@ def select_per_query_prompt(
         val: Validation rows; with ``measure``, the policy chooses for them too and their accuracy is stored.
         seed, args, source, scorer_spec: Recorded in the file.
         embedder: The neighbourhoods' embedder (the bundled MiniLM, as in training, by default).
-        mode: How the policy chooses (``"critic"`` or ``"greedy"``; recorded in the file).
+        mode: How the policy chooses (:data:`~rl_select.mdp.per_query_policy.MODES`; ``None``: the policy's
+            ``default_mode``; recorded in the file).
 
     Raises:
         PolicyError, SelectionError: As :meth:`PerQueryPolicy.select_for` (one line).
@@ -66,6 +67,7 @@ def select_per_query_prompt(
     from rl_select.metrics import label_ids
 
     emb = embedder or MiniLMEmbedder()
+    mode = mode or policy.default_mode
     before = scorer.stats.copy()
     lists = policy.select_for(pool, queries, labels=task.labels, embedder=emb, scorer=scorer, force=force, mode=mode)
     select_stats = scorer.stats - before

@@ -1,9 +1,11 @@
 """A trained :class:`~rl_select.mdp.per_query_policy.PerQueryPolicy` behind the selector interface.
 
-Each query gets its own ``k`` demonstrations from its ``M`` nearest pool examples, chosen greedily by the
-policy's Q-network. Selection reads pool labels only (no validation label); the LM features cost one
-zero-shot row per pool example and per query (cached; a pool of more than 1,000 rows only its queries'
-neighbours' rows), no prompt is scored at selection. The pool's table is kept between calls on one pool.
+Each query gets its own ``k`` demonstrations from its ``M`` nearest pool examples, chosen by the policy (its
+verifier, its critic or its greedy Q rollout: :data:`~rl_select.mdp.per_query_policy.MODES`). Selection reads
+pool labels only (no validation label); the LM features cost one zero-shot row per pool example and per query
+(cached; a pool of more than 1,000 rows only its queries' neighbours' rows); the ``verify`` mode also scores
+each query's candidate prompts (five, one row each, cached), the other modes none. The pool's table is kept
+between calls on one pool.
 """
 
 from __future__ import annotations
@@ -29,24 +31,32 @@ class PerQueryPolicySelector(Selector):
             the general per-query policy shipped in the package (trained on nine tasks for the bundled model).
         embedder: The sentence embedder of the neighbourhoods (MiniLM by default, as in training).
         force: Use the policy with a scorer other than its training one (warns); refused by default.
-        mode: ``"critic"`` (default: the Q-network values the greedy rollout and the hand-written orders, the
-            best is kept) or ``"greedy"`` (its greedy rollout); see :mod:`rl_select.mdp.per_query_policy`.
+        mode: ``"verify"`` (the LM answers under each candidate prompt, the greedy rollout and the hand-written
+            orders, and the policy's verifier keeps the one it trusts), ``"critic"`` (the Q-network values the
+            same candidates without the LM) or ``"greedy"`` (its greedy rollout); ``None`` (default): ``verify``
+            for a policy with a verifier, else ``critic``. See :mod:`rl_select.mdp.per_query_policy`.
         index: The pool's neighbour index (:data:`~rl_select.neighbours.BACKENDS`; ``"auto"``: exact for small
             pools, FAISS for large ones when installed).
     """
 
     name = "policy_pq"
     tags = SelectorTags(val_labels=False, pool_labels=True, trained=True, lm=True, per_query=True, count_arg=None,
-                        lm_rows=lambda s: s.n_pool + (s.n_test or 0), labels_read=lambda s: s.n_pool,
-                        cost_note="P + T zero-shot rows at most (pool and queries, cached); no prompt scored")
+                        lm_rows=lambda s: s.n_pool + 6 * (s.n_test or 0), labels_read=lambda s: s.n_pool,
+                        cost_note="P + T zero-shot rows at most (pool and queries, cached), and in verify mode (the "
+                                  "default with a verifier) 5 candidate prompts per query, each with its "
+                                  "calibration rows")
 
     def __init__(self, path: str | Path = PRETRAINED, embedder: Embedder | str | Path | None = None,
-                 force: bool = False, mode: str = "critic", *, index: str = "auto") -> None:
+                 force: bool = False, mode: str | None = None, *, index: str = "auto") -> None:
         self.path = str(path)
         self.index = resolve_backend(index, 0) if index != "auto" else index  # an unknown name fails here
         self.force = force
-        self.mode = check_mode(mode)
+        if mode is not None:
+            check_mode(mode)
         self.policy = PerQueryPolicy.load(path)
+        self.mode = mode or self.policy.default_mode
+        if self.mode == "verify" and self.policy.verifier is None:
+            raise SelectionError(f"policy {self.path!r} has no verifier; expected mode 'critic' or 'greedy'")
         self.embedder = embedder
         self._emb = as_embedder(embedder)
 
