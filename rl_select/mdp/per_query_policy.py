@@ -135,8 +135,8 @@ def verify_orders(qnet: CandidateQNet, verifier: Verifier, view: FeatureView, ta
     """Each query's candidate prompt (:func:`candidate_orders`) that the verifier trusts most, after the LM answered.
 
     All ``C x Q`` (prompt, query) pairs go to the scorer in one :func:`~rl_select.lm.base.grouped_logprobs` call
-    (one batched, disk-cached pass for a cached scorer; a prompt two candidates share is scored once); :func:`~rl_select.mdp.per_query_verifier.
-    choose` picks per query.
+    (one batched, disk-cached pass for a cached scorer; a prompt two candidates share is scored once);
+    :func:`~rl_select.mdp.per_query_verifier.choose` picks per query.
 
     Returns:
         ``(orders, sources)``: per query, the chosen positions in prompt order and the name of the candidate.
