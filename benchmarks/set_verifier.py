@@ -1,0 +1,146 @@
+"""Experiment: a set-aware verifier. Stage 1 (collect): for the first N training queries of every task, the four
+rule orders' prompts are scored (cached LM rows) and logged to OUT/rules-<task>.jsonl. Stage 2 (eval): verifiers
+trained (leave one task out) on (a) logged episodes only, per-candidate features [the shipped verifier];
+(b) + set features (agreement with the query's other scored prompts, confidence rank) on the queries with rule
+prompts; evaluated on val/test rows of the held-out tasks against max_conf.
+
+One process at a time may run the model. The docs' figures (docs/per_query/README.md, "a set-aware verifier"):
+
+    python benchmarks/set_verifier.py collect configs/per_query.json RUN OUT 300
+    python benchmarks/set_verifier.py eval configs/per_query.json RUN OUT val 0,1,2
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from agents.per_query import train_verifier
+from rl_select.experiments.per_query_config import PerQueryRunConfig
+from rl_select.experiments.per_query_runs import PerQueryRun
+from rl_select.lm.calibration import normalise
+from rl_select.mdp.neighbour_orders import ORDERS
+from rl_select.mdp.per_query import FeatureView
+from rl_select.mdp.per_query_policy import PerQueryPolicy, candidate_orders
+from rl_select.mdp.per_query_verifier import choose, verifier_inputs
+from rl_select.metrics import label_ids
+
+stage, cfg_path, run_dir, out = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
+cfg = PerQueryRunConfig.from_file(cfg_path)
+run = PerQueryRun(cfg, run_dir, say=lambda s: None)
+view = FeatureView.of("full")
+K = cfg.k
+out.mkdir(parents=True, exist_ok=True)
+
+
+def set_feats(lp_set: np.ndarray) -> np.ndarray:
+    """(C, L) log-probs of one query's scored prompts -> (C, 4) set features."""
+    p = np.exp(normalise(lp_set))
+    ans, top = p.argmax(1), p.max(1)
+    c = len(ans)
+    agree = np.array([(ans == a).mean() for a in ans])
+    conf_same = np.array([top[ans == a].sum() / c for a in ans])
+    rank = np.argsort(np.argsort(-top)) / max(c - 1, 1)
+    gap = top - top.max()
+    return np.stack([agree, conf_same, rank, gap], axis=1).astype(np.float32)
+
+
+if stage == "collect":
+    n = int(sys.argv[5])
+    for name in cfg.train_tasks:
+        path = out / f"rules-{name}.jsonl"
+        if path.is_file():
+            continue
+        t0 = time.time()
+        table, ctx = run.training_contexts(name)
+        scorer = run.scorer(name)
+        before = scorer.stats.copy()
+        rows, orders, names = [], [], []
+        for i in range(min(n, len(ctx.queries))):
+            for nm, fn in ORDERS.items():
+                rows.append(i)
+                orders.append(fn(table, ctx, i, K))
+                names.append(nm)
+        lp = scorer.logprobs_many(demo_lists=[ctx.demos(table, i, o) for i, o in zip(rows, orders)],
+                                  queries=[ctx.queries[i] for i in rows])
+        spent = scorer.stats - before
+        with path.open("w") as f:
+            for i, o, nm, row in zip(rows, orders, names, lp):
+                f.write(json.dumps({"query": ctx.queries[i].uid, "order": list(map(int, o)), "policy": nm,
+                                    "logprobs": [float(x) for x in row]}) + "\n")
+        print(f"{name}: {len(rows)} prompts, {int(spent.queries)} LM rows ({int(spent.cache_misses)} computed) "
+              f"in {time.time() - t0:.0f} s", flush=True)
+    sys.exit(0)
+
+split, seeds = sys.argv[5], [int(s) for s in sys.argv[6].split(",")]
+
+
+def task_rows(name):
+    """(X_base, X_set, y) for the task's rule-prompt queries: per scored prompt (rules + logged episodes)."""
+    table, ctx = run.training_contexts(name)
+    gold = label_ids(run.task(name)[0].labels, ctx.queries)
+    index = {q.uid: j for j, q in enumerate(ctx.queries)}
+    by_q: dict[int, list] = {}
+    for line in (out / f"rules-{name}.jsonl").open():
+        e = json.loads(line)
+        by_q.setdefault(index[e["query"]], []).append((e["order"], e["logprobs"]))
+    for e in run.store(name).load():
+        i = index[e.query]
+        if i in by_q:
+            by_q[i].append((list(e.order), list(e.logprobs)))
+    xb, xs, ys = [], [], []
+    for i, items in by_q.items():
+        lp = np.array([it[1] for it in items])
+        x, ans = verifier_inputs(view, table, ctx, [it[0] for it in items], lp, K, rows=[i] * len(items))
+        xb.append(x)
+        xs.append(set_feats(lp))
+        ys.append((ans == gold[i]).astype(np.float32))
+    return np.concatenate(xb), np.concatenate(xs), np.concatenate(ys)
+
+
+data = {name: task_rows(name) for name in cfg.train_tasks}
+results = []
+for target in cfg.eval_tasks:
+    others = [t for t in cfg.train_tasks if t != target]
+    xb = np.concatenate([data[t][0] for t in others])
+    xs = np.concatenate([data[t][1] for t in others])
+    y = np.concatenate([data[t][2] for t in others])
+    v_set, _ = train_verifier(np.concatenate([xb, xs], 1), y, seed=0)
+    v_rules, _ = train_verifier(xb, y, seed=0)  # per-candidate features, trained on the rule sets only
+    pol = PerQueryPolicy.load(Path(cfg.policy_run or run_dir) / "policies" / f"loo-{target}-full-margin.safetensors")
+    spec = run.task(target)[0]
+    for seed in seeds:
+        sp = run.splits(target, seed)
+        queries = list(sp.test if split == "test" else sp.val)
+        scorer = run.scorer(target)
+        gold = label_ids(spec.labels, queries)
+        table, ctx = pol.contexts(sp.pool, queries, labels=spec.labels, embedder=run.embedder, scorer=scorer)
+        cands = candidate_orders(pol.qnet, pol.view, table, ctx, K)
+        names, C, Q, L = list(cands), len(cands), len(queries), len(spec.labels)
+        flat = [o for nm in names for o in cands[nm]]
+        rows = [i for _ in names for i in range(Q)]
+        lp = scorer.logprobs_many(demo_lists=[ctx.demos(table, i, o) for i, o in zip(rows, flat)],
+                                  queries=[queries[i] for i in rows])
+        x, ans = verifier_inputs(view, table, ctx, flat, lp, K, rows=rows)
+        lp3 = lp.reshape(C, Q, L)
+        sf = np.concatenate([set_feats(lp3[:, i])[:, None] for i in range(Q)], axis=1).reshape(C * Q, -1)
+        ans = ans.reshape(C, Q)
+        right, cols = ans == gold[None], np.arange(Q)
+        prob = np.exp(normalise(lp)).reshape(C, Q, L)
+        r = {"task": target, "seed": seed, "split": split}
+        r["verify"] = right[choose(pol.verifier.p_correct(x).reshape(C, Q), ans, L), cols].mean()
+        p_set = v_set.p_correct(np.concatenate([x, sf], 1)).reshape(C, Q)
+        r["set_verify"] = right[choose(p_set, ans, L), cols].mean()
+        r["set_top"] = right[p_set.argmax(0), cols].mean()
+        p_r = v_rules.p_correct(x).reshape(C, Q)
+        r["rules_verify"] = right[choose(p_r, ans, L), cols].mean()
+        r["max_conf"] = right[prob.max(-1).argmax(0), cols].mean()
+        results.append(r)
+        print(json.dumps({k: (round(float(v), 3) if not isinstance(v, str) else v) for k, v in r.items()}), flush=True)
+keys = [k for k in results[0] if k not in ("task", "seed", "split")]
+for k in keys:
+    pt = [np.mean([r[k] for r in results if r["task"] == t]) for t in cfg.eval_tasks]
+    print(f"{k:14s} " + " ".join(f"{100 * v:5.1f}" for v in pt) + f"  avg {100 * np.mean(pt):5.1f}")
