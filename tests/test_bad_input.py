@@ -665,7 +665,7 @@ CASES: list[Case] = [
     C("per-query-report-no-results", "per-query report --run-dir pq-run", r"'pq-run/results\.csv' not found"),
     # --- reproduce
     C("reproduce-unknown-name", "reproduce nosuch",
-      r"no shipped policy 'nosuch'; expected one of \['pretrained', 'pretrained-critic'\]"),
+      r"no shipped policy 'nosuch'; expected one of \['pretrained', 'pretrained-critic', 'pretrained-large'\]"),
     C("reproduce-outside-the-repository", "reproduce pretrained --dry-run",
       r"config 'configs/per_query\.json' .*not found here; .*run from the repository root"),
     C("reproduce-out-is-a-folder", "reproduce pretrained --out folder.json", r"--out 'folder\.json' is a folder"),

@@ -387,6 +387,10 @@ def test_the_pretrained_name_resolves_to_the_shipped_policy():
     assert path.is_file() and path.stat().st_size < 1_000_000
     assert policy.training["tasks"] and policy.training["rebuild"].startswith("rl-select per-query")
     assert resolve_policy_path("x.safetensors").name == "x.safetensors"
+    large = PerQueryPolicy.load("pretrained-large")  # the one for pools of 1,000 rows or more
+    assert large.training["run_config"]["n_pool"] == 1000 and policy.training["run_config"]["n_pool"] == 100
+    assert large.verifier is not None and policy.verifier is not None
+    assert "per_query_pool1000_trained.json" in large.training["rebuild"]
 
 
 def test_the_same_model_in_another_dtype_is_accepted_with_a_warning_another_model_refused(tmp_path):

@@ -226,3 +226,16 @@ def test_the_shipped_per_query_file_is_small_and_its_critic_twin_is_wired(packag
     shutil.copy(real, package / "per_query.safetensors")
     assert PerQueryPolicy.load("pretrained").k == 4
     assert shipped.packaged_path("pretrained-critic") == package / "critic.safetensors"
+
+
+def test_pretrained_stands_for_the_large_pool_policy_from_a_thousand_rows(package):
+    assert shipped.per_query_for_pool("pretrained", 5000) == "pretrained"  # this install lacks the large one
+    _per_query(m=8).save(package / "per_query.safetensors")
+    _per_query(m=6).save(package / "per_query_pool1000.safetensors")
+    assert shipped.per_query_for_pool("pretrained", shipped.LARGE_POOL_MIN - 1) == "pretrained"
+    assert shipped.per_query_for_pool("pretrained", shipped.LARGE_POOL_MIN) == "pretrained-large"
+    assert shipped.per_query_for_pool("mine.safetensors", 5000) == "mine.safetensors"
+    sel = make_selector("policy_pq")
+    assert sel.policy_for(100).m == 8 and sel.policy_for(1000).m == 6
+    assert sel.policy_for(2000) is sel.policy_for(1000)  # loaded once
+    assert make_selector("policy_pq", path="pretrained-large").policy_for(100).m == 6  # a named file as it is

@@ -149,6 +149,7 @@ def _select_per_query(cfg, explicit: frozenset[str], *, policy: str, seed: int |
     from rl_select.experiments.harness import build_scorer
     from rl_select.experiments.prompt_runs import default_prompt_path, selection_inputs
     from rl_select.mdp.per_query_policy import PerQueryPolicy
+    from rl_select.mdp.shipped import per_query_for_pool
     from rl_select.prompt_file import check_writable, select_per_query_prompt
 
     pol = PerQueryPolicy.load(policy)
@@ -159,6 +160,8 @@ def _select_per_query(cfg, explicit: frozenset[str], *, policy: str, seed: int |
         cfg = cfg.updated(lm={key: trained[key] for key in ("backend", "model", "mode", "length_norm", "calibrate")
                               if key in trained and key not in explicit})
     inputs = selection_inputs(cfg, seed)
+    policy = str(per_query_for_pool(policy, len(inputs.pool)))  # "pretrained" on a large pool: the large one
+    pol = PerQueryPolicy.load(policy)
     if pol.m > len(inputs.pool):
         raise ConfigError(f"policy {policy!r} takes M={pol.m} neighbours per query but the pool has "
                           f"{len(inputs.pool)}; expected --n-pool >= {pol.m}")

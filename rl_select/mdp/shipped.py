@@ -1,4 +1,4 @@
-"""The policies shipped in the package, by name: ``pretrained`` and ``pretrained-critic``.
+"""The policies shipped in the package, by name: ``pretrained``, ``pretrained-large`` and ``pretrained-critic``.
 
 Each name stands for one file in ``rl_select/pretrained/`` wherever a policy path is accepted
 (:func:`resolve_policy_path`): the per-query loader (``--policy pretrained``, ``policy_pq``'s default) and the
@@ -16,6 +16,14 @@ from rl_select.errors import PolicyError
 
 PRETRAINED = "pretrained"
 """The general per-query policy (kind ``per_query_policy``), trained on the nine shared tasks for the bundled model."""
+
+PRETRAINED_LARGE = "pretrained-large"
+"""The general per-query policy trained with a 1,000-example pool (eight shared tasks, CB has too few rows): what
+``pretrained`` stands for on a pool of :data:`LARGE_POOL_MIN` rows or more (:func:`per_query_for_pool`)."""
+
+LARGE_POOL_MIN = 1000
+"""From this many pool rows, ``pretrained`` selects with :data:`PRETRAINED_LARGE`. Both policies were validated at
+their own pool size only (100 and 1,000 rows; docs/per_query/README.md), so the switch sits at the larger one."""
 
 PRETRAINED_CRITIC = "pretrained-critic"
 """The fixed-prompt policy with its probe critic (kind ``policy``), trained on the nine shared tasks for the bundled
@@ -37,6 +45,8 @@ class Shipped:
 SHIPPED: dict[str, Shipped] = {
     PRETRAINED: Shipped("per_query.safetensors", "per_query_policy", "the shipped per-query policy"),
     PRETRAINED_CRITIC: Shipped("critic.safetensors", "policy", "the shipped fixed-prompt policy with its critic"),
+    PRETRAINED_LARGE: Shipped("per_query_pool1000.safetensors", "per_query_policy",
+                              "the shipped per-query policy for large pools"),
 }
 """The shipped policies by name."""
 
@@ -60,3 +70,11 @@ def resolve_policy_path(path: str | Path) -> Path:
         raise PolicyError(f"{SHIPPED[name].what} ({name!r}) is missing from this install ({str(where)!r}); expected it "
                           "in the package (reinstall rl_select)")
     return where
+
+
+def per_query_for_pool(name: str | Path, n_pool: int) -> str | Path:
+    """The shipped per-query policy ``pretrained`` stands for on a pool of ``n_pool`` rows: :data:`PRETRAINED_LARGE`
+    from :data:`LARGE_POOL_MIN` rows when it is installed, else ``pretrained``; any other name or path as it is."""
+    if str(name) == PRETRAINED and n_pool >= LARGE_POOL_MIN and packaged_path(PRETRAINED_LARGE).is_file():
+        return PRETRAINED_LARGE
+    return name

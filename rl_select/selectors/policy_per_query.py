@@ -16,6 +16,7 @@ from pathlib import Path
 from rl_select.embeddings import Embedder, as_embedder
 from rl_select.errors import SelectionError
 from rl_select.mdp.per_query_policy import PRETRAINED, PerQueryPolicy, check_mode
+from rl_select.mdp.shipped import per_query_for_pool
 from rl_select.neighbours import resolve_backend
 from rl_select.selectors.base import SelectionContext, Selector, check_k, register_selector
 from rl_select.selectors.tags import SelectorTags
@@ -28,7 +29,9 @@ class PerQueryPolicySelector(Selector):
 
     Args:
         path: The policy's ``.safetensors`` file (kind ``per_query_policy``); ``"pretrained"`` (the default) is
-            the general per-query policy shipped in the package (trained on nine tasks for the bundled model).
+            the general per-query policy shipped in the package (trained on nine tasks for the bundled model with
+            a 100-example pool; on a pool of 1,000 rows or more, the one trained with a 1,000-example pool,
+            ``"pretrained-large"``: :func:`~rl_select.mdp.shipped.per_query_for_pool`).
         embedder: The sentence embedder of the neighbourhoods (MiniLM by default, as in training).
         force: Use the policy with a scorer other than its training one (warns); refused by default.
         mode: ``"verify"`` (the LM answers under each candidate prompt, the greedy rollout and the hand-written
@@ -54,6 +57,7 @@ class PerQueryPolicySelector(Selector):
         if mode is not None:
             check_mode(mode)
         self.policy = PerQueryPolicy.load(path)
+        self._by_name: dict[str, PerQueryPolicy] = {self.path: self.policy}
         self.mode = mode or self.policy.default_mode
         if self.mode == "verify" and self.policy.verifier is None:
             raise SelectionError(f"policy {self.path!r} has no verifier; expected mode 'critic' or 'greedy'")
@@ -63,11 +67,20 @@ class PerQueryPolicySelector(Selector):
     def select_for(self, ctx: SelectionContext, queries: Sequence[Example]) -> list[list[Example]]:
         """The policy's ``k`` demonstrations for every query (``ctx.k`` must equal the policy's ``k``)."""
         check_k(ctx)
-        if ctx.k != self.policy.k:
-            raise SelectionError(f"k={ctx.k}, but policy {self.path!r} was trained for k={self.policy.k}; "
-                                 f"expected k={self.policy.k}")
-        return self.policy.select_for(ctx.pool, queries, labels=ctx.scorer.spec.labels, embedder=self._emb,
-                                      scorer=ctx.scorer, force=self.force, mode=self.mode, index=self.index)
+        policy = self.policy_for(len(ctx.pool))
+        if ctx.k != policy.k:
+            raise SelectionError(f"k={ctx.k}, but policy {self.path!r} was trained for k={policy.k}; "
+                                 f"expected k={policy.k}")
+        return policy.select_for(ctx.pool, queries, labels=ctx.scorer.spec.labels, embedder=self._emb,
+                                 scorer=ctx.scorer, force=self.force, mode=self.mode, index=self.index)
+
+    def policy_for(self, n_pool: int) -> PerQueryPolicy:
+        """The policy that chooses on a pool of ``n_pool`` rows (loaded once): the given one, or for ``"pretrained"``
+        the shipped one for that pool size."""
+        name = str(per_query_for_pool(self.path, n_pool))
+        if name not in self._by_name:
+            self._by_name[name] = PerQueryPolicy.load(name)
+        return self._by_name[name]
 
     def select(self, ctx: SelectionContext) -> list[Example]:
         """Per-query only."""
