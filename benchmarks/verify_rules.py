@@ -11,6 +11,8 @@ new for them), and one prompt per query is kept by:
 * ``max_conf``: the candidate whose answer has the highest calibrated top probability (hand-written);
 * ``min_entropy``: the candidate whose answer has the lowest entropy (hand-written, Wu et al. 2023's spirit);
 * ``cand_vote``: the answer most candidates give (hand-written);
+* ``max_conf_rules`` / ``min_entropy_rules``: the same two rules over the four hand-written orders only (no
+  learned candidate: a selector with no learned part at all);
 * ``oracle``: any candidate right (reads the gold label: the ceiling of choosing among these five);
 * ``cand_<name>``: each candidate alone; ``share_<name>``: how often ``verify`` kept it.
 
@@ -65,7 +67,9 @@ def compare(run: PerQueryRun, target: str, seed: int, split: str, policy: PerQue
         "task": target, "seed": seed, "split": split, "verify": right[kept, cols].mean(),
         "verify_top": right[p.argmax(0), cols].mean(), "max_conf": right[prob.max(-1).argmax(0), cols].mean(),
         "min_entropy": right[entropy.argmin(0), cols].mean(), "cand_vote": (votes.argmax(1) == gold).mean(),
-        "oracle": right.any(0).mean()}
+        "oracle": right.any(0).mean(),
+        "max_conf_rules": right[1 + prob[1:].max(-1).argmax(0), cols].mean(),
+        "min_entropy_rules": right[1 + entropy[1:].argmin(0), cols].mean()}
     out.update({f"cand_{n}": right[c].mean() for c, n in enumerate(names)})
     out.update({f"share_{n}": float(np.mean(kept == c)) for c, n in enumerate(names)})
     return {k: round(float(v), 4) if isinstance(v, np.floating | float) else v for k, v in out.items()}
