@@ -201,6 +201,20 @@ def collect_per_query(scorer: CachedScorer, table: PoolTable, ctx: QueryContexts
     return added
 
 
+def query_rows(logged: Sequence[LoggedEpisode], ctx: QueryContexts) -> list[int]:
+    """Each logged episode's query as an index into ``ctx.queries``.
+
+    Raises:
+        DataError: A logged query that is not among ``ctx.queries``.
+    """
+    index = {q.uid: i for i, q in enumerate(ctx.queries)}
+    missing = [e.query for e in logged if e.query not in index]
+    if missing:
+        raise DataError(f"{len(missing)} logged queries (first {missing[0]!r}) are not among the task's queries; "
+                        "expected the store's own task and seed")
+    return [index[e.query] for e in logged]
+
+
 def to_episodes(logged: Sequence[LoggedEpisode], table: PoolTable, ctx: QueryContexts, view: FeatureView, *,
                 k: int, reward: str, labels: Sequence[str]) -> list[Episode]:
     """Logged episodes as :class:`~agents.rollout_store.Episode` with ``view``'s features and the terminal ``reward``.
@@ -208,14 +222,9 @@ def to_episodes(logged: Sequence[LoggedEpisode], table: PoolTable, ctx: QueryCon
     Raises:
         DataError: A logged query that is not among ``ctx.queries``.
     """
-    index = {q.uid: i for i, q in enumerate(ctx.queries)}
     gold = label_ids(labels, ctx.queries)
-    missing = [e.query for e in logged if e.query not in index]
-    if missing:
-        raise DataError(f"{len(missing)} logged queries (first {missing[0]!r}) are not among the task's queries; "
-                        "expected the store's own task and seed")
     rule = EpisodeRule(n_candidates=ctx.m, k=k)
-    rows = [index[e.query] for e in logged]
+    rows = query_rows(logged, ctx)
     rewards = reward_of(np.array([e.logprobs for e in logged]), gold[rows], reward)
     out = []
     for n, (e, i, r) in enumerate(zip(logged, rows, rewards)):
@@ -256,12 +265,7 @@ def verifier_data(logged: Sequence[LoggedEpisode], table: PoolTable, ctx: QueryC
     Raises:
         DataError: A logged query that is not among ``ctx.queries``.
     """
-    index = {q.uid: i for i, q in enumerate(ctx.queries)}
-    missing = [e.query for e in logged if e.query not in index]
-    if missing:
-        raise DataError(f"{len(missing)} logged queries (first {missing[0]!r}) are not among the task's queries; "
-                        "expected the store's own task and seed")
-    rows = [index[e.query] for e in logged]
+    rows = query_rows(logged, ctx)
     x, answers = verifier_inputs(view, table, ctx, [e.order for e in logged], np.array([e.logprobs for e in logged]),
                                  k, rows=rows)
     gold = label_ids(labels, ctx.queries)[rows]

@@ -36,6 +36,15 @@ def _setup(tmp_path, n=300):
     return scorer, table, ctx, store.load()
 
 
+def _policy(table, ctx, logged, *, steps, q_steps):
+    """A per-query policy (``full`` features) with a one-member verifier, both trained briefly on ``logged``."""
+    view = FeatureView.of("full")
+    ver, _ = train_verifier(*verifier_data(logged, table, ctx, view, k=3, labels=SPEC.labels), steps=steps, members=1)
+    qnet, _ = train_per_query(to_episodes(logged, table, ctx, view, k=3, reward="margin", labels=SPEC.labels),
+                              seed=0, steps=q_steps)
+    return PerQueryPolicy(qnet, feature_set="full", m=8, k=3, reward="margin", verifier=ver)
+
+
 def test_response_features_mean_what_they_say(tmp_path):
     scorer, table, ctx, _ = _setup(tmp_path, n=3)
     order = [5, 2, 0]
@@ -86,10 +95,8 @@ def test_the_verifier_learns_which_answers_are_right_and_travels_in_the_policy_f
 def test_verify_mode_scores_every_candidate_in_one_call_and_keeps_the_chosen(tmp_path, monkeypatch):
     scorer, table, ctx, logged = _setup(tmp_path, n=200)
     view = FeatureView.of("full")
-    ver, _ = train_verifier(*verifier_data(logged, table, ctx, view, k=3, labels=SPEC.labels), steps=100, members=1)
-    qnet, _ = train_per_query(to_episodes(logged, table, ctx, view, k=3, reward="margin", labels=SPEC.labels),
-                              seed=0, steps=50)
-    policy = PerQueryPolicy(qnet, feature_set="full", m=8, k=3, reward="margin", verifier=ver)
+    policy = _policy(table, ctx, logged, steps=100, q_steps=50)
+    qnet, ver = policy.qnet, policy.verifier
     calls = []
     real = scorer.logprobs_many
     monkeypatch.setattr(scorer, "logprobs_many", lambda **kw: calls.append(len(kw["queries"])) or real(**kw))
@@ -117,11 +124,7 @@ def test_verify_mode_scores_every_candidate_in_one_call_and_keeps_the_chosen(tmp
 
 def test_a_file_whose_verifier_entry_and_tensors_disagree_is_refused(tmp_path):
     scorer, table, ctx, logged = _setup(tmp_path, n=60)
-    view = FeatureView.of("full")
-    ver, _ = train_verifier(*verifier_data(logged, table, ctx, view, k=3, labels=SPEC.labels), steps=10, members=1)
-    qnet, _ = train_per_query(to_episodes(logged, table, ctx, view, k=3, reward="margin", labels=SPEC.labels),
-                              seed=0, steps=10)
-    policy = PerQueryPolicy(qnet, feature_set="full", m=8, k=3, reward="margin", verifier=ver)
+    policy = _policy(table, ctx, logged, steps=10, q_steps=10)
     path = write_artifact(tmp_path / "odd.safetensors", kind=KIND, tensors=policy._tensors(),
                           doc={**policy._document(), "verifier": None})
     with pytest.raises(PolicyError, match="verifier's metadata and tensors do not go together"):

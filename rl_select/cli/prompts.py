@@ -160,8 +160,9 @@ def _select_per_query(cfg, explicit: frozenset[str], *, policy: str, seed: int |
         cfg = cfg.updated(lm={key: trained[key] for key in ("backend", "model", "mode", "length_norm", "calibrate")
                               if key in trained and key not in explicit})
     inputs = selection_inputs(cfg, seed)
-    policy = str(per_query_for_pool(policy, len(inputs.pool)))  # "pretrained" on a large pool: the large one
-    pol = PerQueryPolicy.load(policy)
+    chosen = str(per_query_for_pool(policy, len(inputs.pool)))
+    if chosen != str(policy):  # "pretrained" on a large pool: the large-pool policy
+        policy, pol = chosen, PerQueryPolicy.load(chosen)
     if pol.m > len(inputs.pool):
         raise ConfigError(f"policy {policy!r} takes M={pol.m} neighbours per query but the pool has "
                           f"{len(inputs.pool)}; expected --n-pool >= {pol.m}")
