@@ -99,3 +99,44 @@ def test_evaluate_takes_another_runs_policies_and_names_a_missing_one(toy_run, t
         pqr.run_stage("evaluate", second, big, split="val", rewards=["correct"], say=lambda _: None)
     with pytest.raises(ConfigError, match="policy_run=3"):
         pqr.PerQueryRunConfig(policy_run=3)
+
+
+def _benchmark(name):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parents[1] / "benchmarks"
+                                                  / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_answer_comparison_benchmarks_run_on_a_trained_run(toy_run, tmp_path):
+    """benchmarks/verify_rules.py, more_q_candidates.py and verifier_local.py through their shared driver
+    (:mod:`rl_select.experiments.per_query_compare`): one CSV row per task and seed, figures that hang together."""
+    import json
+
+    cfg = pqr.PerQueryRunConfig(**{**toy_run.__dict__, "train_tasks": ["sst2", "trec"], "episodes": 30})
+    run_dir, cfg_file = tmp_path / "run", tmp_path / "cfg.json"
+    pqr.run_stage("collect", run_dir, cfg, say=lambda _: None)
+    pqr.run_stage("train", run_dir, cfg, say=lambda _: None)
+    cfg_file.write_text(json.dumps(cfg.__dict__))
+    rows = {}
+    for name in ("verify_rules", "more_q_candidates", "verifier_local"):
+        out = tmp_path / f"{name}.csv"
+        bench = _benchmark(name)
+        bench.VERIFIER_STEPS = 50  # verifier_local's own verifiers: enough to run, not to learn
+        bench.main(["--config", str(cfg_file), "--run-dir", str(run_dir), "--split", "val", "--seeds", "0",
+                               "--out", str(out)])
+        with out.open() as f:
+            (rows[name],) = list(csv.DictReader(f))
+        assert rows[name]["task"] == "sst2" and rows[name]["split"] == "val"
+    vr, mq, vl = (({k: float(v) for k, v in rows[n].items() if k not in ("task", "split")})
+                  for n in ("verify_rules", "more_q_candidates", "verifier_local"))
+    cands = [v for k, v in vr.items() if k.startswith("cand_") and k != "cand_vote"]
+    assert len(cands) == 5 and vr["oracle"] >= max(cands) and vr["oracle"] >= vr["verify"]
+    assert sum(v for k, v in vr.items() if k.startswith("share_")) == pytest.approx(1.0)
+    assert mq["verify5"] == vr["verify"] and mq["oracle5"] == vr["oracle"] and mq["oracle7"] >= mq["oracle5"]
+    assert mq["max_conf_rules"] == vr["max_conf_rules"] == vl["max_conf_rules"] and vl["shipped"] == vr["verify"]
+    assert all(0.0 <= vl[v] <= vr["oracle"] for v in ("base", "local", "local_ans"))

@@ -1,0 +1,74 @@
+"""The two verifier levers of issue 22 that were measured and not kept (benchmarks/verifier_local.py and
+benchmarks/more_q_candidates.py): what they add to each candidate or query means what their docstrings say."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.per_query import PerQueryStore, collect_per_query, to_episodes, train_per_query
+from rl_select.embeddings import HashingEmbedder
+from rl_select.mdp.episode import EpisodeRule
+from rl_select.mdp.per_query import FeatureView, PoolTable, QueryContexts
+from rl_select.mdp.per_query_policy import greedy_orders
+from rl_select.mdp.qnet import masked_q
+from rl_select.testing import CachedToyScorer, toy_examples, toy_task
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = toy_task(3)
+DATA = toy_examples(SPEC, 100, seed=2)
+POOL, QUERIES = DATA[:40], DATA[40:]
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _contexts():
+    scorer = CachedToyScorer(SPEC, calibrate=True)
+    table = PoolTable.build(POOL, labels=SPEC.labels, embedder=HashingEmbedder(64), scorer=scorer)
+    ctx = QueryContexts.build(table, QUERIES, m=8, embedder=HashingEmbedder(64), scorer=scorer)
+    return scorer, table, ctx
+
+
+def test_local_features_measure_the_neighbours_zero_shot_and_vote():
+    bench = _bench("verifier_local")
+    _, table, ctx = _contexts()
+    rows = [0, 3, 0]
+    f = bench.local_features(table, ctx, rows)
+    assert f.shape == (3, 4) and np.array_equal(f[0], f[2]) and ((f >= 0) & (f <= 1)).all()
+    nb = ctx.nbr[3]
+    assert f[1, 0] == np.float32(np.mean(table.zs_correct[nb]))
+    assert f[1, 1] == np.float32(np.mean(table.own_gold[nb]))
+    answers = np.array([0, 1, 2])
+    a = bench.answer_features(table, ctx, rows, answers)
+    mine = table.zs_correct[ctx.nbr[3]][table.labels[ctx.nbr[3]] == 1]
+    assert a.shape == (3, 2) and a[1, 0] == np.float32((mine.sum() + 0.5) / (len(mine) + 1))
+    assert bench.extra("base", table, ctx, rows, answers).shape == (3, 0)
+    assert bench.extra("local_ans", table, ctx, rows, answers).shape == (3, 6)
+
+
+def test_ranked_first_rollouts_start_with_the_q_networks_next_best_action(tmp_path):
+    bench = _bench("more_q_candidates")
+    scorer, table, ctx = _contexts()
+    store = PerQueryStore(tmp_path / "s.jsonl")
+    collect_per_query(scorer, table, ctx, store, n_episodes=120, k=3, seed=0)
+    view = FeatureView.of("full")
+    qnet, _ = train_per_query(to_episodes(store.load(), table, ctx, view, k=3, reward="margin", labels=SPEC.labels),
+                              seed=0, steps=50)
+    greedy = greedy_orders(qnet, view, table, ctx, 3)
+    assert bench.ranked_first(qnet, view, table, ctx, 3, 0) == greedy
+    second = bench.ranked_first(qnet, view, table, ctx, 3, 1)
+    s, c = zip(*[view(table, ctx, i, [], 3) for i in range(len(ctx.queries))])
+    with torch.no_grad():
+        q = masked_q(qnet(torch.as_tensor(np.stack(s)), torch.as_tensor(np.stack(c))),
+                     torch.as_tensor(np.stack([EpisodeRule(n_candidates=ctx.m, k=3).mask([])] * len(s))))
+    runner_up = q.argsort(dim=1, descending=True)[:, 1].tolist()
+    assert [o[0] for o in second] == runner_up and all(len(set(o)) == 3 for o in second)
+    assert all(o[0] != g[0] for o, g in zip(second, greedy))
