@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from agents.per_query import train_verifier
+from rl_select.experiments.per_query_compare import answered
 from rl_select.experiments.per_query_config import PerQueryRunConfig
 from rl_select.experiments.per_query_runs import PerQueryRun
 from rl_select.lm.calibration import normalise
 from rl_select.mdp.neighbour_orders import ORDERS
 from rl_select.mdp.per_query import FeatureView
-from rl_select.mdp.per_query_policy import PerQueryPolicy, candidate_orders
+from rl_select.mdp.per_query_policy import PerQueryPolicy
 from rl_select.mdp.per_query_verifier import choose, verifier_inputs
 from rl_select.metrics import label_ids
 
@@ -111,25 +112,14 @@ for target in cfg.eval_tasks:
     v_set, _ = train_verifier(np.concatenate([xb, xs], 1), y, seed=0)
     v_rules, _ = train_verifier(xb, y, seed=0)  # per-candidate features, trained on the rule sets only
     pol = PerQueryPolicy.load(Path(cfg.policy_run or run_dir) / "policies" / f"loo-{target}-full-margin.safetensors")
-    spec = run.task(target)[0]
     for seed in seeds:
-        sp = run.splits(target, seed)
-        queries = list(sp.test if split == "test" else sp.val)
-        scorer = run.scorer(target)
-        gold = label_ids(spec.labels, queries)
-        table, ctx = pol.contexts(sp.pool, queries, labels=spec.labels, embedder=run.embedder, scorer=scorer)
-        cands = candidate_orders(pol.qnet, pol.view, table, ctx, K)
-        names, C, Q, L = list(cands), len(cands), len(queries), len(spec.labels)
-        flat = [o for nm in names for o in cands[nm]]
-        rows = [i for _ in names for i in range(Q)]
-        lp = scorer.logprobs_many(demo_lists=[ctx.demos(table, i, o) for i, o in zip(rows, flat)],
-                                  queries=[queries[i] for i in rows])
-        x, ans = verifier_inputs(view, table, ctx, flat, lp, K, rows=rows)
+        a = answered(run, target, seed, split, pol)
+        (C, Q, L), gold, lp = a.shape, a.gold, a.logprobs
+        x, ans = verifier_inputs(view, a.table, a.ctx, a.orders, lp, K, rows=a.rows)
         lp3 = lp.reshape(C, Q, L)
         sf = np.concatenate([set_feats(lp3[:, i])[:, None] for i in range(Q)], axis=1).reshape(C * Q, -1)
         ans = ans.reshape(C, Q)
         right, cols = ans == gold[None], np.arange(Q)
-        prob = np.exp(normalise(lp)).reshape(C, Q, L)
         r = {"task": target, "seed": seed, "split": split}
         r["verify"] = right[choose(pol.verifier.p_correct(x).reshape(C, Q), ans, L), cols].mean()
         p_set = v_set.p_correct(np.concatenate([x, sf], 1)).reshape(C, Q)
@@ -137,7 +127,7 @@ for target in cfg.eval_tasks:
         r["set_top"] = right[p_set.argmax(0), cols].mean()
         p_r = v_rules.p_correct(x).reshape(C, Q)
         r["rules_verify"] = right[choose(p_r, ans, L), cols].mean()
-        r["max_conf"] = right[prob.max(-1).argmax(0), cols].mean()
+        r["max_conf"] = right[a.confidence().argmax(0), cols].mean()
         results.append(r)
         print(json.dumps({k: (round(float(v), 3) if not isinstance(v, str) else v) for k, v in r.items()}), flush=True)
 keys = [k for k in results[0] if k not in ("task", "seed", "split")]

@@ -7,10 +7,12 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from agents.per_query import PerQueryStore, collect_per_query, to_episodes, train_per_query
 from rl_select.embeddings import HashingEmbedder
+from rl_select.experiments.per_query_compare import compare_main
 from rl_select.mdp.episode import EpisodeRule
 from rl_select.mdp.per_query import FeatureView, PoolTable, QueryContexts
 from rl_select.mdp.per_query_policy import greedy_orders
@@ -72,3 +74,12 @@ def test_ranked_first_rollouts_start_with_the_q_networks_next_best_action(tmp_pa
     runner_up = q.argsort(dim=1, descending=True)[:, 1].tolist()
     assert [o[0] for o in second] == runner_up and all(len(set(o)) == 3 for o in second)
     assert all(o[0] != g[0] for o, g in zip(second, greedy))
+
+
+def test_the_comparison_driver_names_bad_seeds_in_one_line(capsys):
+    for bad in ("0,x", "-1", ""):
+        with pytest.raises(SystemExit) as exc:
+            compare_main(["--config", "c.json", "--run-dir", "run", "--out", "o.csv", "--seeds", bad], "d",
+                         lambda *a: {})
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exc.value.code == 2 and f"argument --seeds: {bad!r}; expected comma-separated" in err

@@ -78,6 +78,17 @@ def answered(run: PerQueryRun, target: str, seed: int, split: str, policy: PerQu
                     label_ids(spec.labels, queries))
 
 
+def _seeds(text: str) -> list[int]:
+    """``--seeds``: comma-separated non-negative integers."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected comma-separated non-negative integers, e.g. 0,1,2")
+    return seeds
+
+
 Compare = Callable[[PerQueryRun, str, int, str, PerQueryPolicy], dict[str, object]]
 
 
@@ -88,7 +99,7 @@ def compare_main(argv: Sequence[str] | None, description: str, compare: Compare)
     ap.add_argument("--config", required=True, help="the per-query run's JSON config")
     ap.add_argument("--run-dir", required=True, help="the run folder (its loo-<task>-full-margin policies)")
     ap.add_argument("--split", default="val", choices=["val", "test"])
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default=[0, 1, 2], type=_seeds)
     ap.add_argument("--out", required=True, type=Path)
     a = ap.parse_args(argv)
     cfg = PerQueryRunConfig.from_file(a.config)
@@ -97,7 +108,7 @@ def compare_main(argv: Sequence[str] | None, description: str, compare: Compare)
     for target in cfg.eval_tasks:
         policy = PerQueryPolicy.load(Path(cfg.policy_run or a.run_dir) / "policies"
                                      / f"loo-{target}-full-margin.safetensors")
-        for seed in (int(s) for s in a.seeds.split(",")):
+        for seed in a.seeds:
             rec = {"task": target, "seed": seed, "split": a.split, **compare(run, target, seed, a.split, policy)}
             found.append({k: round(float(v), 4) if isinstance(v, np.floating | float) else v for k, v in rec.items()})
             print(found[-1], flush=True)
