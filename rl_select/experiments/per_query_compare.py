@@ -1,10 +1,10 @@
 """The driver of the scripts that compare ways of keeping one answered prompt per query
-(``benchmarks/verify_rules.py``, ``verifier_local.py``, ``more_q_candidates.py``).
+(``benchmarks/verify_rules.py``, ``verifier_local.py``, ``more_q_candidates.py``, ``set_verifier.py``).
 
 :func:`answered` scores a leave-one-task-out policy's candidate prompts for one task's queries (one
-``logprobs_many`` call; a warm score cache answers it after ``rl-select per-query evaluate``);
-:func:`compare_main` runs a script's ``compare`` over every held-out task and seed and writes one CSV row per
-``(task, seed)``, then prints the per-task means.
+:func:`~rl_select.mdp.per_query_policy.score_candidates` call, as the verify mode does; a warm score cache
+answers it after ``rl-select per-query evaluate``); :func:`compare_main` runs a script's ``compare`` over every
+held-out task and seed and writes one CSV row per ``(task, seed)``, then prints the per-task means.
 
 Shapes: ``C`` candidate prompts, ``Q`` queries, ``L`` labels.
 """
@@ -22,7 +22,7 @@ import numpy as np
 from rl_select.experiments.per_query_config import PerQueryRunConfig
 from rl_select.experiments.per_query_runs import PerQueryRun
 from rl_select.lm.calibration import normalise
-from rl_select.mdp.per_query_policy import PerQueryPolicy, candidate_orders
+from rl_select.mdp.per_query_policy import PerQueryPolicy, candidate_orders, score_candidates
 from rl_select.mdp.per_query_table import PoolTable, QueryContexts
 from rl_select.metrics import label_ids
 
@@ -69,13 +69,8 @@ def answered(run: PerQueryRun, target: str, seed: int, split: str, policy: PerQu
     table, ctx = policy.contexts(sp.pool, queries, labels=spec.labels, embedder=run.embedder, scorer=scorer)
     cands = candidate_orders(policy.qnet, policy.view, table, ctx, policy.k)
     cands.update({name: make(table, ctx) for name, make in (extra or {}).items()})
-    names = list(cands)
-    orders = [o for n in names for o in cands[n]]
-    rows = [i for _ in names for i in range(len(queries))]
-    lp = scorer.logprobs_many(demo_lists=[ctx.demos(table, i, o) for i, o in zip(rows, orders)],
-                              queries=[queries[i] for i in rows])
-    return Answered(table, ctx, names, orders, rows, np.asarray(lp, dtype=np.float64),
-                    label_ids(spec.labels, queries))
+    orders, rows, lp = score_candidates(cands, table, ctx, scorer)
+    return Answered(table, ctx, list(cands), [list(o) for o in orders], rows, lp, label_ids(spec.labels, queries))
 
 
 def _seeds(text: str) -> list[int]:

@@ -130,6 +130,21 @@ def candidate_orders(qnet: CandidateQNet, view: FeatureView, table: PoolTable, c
     return cands
 
 
+def score_candidates(cands: Mapping[str, Sequence[Sequence[int]]], table: PoolTable, ctx: QueryContexts,
+                     scorer: Scorer) -> tuple[list[Sequence[int]], list[int], np.ndarray]:
+    """Every candidate prompt (``C`` names, one prompt per query each) answered for its query, in one
+    :func:`~rl_select.lm.base.grouped_logprobs` call.
+
+    Returns:
+        ``(orders, rows, logprobs)``, candidate-major: ``C * Q`` prompts, the query of each, ``(C * Q, L)``.
+    """
+    orders = [order for name in cands for order in cands[name]]
+    rows = [i for _ in cands for i in range(len(ctx.queries))]
+    lp = grouped_logprobs(scorer, [ctx.demos(table, i, o) for i, o in zip(rows, orders)],
+                          [ctx.queries[i] for i in rows])
+    return orders, rows, np.asarray(lp, dtype=np.float64)
+
+
 def verify_orders(qnet: CandidateQNet, verifier: Verifier, view: FeatureView, table: PoolTable, ctx: QueryContexts,
                   k: int, scorer: Scorer) -> tuple[list[list[int]], list[str]]:
     """Each query's candidate prompt (:func:`candidate_orders`) that the verifier trusts most, after the LM answered.
@@ -143,10 +158,7 @@ def verify_orders(qnet: CandidateQNet, verifier: Verifier, view: FeatureView, ta
     """
     cands = candidate_orders(qnet, view, table, ctx, k)
     names, n_q = list(cands), len(ctx.queries)
-    flat = [order for name in names for order in cands[name]]
-    rows = [i for _ in names for i in range(n_q)]
-    lp = grouped_logprobs(scorer, [ctx.demos(table, i, o) for i, o in zip(rows, flat)],
-                          [ctx.queries[i] for i in rows])
+    flat, rows, lp = score_candidates(cands, table, ctx, scorer)
     x, answers = verifier_inputs(view, table, ctx, flat, lp, k, rows=rows)
     p = verifier.p_correct(x).reshape(len(names), n_q)
     best = choose(p, answers.reshape(len(names), n_q), table.n_labels)
