@@ -31,13 +31,24 @@ from rl_select.selectors.knn import KNNSelector
 from rl_select.tasks import resolve_task
 
 
+def _setting(text: str) -> tuple[int, int, int]:
+    """A ``PACK,ROWS,SLOTS`` argument: three positive integers."""
+    try:
+        pack, rows, slots = (int(v) for v in text.split(","))
+    except ValueError:
+        pack = rows = slots = 0
+    if min(pack, rows, slots) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected PACK,ROWS,SLOTS: 3 positive integers (512,16,4096)")
+    return pack, rows, slots
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("settings", nargs="+", help="PACK,ROWS,SLOTS triples, e.g. 512,16,4096")
+    ap.add_argument("settings", nargs="+", type=_setting, help="PACK,ROWS,SLOTS triples, e.g. 512,16,4096")
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--profile", action="store_true", help="cProfile one one-prompt call at the first setting")
     a = ap.parse_args()
-    settings = [tuple(int(v) for v in s.split(",")) for s in a.settings]
+    settings = a.settings
     spec = resolve_task("sst2")
     train, test = load_task(spec)
     sp = make_splits(train, test, n_pool=100, n_val=100, n_test=a.queries, seed=0)
