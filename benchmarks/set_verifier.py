@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,6 @@ from rl_select.experiments.per_query_compare import answered
 from rl_select.experiments.per_query_config import PerQueryRunConfig
 from rl_select.experiments.per_query_runs import PerQueryRun
 from rl_select.lm.calibration import normalise
-from rl_select.mdp.neighbour_orders import ORDERS
 from rl_select.mdp.per_query import FeatureView
 from rl_select.mdp.per_query_policy import PerQueryPolicy
 from rl_select.mdp.per_query_verifier import choose, verifier_inputs
@@ -50,30 +48,10 @@ def set_feats(lp_set: np.ndarray) -> np.ndarray:
 
 
 if stage == "collect":
-    n = int(sys.argv[5])
+    from answer_stacker import collect_rules  # the same rules-<task>.jsonl files as the answer stacker's
+
     for name in cfg.train_tasks:
-        path = out / f"rules-{name}.jsonl"
-        if path.is_file():
-            continue
-        t0 = time.time()
-        table, ctx = run.training_contexts(name)
-        scorer = run.scorer(name)
-        before = scorer.stats.copy()
-        rows, orders, names = [], [], []
-        for i in range(min(n, len(ctx.queries))):
-            for nm, fn in ORDERS.items():
-                rows.append(i)
-                orders.append(fn(table, ctx, i, K))
-                names.append(nm)
-        lp = scorer.logprobs_many(demo_lists=[ctx.demos(table, i, o) for i, o in zip(rows, orders)],
-                                  queries=[ctx.queries[i] for i in rows])
-        spent = scorer.stats - before
-        with path.open("w") as f:
-            for i, o, nm, row in zip(rows, orders, names, lp):
-                f.write(json.dumps({"query": ctx.queries[i].uid, "order": list(map(int, o)), "policy": nm,
-                                    "logprobs": [float(x) for x in row]}) + "\n")
-        print(f"{name}: {len(rows)} prompts, {int(spent.queries)} LM rows ({int(spent.cache_misses)} computed) "
-              f"in {time.time() - t0:.0f} s", flush=True)
+        collect_rules(run, name, int(sys.argv[5]), out)
     sys.exit(0)
 
 split, seeds = sys.argv[5], [int(s) for s in sys.argv[6].split(",")]

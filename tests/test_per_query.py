@@ -409,7 +409,7 @@ def test_the_same_model_in_another_dtype_is_accepted_with_a_warning_another_mode
     with pytest.raises(PolicyError, match="model_fingerprint: 'aaa' vs 'ccc'"):
         policy.check_scorer(other_weights)
     other_model = SimpleNamespace(scorer_spec=trained.replace(dtype="fp32", model="gpt2"))
-    with pytest.raises(PolicyError, match="model: 'bundled' vs 'gpt2'"):
+    with pytest.raises(PolicyError, match="model: 'bundled' vs 'gpt2'.*training scorer \\(model='bundled'\\)"):
         policy.check_scorer(other_model)
     uncalibrated = SimpleNamespace(scorer_spec=trained.replace(dtype="fp32", calibrate=False))
     with pytest.raises(PolicyError, match="calibrate: True vs False"):

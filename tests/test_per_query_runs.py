@@ -113,8 +113,9 @@ def _benchmark(name):
 
 
 def test_the_answer_comparison_benchmarks_run_on_a_trained_run(toy_run, tmp_path):
-    """benchmarks/verify_rules.py, more_q_candidates.py and verifier_local.py through their shared driver
-    (:mod:`rl_select.experiments.per_query_compare`): one CSV row per task and seed, figures that hang together."""
+    """benchmarks/verify_rules.py, more_q_candidates.py, verifier_local.py and answer_stacker.py through their
+    shared driver (:mod:`rl_select.experiments.per_query_compare`): one CSV row per task and seed, figures that hang
+    together."""
     import json
 
     cfg = pqr.PerQueryRunConfig(**{**toy_run.__dict__, "train_tasks": ["sst2", "trec"], "episodes": 30})
@@ -132,8 +133,23 @@ def test_the_answer_comparison_benchmarks_run_on_a_trained_run(toy_run, tmp_path
         with out.open() as f:
             (rows[name],) = list(csv.DictReader(f))
         assert rows[name]["task"] == "sst2" and rows[name]["split"] == "val"
-    vr, mq, vl = (({k: float(v) for k, v in rows[n].items() if k not in ("task", "split")})
-                  for n in ("verify_rules", "more_q_candidates", "verifier_local"))
+    out = tmp_path / "answer_stacker.csv"
+    _benchmark("answer_stacker").main(["--rules", str(tmp_path / "rules"), "--n-train", "20", "--config",
+                                       str(cfg_file), "--run-dir", str(run_dir), "--split", "val", "--seeds", "0",
+                                       "--out", str(out)])
+    with out.open() as f:
+        (rows["answer_stacker"],) = list(csv.DictReader(f))
+    # the stacker for held-out sst2 is fitted on its policy's training task only
+    assert sorted(p.name for p in (tmp_path / "rules").iterdir()) == ["rules-trec.jsonl"]
+    with (tmp_path / "rules" / "rules-trec.jsonl").open() as f:
+        logged = [json.loads(line) for line in f]
+    assert len(logged) == 20 * 4 and {e["policy"] for e in logged} == {"knn", "knn_majority", "knn_balanced",
+                                                                        "knn_mmr"}
+    vr, mq, vl, st = (({k: float(v) for k, v in rows[n].items() if k not in ("task", "split")})
+                      for n in ("verify_rules", "more_q_candidates", "verifier_local", "answer_stacker"))
+    assert st["verify"] == vr["verify"] and st["max_conf_rules"] == vr["max_conf_rules"]
+    stackers = ("stack", "stack_verify", "stack_rules", "poe_vote_rules")
+    assert st["oracle"] == vr["oracle"] and all(0.0 <= st[v] <= st["oracle"] for v in stackers)
     cands = [v for k, v in vr.items() if k.startswith("cand_") and k != "cand_vote"]
     assert len(cands) == 5 and vr["oracle"] >= max(cands) and vr["oracle"] >= vr["verify"]
     assert sum(v for k, v in vr.items() if k.startswith("share_")) == pytest.approx(1.0)

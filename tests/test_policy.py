@@ -318,7 +318,9 @@ def test_scorer_spec_round_trips_and_is_compared_field_by_field(tmp_path, task):
     assert diff == ["mode: 'channel' vs 'direct'", "calibrate: True vs False"]
     with pytest.raises(PolicyError, match="calibrate: True vs False") as info:
         loaded.check_scorer(Built(spec.replace(calibrate=False)))
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "expected the training scorer (--calibrate)" in str(info.value)
+    with pytest.raises(PolicyError, match=r"scorer \(--mode channel, --calibrate\), or force=True"):
+        loaded.check_scorer(Built(spec.replace(calibrate=False, mode="direct")))
     with pytest.warns(PolicyWarning):
         assert loaded.check_scorer(Built(spec.replace(calibrate=False)), force=True) is False
 

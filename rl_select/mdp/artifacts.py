@@ -217,9 +217,26 @@ def refuse_other_scorer(diff: list[str], *, force: bool, warning: type[Warning],
         return True
     msg = f"{what} was trained with another scorer ({'; '.join(diff)}; trained vs given)"
     if not force:
-        raise PolicyError(f"{msg}; expected the training scorer (pass force=True / --force to use it anyway)")
+        raise PolicyError(f"{msg}; expected the training scorer ({', '.join(_as_trained(d) for d in diff)}), or "
+                          "force=True / --force to use it anyway")
     warnings.warn(f"{msg}; its choices may not transfer", warning, stacklevel=4)
     return False
+
+
+_FLAGS = {"calibrate": ("--calibrate", "--no-calibrate"), "length_norm": ("--length-norm", "--no-length-norm")}
+"""The CLI switches of the boolean scorer settings, as (on, off)."""
+
+
+def _as_trained(difference: str) -> str:
+    """How to ask for the trained setting of one ``"name: trained vs given"`` difference (``--calibrate``,
+    ``--mode direct``; ``model='...'`` for settings the CLI takes elsewhere)."""
+    name, _, values = difference.partition(": ")
+    trained = values.split(" vs ")[0]
+    if name in _FLAGS and trained in ("True", "False"):
+        return _FLAGS[name][trained == "False"]
+    if name == "mode":
+        return f"--mode {trained.strip(chr(39))}"
+    return f"{name}={trained}"
 
 
 def peek_kind(path: str | Path) -> str | None:
