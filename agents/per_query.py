@@ -37,6 +37,7 @@ from rl_select.errors import ConfigError, DataError
 from rl_select.lm.base import CachedScorer
 from rl_select.mdp.episode import EpisodeRule
 from rl_select.mdp.per_query import FeatureView, reward_of
+from rl_select.mdp.per_query_stacker import AnswerStacker
 from rl_select.mdp.per_query_table import PoolTable, QueryContexts, vote_shares
 from rl_select.mdp.per_query_verifier import Verifier, verifier_inputs
 from rl_select.mdp.qnet import CandidateQNet
@@ -307,3 +308,46 @@ def train_verifier(x: np.ndarray, y: np.ndarray, *, seed: int = 0, steps: int = 
     ver.eval()
     return ver, {"rows": len(x), "share_right": round(float(np.mean(y)), 4), "steps": steps, "members": members,
                  "hidden": list(hidden), "seed": seed, "train_loss": round(float(np.mean(losses)), 4)}
+
+
+def train_stacker(features: Sequence[np.ndarray], golds: Sequence[np.ndarray], *, l2: float = 1e-3,
+                  max_iter: int = 200) -> tuple[AnswerStacker, dict[str, Any]]:
+    """Fit an :class:`~rl_select.mdp.per_query_stacker.AnswerStacker` by L-BFGS (from zero weights, so
+    deterministic) on the mean per-task softmax cross-entropy over labels plus ``l2 * |w|^2``.
+
+    Args:
+        features: One ``(Q_t, L_t, F)`` array per training task
+            (:func:`~rl_select.mdp.per_query_stacker.label_features`).
+        golds: Their gold label ids, ``int (Q_t,)``.
+
+    Returns:
+        ``(stacker, summary)``: the summary holds the rows per task, ``l2``, the final loss and the named weights.
+
+    Raises:
+        DataError: No task, or a task whose features and golds are empty or disagree in length.
+    """
+    if not features or len(features) != len(golds) or any(len(x) != len(y) or len(x) == 0
+                                                           for x, y in zip(features, golds)):
+        raise DataError(f"{len(features)} stacker feature arrays for {len(golds)} gold arrays; expected one "
+                        "non-empty pair per training task")
+    w = torch.zeros(features[0].shape[-1], requires_grad=True)
+    xs = [torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in features]
+    ys = [torch.as_tensor(np.asarray(y, dtype=np.int64)) for y in golds]
+    opt = torch.optim.LBFGS([w], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def loss_fn() -> torch.Tensor:
+        ce = sum(torch.nn.functional.cross_entropy(x @ w, y) for x, y in zip(xs, ys)) / len(xs)
+        return ce + l2 * (w ** 2).sum()
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        final = float(loss_fn())
+    stacker = AnswerStacker(w.detach().numpy())
+    return stacker, {"rows": [len(x) for x in features], "l2": l2, "train_loss": round(final, 4),
+                     "weights": stacker.named_weights()}

@@ -47,11 +47,9 @@ def set_feats(lp_set: np.ndarray) -> np.ndarray:
     return np.stack([agree, conf_same, rank, gap], axis=1).astype(np.float32)
 
 
-if stage == "collect":
-    from answer_stacker import collect_rules  # the same rules-<task>.jsonl files as the answer stacker's
-
+if stage == "collect":  # the same rules-<task>.jsonl files as the answer stacker's
     for name in cfg.train_tasks:
-        collect_rules(run, name, int(sys.argv[5]), out)
+        run.rule_answers(name, n=int(sys.argv[5]), folder=out)
     sys.exit(0)
 
 split, seeds = sys.argv[5], [int(s) for s in sys.argv[6].split(",")]

@@ -6,7 +6,8 @@ and the four hand-written orders, :func:`~rl_select.mdp.per_query_policy.candida
 query (a warm score cache answers every row after ``rl-select per-query evaluate``; the script prints nothing
 new for them), and one prompt per query is kept by:
 
-* ``verify``: the policy's verifier (:func:`~rl_select.mdp.per_query_verifier.choose`), the product's mode;
+* ``verify``: the policy's verifier alone (:func:`~rl_select.mdp.per_query_verifier.choose`; the product's mode
+  for a policy without an answer stacker, ``benchmarks/answer_stacker.py`` has the one with it);
 * ``verify_top``: the candidate with the highest ``P(correct)`` alone;
 * ``max_conf``: the candidate whose answer has the highest calibrated top probability (hand-written);
 * ``min_entropy``: the candidate whose answer has the lowest entropy (hand-written, Wu et al. 2023's spirit);

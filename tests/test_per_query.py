@@ -390,6 +390,9 @@ def test_the_pretrained_name_resolves_to_the_shipped_policy():
     large = PerQueryPolicy.load("pretrained-large")  # the one for pools of 1,000 rows or more
     assert large.training["run_config"]["n_pool"] == 1000 and policy.training["run_config"]["n_pool"] == 100
     assert large.verifier is not None and policy.verifier is not None
+    for shipped in (policy, large):  # the verify mode votes with an answer stacker fitted on every training task
+        assert shipped.stacker is not None and shipped.stacker_training["tasks"] == shipped.training["tasks"]
+        assert all(0 < n <= 17_000 for n in shipped.stacker_training["lm_rows_per_task"].values())
     assert "per_query_pool1000_trained.json" in large.training["rebuild"]
 
 

@@ -54,6 +54,12 @@ def test_stages_collect_train_evaluate_adapt_and_report(toy_run, tmp_path):
     pqr.run_stage("evaluate", run_dir, cfg, split="val", say=lines.append)
     policy = PerQueryPolicy.load(run_dir / "policies" / "loo-sst2-full-margin.safetensors")
     assert policy.training["tasks"] == ["trec", "mpqa"]  # never the held-out task
+    # its answer stacker: fitted on the rule prompts of the same training tasks' first queries, LM rows counted
+    assert policy.stacker is not None and policy.stacker_training["tasks"] == ["trec", "mpqa"]
+    assert sorted(f.name for f in (run_dir / "rule_stores").iterdir()) == ["rules-mpqa.jsonl", "rules-trec.jsonl"]
+    assert policy.stacker_training["rows"] == [20, 20]  # n_queries 20 < stacker_queries 300
+    assert all(n >= 20 * 4 for n in policy.stacker_training["lm_rows_per_task"].values())
+    assert any("rule prompts" in line for line in lines)
     pqr.run_stage("adapt", run_dir, cfg, split="val", say=lines.append)
     adapted = PerQueryPolicy.load(run_dir / "policies" / "adapt-sst2-s0-full-margin.safetensors")
     assert adapted.training["adapted_to"] == "sst2" and adapted.training["pool_episodes"] == 24
@@ -62,7 +68,8 @@ def test_stages_collect_train_evaluate_adapt_and_report(toy_run, tmp_path):
         rows = list(csv.DictReader(f))
     sels = {r["selector"] for r in rows}
     assert {"knn", "knn_majority", "knn_vote", "policy_pq:full-margin", "policy_pq:critic-full-margin",
-            "policy_pq:adapt-full-margin"} <= sels
+            "policy_pq:verify+stack-full-margin", "policy_pq:adapt-full-margin"} <= sels
+    assert "policy_pq:verify-full-margin" not in sels  # its policy carries a stacker: its rows say so
     assert all(r["split"] == "val" and r["n"] == "10" for r in rows)
     table = pqr.run_stage("report", run_dir, cfg, split="val")
     assert "| policy_pq:adapt-full-margin |" in table and "average" in table
@@ -77,6 +84,8 @@ def test_unknown_stage_and_split_are_one_line_errors(tmp_path):
         pqr.run_stage("fly", tmp_path, pqr.PerQueryRunConfig())
     with pytest.raises(ConfigError, match="split='dev'"):
         pqr.run_stage("evaluate", tmp_path, pqr.PerQueryRunConfig(), split="dev")
+    with pytest.raises(ConfigError, match=r"stacker_queries=-1; expected an integer >= 0"):
+        pqr.PerQueryRunConfig(stacker_queries=-1)
 
 
 def test_evaluate_takes_another_runs_policies_and_names_a_missing_one(toy_run, tmp_path):
@@ -118,10 +127,14 @@ def test_the_answer_comparison_benchmarks_run_on_a_trained_run(toy_run, tmp_path
     together."""
     import json
 
-    cfg = pqr.PerQueryRunConfig(**{**toy_run.__dict__, "train_tasks": ["sst2", "trec"], "episodes": 30})
+    cfg = pqr.PerQueryRunConfig(**{**toy_run.__dict__, "train_tasks": ["sst2", "trec"], "episodes": 30,
+                                   "stacker_queries": 0})
     run_dir, cfg_file = tmp_path / "run", tmp_path / "cfg.json"
     pqr.run_stage("collect", run_dir, cfg, say=lambda _: None)
     pqr.run_stage("train", run_dir, cfg, say=lambda _: None)
+    policy = PerQueryPolicy.load(run_dir / "policies" / "loo-sst2-full-margin.safetensors")
+    assert policy.verifier is not None and policy.stacker is None  # stacker_queries 0: none, no rule prompt scored
+    assert not (run_dir / "rule_stores").exists()
     cfg_file.write_text(json.dumps(cfg.__dict__))
     rows = {}
     for name in ("verify_rules", "more_q_candidates", "verifier_local"):

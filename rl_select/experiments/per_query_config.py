@@ -41,6 +41,9 @@ class PerQueryRunConfig:
     modes: list[str] = field(default_factory=lambda: ["greedy", "critic", "verify"])
     adapt_episodes: int = 600
     adapt_repeat: int = 8
+    stacker_queries: int = 300
+    """Training queries per task whose four hand-written prompts are answered by the LM to fit the verify mode's
+    answer stacker (:mod:`~rl_select.mdp.per_query_stacker`); 0: no stacker."""
     policy_run: str | None = None
     """Another run folder whose leave-one-task-out policies ``evaluate`` uses as they are (nothing is trained
     here): e.g. the pool-100 policies evaluated with a 1,000-example pool."""
@@ -61,7 +64,7 @@ class PerQueryRunConfig:
 
         for name in ("n_pool", "n_test", "m", "k", "n_queries", "episodes", "train_steps", "adapt_repeat"):
             integer(name, 1)
-        for name in ("n_val", "collect_seed", "adapt_episodes"):
+        for name in ("n_val", "collect_seed", "adapt_episodes", "stacker_queries"):
             integer(name, 0)
         if self.k > self.m:
             raise ConfigError(f"per-query config k={self.k} exceeds m={self.m}; expected k <= m")

@@ -10,8 +10,11 @@ from typing import Any
 import numpy as np
 
 
-def policy_label(feature_set: str, reward: str, mode: str) -> str:
-    """A policy's selector name in ``results.csv``: ``policy_pq:<fs>-<reward>`` (greedy) or ``policy_pq:critic-...``."""
+def policy_label(feature_set: str, reward: str, mode: str, *, stacker: bool = False) -> str:
+    """A policy's selector name in ``results.csv``: ``policy_pq:<fs>-<reward>`` (greedy), ``policy_pq:critic-...``,
+    ``policy_pq:verify-...``; ``policy_pq:verify+stack-...`` for the verify mode of a policy with an answer stacker
+    (its rows stay apart from those its verifier alone chose)."""
+    mode = f"{mode}+stack" if stacker and mode == "verify" else mode
     return f"policy_pq:{'' if mode == 'greedy' else mode + '-'}{feature_set}-{reward}"
 
 

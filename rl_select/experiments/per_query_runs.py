@@ -18,6 +18,7 @@ This module holds the stages (:class:`PerQueryRun`, :func:`run_stage`); the sett
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from agents.per_query import (
     collect_per_query,
     to_episodes,
     train_per_query,
+    train_stacker,
     train_verifier,
     verifier_data,
 )
@@ -42,8 +44,10 @@ from rl_select.experiments.per_query_config import PerQueryRunConfig, check_rewa
 from rl_select.experiments.per_query_results import append_rows, done_rows, policy_label, summary_table
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.cache import open_cache
+from rl_select.mdp.neighbour_orders import ORDERS
 from rl_select.mdp.per_query import FeatureView
 from rl_select.mdp.per_query_policy import PerQueryPolicy
+from rl_select.mdp.per_query_stacker import AnswerStacker, label_features
 from rl_select.mdp.per_query_table import PoolTable, QueryContexts, vote_shares
 from rl_select.mdp.per_query_verifier import Verifier
 from rl_select.metrics import label_ids
@@ -171,10 +175,72 @@ class PerQueryRun:
         ver, summary = train_verifier(np.concatenate(xs), np.concatenate(ys), seed=seed)
         return ver, {**summary, "tasks": list(tasks), "seconds": round(time.perf_counter() - t0, 1)}
 
+    def rule_answers(self, name: str, *, n: int | None = None, folder: str | Path | None = None) -> Path:
+        """The four hand-written orders' prompts (:data:`~rl_select.mdp.neighbour_orders.ORDERS`) for the first
+        ``n`` (default ``stacker_queries``) training queries of task ``name``, answered by the LM (cached rows) and
+        logged to ``folder/rules-<name>.jsonl`` (default ``RUN/rule_stores``): one JSON line per prompt (query uid,
+        order, rule name, label log-probs, and ``lm_rows`` on the first line). A file already there is kept."""
+        path = Path(folder or self.dir / "rule_stores") / f"rules-{name}.jsonl"
+        if path.is_file():
+            return path
+        t0 = time.perf_counter()
+        table, ctx = self.training_contexts(name)
+        scorer = self.scorer(name)
+        before = scorer.stats.copy()
+        n_q = min(self.cfg.stacker_queries if n is None else n, len(ctx.queries))
+        rows = [i for i in range(n_q) for _ in ORDERS]
+        names = [rule for _ in range(n_q) for rule in ORDERS]
+        orders = [ORDERS[rule](table, ctx, i, self.cfg.k) for i, rule in zip(rows, names)]
+        lp = scorer.logprobs_many(demo_lists=[ctx.demos(table, i, o) for i, o in zip(rows, orders)],
+                                  queries=[ctx.queries[i] for i in rows])
+        spent = scorer.stats - before
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        with tmp.open("w", encoding="utf-8") as f:
+            for j, (i, o, rule, row) in enumerate(zip(rows, orders, names, lp)):
+                extra = {"lm_rows": int(spent.queries)} if j == 0 else {}
+                f.write(json.dumps({"query": ctx.queries[i].uid, "order": list(map(int, o)), "policy": rule,
+                                    "logprobs": [float(x) for x in row], **extra}) + "\n")
+        tmp.replace(path)
+        self.say(f"{name}: {len(rows)} rule prompts, {int(spent.queries)} LM rows ({int(spent.cache_misses)} "
+                 f"computed) in {time.perf_counter() - t0:.0f} s")
+        return path
+
+    def stacker_data(self, name: str, *, n: int | None = None, folder: str | Path | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(features (Q, L, F), gold (Q,), LM rows spent)`` of task ``name``'s rule-answered training queries
+        (:meth:`rule_answers`)."""
+        path = self.rule_answers(name, n=n, folder=folder)
+        if name not in self._contexts:
+            self._contexts[name] = self.training_contexts(name)
+        table, ctx = self._contexts[name]
+        index = {q.uid: j for j, q in enumerate(ctx.queries)}
+        lp: dict[tuple[int, str], list[float]] = {}
+        lm_rows = 0
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                e = json.loads(line)
+                lp[(index[e["query"]], e["policy"])] = e["logprobs"]
+                lm_rows += int(e.get("lm_rows", 0))
+        qs = sorted({i for i, _ in lp})
+        logprobs = np.array([[lp[(i, rule)] for i in qs] for rule in ORDERS])
+        vote = np.stack([vote_shares(table, ctx, i) for i in qs])
+        zs = np.stack([np.asarray(ctx.zs[i], dtype=np.float64) for i in qs])
+        gold = label_ids(self.task(name)[0].labels, ctx.queries)[qs]
+        return label_features(logprobs, vote, zs), gold, lm_rows
+
+    def stacker(self, tasks: Sequence[str], *, n: int | None = None, folder: str | Path | None = None
+                ) -> tuple[AnswerStacker, dict[str, Any]]:
+        """The verify mode's answer stacker, fitted on the rule-answered training queries of ``tasks``."""
+        data = {name: self.stacker_data(name, n=n, folder=folder) for name in tasks}
+        stacker, summary = train_stacker([d[0] for d in data.values()], [d[1] for d in data.values()])
+        return stacker, {**summary, "tasks": list(tasks), "lm_rows_per_task": {t: d[2] for t, d in data.items()}}
+
     def train(self, policy_name: str, tasks: Sequence[str], *, feature_set: str | None = None,
               reward: str | None = None, seed: int = 0, limit: int | None = None, rebuild: str = "") -> Path:
         """Train (or reuse) ``RUN/policies/<policy_name>.safetensors`` on the stores of ``tasks``, with its verifier
-        (a file written before verifiers existed gets one added; its Q-network stays as it is)."""
+        and (``stacker_queries`` > 0) its answer stacker (a file written before either existed gets it added; its
+        Q-network stays as it is)."""
         c = self.cfg
         fs, rw = feature_set or c.feature_set, reward or c.reward
         path = self.dir / "policies" / f"{policy_name}.safetensors"
@@ -182,8 +248,12 @@ class PerQueryRun:
         if path.is_file():
             old = PerQueryPolicy.load(path)
             if old.verifier is None:
-                old.with_verifier(*self.verifier(tasks, view, seed=seed, limit=limit)).save(path)
+                old = old.with_verifier(*self.verifier(tasks, view, seed=seed, limit=limit))
+                old.save(path)
                 self.say(f"added a verifier to {policy_name}")
+            if old.stacker is None and c.stacker_queries > 0:
+                old.with_stacker(*self.stacker(tasks)).save(path)
+                self.say(f"added an answer stacker to {policy_name}")
             return path
         eps: list = []
         rows: dict[str, int] = {}
@@ -203,8 +273,10 @@ class PerQueryRun:
                     "seconds": round(time.perf_counter() - t0, 1), "rebuild": rebuild,
                     "run_config": {k: v for k, v in asdict(c).items() if k != "cache"}, **summary}
         ver, ver_summary = self.verifier(tasks, view, seed=seed, limit=limit)
+        stacker, stacker_summary = self.stacker(tasks) if c.stacker_queries > 0 else (None, None)
         PerQueryPolicy(qnet, feature_set=fs, m=c.m, k=c.k, reward=rw, scorer_spec=self.scorer(tasks[0]).scorer_spec,
-                       training=training, verifier=ver, verifier_training=ver_summary).save(path)
+                       training=training, verifier=ver, verifier_training=ver_summary, stacker=stacker,
+                       stacker_training=stacker_summary).save(path)
         self.say(f"trained {policy_name} on {sum(rows.values())} episodes of {list(tasks)} "
                  f"in {training['seconds']} s")
         return path
@@ -413,8 +485,9 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
             have = done_rows(results)
             fns = baselines(run) if with_baselines else {}
             for fs, rw in variants(cfg, feature_sets, rewards):
+                stacked = PerQueryPolicy.load(policies[target, fs, rw]).stacker is not None
                 for mode in cfg.modes:
-                    fns[policy_label(fs, rw, mode)] = policy_fn(run, policies[target, fs, rw], mode)
+                    fns[policy_label(fs, rw, mode, stacker=stacked)] = policy_fn(run, policies[target, fs, rw], mode)
             todo = {n: f for n, f in fns.items() if (target, str(seed), split, n) not in have}
             append_rows(results, run.evaluate(target, seed, todo, split=split))
     return None

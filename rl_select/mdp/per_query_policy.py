@@ -19,6 +19,9 @@ same pool:
   training), valued by the policy's :class:`~rl_select.mdp.per_query_verifier.Verifier`, which also reads the
   LM's answer under the prompt (:func:`verify_orders`). Policies trained since the verifier was added carry
   one (tensors ``verifier.*``, document entry ``"verifier"``); older files have none and refuse this mode.
+  A policy that also carries an answer stacker (:mod:`rl_select.mdp.per_query_stacker`; tensor
+  ``stacker.weight``, entry ``"stacker"``) votes over all the answers with it, the verifier's ``P(correct)``
+  added per label, and keeps the winning label's most confident prompt; without one, the verifier's own choice.
 
 The default mode (``mode=None``) is ``verify`` for a policy that carries a verifier, else ``critic``: the order
 of the validation averages (docs/per_query/README.md).
@@ -28,13 +31,13 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rl_select.embeddings import Embedder
 from rl_select.errors import ConfigError, PolicyError, SelectionError
@@ -50,6 +53,7 @@ from rl_select.mdp.artifacts import (
 from rl_select.mdp.episode import EpisodeRule
 from rl_select.mdp.neighbour_orders import ORDERS
 from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, PoolTable, QueryContexts, TableMemo
+from rl_select.mdp.per_query_stacker import AnswerStacker, query_signals, stacked_choice
 from rl_select.mdp.per_query_verifier import Verifier, choose, input_names, verifier_inputs
 from rl_select.mdp.qnet import CandidateQNet, masked_q
 from rl_select.mdp.shipped import PRETRAINED as PRETRAINED  # the shipped per-query policy's name
@@ -67,6 +71,8 @@ MODES: tuple[str, ...] = ("greedy", "critic", "verify")
 
 VERIFIER_PREFIX = "verifier."
 """The artifact's tensor names of the verifier start with this; the Q-network's are the rest."""
+STACKER_PREFIX = "stacker."
+"""The artifact's tensor names of the answer stacker start with this."""
 
 _REQUIRED = ("shape", "feature_set", "m", "k", "reward", "scorer", "qnet", "training")
 
@@ -146,12 +152,13 @@ def score_candidates(cands: Mapping[str, Sequence[Sequence[int]]], table: PoolTa
 
 
 def verify_orders(qnet: CandidateQNet, verifier: Verifier, view: FeatureView, table: PoolTable, ctx: QueryContexts,
-                  k: int, scorer: Scorer) -> tuple[list[list[int]], list[str]]:
+                  k: int, scorer: Scorer, stacker: AnswerStacker | None = None) -> tuple[list[list[int]], list[str]]:
     """Each query's candidate prompt (:func:`candidate_orders`) that the verifier trusts most, after the LM answered.
 
     All ``C x Q`` (prompt, query) pairs go to the scorer in one :func:`~rl_select.lm.base.grouped_logprobs` call
     (one batched, disk-cached pass for a cached scorer; a prompt two candidates share is scored once);
-    :func:`~rl_select.mdp.per_query_verifier.choose` picks per query.
+    :func:`~rl_select.mdp.per_query_stacker.stacked_choice` picks per query when the policy carries a stacker, else
+    :func:`~rl_select.mdp.per_query_verifier.choose`.
 
     Returns:
         ``(orders, sources)``: per query, the chosen positions in prompt order and the name of the candidate.
@@ -161,7 +168,10 @@ def verify_orders(qnet: CandidateQNet, verifier: Verifier, view: FeatureView, ta
     flat, rows, lp = score_candidates(cands, table, ctx, scorer)
     x, answers = verifier_inputs(view, table, ctx, flat, lp, k, rows=rows)
     p = verifier.p_correct(x).reshape(len(names), n_q)
-    best = choose(p, answers.reshape(len(names), n_q), table.n_labels)
+    if stacker is not None:
+        best = stacked_choice(stacker, p, lp.reshape(len(names), n_q, -1), *query_signals(table, ctx))
+    else:
+        best = choose(p, answers.reshape(len(names), n_q), table.n_labels)
     return [cands[names[c]][i] for i, c in enumerate(best)], [names[c] for c in best]
 
 
@@ -195,6 +205,9 @@ class PerQueryPolicy:
         training: Training summary (tasks, episodes, LM rows, agent settings).
         verifier: The :class:`~rl_select.mdp.per_query_verifier.Verifier` of the ``verify`` mode (``None``: none).
         verifier_training: Its training summary (recorded in the document).
+        stacker: The :class:`~rl_select.mdp.per_query_stacker.AnswerStacker` the ``verify`` mode votes with
+            (``None``: the verifier's own choice); only with a verifier.
+        stacker_training: Its training summary (recorded in the document).
 
     Raises:
         PolicyError: Settings that do not fit together (one line).
@@ -202,7 +215,8 @@ class PerQueryPolicy:
 
     def __init__(self, qnet: CandidateQNet, *, feature_set: str, m: int, k: int, reward: str,
                  scorer_spec: ScorerSpec | None = None, training: Mapping[str, Any] | None = None,
-                 verifier: Verifier | None = None, verifier_training: Mapping[str, Any] | None = None) -> None:
+                 verifier: Verifier | None = None, verifier_training: Mapping[str, Any] | None = None,
+                 stacker: AnswerStacker | None = None, stacker_training: Mapping[str, Any] | None = None) -> None:
         try:
             self.view = FeatureView.of(feature_set)
         except ConfigError as exc:
@@ -223,11 +237,16 @@ class PerQueryPolicy:
                               f"expected {len(input_names(self.view))}")
         self.verifier = None if verifier is None else verifier.eval()
         self.verifier_training = dict(verifier_training or {})
+        if stacker is not None and verifier is None:
+            raise PolicyError("a stacker without a verifier; expected the stacker to come with the verifier whose "
+                              "answers it votes on")
+        self.stacker = None if stacker is None else stacker.eval()
+        self.stacker_training = dict(stacker_training or {})
         self._tables = TableMemo()
 
     def __repr__(self) -> str:
         return (f"PerQueryPolicy(feature_set={self.feature_set!r}, m={self.m}, k={self.k}, reward={self.reward!r}, "
-                f"verifier={self.verifier is not None})")
+                f"verifier={self.verifier is not None}, stacker={self.stacker is not None})")
 
     @property
     def default_mode(self) -> str:
@@ -235,10 +254,16 @@ class PerQueryPolicy:
         return "verify" if self.verifier is not None else "critic"
 
     def with_verifier(self, verifier: Verifier, training: Mapping[str, Any] | None = None) -> PerQueryPolicy:
-        """This policy (the same Q-network and settings) with ``verifier`` and its training summary."""
+        """This policy (the same Q-network and settings, no stacker) with ``verifier`` and its training summary."""
         return PerQueryPolicy(self.qnet, feature_set=self.feature_set, m=self.m, k=self.k, reward=self.reward,
                               scorer_spec=self.scorer_spec, training=self.training, verifier=verifier,
                               verifier_training=training)
+
+    def with_stacker(self, stacker: AnswerStacker, training: Mapping[str, Any] | None = None) -> PerQueryPolicy:
+        """This policy (the same Q-network, settings and verifier) with ``stacker`` and its training summary."""
+        return PerQueryPolicy(self.qnet, feature_set=self.feature_set, m=self.m, k=self.k, reward=self.reward,
+                              scorer_spec=self.scorer_spec, training=self.training, verifier=self.verifier,
+                              verifier_training=self.verifier_training, stacker=stacker, stacker_training=training)
 
     # --- save / load ------------------------------------------------------------------------------
 
@@ -248,13 +273,18 @@ class PerQueryPolicy:
                 "qnet": qnet_document(self.qnet), "training": copy.deepcopy(self.training),
                 "verifier": None if self.verifier is None else {
                     **self.verifier.document(), "inputs": input_names(self.view),
-                    "training": copy.deepcopy(self.verifier_training)}}
+                    "training": copy.deepcopy(self.verifier_training)},
+                "stacker": None if self.stacker is None else {
+                    **self.stacker.document(), "training": copy.deepcopy(self.stacker_training)}}
 
     def _tensors(self) -> dict[str, Tensor]:
         out = {n: t.detach().to("cpu").contiguous().clone() for n, t in self.qnet.state_dict().items()}
         if self.verifier is not None:
             out.update({VERIFIER_PREFIX + n: t.detach().to("cpu").contiguous().clone()
                         for n, t in self.verifier.state_dict().items()})
+        if self.stacker is not None:
+            out.update({STACKER_PREFIX + n: t.detach().to("cpu").contiguous().clone()
+                        for n, t in self.stacker.state_dict().items()})
         return out
 
     def save(self, path: str | Path) -> Path:
@@ -287,13 +317,15 @@ class PerQueryPolicy:
             scorer_spec = None if doc["scorer"] is None else ScorerSpec.from_dict(doc["scorer"], where="scorer")
         except ConfigError as exc:
             raise PolicyError(f"{where}: {exc}") from None
-        q_tensors = {n: t for n, t in tensors.items() if not n.startswith(VERIFIER_PREFIX)}
+        q_tensors = {n: t for n, t in tensors.items() if not n.startswith((VERIFIER_PREFIX, STACKER_PREFIX))}
         qnet = qnet_from_document(doc["qnet"], q_tensors, where=where, error=PolicyError)
         verifier = _verifier_from(doc.get("verifier"), tensors, where=where)
+        stacker = _stacker_from(doc.get("stacker"), tensors, where=where)
         try:
             return cls(qnet, feature_set=doc["feature_set"], m=doc["m"], k=doc["k"], reward=doc["reward"],
                        scorer_spec=scorer_spec, training=doc["training"], verifier=verifier,
-                       verifier_training=(doc.get("verifier") or {}).get("training"))
+                       verifier_training=(doc.get("verifier") or {}).get("training"), stacker=stacker,
+                       stacker_training=(doc.get("stacker") or {}).get("training"))
         except PolicyError as exc:
             raise PolicyError(f"{where}: {exc}") from None
 
@@ -387,30 +419,49 @@ class PerQueryPolicy:
             orders = greedy_orders(self.qnet, self.view, table, ctx, self.k)
         elif mode == "verify":
             assert self.verifier is not None and scorer is not None
-            orders, _ = verify_orders(self.qnet, self.verifier, self.view, table, ctx, self.k, scorer)
+            orders, _ = verify_orders(self.qnet, self.verifier, self.view, table, ctx, self.k, scorer, self.stacker)
         else:
             orders, _ = critic_orders(self.qnet, self.view, table, ctx, self.k)
         return [ctx.demos(table, i, order) for i, order in enumerate(orders)]
 
 
-def _verifier_from(entry: Any, tensors: Mapping[str, Tensor], *, where: str) -> Verifier | None:
-    """The verifier of a document's ``"verifier"`` entry and its ``verifier.*`` tensors (``None`` when absent).
+def _part_from(entry: Any, tensors: Mapping[str, Tensor], prefix: str, build: Callable[[Any], nn.Module], *,
+               what: str, where: str) -> Any:
+    """A policy file's optional part (its verifier, its stacker): built by ``build`` from the document's entry,
+    loaded with the tensors named ``prefix*`` (``None`` when both are absent).
 
     Raises:
         PolicyError: An entry without tensors (or the reverse), or one that does not match them (one line).
     """
-    mine = {n[len(VERIFIER_PREFIX):]: t for n, t in tensors.items() if n.startswith(VERIFIER_PREFIX)}
+    mine = {n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)}
     if entry is None and not mine:
         return None
     if entry is None or not mine:
-        raise PolicyError(f"{where}: the verifier's metadata and tensors do not go together "
+        raise PolicyError(f"{where}: the {what}'s metadata and tensors do not go together "
                           f"({'no' if entry is None else 'an'} entry, {len(mine)} tensors); expected both or neither")
     try:
-        verifier = Verifier.from_document(entry)
-        verifier.load_state_dict(dict(mine), strict=True)
+        part = build(entry)
+        part.load_state_dict(dict(mine), strict=True)
     except (ValueError, RuntimeError) as exc:
-        raise PolicyError(f"{where}: verifier: {str(exc).splitlines()[0]}") from None
-    return verifier.eval()
+        raise PolicyError(f"{where}: {what}: {str(exc).splitlines()[0]}") from None
+    return part.eval()
+
+
+def _verifier_from(entry: Any, tensors: Mapping[str, Tensor], *, where: str) -> Verifier | None:
+    """The verifier of a document's ``"verifier"`` entry and its ``verifier.*`` tensors (``None`` when absent)."""
+    return _part_from(entry, tensors, VERIFIER_PREFIX, Verifier.from_document, what="verifier", where=where)
+
+
+def _stacker_from(entry: Any, tensors: Mapping[str, Tensor], *, where: str) -> AnswerStacker | None:
+    """The stacker of a document's ``"stacker"`` entry and its ``stacker.*`` tensors (``None`` when absent); its
+    weights must be finite."""
+    stacker = _part_from(entry, tensors, STACKER_PREFIX, AnswerStacker.from_document, what="stacker", where=where)
+    if stacker is not None:
+        try:
+            AnswerStacker(stacker.weight.numpy())
+        except ValueError as exc:
+            raise PolicyError(f"{where}: stacker: {exc}") from None
+    return stacker
 
 
 def check_mode(mode: str) -> str:

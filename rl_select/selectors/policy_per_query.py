@@ -35,7 +35,8 @@ class PerQueryPolicySelector(Selector):
         embedder: The sentence embedder of the neighbourhoods (MiniLM by default, as in training).
         force: Use the policy with a scorer other than its training one (warns); refused by default.
         mode: ``"verify"`` (the LM answers under each candidate prompt, the greedy rollout and the hand-written
-            orders, and the policy's verifier keeps the one it trusts), ``"critic"`` (the Q-network values the
+            orders, and the policy's verifier, with its answer stacker when it has one, keeps the prompt whose
+            answer they trust), ``"critic"`` (the Q-network values the
             same candidates without the LM) or ``"greedy"`` (its greedy rollout); ``None`` (default): ``verify``
             for a policy with a verifier, else ``critic``. See :mod:`rl_select.mdp.per_query_policy`.
         index: The pool's neighbour index (:data:`~rl_select.neighbours.BACKENDS`; ``"auto"``: exact for small
