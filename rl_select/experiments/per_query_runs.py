@@ -47,7 +47,7 @@ from rl_select.lm.cache import open_cache
 from rl_select.mdp.neighbour_orders import ORDERS
 from rl_select.mdp.per_query import FeatureView
 from rl_select.mdp.per_query_policy import PerQueryPolicy
-from rl_select.mdp.per_query_stacker import AnswerStacker, label_features
+from rl_select.mdp.per_query_stacker import AnswerStacker, label_features, query_signals
 from rl_select.mdp.per_query_table import PoolTable, QueryContexts, vote_shares
 from rl_select.mdp.per_query_verifier import Verifier
 from rl_select.metrics import label_ids
@@ -158,9 +158,13 @@ class PerQueryRun:
         if not logged:
             raise DataError(f"{str(store.path)!r} holds no episodes; expected task {name!r}'s logged episodes "
                             f"(rl-select per-query collect)")
+        return (logged, *self.memo_contexts(name))
+
+    def memo_contexts(self, name: str) -> tuple[PoolTable, QueryContexts]:
+        """:meth:`training_contexts` of task ``name``, built once per run object."""
         if name not in self._contexts:
             self._contexts[name] = self.training_contexts(name)
-        return (logged, *self._contexts[name])
+        return self._contexts[name]
 
     def verifier(self, tasks: Sequence[str], view: FeatureView, *, seed: int = 0, limit: int | None = None
                  ) -> tuple[Verifier, dict[str, Any]]:
@@ -184,7 +188,7 @@ class PerQueryRun:
         if path.is_file():
             return path
         t0 = time.perf_counter()
-        table, ctx = self.training_contexts(name)
+        table, ctx = self.memo_contexts(name)
         scorer = self.scorer(name)
         before = scorer.stats.copy()
         n_q = min(self.cfg.stacker_queries if n is None else n, len(ctx.queries))
@@ -211,9 +215,7 @@ class PerQueryRun:
         """``(features (Q, L, F), gold (Q,), LM rows spent)`` of task ``name``'s rule-answered training queries
         (:meth:`rule_answers`)."""
         path = self.rule_answers(name, n=n, folder=folder)
-        if name not in self._contexts:
-            self._contexts[name] = self.training_contexts(name)
-        table, ctx = self._contexts[name]
+        table, ctx = self.memo_contexts(name)
         index = {q.uid: j for j, q in enumerate(ctx.queries)}
         lp: dict[tuple[int, str], list[float]] = {}
         lm_rows = 0
@@ -224,8 +226,7 @@ class PerQueryRun:
                 lm_rows += int(e.get("lm_rows", 0))
         qs = sorted({i for i, _ in lp})
         logprobs = np.array([[lp[(i, rule)] for i in qs] for rule in ORDERS])
-        vote = np.stack([vote_shares(table, ctx, i) for i in qs])
-        zs = np.stack([np.asarray(ctx.zs[i], dtype=np.float64) for i in qs])
+        vote, zs = query_signals(table, ctx, qs)
         gold = label_ids(self.task(name)[0].labels, ctx.queries)[qs]
         return label_features(logprobs, vote, zs), gold, lm_rows
 
@@ -480,14 +481,15 @@ def run_stage(stage: str, run_dir: str | Path, cfg: PerQueryRunConfig, *, tasks:
                        if (target, str(seed), split, f"policy_pq:adapt-{fs}-{rw}") not in have}
                 append_rows(results, run.evaluate(target, seed, fns, split=split))
         return None
+    stacked = {key: PerQueryPolicy.load(path).stacker is not None for key, path in policies.items()}
     for target in held_out:
         for seed in (cfg.seeds if seeds is None else seeds):
             have = done_rows(results)
             fns = baselines(run) if with_baselines else {}
             for fs, rw in variants(cfg, feature_sets, rewards):
-                stacked = PerQueryPolicy.load(policies[target, fs, rw]).stacker is not None
                 for mode in cfg.modes:
-                    fns[policy_label(fs, rw, mode, stacker=stacked)] = policy_fn(run, policies[target, fs, rw], mode)
+                    label = policy_label(fs, rw, mode, stacker=stacked[target, fs, rw])
+                    fns[label] = policy_fn(run, policies[target, fs, rw], mode)
             todo = {n: f for n, f in fns.items() if (target, str(seed), split, n) not in have}
             append_rows(results, run.evaluate(target, seed, todo, split=split))
     return None

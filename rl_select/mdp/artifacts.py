@@ -223,8 +223,8 @@ def refuse_other_scorer(diff: list[str], *, force: bool, warning: type[Warning],
     return False
 
 
-_FLAGS = {"calibrate": ("--calibrate", "--no-calibrate"), "length_norm": ("--length-norm", "--no-length-norm")}
-"""The CLI switches of the boolean scorer settings, as (on, off)."""
+_SWITCHES = ("calibrate", "length_norm", "mode")
+"""The scorer settings the CLI takes as options of the same name (``--calibrate/--no-calibrate``, ``--mode M``)."""
 
 
 def _as_trained(difference: str) -> str:
@@ -232,11 +232,12 @@ def _as_trained(difference: str) -> str:
     ``--mode direct``; ``model='...'`` for settings the CLI takes elsewhere)."""
     name, _, values = difference.partition(": ")
     trained = values.split(" vs ")[0]
-    if name in _FLAGS and trained in ("True", "False"):
-        return _FLAGS[name][trained == "False"]
-    if name == "mode":
-        return f"--mode {trained.strip(chr(39))}"
-    return f"{name}={trained}"
+    flag = "--" + name.replace("_", "-")
+    if name not in _SWITCHES:
+        return f"{name}={trained}"
+    if trained in ("True", "False"):
+        return flag if trained == "True" else "--no-" + flag[2:]
+    return f"{flag} {trained.strip(chr(39))}"
 
 
 def peek_kind(path: str | Path) -> str | None:

@@ -18,15 +18,16 @@ Shapes: ``C`` candidate prompts, ``Q`` queries, ``L`` labels, ``F = len(STACK_FE
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from rl_select.lm.calibration import normalise
 from rl_select.mdp.per_query_table import PoolTable, QueryContexts, vote_shares
+from rl_select.mdp.per_query_verifier import label_support
 
 STACK_FEATURES: tuple[str, ...] = (
     "mean_logprob", "answer_share", "confident_answer_share", "log_vote", "vote_top", "log_zero_shot",
@@ -71,13 +72,16 @@ def label_features(logprobs: np.ndarray, vote: np.ndarray, zero_shot: np.ndarray
     return np.stack(cols, axis=-1).astype(np.float32)
 
 
-def query_signals(table: PoolTable, ctx: QueryContexts) -> tuple[np.ndarray, np.ndarray]:
-    """``(vote (Q, L), zero-shot (Q, L))`` of every query of ``ctx``: the label-free signals the stacker reads."""
-    n_q, n_l = len(ctx.queries), table.n_labels
-    if n_q == 0:
+def query_signals(table: PoolTable, ctx: QueryContexts, rows: Sequence[int] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(vote (Q, L), zero-shot (Q, L))`` of the queries ``rows`` of ``ctx`` (default: all): the label-free
+    signals the stacker reads."""
+    rows = range(len(ctx.queries)) if rows is None else rows
+    n_l = table.n_labels
+    if len(rows) == 0:
         return np.zeros((0, n_l)), np.zeros((0, n_l))
-    return (np.stack([vote_shares(table, ctx, i) for i in range(n_q)]),
-            np.stack([np.asarray(ctx.zs[i], dtype=np.float64) for i in range(n_q)]))
+    return (np.stack([vote_shares(table, ctx, i) for i in rows]),
+            np.stack([np.asarray(ctx.zs[i], dtype=np.float64) for i in rows]))
 
 
 def choose_by_label(scores: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
@@ -135,10 +139,6 @@ class AnswerStacker(nn.Module):
                              f"reading {list(STACK_FEATURES)}")
         return cls()
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Label scores ``(Q, L)`` for features ``(Q, L, F)``."""
-        return x @ self.weight
-
 
 def stacked_choice(stacker: AnswerStacker, p_correct: np.ndarray, logprobs: np.ndarray, vote: np.ndarray,
                    zero_shot: np.ndarray) -> np.ndarray:
@@ -155,10 +155,6 @@ def stacked_choice(stacker: AnswerStacker, p_correct: np.ndarray, logprobs: np.n
         ``int64 (Q,)`` the kept candidate of each query.
     """
     lp = np.asarray(logprobs, dtype=np.float64)
-    n_c, n_q, n_l = lp.shape
-    answers = lp.argmax(-1)
-    support = np.zeros((n_q, n_l))
-    for c in range(n_c):
-        np.add.at(support, (np.arange(n_q), answers[c]), p_correct[c])
+    support = label_support(p_correct, lp.argmax(-1), lp.shape[-1])
     scores = stacker.scores(label_features(lp, vote, zero_shot)) + np.log(support + VOTE_FLOOR)
     return choose_by_label(scores, lp)

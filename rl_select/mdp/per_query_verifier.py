@@ -158,6 +158,16 @@ class Verifier(nn.Module):
         return cls(arch.get("in_dim"), tuple(arch["hidden"]), arch.get("members"))
 
 
+def label_support(p_correct: np.ndarray, answers: np.ndarray, n_labels: int) -> np.ndarray:
+    """``(Q, L)``: per query and label, the ``P(correct)`` ``(C, Q)`` of the candidates whose answer ``int (C, Q)``
+    is that label, summed."""
+    n_cands, n_queries = p_correct.shape
+    support = np.zeros((n_queries, n_labels))
+    for c in range(n_cands):
+        np.add.at(support, (np.arange(n_queries), answers[c]), p_correct[c])
+    return support
+
+
 def choose(p_correct: np.ndarray, answers: np.ndarray, n_labels: int) -> np.ndarray:
     """One candidate per query: the answer whose candidates' ``P(correct)`` sum highest, then its best candidate.
 
@@ -169,11 +179,6 @@ def choose(p_correct: np.ndarray, answers: np.ndarray, n_labels: int) -> np.ndar
     Returns:
         ``int64 (Q,)`` the chosen candidate of each query (ties: the first).
     """
-    n_cands, n_queries = p_correct.shape
-    cols = np.arange(n_queries)
-    support = np.zeros((n_queries, n_labels))
-    for c in range(n_cands):
-        np.add.at(support, (cols, answers[c]), p_correct[c])
-    best_answer = support.argmax(axis=1)
+    best_answer = label_support(p_correct, answers, n_labels).argmax(axis=1)
     score = np.where(answers == best_answer[None], p_correct, -np.inf)
     return score.argmax(axis=0).astype(np.int64)
