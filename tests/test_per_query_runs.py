@@ -122,9 +122,9 @@ def _benchmark(name):
 
 
 def test_the_answer_comparison_benchmarks_run_on_a_trained_run(toy_run, tmp_path):
-    """benchmarks/verify_rules.py, more_q_candidates.py, verifier_local.py and answer_stacker.py through their
-    shared driver (:mod:`rl_select.experiments.per_query_compare`): one CSV row per task and seed, figures that hang
-    together."""
+    """benchmarks/verify_rules.py, more_q_candidates.py, verifier_local.py, answer_stacker.py and batch_calibration.py
+    through their shared driver (:mod:`rl_select.experiments.per_query_compare`): one CSV row per task and seed,
+    figures that hang together."""
     import json
 
     cfg = pqr.PerQueryRunConfig(**{**toy_run.__dict__, "train_tasks": ["sst2", "trec"], "episodes": 30,
@@ -169,3 +169,16 @@ def test_the_answer_comparison_benchmarks_run_on_a_trained_run(toy_run, tmp_path
     assert mq["verify5"] == vr["verify"] and mq["oracle5"] == vr["oracle"] and mq["oracle7"] >= mq["oracle5"]
     assert mq["max_conf_rules"] == vr["max_conf_rules"] == vl["max_conf_rules"] and vl["shipped"] == vr["verify"]
     assert all(0.0 <= vl[v] <= vr["oracle"] for v in ("base", "local", "local_ans"))
+    out = tmp_path / "batch_calibration.csv"
+    _benchmark("batch_calibration").main(["--time", "4", "--config", str(cfg_file), "--run-dir", str(run_dir),
+                                          "--split", "val", "--seeds", "0", "--out", str(out)])
+    with out.open() as f:
+        (bc,) = [{k: float(v) for k, v in r.items() if k not in ("task", "split")} for r in csv.DictReader(f)]
+    # the contextual readout is the run's own scorer: the same answers as the comparisons above
+    assert bc["knn_contextual"] == vr["cand_knn"] and bc["knn_majority_contextual"] == vr["cand_knn_majority"]
+    assert bc["poe_vote_rules_contextual"] == st["poe_vote_rules"] and bc["policy_pq_contextual"] == vr["verify"]
+    assert bc["rows_batch"] < bc["rows_contextual"] <= 4 * bc["rows_batch"] and 1.0 <= bc["rows_batch"] <= 4.0
+    assert bc["sec_none"] > 0 and bc["sec_contextual"] > 0
+    for readout in ("none", "batch", "batch16", "contextual+batch"):
+        assert all(0.0 <= bc[f"{s}_{readout}"] <= 1.0
+                   for s in ("zero_shot", "knn", "knn_majority", "poe_vote_rules", "policy_pq"))

@@ -84,3 +84,19 @@ def test_the_comparison_driver_names_bad_seeds_in_one_line(capsys):
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert exc.value.code == 2 and f"argument --seeds: {bad!r}; expected comma-separated" in err
 
+
+
+def test_batch_calibration_divides_out_each_familys_mean_prediction_per_chunk():
+    bench = _bench("batch_calibration")
+    rng = np.random.default_rng(0)
+    lp = np.log(rng.dirichlet(np.ones(3), size=(2, 8)))                     # (C=2, Q=8, L=3)
+    out = bench.batch_calibrate(lp)
+    assert out.shape == lp.shape and np.allclose(np.logaddexp.reduce(out, axis=-1), 0.0)
+    # one family always predicting the same biased distribution becomes uniform
+    same = np.broadcast_to(np.log([0.7, 0.2, 0.1]), (1, 8, 3))
+    assert np.allclose(bench.batch_calibrate(same), np.log(1 / 3))
+    # families are calibrated apart; chunks of 4 are two batches of 4
+    assert np.allclose(bench.batch_calibrate(lp[:1]), out[:1])
+    halves = np.concatenate([bench.batch_calibrate(lp[:, :4]), bench.batch_calibrate(lp[:, 4:])], axis=1)
+    assert np.allclose(bench.batch_calibrate(lp, 4), halves) and not np.allclose(halves, out)
+    assert np.allclose(bench.batch_calibrate(lp, 8), out)

@@ -89,7 +89,8 @@ Compare = Callable[[PerQueryRun, str, int, str, PerQueryPolicy], dict[str, objec
 
 def compare_main(argv: Sequence[str] | None, description: str, compare: Compare) -> list[dict[str, object]]:
     """Parse ``--config --run-dir --split --seeds --out``, run ``compare`` for every held-out task's
-    ``loo-<task>-full-margin`` policy and seed, write the rows to ``--out`` (CSV) and print per-task means."""
+    ``loo-<task>-full-margin`` policy and seed, write the rows to ``--out`` (CSV) and print per-task means (as %
+    when every mean is a share in 0..1; a NaN, a value a row did not measure, is left out of its mean)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--config", required=True, help="the per-query run's JSON config")
     ap.add_argument("--run-dir", required=True, help="the run folder (its loo-<task>-full-margin policies)")
@@ -113,6 +114,14 @@ def compare_main(argv: Sequence[str] | None, description: str, compare: Compare)
         w.writeheader()
         w.writerows(found)
     for key in [k for k in found[0] if k not in ("task", "seed", "split")]:
-        per_task = [np.mean([r[key] for r in found if r["task"] == t]) for t in cfg.eval_tasks]
-        print(f"{key:18s} " + " ".join(f"{100 * v:5.1f}" for v in per_task) + f"  avg {100 * np.mean(per_task):5.1f}")
+        per_task = [_mean([float(str(r[key])) for r in found if r["task"] == t]) for t in cfg.eval_tasks]
+        scale = 100.0 if all(0.0 <= v <= 1.0 for v in per_task if not np.isnan(v)) else 1.0  # shares as %
+        print(f"{key:18s} " + " ".join(f"{scale * v:5.1f}" for v in per_task)
+              + f"  avg {scale * _mean(per_task):5.1f}")
     return found
+
+
+def _mean(values: Sequence[float]) -> float:
+    """The mean of the values that are not NaN (NaN when none is)."""
+    kept = [v for v in values if not np.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
