@@ -2,7 +2,7 @@
 
 Thin adapter over :mod:`rl_select.mdp.per_query` (neighbourhoods, features, rewards) and the shared
 :class:`~rl_select.mdp.episode.EpisodeRule`: the env only adds spaces, the seeded draw of each episode's
-query, and the one scorer call that rewards a finished prompt.
+query, and the scorer call that rewards a finished prompt (or, with the ``"gain"`` reward, each prefix).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rl_select.embeddings import Embedder
 from rl_select.errors import ConfigError, SelectionError
 from rl_select.lm.base import Scorer
 from rl_select.mdp.episode import NOT_RESET, EpisodeRule
-from rl_select.mdp.per_query import PER_QUERY_REWARDS, FeatureView, reward_of
+from rl_select.mdp.per_query import GAIN_REWARD, PER_QUERY_REWARDS, FeatureView, reward_of, step_gain
 from rl_select.mdp.per_query_table import PoolTable, QueryContexts
 from rl_select.metrics import label_ids
 from rl_select.types import Example
@@ -53,6 +53,10 @@ class PerQuerySelectionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     0 until the episode ends, then the query's terminal reward under its prompt
     (:func:`~rl_select.mdp.per_query.reward_of`): ``"correct"`` (1 if the LM's top label is gold) or
     ``"margin"`` (the gold label's log-prob margin over the best other label, clipped and scaled to [-1, 1]).
+    ``"gain"``, the per-step variant (:func:`~rl_select.mdp.per_query.step_gain`): every step that adds a
+    demonstration earns the change in ``margin`` it made (the zero-shot prompt's margin is the start; STOP earns 0),
+    so an episode's rewards sum to its final margin minus the zero-shot one. It scores every prefix: ``k + 1`` LM
+    rows an episode.
 
     ## Episode End
 
@@ -67,7 +71,7 @@ class PerQuerySelectionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     * ``embedder``: Sentence embedder for the neighbourhoods.
     * ``k``, ``m``: Demonstrations per prompt and neighbours offered, ``1 <= k <= m <= len(pool)``.
     * ``feature_set``: A name of :data:`~rl_select.mdp.per_query.FEATURE_SETS`.
-    * ``reward``: ``"correct"`` or ``"margin"``.
+    * ``reward``: ``"correct"``, ``"margin"`` or ``"gain"``.
     * ``allow_stop``, ``min_len``: As :class:`~rl_select.mdp.episode.EpisodeRule`.
 
     ## Information
@@ -81,8 +85,9 @@ class PerQuerySelectionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     def __init__(self, *, scorer: Scorer, pool: Sequence[Example], queries: Sequence[Example], embedder: Embedder,
                  k: int = 4, m: int = 16, feature_set: str = "full", reward: str = "correct",
                  allow_stop: bool = False, min_len: int = 0, render_mode: str | None = None) -> None:
-        if reward not in PER_QUERY_REWARDS:
-            raise ConfigError(f"unknown per-query reward {reward!r}; expected one of {list(PER_QUERY_REWARDS)}")
+        if reward not in (*PER_QUERY_REWARDS, GAIN_REWARD):
+            raise ConfigError(f"unknown per-query reward {reward!r}; expected one of "
+                              f"{[*PER_QUERY_REWARDS, GAIN_REWARD]}")
         if not queries:
             raise SelectionError("no queries; expected at least one labelled training query")
         self.view = FeatureView.of(feature_set)
@@ -105,6 +110,7 @@ class PerQuerySelectionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self._chosen: list[int] = []
         self._done = True
         self._correct: bool | None = None
+        self._last: np.ndarray | None = None  # "gain": the label log-probs under the prompt so far
 
     def action_masks(self) -> np.ndarray:
         """Legal actions now, ``bool (M + 1,)`` (all False before reset and after the end)."""
@@ -134,19 +140,30 @@ class PerQuerySelectionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         elif isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 0 <= q < n:
             raise SelectionError(f"options['query']={q!r}; expected an integer in 0..{n - 1}")
         self._query, self._chosen, self._done, self._correct = int(q), [], False, None
+        self._last = self._score() if self.reward == GAIN_REWARD else None
         return self._obs(), self._info()
+
+    def _score(self) -> np.ndarray:
+        """``(1, L)`` label log-probs of the query under the prompt so far (one scorer call)."""
+        assert self._query is not None
+        i = self._query
+        return self.scorer.logprobs(demos=self.ctx.demos(self.table, i, self._chosen), queries=[self.ctx.queries[i]])
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         """Append neighbour ``action`` (or STOP); the last step scores the prompt (one scorer call)."""
         if self._query is None:
             raise SelectionError(NOT_RESET)
+        n_before = len(self._chosen)
         a, self._chosen, self._done = self.rule.apply(action, self._chosen, self._done)
-        reward = 0.0
+        reward, gold = 0.0, self.gold[[self._query]]
+        if self._last is not None:                                       # "gain": every step, STOP earns 0
+            lp = self._score() if len(self._chosen) > n_before else self._last
+            reward, self._last = float(step_gain(self._last, lp, gold)[0]), lp
+        elif self._done:
+            lp = self._score()
+            reward = float(reward_of(lp, gold, self.reward)[0])
         if self._done:
-            i = self._query
-            lp = self.scorer.logprobs(demos=self.ctx.demos(self.table, i, self._chosen), queries=[self.ctx.queries[i]])
-            reward = float(reward_of(lp, self.gold[[i]], self.reward)[0])
-            self._correct = bool(np.argmax(lp[0]) == self.gold[i])
+            self._correct = bool(np.argmax(lp[0]) == gold[0])
         return self._obs(), reward, self._done, False, self._info()
 
     def render(self) -> str | None:

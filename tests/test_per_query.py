@@ -12,6 +12,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
+from agents.dqn import DQNAgent
 from agents.per_query import (
     BEHAVIOURS,
     PerQueryStore,
@@ -33,6 +34,7 @@ from rl_select.mdp.per_query import (
     features,
     pool_reliability,
     reward_of,
+    step_gain,
 )
 from rl_select.mdp.per_query_policy import PerQueryPolicy, greedy_orders
 from rl_select.mdp.qnet import CandidateQNet
@@ -159,6 +161,47 @@ def test_env_passes_gymnasiums_checker_and_rewards_the_final_prompt_only():
     assert term and not trunc and rewards[:2] == [0.0, 0.0] and rewards[2] in (0.0, 1.0)
     assert info["chosen"] == [5, 0, 2] and obs["action_mask"].sum() == 0 and "correct" in info
     assert rewards[2] == float(info["correct"])
+
+
+def test_gain_reward_pays_each_steps_margin_change_and_sums_to_final_minus_zero_shot():
+    env = _env(reward="gain", allow_stop=True, min_len=1)
+    check_env(env.unwrapped, skip_render_check=True)
+    scorer, u = env.unwrapped.scorer, env.unwrapped
+    _, info = env.reset(seed=0, options={"query": 7})
+    rows = scorer.stats.queries
+    gold = u.gold[[7]]
+    rewards = [env.step(np.int64(a))[1] for a in (3, 1)]
+    assert scorer.stats.queries - rows == 2 * (1 + 3)  # one row a prefix, with its three content-free rows
+    _, r_stop, term, _, info = env.step(np.int64(8))  # STOP: the prompt did not change
+    assert term and r_stop == 0.0 and info["chosen"] == [3, 1] and "correct" in info
+    q, demos = u.ctx.queries[7], u.ctx.demos(u.table, 7, [3, 1])
+    zero, final = scorer.logprobs(demos=[], queries=[q]), scorer.logprobs(demos=demos, queries=[q])
+    first = scorer.logprobs(demos=demos[:1], queries=[q])
+    assert rewards[0] == pytest.approx(step_gain(zero, first, gold)[0])
+    assert sum(rewards) == pytest.approx(reward_of(final, gold, "margin")[0] - reward_of(zero, gold, "margin")[0])
+    assert info["correct"] == bool(final[0].argmax() == gold[0])
+    with pytest.raises(ConfigError, match=r"unknown per-query reward 'gains'; expected one of \['correct', 'margin', "
+                                          r"'gain'\]"):
+        _env(reward="gains")
+
+
+def test_sb3s_masked_dqn_learns_online_from_the_gain_reward_and_its_q_net_selects_per_query():
+    """The SB3 agent trains on the Gymnasium env itself (no logged store), with per-step rewards; a label-copying LM
+    rewards the query's gold-label neighbours, which the features hint at. Its Q-network is the policy's kind:
+    its greedy orders must beat random ones."""
+    scorer = _scorer(faithful=True)
+    env = gym.make(envs.PER_QUERY_SELECTION_ID, scorer=scorer, pool=POOL, queries=QUERIES[:60], embedder=EMB,
+                   k=3, m=8, reward="gain")
+    agent = DQNAgent(hidden=(32,), learning_starts=100, batch_size=32, target_update_interval=100, seed=0,
+                     exploration_fraction=0.5).learn(env, 600)
+    u = env.unwrapped
+    rng = np.random.default_rng(0)
+    orders = {"learned": greedy_orders(agent.qnet, u.view, u.table, u.ctx, 3),
+              "random": [behaviour_order("random", 8, 3, rng) for _ in u.ctx.queries]}
+    margin = {name: reward_of(scorer.logprobs_many(demo_lists=[u.ctx.demos(u.table, i, o) for i, o in enumerate(os)],
+                                                   queries=list(u.ctx.queries)), u.gold, "margin").mean()
+              for name, os in orders.items()}
+    assert all(len(set(o)) == 3 for o in orders["learned"]) and margin["learned"] > margin["random"] + 0.1
 
 
 def test_env_refuses_masked_actions_and_bad_queries_in_one_line():

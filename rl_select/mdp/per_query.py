@@ -37,9 +37,9 @@ from rl_select.mdp.per_query_table import (
 )
 
 __all__ = [
-    "CANDIDATE_FEATURES", "FEATURE_SETS", "LAZY_LM_MIN_ROWS", "PER_QUERY_REWARDS", "SAME_TEXT_SIM", "STATE_FEATURES",
-    "FeatureView", "PoolTable", "QueryContexts", "TableMemo", "check_feature_set", "features", "pool_reliability",
-    "reward_of", "vote_shares", "zero_shot_probs",
+    "CANDIDATE_FEATURES", "FEATURE_SETS", "GAIN_REWARD", "LAZY_LM_MIN_ROWS", "PER_QUERY_REWARDS", "SAME_TEXT_SIM",
+    "STATE_FEATURES", "FeatureView", "PoolTable", "QueryContexts", "TableMemo", "check_feature_set", "features",
+    "pool_reliability", "reward_of", "step_gain", "vote_shares", "zero_shot_probs",
 ]
 
 STATE_FEATURES: tuple[str, ...] = (
@@ -206,3 +206,23 @@ def reward_of(logprobs: np.ndarray, gold: np.ndarray, kind: str) -> np.ndarray:
 
 PER_QUERY_REWARDS: tuple[str, ...] = ("correct", "margin")
 """Terminal rewards of a per-query episode (see :func:`reward_of`)."""
+
+GAIN_REWARD = "gain"
+"""The per-step variant of ``margin`` (:func:`step_gain`), offered by the env: every step scores the prompt so far
+(``k + 1`` LM rows an episode, the zero-shot one included, against one for a terminal reward)."""
+
+
+def step_gain(before: np.ndarray, after: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Per-step rewards: how much a step moved each query's ``margin`` reward (:func:`reward_of`).
+
+    An episode's gains telescope: they sum to its final prompt's margin minus the zero-shot prompt's.
+
+    Args:
+        before: ``(Q, L)`` label log-probs under the prompt before the step (zero-shot before the first).
+        after: ``(Q, L)`` the same under the prompt after it.
+        gold: ``int (Q,)`` gold label ids.
+
+    Returns:
+        ``float64 (Q,)`` in ``[-2, 2]``.
+    """
+    return reward_of(after, gold, "margin") - reward_of(before, gold, "margin")
