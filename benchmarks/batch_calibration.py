@@ -37,7 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rl_select.experiments.per_query_compare import answered, compare_main
+from rl_select.experiments.per_query_compare import Answered, answered, compare_main
 from rl_select.experiments.per_query_runs import PerQueryRun
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.calibration import normalise
@@ -78,7 +78,8 @@ def _uncalibrated(scorer: CachedScorer, *, cache: bool = True) -> CachedScorer:
     return raw
 
 
-def _seconds(scorer: CachedScorer, calibrate: bool, cands: dict[str, list[list[int]]], ans, n: int) -> float:
+def _seconds(scorer: CachedScorer, calibrate: bool, cands: dict[str, list[list[int]]], ans: Answered, n: int
+             ) -> float:
     """Wall seconds to answer the first ``n`` queries' prompts of ``cands`` with no score cache."""
     s = _uncalibrated(scorer, cache=False)
     s.calibrate = calibrate
