@@ -41,9 +41,8 @@ from rl_select.experiments.per_query_compare import Answered, answered, compare_
 from rl_select.experiments.per_query_runs import PerQueryRun
 from rl_select.lm.base import CachedScorer
 from rl_select.lm.calibration import normalise
-from rl_select.mdp.per_query_policy import PerQueryPolicy, score_candidates
-from rl_select.mdp.per_query_stacker import VOTE_FLOOR, choose_by_label, query_signals, stacked_choice
-from rl_select.mdp.per_query_verifier import choose, verifier_inputs
+from rl_select.mdp.per_query_policy import PerQueryPolicy, score_candidates, verify_choice
+from rl_select.mdp.per_query_stacker import VOTE_FLOOR, choose_by_label, query_signals
 from rl_select.prompts import CONTENT_FREE_INPUTS
 
 RULES = ("knn", "knn_majority", "knn_balanced", "knn_mmr")
@@ -100,15 +99,12 @@ def compare(run: PerQueryRun, target: str, seed: int, split: str, policy: PerQue
     _, _, raw = score_candidates(cands, ans.table, ans.ctx, raw_scorer)
     raw = np.concatenate([raw_scorer.logprobs(demos=[], queries=ans.ctx.queries)[None],
                           raw.reshape(n_c, n_q, n_l)])                             # (1 + C, Q, L): zero-shot first
-    cc = np.concatenate([scorer.logprobs(demos=[], queries=ans.ctx.queries)[None],
+    cc = np.concatenate([np.log(np.clip(ans.ctx.zs, 1e-300, None))[None],      # zs: calibrated zero-shot
                          ans.logprobs.reshape(n_c, n_q, n_l)])
-    lp = ans.logprobs.reshape(n_c, n_q, n_l)
-    vote, zs = query_signals(ans.table, ans.ctx)
-    x, answers = verifier_inputs(policy.view, ans.table, ans.ctx, ans.orders, ans.logprobs, policy.k, rows=ans.rows)
+    vote, _ = query_signals(ans.table, ans.ctx)
     assert policy.verifier is not None
-    p_correct = policy.verifier.p_correct(x).reshape(n_c, n_q)
-    kept = (stacked_choice(policy.stacker, p_correct, lp, vote, zs) if policy.stacker is not None
-            else choose(p_correct, answers.reshape(n_c, n_q), n_l))
+    kept = verify_choice(policy.verifier, policy.view, ans.table, ans.ctx, policy.k, ans.orders, ans.rows,
+                         ans.logprobs, policy.stacker)
     readouts = {"none": normalise(raw), "contextual": normalise(cc), "batch": batch_calibrate(raw),
                 "batch16": batch_calibrate(raw, 16), "contextual+batch": batch_calibrate(cc)}
     idx = [1 + ans.names.index(r) for r in RULES]

@@ -164,15 +164,32 @@ def verify_orders(qnet: CandidateQNet, verifier: Verifier, view: FeatureView, ta
         ``(orders, sources)``: per query, the chosen positions in prompt order and the name of the candidate.
     """
     cands = candidate_orders(qnet, view, table, ctx, k)
-    names, n_q = list(cands), len(ctx.queries)
+    names = list(cands)
     flat, rows, lp = score_candidates(cands, table, ctx, scorer)
-    x, answers = verifier_inputs(view, table, ctx, flat, lp, k, rows=rows)
-    p = verifier.p_correct(x).reshape(len(names), n_q)
-    if stacker is not None:
-        best = stacked_choice(stacker, p, lp.reshape(len(names), n_q, -1), *query_signals(table, ctx))
-    else:
-        best = choose(p, answers.reshape(len(names), n_q), table.n_labels)
+    best = verify_choice(verifier, view, table, ctx, k, flat, rows, lp, stacker)
     return [cands[names[c]][i] for i, c in enumerate(best)], [names[c] for c in best]
+
+
+def verify_choice(verifier: Verifier, view: FeatureView, table: PoolTable, ctx: QueryContexts, k: int,
+                  orders: Sequence[Sequence[int]], rows: Sequence[int], logprobs: np.ndarray,
+                  stacker: AnswerStacker | None = None) -> np.ndarray:
+    """The verify mode's choice among answered candidates (:func:`score_candidates`' output, candidate-major).
+
+    Args:
+        orders, rows, logprobs: ``C * Q`` prompts, the query of each, ``(C * Q, L)`` their answers.
+
+    Returns:
+        ``int (Q,)``: per query, the kept candidate's index in ``0..C-1``
+        (:func:`~rl_select.mdp.per_query_stacker.stacked_choice` with a stacker, else
+        :func:`~rl_select.mdp.per_query_verifier.choose`).
+    """
+    n_q = len(ctx.queries)
+    n_c = len(orders) // n_q
+    x, answers = verifier_inputs(view, table, ctx, orders, logprobs, k, rows=rows)
+    p = verifier.p_correct(x).reshape(n_c, n_q)
+    if stacker is not None:
+        return stacked_choice(stacker, p, logprobs.reshape(n_c, n_q, -1), *query_signals(table, ctx))
+    return choose(p, answers.reshape(n_c, n_q), table.n_labels)
 
 
 def critic_orders(qnet: CandidateQNet, view: FeatureView, table: PoolTable, ctx: QueryContexts, k: int
