@@ -132,9 +132,16 @@ def compare(run: PerQueryRun, target: str, seed: int, split: str, policy: PerQue
     return out
 
 
+def _count(text: str) -> int:
+    """``--time``: a non-negative integer."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}; expected a non-negative integer (queries to time, 0: none)")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(add_help=False)
-    ap.add_argument("--time", type=int, default=0, help="time the four orders for this many queries (first seed)")
+    ap.add_argument("--time", type=_count, default=0, help="time the four orders for this many queries (first seed)")
     known, rest = ap.parse_known_args(argv)
     SETTINGS["time"] = known.time
     compare_main(rest, __doc__.splitlines()[0], compare)

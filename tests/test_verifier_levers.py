@@ -100,3 +100,11 @@ def test_batch_calibration_divides_out_each_familys_mean_prediction_per_chunk():
     halves = np.concatenate([bench.batch_calibrate(lp[:, :4]), bench.batch_calibrate(lp[:, 4:])], axis=1)
     assert np.allclose(bench.batch_calibrate(lp, 4), halves) and not np.allclose(halves, out)
     assert np.allclose(bench.batch_calibrate(lp, 8), out)
+
+
+def test_batch_calibration_names_a_bad_time_count_in_one_line(capsys):
+    for bad in ("-3", "x"):
+        with pytest.raises(SystemExit) as exc:
+            _bench("batch_calibration").main(["--time", bad, "--config", "c.json", "--run-dir", "r", "--out", "o"])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exc.value.code == 2 and f"argument --time: {bad!r}; expected a non-negative integer" in err
